@@ -1,0 +1,1 @@
+"""Adapters at the edge: HTTP, processors, the clock, the webhook service."""

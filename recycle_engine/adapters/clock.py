@@ -1,0 +1,33 @@
+"""Clocks: the system clock (the one place that reads real time) and a fixed one for logical runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+__all__ = ["FixedClock", "SystemClock"]
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class FixedClock:
+    """A clock that says `at` until moved; for `--at T` runs and tests."""
+
+    at: datetime
+
+    def __post_init__(self) -> None:
+        if self.at.tzinfo is None:
+            raise ValueError("FixedClock needs an aware datetime")
+        self.at = self.at.astimezone(UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        from datetime import timedelta
+
+        self.at = self.at + timedelta(**delta)

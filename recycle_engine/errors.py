@@ -1,0 +1,142 @@
+"""The one exception tree of the engine.
+
+    RecycleEngineError
+    ├── ConfigError              settings.yaml or environment is wrong; carries every problem found
+    ├── InputError               a feed row, a CLI argument or a request body is invalid
+    ├── NotFound                 an order, a subscription or a hand-off does not exist
+    ├── IllegalTransition        a hand-off state change the lifecycle table does not allow
+    ├── StorageError             the database refused or is unreachable
+    └── FlexFactorError          anything that went wrong talking to FlexFactor
+        ├── FlexFactorConfigError      bad credentials (400 at /oauth2/token), 403, 405: not retried
+        ├── FlexFactorNotSent          the request never left us (connect error): safe to send again
+        ├── FlexFactorUnknownOutcome   read timeout or 5xx after sending: FlexFactor may hold the order
+        ├── FlexFactorRejected         400 validation error, with the normalised field errors
+        ├── FlexFactorConflict         409: idempotent request in progress, or key reused with another body
+        ├── FlexFactorNotFoundError    404 on an order lookup
+        └── FlexFactorProtocolError    an answer we cannot read (unknown status, malformed JSON)
+
+Messages are built from ids and codes, never from card data, tokens or secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "FlexFactorConfigError",
+    "FlexFactorConflict",
+    "FlexFactorError",
+    "FlexFactorErrorBody",
+    "FlexFactorNotFoundError",
+    "FlexFactorNotSent",
+    "FlexFactorProtocolError",
+    "FlexFactorRejected",
+    "FlexFactorUnknownOutcome",
+    "IllegalTransition",
+    "InputError",
+    "NotFound",
+    "RecycleEngineError",
+    "StorageError",
+]
+
+
+class RecycleEngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in the settings: where it is and what is wrong."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path} (line {self.line})" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+class ConfigError(RecycleEngineError):
+    """The settings cannot be used; `problems` lists every one found."""
+
+    def __init__(self, problems: Sequence[ConfigProblem] | str, source: str = "settings") -> None:
+        if isinstance(problems, str):
+            problems = [ConfigProblem(path=source, message=problems)]
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        self.source = source
+        count = len(self.problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source}: {count} problem{'s' if count != 1 else ''}\n{lines}")
+
+
+class InputError(RecycleEngineError):
+    """Input from a user, a feed or a caller is invalid."""
+
+
+class NotFound(RecycleEngineError):
+    """The named record does not exist."""
+
+
+class IllegalTransition(RecycleEngineError):
+    """The lifecycle table has no move for this (state, event) pair."""
+
+
+class StorageError(RecycleEngineError):
+    """The database failed."""
+
+
+class FlexFactorError(RecycleEngineError):
+    """Base of FlexFactor failures."""
+
+
+class FlexFactorConfigError(FlexFactorError):
+    """FlexFactor refused our credentials or our call shape: fix settings, do not retry."""
+
+
+class FlexFactorNotSent(FlexFactorError):
+    """The request never reached FlexFactor (connect error after retries); sending again is safe."""
+
+
+class FlexFactorUnknownOutcome(FlexFactorError):
+    """The request may have reached FlexFactor but its answer was lost; look it up before resending."""
+
+
+@dataclass(frozen=True)
+class FlexFactorErrorBody:
+    """A FlexFactor error answer normalised from any of its body shapes."""
+
+    http_status: int
+    trace_id: str | None = None
+    field_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    messages: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"{k}: {'; '.join(v)}" for k, v in self.field_errors.items()]
+        parts.extend(self.messages)
+        text = " | ".join(parts) if parts else "no detail"
+        trace = f" (trace {self.trace_id})" if self.trace_id else ""
+        return f"HTTP {self.http_status}: {text}{trace}"
+
+
+class FlexFactorRejected(FlexFactorError):
+    """FlexFactor refused the request as invalid (400); the hand-off fails with these reasons."""
+
+    def __init__(self, body: FlexFactorErrorBody) -> None:
+        self.body = body
+        super().__init__(f"FlexFactor rejected the request: {body.summary()}")
+
+
+class FlexFactorConflict(FlexFactorError):
+    """409: the same idempotency key is in flight or was used with another body."""
+
+
+class FlexFactorNotFoundError(FlexFactorError):
+    """FlexFactor does not know the order id."""
+
+
+class FlexFactorProtocolError(FlexFactorError):
+    """FlexFactor answered something we cannot interpret (unknown status, malformed body)."""

@@ -1,0 +1,92 @@
+"""Money as integer minor units plus an ISO 4217 currency; decimal text is parsed exactly, once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+__all__ = ["CURRENCY_EXPONENTS", "Money", "currency_exponent", "is_known_currency", "parse_minor"]
+
+# ISO 4217 minor-unit exponents; currencies not listed here are refused rather than guessed.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    **{
+        c: 2
+        for c in (
+            "USD EUR GBP CAD AUD NZD CHF SEK NOK DKK PLN CZK HUF RON BGN MXN BRL ARS COP PEN ZAR INR "
+            "SGD HKD TWD PHP THB MYR ILS TRY AED SAR QAR EGP NGN KES MAD CNY RUB UAH"
+        ).split()
+    },
+    **{c: 0 for c in "JPY KRW CLP VND ISK UGX XAF XOF PYG IDR".split()},
+    **{c: 3 for c in "BHD KWD OMR JOD TND".split()},
+}
+
+_DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def is_known_currency(code: str) -> bool:
+    """True if `code` is an ISO 4217 code the engine knows the exponent of."""
+    return code in CURRENCY_EXPONENTS
+
+
+def currency_exponent(code: str) -> int:
+    """Number of minor-unit digits of `code`; raises ValueError for an unknown currency."""
+    try:
+        return CURRENCY_EXPONENTS[code]
+    except KeyError:
+        raise ValueError(f"unknown currency {code!r}") from None
+
+
+def parse_minor(text: str, currency: str) -> int:
+    """Parse a major-unit decimal string ("29.99") into minor units, refusing extra precision."""
+    raw = text.strip()
+    if not _DECIMAL_RE.match(raw):
+        raise ValueError(f"not a decimal amount: {raw!r}")
+    exp = currency_exponent(currency)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"not a decimal amount: {raw!r}") from None
+    scaled = value.scaleb(exp)
+    if scaled != scaled.to_integral_value():
+        raise ValueError(f"{raw} has more than {exp} decimal places for {currency}")
+    return int(scaled)
+
+
+@dataclass(frozen=True, order=True)
+class Money:
+    """An amount in minor units of `currency` (cents for USD, yen for JPY)."""
+
+    minor: int
+    currency: str
+
+    @classmethod
+    def parse(cls, text: str, currency: str) -> Money:
+        return cls(parse_minor(text, currency), currency)
+
+    def percent_of(self, percent: Decimal) -> int:
+        """`percent` % of this amount in minor units, rounded half-up."""
+        return int((Decimal(self.minor) * percent / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+    def __add__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.minor + other.minor, self.currency)
+
+    def __sub__(self, other: Money) -> Money:
+        self._same(other)
+        return Money(self.minor - other.minor, self.currency)
+
+    def _same(self, other: Money) -> None:
+        if other.currency != self.currency:
+            raise ValueError(f"cannot mix {self.currency} and {other.currency}")
+
+    def to_decimal(self) -> Decimal:
+        return Decimal(self.minor).scaleb(-currency_exponent(self.currency))
+
+    def format(self) -> str:
+        """Human text such as "29.99 USD"."""
+        exp = currency_exponent(self.currency)
+        return f"{self.to_decimal():.{exp}f} {self.currency}"
+
+    def __str__(self) -> str:
+        return self.format()

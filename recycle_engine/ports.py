@@ -1,0 +1,132 @@
+"""The small interfaces services depend on; adapters implement them, tests fake them."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from recycle_engine.domain.states import State
+
+__all__ = [
+    "ChargeRequest",
+    "ChargeResult",
+    "Clock",
+    "EvaluateAnswer",
+    "FlexFactorGateway",
+    "OrderSnapshot",
+    "ProcessorGateway",
+    "VendorStatus",
+]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current instant as an aware UTC datetime."""
+        ...
+
+
+class VendorStatus(enum.StrEnum):
+    """FlexFactor's /evaluate status names (compared case-insensitively on the wire)."""
+
+    APPROVED = "APPROVED"
+    DECLINED = "DECLINED"
+    CHALLENGE = "CHALLENGE"
+    SUBMITTED = "SUBMITTED"
+    PROCESSING = "PROCESSING"
+    CAPTUREREQUIRED = "CAPTUREREQUIRED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class EvaluateAnswer:
+    """FlexFactor's answer to one /evaluate call."""
+
+    flexfactor_order_id: str  # orderSessionKey (or orderId when absent)
+    vendor_status: VendorStatus
+    state: State  # our reading of vendor_status (SUBMITTED for the non-final ones)
+    needs_attention: str | None = None  # e.g. CAPTUREREQUIRED: a reconciliation exception to report
+
+
+@dataclass(frozen=True)
+class OrderSnapshot:
+    """One FlexFactor order as GET /orders/{id} or the order list shows it."""
+
+    flexfactor_order_id: str
+    external_order_id: str | None  # the orderId we sent (our submission_id)
+    status_code: int  # 0..7
+    status_name: str
+    state: State | None  # final state it implies, or None while FlexFactor is still working
+    needs_attention: str | None  # Problem, Capturerequired, Returned: reason for a reconciliation exception
+    order_placed_at: datetime | None
+    expiry_at: datetime | None
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+class FlexFactorGateway(Protocol):
+    """One FlexFactor gateway (one credential set). Raises the FlexFactorError subclasses of errors.py."""
+
+    def evaluate(self, body: Mapping[str, Any]) -> EvaluateAnswer:
+        """POST /evaluate with a body built by `flexfactor_payload`; the body carries its idempotencyKey.
+
+        Raises FlexFactorRejected (400), FlexFactorUnknownOutcome (read timeout, 5xx after retries),
+        FlexFactorNotSent (never left us), FlexFactorConflict (409), FlexFactorConfigError."""
+        ...
+
+    def get_order(self, flexfactor_order_id: str) -> OrderSnapshot:
+        """GET /orders/{id}; raises FlexFactorNotFoundError for an unknown id."""
+        ...
+
+    def list_orders(
+        self,
+        *,
+        placed_from: datetime,
+        placed_to: datetime,
+        statuses: Sequence[int] = (),
+        query: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[OrderSnapshot]:
+        """GET /orders for our MID, paging until the last page."""
+        ...
+
+    def find_by_external_id(
+        self, external_order_id: str, *, placed_from: datetime, placed_to: datetime
+    ) -> OrderSnapshot | None:
+        """The order we sent with orderId = external_order_id, or None if FlexFactor has none."""
+        ...
+
+    def cancel(self, flexfactor_order_id: str) -> None:
+        """POST /orders/{id}/cancel."""
+        ...
+
+    def external_cancel(self, external_order_id: str) -> None:
+        """POST /orders/{orderId}/external-cancel, by our orderId."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    """One re-attempt on an ordinary processor gateway."""
+
+    gateway_id: str
+    reference: str  # our transaction id for the attempt
+    amount_minor: int
+    currency: str
+    card_token: str
+    card_last4: str
+
+
+class ChargeResult(enum.StrEnum):
+    APPROVED = "APPROVED"
+    SOFT_DECLINE = "SOFT_DECLINE"
+    HARD_DECLINE = "HARD_DECLINE"
+
+
+class ProcessorGateway(Protocol):
+    def charge(self, request: ChargeRequest) -> tuple[ChargeResult, str]:
+        """Charge a vaulted card; returns the result and the processor's response text."""
+        ...
