@@ -1,0 +1,350 @@
+"""The schema: mapped tables; amounts are integer minor units beside an ISO 4217 currency."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from recycle_engine.storage.types import UTCDateTime
+
+__all__ = [
+    "Attempt",
+    "Base",
+    "Change",
+    "Customer",
+    "Decline",
+    "Fulfillment",
+    "Handoff",
+    "HandoffEvent",
+    "JobRun",
+    "Order",
+    "SchedulerLease",
+    "Subscription",
+    "WebhookDelivery",
+    "WebhookNonce",
+]
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+
+ID = String(64)
+CCY = String(3)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    last_name: Mapped[str | None] = mapped_column(String(128))
+    address1: Mapped[str | None] = mapped_column(String(256))
+    address2: Mapped[str | None] = mapped_column(String(256))
+    city: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str | None] = mapped_column(String(64))
+    zip: Mapped[str | None] = mapped_column(String(32))
+    country: Mapped[str | None] = mapped_column(String(2))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Order(Base):
+    """A CRM order; status follows domain.md section 5."""
+
+    __tablename__ = "orders"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    order_type: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
+    customer_id: Mapped[str | None] = mapped_column(ID)
+    campaign_id: Mapped[str | None] = mapped_column(ID)
+    product_id: Mapped[str | None] = mapped_column(ID)
+    purchase_id: Mapped[str | None] = mapped_column(ID, index=True)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    completes_trial: Mapped[bool] = mapped_column(Boolean, default=False)
+    recurring_product: Mapped[bool] = mapped_column(Boolean, default=False)
+    shippable: Mapped[bool] = mapped_column(Boolean, default=False)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CCY)
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    latest_transaction_id: Mapped[str | None] = mapped_column(ID)
+    has_payment_token: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (Index(None, "status", "order_type"),)
+
+
+class Subscription(Base):
+    """A purchase (subscription) and, while it recycles, where it stands on its ladder."""
+
+    __tablename__ = "subscriptions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    customer_id: Mapped[str | None] = mapped_column(ID)
+    order_id: Mapped[str | None] = mapped_column(ID)  # the order of the cycle being billed
+    campaign_id: Mapped[str | None] = mapped_column(ID)
+    product_id: Mapped[str | None] = mapped_column(ID)
+    status: Mapped[str] = mapped_column(String(32))
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    billing_interval_days: Mapped[int | None] = mapped_column(Integer)
+    shippable: Mapped[bool] = mapped_column(Boolean, default=False)
+    price_minor: Mapped[int] = mapped_column(BigInteger)  # recurring price
+    currency: Mapped[str] = mapped_column(CCY)
+    gateway_id: Mapped[str] = mapped_column(ID)  # gateway of the next scheduled billing
+    next_bill_on: Mapped[date | None] = mapped_column(Date)
+    has_payment_token: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Recycle state: set when a rebill soft-declines, cleared when recycling ends.
+    recycle_profile_id: Mapped[str | None] = mapped_column(ID)
+    recycle_transaction_id: Mapped[str | None] = mapped_column(ID)  # the decline being recycled
+    recycle_declined_gateway_id: Mapped[str | None] = mapped_column(ID)
+    recycle_original_minor: Mapped[int | None] = mapped_column(BigInteger)
+    recycle_last_attempt: Mapped[int] = mapped_column(Integer, default=0)
+    recycle_last_ran_on: Mapped[date | None] = mapped_column(Date)  # local date (settings timezone)
+    next_attempt: Mapped[int | None] = mapped_column(Integer)
+    next_attempt_on: Mapped[date | None] = mapped_column(Date)
+    open_handoff_id: Mapped[str | None] = mapped_column(ID)
+    failure_cause: Mapped[str | None] = mapped_column(String(32))
+    claimed_by: Mapped[str | None] = mapped_column(ID)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The nightly selection: recycling subscriptions by due date.
+    __table_args__ = (Index(None, "status", "next_attempt_on"),)
+
+
+class Decline(Base):
+    """One declined card transaction from the CRM feed, as imported (never a full card number)."""
+
+    __tablename__ = "declines"
+    transaction_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    declined_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    utc_offset_minutes: Mapped[int] = mapped_column(Integer)
+    order_id: Mapped[str] = mapped_column(ID, index=True)
+    order_type: Mapped[str] = mapped_column(String(16))
+    purchase_id: Mapped[str | None] = mapped_column(ID, index=True)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    billing_interval_days: Mapped[int | None] = mapped_column(Integer)
+    completes_trial: Mapped[bool] = mapped_column(Boolean)
+    recurring_product: Mapped[bool] = mapped_column(Boolean)
+    shippable: Mapped[bool] = mapped_column(Boolean)
+    campaign_id: Mapped[str | None] = mapped_column(ID)
+    product_id: Mapped[str | None] = mapped_column(ID)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CCY)
+    response_type: Mapped[str] = mapped_column(String(16))  # as the CRM classified it
+    decline_type: Mapped[str] = mapped_column(String(8))  # SOFT or HARD after mapping
+    mapping_rule: Mapped[str | None] = mapped_column(String(256))
+    display_message: Mapped[str | None] = mapped_column(Text)
+    response_code: Mapped[str | None] = mapped_column(String(64))
+    response_text: Mapped[str | None] = mapped_column(Text)
+    avs_result: Mapped[str | None] = mapped_column(String(16))
+    cvv_result: Mapped[str | None] = mapped_column(String(16))
+    cavv_result: Mapped[str | None] = mapped_column(String(16))
+    customer_id: Mapped[str | None] = mapped_column(ID)
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(64))
+    first_name: Mapped[str | None] = mapped_column(String(128))
+    last_name: Mapped[str | None] = mapped_column(String(128))
+    address1: Mapped[str | None] = mapped_column(String(256))
+    address2: Mapped[str | None] = mapped_column(String(256))
+    city: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str | None] = mapped_column(String(64))
+    zip: Mapped[str | None] = mapped_column(String(32))
+    country: Mapped[str | None] = mapped_column(String(2))
+    ip_address: Mapped[str | None] = mapped_column(String(64))
+    card_token: Mapped[str | None] = mapped_column(String(128))  # vault token, never a card number
+    card_bin: Mapped[str | None] = mapped_column(String(8))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
+    card_exp_month: Mapped[int | None] = mapped_column(Integer)
+    card_exp_year: Mapped[int | None] = mapped_column(Integer)
+    card_brand: Mapped[str | None] = mapped_column(String(32))
+    card_type: Mapped[str | None] = mapped_column(String(32))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Attempt(Base):
+    """A re-attempt the engine charged on an ordinary processor gateway (a transaction row)."""
+
+    __tablename__ = "transactions"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ID, index=True)
+    decline_transaction_id: Mapped[str] = mapped_column(ID)
+    attempt: Mapped[int] = mapped_column(Integer)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CCY)
+    result: Mapped[str] = mapped_column(String(16))
+    response_text: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),)
+
+
+class Handoff(Base):
+    """One submission to FlexFactor (export: SPEC section 6)."""
+
+    __tablename__ = "handoffs"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)  # submission_id, sent as orderId
+    source: Mapped[str] = mapped_column(String(8))
+    order_id: Mapped[str] = mapped_column(ID, index=True)
+    purchase_id: Mapped[str | None] = mapped_column(ID, index=True)
+    transaction_id: Mapped[str] = mapped_column(ID)
+    gateway_id: Mapped[str] = mapped_column(ID)  # the FlexFactor gateway
+    declining_gateway_id: Mapped[str] = mapped_column(ID)
+    slot: Mapped[str | None] = mapped_column(String(8))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CCY)
+    idempotency_key: Mapped[str] = mapped_column(String(36), unique=True)
+    request_body: Mapped[str] = mapped_column(Text)  # exact JSON sent, so a resend is byte-identical
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)  # one hand-off per attempt
+    state: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    send_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    flexfactor_order_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    vendor_status: Mapped[str | None] = mapped_column(String(24))
+    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome_source: Mapped[str | None] = mapped_column(String(8))
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attention: Mapped[str | None] = mapped_column(String(64))
+    next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    poll_count: Mapped[int] = mapped_column(Integer, default=0)
+    resend_count: Mapped[int] = mapped_column(Integer, default=0)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    claimed_by: Mapped[str | None] = mapped_column(ID)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (Index(None, "state", "next_poll_at"), Index(None, "created_at"))
+
+
+class HandoffEvent(Base):
+    """Append-only history of one hand-off: each request, answer, webhook, poll and settlement."""
+
+    __tablename__ = "handoff_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    handoff_id: Mapped[str] = mapped_column(ID, ForeignKey("handoffs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(8))
+    state_after: Mapped[str] = mapped_column(String(12))
+    flexfactor_order_id: Mapped[str | None] = mapped_column(String(64))
+    vendor_status: Mapped[str | None] = mapped_column(String(24))
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[str | None] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """Every webhook delivery, accepted or refused, with the reason."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    http_status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    event: Mapped[str | None] = mapped_column(String(64))
+    flexfactor_order_id: Mapped[str | None] = mapped_column(String(64))
+    external_order_id: Mapped[str | None] = mapped_column(String(64))
+    nonce: Mapped[str | None] = mapped_column(String(64))
+    is_resent: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_duplicate: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[str | None] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)  # (OrderId, Event) once
+    handoff_id: Mapped[str | None] = mapped_column(ID)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (Index(None, "accepted", "applied_at"),)
+
+
+class WebhookNonce(Base):
+    """Nonces seen inside the freshness window, shared by every service process."""
+
+    __tablename__ = "webhook_nonces"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Fulfillment(Base):
+    """A fulfillment record created on a salvage; starts in HOLD (domain.md section 7)."""
+
+    __tablename__ = "fulfillments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ID)
+    purchase_id: Mapped[str | None] = mapped_column(ID)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    product_id: Mapped[str] = mapped_column(ID)
+    status: Mapped[str] = mapped_column(String(24))
+    handoff_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("order_id", "product_id", "billing_cycle"),)
+
+
+class Change(Base):
+    """Append-only history of order and subscription changes; also the CRM outbox."""
+
+    __tablename__ = "changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entity: Mapped[str] = mapped_column(String(16))  # ORDER, SUBSCRIPTION, FULFILLMENT
+    entity_id: Mapped[str] = mapped_column(ID)
+    field: Mapped[str] = mapped_column(String(64))
+    old_value: Mapped[str | None] = mapped_column(Text)
+    new_value: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str | None] = mapped_column(String(16))
+    handoff_id: Mapped[str | None] = mapped_column(ID)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    __table_args__ = (Index(None, "entity", "entity_id"),)
+
+
+class JobRun(Base):
+    """One run of a job (submit, reconcile, report, import) with its counts."""
+
+    __tablename__ = "job_runs"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    job: Mapped[str] = mapped_column(String(32))
+    logical_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(12))  # RUNNING, SUCCEEDED, FAILED, MISSED
+    counts: Mapped[str | None] = mapped_column(Text)  # JSON object
+    error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(128))
+    pid: Mapped[int | None] = mapped_column(Integer)
+
+
+class SchedulerLease(Base):
+    """Who runs the scheduler: one active holder per name, expiring if it dies."""
+
+    __tablename__ = "scheduler_leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
