@@ -54,3 +54,25 @@ def reports_errors(func: F) -> F:
 def main(log_level: str) -> None:
     """Recycle declined subscription payments, with FlexFactor decline salvage."""
     configure_logging(log_level.upper())
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@config_option
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to migrate to.")
+@reports_errors
+def db_upgrade(config_path: Path, revision: str) -> None:
+    """Create or migrate the schema of the configured database."""
+    from recycle_engine.bootstrap import load_settings_file
+    from recycle_engine.storage.db import upgrade
+
+    settings = load_settings_file(config_path)
+    upgrade(settings.database_url, revision)
+    click.echo(f"database at revision {revision}")

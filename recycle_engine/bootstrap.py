@@ -1,0 +1,39 @@
+"""The only wiring: builds settings, engines, clients and services from a settings file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from recycle_engine.ports import Clock
+from recycle_engine.settings import Settings
+from recycle_engine.storage.db import make_engine
+
+__all__ = ["App", "build_app", "load_settings_file"]
+
+
+def load_settings_file(path: Path) -> Settings:
+    """Load and check settings; raises ConfigError naming every problem."""
+    from recycle_engine.config import load_settings
+
+    return load_settings(path)
+
+
+@dataclass
+class App:
+    """What a command needs: the settings, a database engine and a clock."""
+
+    settings: Settings
+    engine: Engine
+    clock: Clock
+    _closers: list[object] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def build_app(settings: Settings, clock: Clock, *, pool_size: int | None = None) -> App:
+    size = pool_size or max(5, settings.batching.concurrency // 4)
+    return App(settings=settings, engine=make_engine(settings.database_url, pool_size=size), clock=clock)
