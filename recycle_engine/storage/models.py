@@ -123,8 +123,6 @@ class Subscription(Base):
     next_attempt_on: Mapped[date | None] = mapped_column(Date)
     open_handoff_id: Mapped[str | None] = mapped_column(ID)
     failure_cause: Mapped[str | None] = mapped_column(String(32))
-    claimed_by: Mapped[str | None] = mapped_column(ID)
-    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The nightly selection: recycling subscriptions by due date.
     __table_args__ = (Index(None, "status", "next_attempt_on"),)

@@ -257,8 +257,6 @@ def upgrade() -> None:
         sa.Column("next_attempt_on", sa.Date(), nullable=True),
         sa.Column("open_handoff_id", sa.String(length=64), nullable=True),
         sa.Column("failure_cause", sa.String(length=32), nullable=True),
-        sa.Column("claimed_by", sa.String(length=64), nullable=True),
-        sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
     )
