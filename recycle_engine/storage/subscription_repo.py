@@ -1,0 +1,279 @@
+"""Subscription and order state writes: ladder steps, failures, approvals, each with its change rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from sqlalchemy import Connection, bindparam, insert, update
+
+from recycle_engine.domain.outcomes import OrderStatus, PurchaseStatus
+from recycle_engine.storage.models import Change, Fulfillment, Order, Subscription
+
+__all__ = [
+    "Approval",
+    "LadderStep",
+    "RecycleFailure",
+    "apply_approvals",
+    "apply_failures",
+    "apply_ladder_steps",
+    "record_changes",
+]
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """An attempt ran and declined softly (or its hand-off failed): book the next attempt."""
+
+    subscription_id: str
+    attempt: int
+    ran_on: date
+    next_attempt: int
+    next_attempt_on: date
+
+
+@dataclass(frozen=True)
+class RecycleFailure:
+    subscription_id: str
+    cause: str
+    old_status: str = PurchaseStatus.RECYCLE_BILLING
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A recycled rebill was paid: move the purchase to its next cycle."""
+
+    subscription_id: str
+    order_id: str | None
+    product_id: str | None
+    billing_cycle: int  # the cycle that was paid
+    next_bill_on: date | None
+    price_minor: int  # recurring price from now on
+    gateway_id: str  # gateway of the next scheduled rebill
+    shippable: bool
+    handoff_id: str | None = None
+    old_status: str = PurchaseStatus.RECYCLE_BILLING
+
+
+def record_changes(conn: Connection, rows: Sequence[dict[str, object]]) -> None:
+    """Append change rows (the history and the CRM outbox) in one statement."""
+    if rows:
+        conn.execute(insert(Change), list(rows))
+
+
+def _change(
+    entity: str,
+    entity_id: str,
+    field: str,
+    old: object,
+    new: object,
+    *,
+    reason: str,
+    source: str,
+    now: datetime,
+    run_id: str | None,
+    handoff_id: str | None = None,
+) -> dict[str, object]:
+    return {
+        "entity": entity,
+        "entity_id": entity_id,
+        "field": field,
+        "old_value": None if old is None else str(old),
+        "new_value": None if new is None else str(new),
+        "reason": reason,
+        "source": source,
+        "handoff_id": handoff_id,
+        "run_id": run_id,
+        "occurred_at": now,
+    }
+
+
+def apply_ladder_steps(conn: Connection, steps: Sequence[LadderStep], *, now: datetime, run_id: str | None) -> None:
+    if not steps:
+        return
+    conn.execute(
+        update(Subscription)
+        .where(Subscription.id == bindparam("b_id"))
+        .values(
+            recycle_last_attempt=bindparam("b_attempt"),
+            recycle_last_ran_on=bindparam("b_ran_on"),
+            next_attempt=bindparam("b_next"),
+            next_attempt_on=bindparam("b_next_on"),
+            open_handoff_id=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+        [
+            {
+                "b_id": s.subscription_id,
+                "b_attempt": s.attempt,
+                "b_ran_on": s.ran_on,
+                "b_next": s.next_attempt,
+                "b_next_on": s.next_attempt_on,
+            }
+            for s in steps
+        ],
+    )
+
+
+def apply_failures(
+    conn: Connection,
+    failures: Sequence[RecycleFailure],
+    *,
+    now: datetime,
+    run_id: str | None,
+    reason: str,
+    source: str,
+) -> None:
+    """RECYCLE_FAILED with its cause; recycling stops."""
+    if not failures:
+        return
+    conn.execute(
+        update(Subscription)
+        .where(Subscription.id == bindparam("b_id"))
+        .values(
+            status=PurchaseStatus.RECYCLE_FAILED.value,
+            failure_cause=bindparam("b_cause"),
+            next_attempt=None,
+            next_attempt_on=None,
+            open_handoff_id=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+        [{"b_id": f.subscription_id, "b_cause": f.cause} for f in failures],
+    )
+    record_changes(
+        conn,
+        [
+            _change(
+                "SUBSCRIPTION",
+                f.subscription_id,
+                "status",
+                f.old_status,
+                f"{PurchaseStatus.RECYCLE_FAILED}:{f.cause}",
+                reason=reason,
+                source=source,
+                now=now,
+                run_id=run_id,
+            )
+            for f in failures
+        ],
+    )
+
+
+def apply_approvals(
+    conn: Connection,
+    approvals: Sequence[Approval],
+    *,
+    now: datetime,
+    run_id: str | None,
+    reason: str,
+    source: str,
+) -> int:
+    """ACTIVE at the next cycle, paid order COMPLETE, HOLD fulfillments; returns fulfillments created."""
+    if not approvals:
+        return 0
+    conn.execute(
+        update(Subscription)
+        .where(Subscription.id == bindparam("b_id"))
+        .values(
+            status=PurchaseStatus.ACTIVE.value,
+            billing_cycle=bindparam("b_cycle"),
+            next_bill_on=bindparam("b_next_bill"),
+            price_minor=bindparam("b_price"),
+            gateway_id=bindparam("b_gateway"),
+            failure_cause=None,
+            next_attempt=None,
+            next_attempt_on=None,
+            open_handoff_id=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+        [
+            {
+                "b_id": a.subscription_id,
+                "b_cycle": a.billing_cycle + 1,
+                "b_next_bill": a.next_bill_on,
+                "b_price": a.price_minor,
+                "b_gateway": a.gateway_id,
+            }
+            for a in approvals
+        ],
+    )
+    orders = [a for a in approvals if a.order_id]
+    if orders:
+        conn.execute(
+            update(Order)
+            .where(Order.id == bindparam("b_id"))
+            .values(status=OrderStatus.COMPLETE.value, updated_at=now)
+            .execution_options(synchronize_session=False),
+            [{"b_id": a.order_id} for a in orders],
+        )
+    changes: list[dict[str, object]] = []
+    for a in approvals:
+        common = {"reason": reason, "source": source, "now": now, "run_id": run_id, "handoff_id": a.handoff_id}
+        changes.append(_change("SUBSCRIPTION", a.subscription_id, "status", a.old_status, "ACTIVE", **common))  # type: ignore[arg-type]
+        changes.append(
+            _change("SUBSCRIPTION", a.subscription_id, "billing_cycle", a.billing_cycle, a.billing_cycle + 1, **common)  # type: ignore[arg-type]
+        )
+        changes.append(_change("SUBSCRIPTION", a.subscription_id, "next_bill_on", None, a.next_bill_on, **common))  # type: ignore[arg-type]
+        changes.append(_change("SUBSCRIPTION", a.subscription_id, "gateway_id", None, a.gateway_id, **common))  # type: ignore[arg-type]
+        if a.order_id:
+            changes.append(_change("ORDER", a.order_id, "status", OrderStatus.DECLINED, "COMPLETE", **common))  # type: ignore[arg-type]
+    record_changes(conn, changes)
+    return create_fulfillments(
+        conn,
+        [(a.order_id, a.subscription_id, a.billing_cycle, a.product_id, a.handoff_id) for a in approvals if a.shippable],
+        now=now,
+        run_id=run_id,
+        source=source,
+    )
+
+
+def create_fulfillments(
+    conn: Connection,
+    items: Sequence[tuple[str | None, str | None, int, str | None, str | None]],
+    *,
+    now: datetime,
+    run_id: str | None,
+    source: str,
+) -> int:
+    """One HOLD record per shippable item and cycle, never twice (the unique key holds the line)."""
+    from recycle_engine.storage.upsert import insert_ignore
+
+    rows = [
+        {
+            "order_id": order_id,
+            "purchase_id": purchase_id,
+            "billing_cycle": cycle,
+            "product_id": product_id,
+            "status": "HOLD",
+            "handoff_id": handoff_id,
+            "created_at": now,
+        }
+        for order_id, purchase_id, cycle, product_id, handoff_id in items
+        if order_id and product_id
+    ]
+    if not rows:
+        return 0
+    created = insert_ignore(conn, Fulfillment, rows, ["order_id", "product_id", "billing_cycle"])
+    record_changes(
+        conn,
+        [
+            _change(
+                "FULFILLMENT",
+                str(r["order_id"]),
+                "status",
+                None,
+                "HOLD",
+                reason="FULFILLMENT_CREATED",
+                source=source,
+                now=now,
+                run_id=run_id,
+                handoff_id=r["handoff_id"],  # type: ignore[arg-type]
+            )
+            for r in rows
+        ],
+    )
+    return created
