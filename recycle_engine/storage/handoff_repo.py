@@ -1,0 +1,163 @@
+"""Hand-off storage: create, lease for sending, record answers, and the named open-work queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+
+from recycle_engine.domain.states import State
+from recycle_engine.storage.models import Handoff, HandoffEvent
+
+__all__ = [
+    "HandoffUpdate",
+    "SendItem",
+    "apply_updates",
+    "insert_events",
+    "lease_unsent",
+    "unanswered",
+]
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """A hand-off leased for sending: its id, gateway and the exact body to send."""
+
+    id: str
+    gateway_id: str
+    source: str
+    purchase_id: str | None
+    order_id: str
+    attempt: int | None
+    request_body: str
+    idempotency_key: str
+    amount_minor: int
+    resend_count: int
+
+
+@dataclass(frozen=True)
+class HandoffUpdate:
+    """New values for one hand-off plus the event that explains them."""
+
+    id: str
+    values: dict[str, Any]
+    event_kind: str
+    source: str
+    detail: str | None = None
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(HandoffEvent), list(rows))
+
+
+def lease_unsent(
+    conn: Connection,
+    *,
+    now: datetime,
+    lease_until: datetime,
+    run_id: str,
+    limit: int,
+    exclude_gateways: Iterable[str] = (),
+) -> list[SendItem]:
+    """Lease up to `limit` PENDING hand-offs never sent (or confirmed absent) and mark them as sending.
+
+    The mark is committed by the caller before any HTTP call: a crash after it leaves hand-offs that
+    reconcile or the next run look up by our order id before anything is sent again."""
+    stmt = (
+        select(
+            Handoff.id,
+            Handoff.gateway_id,
+            Handoff.source,
+            Handoff.purchase_id,
+            Handoff.order_id,
+            Handoff.attempt,
+            Handoff.request_body,
+            Handoff.idempotency_key,
+            Handoff.amount_minor,
+            Handoff.resend_count,
+        )
+        .where(
+            Handoff.state == State.PENDING.value,
+            Handoff.send_started_at.is_(None),
+            or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
+        )
+        .order_by(Handoff.created_at, Handoff.id)
+        .limit(limit)
+    )
+    excluded = list(exclude_gateways)
+    if excluded:
+        stmt = stmt.where(Handoff.gateway_id.not_in(excluded))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    items = [SendItem(**row._mapping) for row in conn.execute(stmt)]
+    if items:
+        conn.execute(
+            update(Handoff)
+            .where(Handoff.id == bindparam("b_id"))
+            .values(send_started_at=now, claimed_by=run_id, claimed_until=lease_until, updated_at=now)
+            .execution_options(synchronize_session=False),
+            [{"b_id": i.id} for i in items],
+        )
+    return items
+
+
+def unanswered(conn: Connection, *, now: datetime, limit: int) -> list[tuple[str, str, datetime | None]]:
+    """PENDING hand-offs that were (maybe) sent and whose sender is gone: (id, gateway, send time)."""
+    stmt = (
+        select(Handoff.id, Handoff.gateway_id, Handoff.send_started_at)
+        .where(
+            Handoff.state == State.PENDING.value,
+            Handoff.send_started_at.is_not(None),
+            or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
+        )
+        .order_by(Handoff.send_started_at)
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+
+
+def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
+    """Write new hand-off values and append their events; grouped by column set for executemany."""
+    groups: dict[tuple[str, ...], list[HandoffUpdate]] = {}
+    for u in updates:
+        groups.setdefault(tuple(sorted(u.values)), []).append(u)
+    for cols, members in groups.items():
+        stmt = (
+            update(Handoff)
+            .where(Handoff.id == bindparam("b_id"))
+            .values({c: bindparam(f"b_{c}") for c in cols} | {"updated_at": now})
+            .execution_options(synchronize_session=False)
+        )
+        conn.execute(stmt, [{"b_id": u.id} | {f"b_{c}": u.values[c] for c in cols} for u in members])
+    insert_events(
+        conn,
+        [
+            {
+                "handoff_id": u.id,
+                "kind": u.event_kind,
+                "source": u.source,
+                "state_after": u.values.get("state", State.PENDING.value),
+                "flexfactor_order_id": u.values.get("flexfactor_order_id"),
+                "vendor_status": u.values.get("vendor_status"),
+                "detail": u.detail,
+                "occurred_at": now,
+            }
+            for u in updates
+        ],
+    )
+
+
+def open_for_purchase(conn: Connection, purchase_ids: Sequence[str]) -> set[str]:
+    """Purchases among `purchase_ids` that already have an open hand-off."""
+    if not purchase_ids:
+        return set()
+    rows = conn.execute(
+        select(Handoff.purchase_id).where(
+            and_(Handoff.purchase_id.in_(purchase_ids), Handoff.state.in_([State.PENDING.value, State.SUBMITTED.value]))
+        )
+    )
+    return {r[0] for r in rows if r[0] is not None}
