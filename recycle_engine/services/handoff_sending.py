@@ -1,0 +1,330 @@
+"""Sending hand-offs to FlexFactor and reading the answers back: the part submit, rerun and reconcile share."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State
+from recycle_engine.errors import (
+    FlexFactorConfigError,
+    FlexFactorConflict,
+    FlexFactorError,
+    FlexFactorNotSent,
+    FlexFactorRejected,
+    FlexFactorUnknownOutcome,
+)
+from recycle_engine.ports import EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.storage.handoff_repo import (
+    HandoffUpdate,
+    SendItem,
+    apply_updates,
+    lease_unsent,
+    unanswered,
+)
+from recycle_engine.storage.models import Handoff
+
+__all__ = ["SendReport", "SendResult", "resolve_unanswered", "send_pending"]
+
+log = logging.getLogger(__name__)
+
+FIRST_POLL_AFTER = timedelta(days=1)
+MAX_RESENDS = 3
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What happened to one /evaluate call: exactly one of answer or error kind is set."""
+
+    item: SendItem
+    answer: EvaluateAnswer | None = None
+    error_kind: str | None = None  # rejected, unknown, not_sent, config, conflict
+    error: str | None = None
+
+
+@dataclass
+class SendReport:
+    """Counts of one sending pass, plus the results the caller's ladder must act on."""
+
+    sent: int = 0
+    accepted: int = 0
+    approved: int = 0
+    declined: int = 0
+    unknown: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    skipped_gateways: set[str] = field(default_factory=set)
+    failed_items: list[SendItem] = field(default_factory=list)  # rejected: the ladder treats them as declined
+    final_ids: list[str] = field(default_factory=list)  # hand-offs that reached a final state at once
+
+    def as_counts(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "accepted": self.accepted,
+            "approved_at_once": self.approved,
+            "declined_at_once": self.declined,
+            "unknown": self.unknown,
+            "failed": self.failed,
+            "not_sent": self.not_sent,
+        }
+
+
+def _send_one(client: FlexFactorGateway, item: SendItem) -> SendResult:
+    body: Mapping[str, Any] = json.loads(item.request_body)
+    try:
+        return SendResult(item, answer=client.evaluate(body))
+    except FlexFactorRejected as exc:
+        return SendResult(item, error_kind="rejected", error=exc.body.summary())
+    except FlexFactorNotSent as exc:
+        return SendResult(item, error_kind="not_sent", error=str(exc))
+    except FlexFactorConfigError as exc:
+        return SendResult(item, error_kind="config", error=str(exc))
+    except FlexFactorConflict as exc:
+        # Same key still in flight at FlexFactor: its answer will come; look it up later.
+        return SendResult(item, error_kind="unknown", error=f"conflict: {exc}")
+    except FlexFactorUnknownOutcome as exc:
+        return SendResult(item, error_kind="unknown", error=str(exc))
+    except FlexFactorError as exc:
+        return SendResult(item, error_kind="unknown", error=str(exc))
+
+
+def _update_for(result: SendResult, now: datetime) -> HandoffUpdate:
+    item = result.item
+    if result.answer is not None:
+        a = result.answer
+        values: dict[str, Any] = {
+            "state": a.state.value,
+            "flexfactor_order_id": a.flexfactor_order_id,
+            "vendor_status": a.vendor_status.value,
+            "submitted_at": now,
+            "attention": a.needs_attention,
+            "claimed_until": None,
+            "last_error": None,
+        }
+        if a.state in FINAL_STATES:
+            values |= {
+                "outcome_at": now,
+                "outcome_source": OutcomeSource.RESPONSE.value,
+                "next_poll_at": None,
+            }
+            kind = Event(a.state.value).value
+        else:
+            values |= {"next_poll_at": now + FIRST_POLL_AFTER}
+            kind = Event.ACCEPTED.value
+        return HandoffUpdate(item.id, values, kind, OutcomeSource.RESPONSE.value)
+    if result.error_kind == "rejected":
+        values = {
+            "state": State.FAILED.value,
+            "last_error": result.error,
+            "claimed_until": None,
+            "outcome_at": now,
+        }
+        return HandoffUpdate(
+            item.id, values, Event.REJECTED.value, OutcomeSource.RESPONSE.value, result.error
+        )
+    if result.error_kind in ("not_sent", "config"):
+        # It never reached FlexFactor: unmark it so a later pass sends it, same body and key.
+        values = {"send_started_at": None, "claimed_until": None, "last_error": result.error}
+        return HandoffUpdate(item.id, values, "NOT_SENT", OutcomeSource.RESPONSE.value, result.error)
+    # Unknown: FlexFactor may hold the order. Release the lease so a lookup settles it; never resend blind.
+    values = {"claimed_until": None, "last_error": result.error, "next_poll_at": now}
+    return HandoffUpdate(item.id, values, Event.UNKNOWN.value, OutcomeSource.RESPONSE.value, result.error)
+
+
+def send_pending(
+    engine: Engine,
+    clients: Mapping[str, FlexFactorGateway],
+    *,
+    now: datetime,
+    run_id: str,
+    batch_size: int,
+    concurrency: int,
+    lease: timedelta,
+    on_batch: Callable[[SendReport, list[SendResult]], None] | None = None,
+    after_record: Callable[[Any, list[SendResult]], None] | None = None,
+) -> SendReport:
+    """Send every unsent PENDING hand-off: lease a batch, commit the mark, call FlexFactor, record.
+
+    Two batches stay in flight so the HTTP pool never idles while the database records answers.
+    `after_record(conn, results)` runs inside the transaction that records a batch (ladder steps)."""
+    report = SendReport()
+    skip: set[str] = {g for g in _gateways_pending(engine) if g not in clients}
+    report.skipped_gateways |= skip
+    inflight: list[tuple[list[SendItem], list[Future[SendResult]]]] = []
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="evaluate") as pool:
+        while True:
+            with engine.begin() as conn:
+                items = lease_unsent(
+                    conn,
+                    now=now,
+                    lease_until=now + lease,
+                    run_id=run_id,
+                    limit=batch_size,
+                    exclude_gateways=skip,
+                )
+            if items:
+                inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))
+            if not inflight:
+                break
+            if items and len(inflight) < 2:
+                continue
+            done_items, futures = inflight.pop(0)
+            results = [f.result() for f in futures]
+            _record(engine, results, report, skip, now, after_record)
+            if on_batch:
+                on_batch(report, results)
+    return report
+
+
+def _record(
+    engine: Engine,
+    results: list[SendResult],
+    report: SendReport,
+    skip: set[str],
+    now: datetime,
+    after_record: Callable[[Any, list[SendResult]], None] | None,
+) -> None:
+    for r in results:
+        if r.answer is not None:
+            report.sent += 1
+            report.accepted += 1
+            if r.answer.state is State.APPROVED:
+                report.approved += 1
+            elif r.answer.state is State.DECLINED:
+                report.declined += 1
+            if r.answer.state in FINAL_STATES:
+                report.final_ids.append(r.item.id)
+        elif r.error_kind == "rejected":
+            report.sent += 1
+            report.failed += 1
+            report.failed_items.append(r.item)
+            report.final_ids.append(r.item.id)
+            log.warning("hand-off rejected", extra={"handoff": r.item.id, "reason": r.error})
+        elif r.error_kind in ("not_sent", "config"):
+            report.not_sent += 1
+            # One unreachable or misconfigured gateway must not stall the rest of the night.
+            skip.add(r.item.gateway_id)
+            report.skipped_gateways.add(r.item.gateway_id)
+            log.error("gateway skipped", extra={"gateway": r.item.gateway_id, "reason": r.error})
+        else:
+            report.sent += 1
+            report.unknown += 1
+            log.warning("hand-off answer unknown", extra={"handoff": r.item.id, "reason": r.error})
+    with engine.begin() as conn:
+        apply_updates(conn, [_update_for(r, now) for r in results], now=now)
+        if after_record:
+            after_record(conn, results)
+
+
+def _gateways_pending(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Handoff.gateway_id)
+            .where(Handoff.state == State.PENDING.value)
+            .group_by(Handoff.gateway_id)
+        )
+        return {r[0] for r in rows}
+
+
+@dataclass
+class LookupReport:
+    adopted: int = 0
+    resent: int = 0
+    failed: int = 0
+    errors: int = 0
+    failed_ids: list[str] = field(default_factory=list)
+    final_ids: list[str] = field(default_factory=list)
+
+
+def resolve_unanswered(
+    engine: Engine,
+    clients: Mapping[str, FlexFactorGateway],
+    *,
+    now: datetime,
+    window: timedelta,
+    limit: int = 10_000,
+) -> LookupReport:
+    """Settle hand-offs whose answer was lost: find them at FlexFactor by our order id and adopt
+    what it holds; only a confirmed absence queues a resend with the same body and key."""
+    report = LookupReport()
+    with engine.connect() as conn:
+        rows = unanswered(conn, now=now, limit=limit)
+    updates: list[HandoffUpdate] = []
+    for handoff_id, gateway_id, sent_at in rows:
+        client = clients.get(gateway_id)
+        if client is None:
+            continue
+        base = sent_at or now
+        try:
+            snap = client.find_by_external_id(handoff_id, placed_from=base - window, placed_to=now + window)
+        except FlexFactorError as exc:
+            report.errors += 1
+            log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
+            continue
+        if snap is not None:
+            updates.append(_adopt(handoff_id, snap, now))
+            report.adopted += 1
+            if snap.state is not None:
+                report.final_ids.append(handoff_id)
+            continue
+        with engine.connect() as conn:
+            resends = conn.execute(select(Handoff.resend_count).where(Handoff.id == handoff_id)).scalar_one()
+        if resends >= MAX_RESENDS:
+            reason = f"not found at FlexFactor after {resends} resends"
+            updates.append(
+                HandoffUpdate(
+                    handoff_id,
+                    {"state": State.FAILED.value, "last_error": reason, "outcome_at": now},
+                    Event.REJECTED.value,
+                    OutcomeSource.POLL.value,
+                    reason,
+                )
+            )
+            report.failed += 1
+            report.failed_ids.append(handoff_id)
+        else:
+            updates.append(
+                HandoffUpdate(
+                    handoff_id,
+                    {"send_started_at": None, "claimed_until": None, "resend_count": resends + 1},
+                    "ABSENT",
+                    OutcomeSource.POLL.value,
+                    "confirmed absent at FlexFactor: resend with the same body and key",
+                )
+            )
+            report.resent += 1
+    if updates:
+        with engine.begin() as conn:
+            apply_updates(conn, updates, now=now)
+    return report
+
+
+def _adopt(handoff_id: str, snap: OrderSnapshot, now: datetime) -> HandoffUpdate:
+    values: dict[str, Any] = {
+        "flexfactor_order_id": snap.flexfactor_order_id,
+        "vendor_status": snap.status_name,
+        "submitted_at": snap.order_placed_at or now,
+        "attention": snap.needs_attention,
+        "last_error": None,
+    }
+    if snap.state is None:
+        values |= {"state": State.SUBMITTED.value, "next_poll_at": now + FIRST_POLL_AFTER}
+        kind = Event.ACCEPTED.value
+    else:
+        values |= {"state": snap.state.value, "outcome_at": now, "outcome_source": OutcomeSource.POLL.value}
+        kind = Event(snap.state.value).value
+    return HandoffUpdate(handoff_id, values, kind, OutcomeSource.POLL.value, "adopted by lookup")
+
+
+def release_leases(engine: Engine, ids: Sequence[str]) -> None:
+    """Drop the sending lease of hand-offs (used when a run stops early)."""
+    if ids:
+        with engine.begin() as conn:
+            conn.execute(update(Handoff).where(Handoff.id.in_(ids)).values(claimed_until=None))
