@@ -7,11 +7,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from recycle_engine.ports import Clock
+from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 
-__all__ = ["App", "build_app", "load_settings_file"]
+__all__ = ["App", "build_app", "flexfactor_clients", "load_settings_file", "processors"]
 
 
 def load_settings_file(path: Path) -> Settings:
@@ -37,3 +37,23 @@ class App:
 def build_app(settings: Settings, clock: Clock, *, pool_size: int | None = None) -> App:
     size = pool_size or max(5, settings.batching.concurrency // 4)
     return App(settings=settings, engine=make_engine(settings.database_url, pool_size=size), clock=clock)
+
+
+def flexfactor_clients(settings: Settings, clock: Clock) -> dict[str, FlexFactorGateway]:
+    """One pooled client per FlexFactor gateway."""
+    from recycle_engine.adapters.flexfactor_http import FlexFactorClient
+
+    clients: dict[str, FlexFactorGateway] = {}
+    for gw in settings.flexfactor_gateways():
+        assert gw.flexfactor is not None
+        clients[gw.id] = FlexFactorClient(
+            gw.flexfactor, settings.http, settings.batching, clock, gateway_id=gw.id
+        )
+    return clients
+
+
+def processors(settings: Settings) -> dict[str, ProcessorGateway]:
+    """A processor adapter per ordinary gateway."""
+    from recycle_engine.adapters.processors import processor_for
+
+    return {g.id: processor_for(g) for g in settings.gateways.values() if not g.is_flexfactor}

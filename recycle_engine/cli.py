@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,3 +77,84 @@ def db_upgrade(config_path: Path, revision: str) -> None:
     settings = load_settings_file(config_path)
     upgrade(settings.database_url, revision)
     click.echo(f"database at revision {revision}")
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def _instant(value: str | None) -> datetime | None:
+    """Parse an ISO 8601 instant with offset (`--at`); a bare time is refused rather than guessed."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time, e.g. 2026-06-12T02:00:00-04:00"
+        ) from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no UTC offset; add one, e.g. {value}+00:00")
+    return parsed
+
+
+def _progress_printer(label: str) -> Callable[[str, int], None] | None:
+    """A one-line progress display on a terminal; None when logs go to a file or journal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(stage: str, count: int) -> None:
+        click.echo(f"\r{label}: {stage} {count:,}   ", err=True, nl=False)
+
+    return show
+
+
+@main.group()
+def run() -> None:
+    """The nightly jobs: submit, reconcile, report."""
+
+
+@run.command("submit")
+@config_option
+@click.option(
+    "--at", "at_text", metavar="T", help="Logical time of the run (ISO 8601 with offset); default now."
+)
+@click.option("--dry-run", is_flag=True, help="Print what the run would do and write nothing.")
+@reports_errors
+def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool) -> None:
+    """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.money import Money
+    from recycle_engine.services.submit import run_submit
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    at = _instant(at_text) or clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        result = run_submit(
+            settings,
+            app.engine,
+            {} if dry_run else bootstrap.flexfactor_clients(settings, clock),
+            bootstrap.processors(settings),
+            at=at,
+            now=clock.now(),
+            dry_run=dry_run,
+            progress=_progress_printer("submit"),
+        )
+    finally:
+        app.close()
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    if dry_run:
+        click.echo(f"dry run at {at.isoformat()}: nothing was written")
+        for (slot, gateway), n in sorted(result.by_slot.items()):
+            click.echo(f"  slot {slot:6} gateway {gateway:20} {n:>8,} attempts")
+        for (gateway, currency), minor in sorted(result.amounts.items()):
+            click.echo(f"  gateway {gateway:20} {Money(minor, currency)}")
+        for row in result.preview:
+            click.echo("  " + " ".join(f"{k}={v}" for k, v in row.items()))
+    click.echo(
+        f"submit {result.run_id or '(dry run)'}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    )

@@ -20,7 +20,9 @@ def new_run_id(job: str) -> str:
     return f"{job}-{uuid.uuid4().hex[:12]}"
 
 
-def start_run(engine: Engine, job: str, *, logical_at: datetime, now: datetime, run_id: str | None = None) -> str:
+def start_run(
+    engine: Engine, job: str, *, logical_at: datetime, now: datetime, run_id: str | None = None
+) -> str:
     """Record a RUNNING job run and return its id."""
     run_id = run_id or new_run_id(job)
     with engine.begin() as conn:
