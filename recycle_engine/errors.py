@@ -113,10 +113,12 @@ class FlexFactorErrorBody:
     trace_id: str | None = None
     field_errors: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     messages: tuple[str, ...] = ()
+    codes: tuple[str, ...] = ()  # business error codes (item2 of an HTTP-200 failure, responseCode)
 
     def summary(self) -> str:
         parts = [f"{k}: {'; '.join(v)}" for k, v in self.field_errors.items()]
         parts.extend(self.messages)
+        parts.extend(f"code {c}" for c in self.codes)
         text = " | ".join(parts) if parts else "no detail"
         trace = f" (trace {self.trace_id})" if self.trace_id else ""
         return f"HTTP {self.http_status}: {text}{trace}"
