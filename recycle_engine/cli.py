@@ -158,3 +158,20 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool) -> Non
         f"submit {result.run_id or '(dry run)'}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check settings.yaml."""
+
+
+@config_group.command("check")
+@config_option
+@reports_errors
+def config_check_cmd(config_path: Path) -> None:
+    """Load the settings and print a short summary, or every problem (exit 2)."""
+    from recycle_engine.config import describe_settings, load_settings
+
+    for line in describe_settings(load_settings(config_path)):
+        click.echo(line)
+    click.echo("settings are valid")
