@@ -99,12 +99,14 @@ class FlexFactorGateway(Protocol):
         """The order we sent with orderId = external_order_id, or None if FlexFactor has none."""
         ...
 
-    def cancel(self, flexfactor_order_id: str) -> None:
-        """POST /orders/{id}/cancel."""
+    def cancel(self, flexfactor_order_id: str) -> OrderSnapshot | None:
+        """POST /orders/{id}/cancel. None when cancelled; when FlexFactor refuses because the order is
+        already final (400, A9), the order as re-read, for the caller to apply."""
         ...
 
-    def external_cancel(self, external_order_id: str) -> None:
-        """POST /orders/{orderId}/external-cancel, by our orderId."""
+    def external_cancel(self, external_order_id: str) -> OrderSnapshot | None:
+        """POST /orders/{orderId}/external-cancel, by our orderId; returns as `cancel` does.
+        Raises FlexFactorNotFoundError when FlexFactor holds no order with that orderId."""
         ...
 
 

@@ -1,0 +1,559 @@
+"""The FlexFactor HTTP client: the one requests.Session, token cache, timeouts, retries, throttle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from recycle_engine.adapters import flexfactor_codes as codes
+from recycle_engine.domain.cards import looks_like_pan
+from recycle_engine.errors import (
+    FlexFactorConfigError,
+    FlexFactorConflict,
+    FlexFactorError,
+    FlexFactorNotFoundError,
+    FlexFactorNotSent,
+    FlexFactorProtocolError,
+    FlexFactorRejected,
+    FlexFactorUnknownOutcome,
+    InputError,
+)
+from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.settings import BatchingSettings, FlexFactorSettings, HttpSettings
+
+__all__ = ["FlexFactorClient", "TokenBucket"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_MARGIN: Final = timedelta(seconds=60)  # A16: renew this long before `expires`
+# How far back external_cancel looks for the order after a 400: windows last at most 21 days.
+EXTERNAL_CANCEL_LOOKBACK: Final = timedelta(days=45)
+_SERVER_ERRORS: Final = frozenset({500, 502, 503, 504})
+_USER_AGENT: Final = "recycle-engine/0.1"
+
+
+class TokenBucket:
+    """Thread-safe token bucket: at most `rate_per_s` calls a second, bursts up to `burst`."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        *,
+        burst: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rate = rate_per_s
+        self._capacity = burst if burst is not None else max(1.0, rate_per_s)
+        self._tokens = self._capacity
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._last = monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take one token, sleeping until it is due; returns the seconds waited. Rate <= 0: no limit."""
+        if self._rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self._monotonic()
+            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            # Going negative reserves a future token, so waiters queue fairly without holding the lock.
+            self._tokens -= 1.0
+            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str = field(repr=False)
+    expires_at: datetime
+    renew_at: datetime
+
+
+class FlexFactorClient:
+    """ports.FlexFactorGateway over HTTP for one FlexFactor gateway (one credential set). Thread-safe."""
+
+    def __init__(
+        self,
+        settings: FlexFactorSettings,
+        http: HttpSettings,
+        batching: BatchingSettings,
+        clock: Clock,
+        *,
+        gateway_id: str,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._settings = settings
+        self._http = http
+        self._clock = clock
+        self.gateway_id = gateway_id
+        self._base = settings.base_url.rstrip("/")
+        self._timeout = (http.connect_timeout_s, http.read_timeout_s)
+        self._sleep = sleep
+        self._limiter = TokenBucket(batching.rate_limit_per_second, sleep=sleep)
+        self._session = requests.Session()
+        pool = max(batching.concurrency, 10)
+        # Retries are ours (they must know what is safe to resend), so urllib3's are off.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool, max_retries=0)
+        self._session.mount("https://", adapter)
+        self._session.mount("http://", adapter)
+        self._session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
+        self._token: _Token | None = None
+        self._token_lock = threading.Lock()
+        self.token_fetches = 0  # for operators and tests: how many times we asked for a token
+
+    def __repr__(self) -> str:
+        return f"FlexFactorClient(gateway_id={self.gateway_id!r}, base_url={self._base!r})"
+
+    def __enter__(self) -> FlexFactorClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections; the client is unusable afterwards."""
+        self._session.close()
+
+    # --- the port ---------------------------------------------------------------------------------
+
+    def evaluate(self, body: Mapping[str, Any]) -> EvaluateAnswer:
+        """POST /evaluate once; resends only what provably never reached FlexFactor (same bytes, same key).
+
+        Raises FlexFactorRejected (400 or a FAILED envelope), FlexFactorUnknownOutcome (read timeout,
+        5xx, unreadable answer), FlexFactorNotSent, FlexFactorConflict (409 after retries),
+        FlexFactorConfigError, InputError (no idempotencyKey, or a card number in cardNumber)."""
+        _refuse_unsafe_body(body)
+        response = self._send("POST", "/evaluate", body=body, resendable=False)
+        try:
+            answer = self._json(response, "/evaluate")
+            failure = codes.envelope_failure(answer)
+            if failure is not None:
+                raise FlexFactorRejected(failure)
+            return codes.evaluate_answer(answer)
+        except FlexFactorProtocolError as exc:
+            # FlexFactor answered 200, so it most likely holds an order we cannot identify from this
+            # answer; calling it anything but unknown could hand the same decline off twice.
+            raise FlexFactorUnknownOutcome(
+                f"gateway {self.gateway_id}: /evaluate answer unreadable ({exc}); look the order up"
+            ) from exc
+
+    def get_order(self, flexfactor_order_id: str) -> OrderSnapshot:
+        """GET /orders/{id}; raises FlexFactorNotFoundError (404) or FlexFactorProtocolError."""
+        path = f"/orders/{quote(flexfactor_order_id, safe='')}"
+        response = self._send("GET", path, resendable=True)
+        with self._naming_gateway(path):
+            return codes.order_snapshot(self._json(response, path), now=self._clock.now())
+
+    def list_orders(
+        self,
+        *,
+        placed_from: datetime,
+        placed_to: datetime,
+        statuses: Sequence[int] = (),
+        query: str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[OrderSnapshot]:
+        """GET /orders for our MID placed in [placed_from, placed_to], page by page until hasNextPage
+        is false; lazily, one page per request."""
+        params: list[tuple[str, str | int]] = [
+            ("mid", self._settings.mid),
+            ("from", _utc_text(placed_from)),
+            ("to", _utc_text(placed_to)),
+            ("orderBy", "createdOn"),
+            ("sort", "asc"),
+            ("pageSize", page_size),
+        ]
+        params.extend(("status", s) for s in statuses)
+        if query:
+            params.append(("query", query))
+        page_number = 1
+        while True:
+            response = self._send(
+                "GET", "/orders", params=[*params, ("pageNumber", page_number)], resendable=True
+            )
+            page = self._json(response, "/orders")
+            items = codes.get_ci(page, "items")
+            if not isinstance(items, list):
+                raise FlexFactorProtocolError(f"gateway {self.gateway_id}: order list page has no items")
+            now = self._clock.now()
+            with self._naming_gateway("/orders"):
+                snapshots = [codes.order_snapshot(_object(item), now=now) for item in items]
+            yield from snapshots
+            if not _has_next_page(page, page_number, len(items)):
+                return
+            page_number += 1
+
+    def find_by_external_id(
+        self, external_order_id: str, *, placed_from: datetime, placed_to: datetime
+    ) -> OrderSnapshot | None:
+        """The order we sent with orderId = external_order_id (exact match on externalOrderId), or None."""
+        for order in self.list_orders(placed_from=placed_from, placed_to=placed_to, query=external_order_id):
+            # `query` is a search, not a filter: only an exact match is ours.
+            if order.external_order_id == external_order_id:
+                return order
+        return None
+
+    def cancel(self, flexfactor_order_id: str) -> OrderSnapshot | None:
+        """POST /orders/{id}/cancel. None when cancelled; after a 400 the order is re-read and returned
+        if it is already final (A9), for the caller to apply; otherwise FlexFactorRejected is raised."""
+        path = f"/orders/{quote(flexfactor_order_id, safe='')}/cancel"
+        try:
+            self._send_cancel(path)
+        except FlexFactorRejected as rejected:
+            order = self.get_order(flexfactor_order_id)
+            return _final_or_raise(order, rejected)
+        return None
+
+    def external_cancel(self, external_order_id: str) -> OrderSnapshot | None:
+        """POST /orders/{orderId}/external-cancel by our orderId; returns as `cancel` does, looking the
+        order up by orderId over the last 45 days after a 400. FlexFactorNotFoundError on a 404."""
+        path = f"/orders/{quote(external_order_id, safe='')}/external-cancel"
+        try:
+            self._send_cancel(path)
+        except FlexFactorRejected as rejected:
+            now = self._clock.now()
+            order = self.find_by_external_id(
+                external_order_id,
+                placed_from=now - EXTERNAL_CANCEL_LOOKBACK,
+                placed_to=now + timedelta(days=1),
+            )
+            if order is None:
+                raise
+            return _final_or_raise(order, rejected)
+        return None
+
+    # --- transport --------------------------------------------------------------------------------
+
+    def _send_cancel(self, path: str) -> None:
+        # The optional key makes a cancel replayable for 24 h, so a lost answer may be retried safely.
+        self._send("POST", path, body={"idempotencyKey": str(uuid.uuid4())}, resendable=True)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        params: Sequence[tuple[str, str | int]] | None = None,
+        resendable: bool,
+    ) -> requests.Response:
+        """One logical call with bounded retries. `resendable` says a lost answer may be asked again
+        (GET, keyed cancel); /evaluate is not: its 5xx and read timeouts are FlexFactorUnknownOutcome."""
+        data = json.dumps(body, separators=(",", ":")).encode("utf-8") if body is not None else None
+        url = self._base + path
+        attempts = self._http.max_retries + 1
+        token_renewed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            last_try = attempt >= attempts
+            token = self._current_token()
+            self._limiter.acquire()
+            started = time.monotonic()
+            try:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    params=params,
+                    headers=_headers(token.value, data is not None),
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                kind = codes.error_for_transport(exc)
+                self._log_failure(method, path, attempt, started, exc)
+                if not last_try and (
+                    kind is FlexFactorNotSent or (resendable and kind is FlexFactorUnknownOutcome)
+                ):
+                    self._backoff(attempt)
+                    continue
+                raise self._transport_error(kind, method, path, attempt) from exc
+            status = response.status_code
+            self._log_response(method, path, status, attempt, started)
+            if 200 <= status < 300:
+                return response
+            if status == 401 and not token_renewed:
+                # Expired or revoked early: one new token, one more try (A16); not counted as a retry.
+                token_renewed = True
+                self._drop_token(token)
+                attempt -= 1
+                continue
+            error = self._status_error(status, response, method, path, attempt)
+            retry = status in (409, 429) or (resendable and status in _SERVER_ERRORS)
+            if retry and not last_try:
+                self._backoff(attempt, retry_after=_retry_after_s(response) if status == 429 else None)
+                continue
+            raise error
+
+    def _status_error(
+        self, status: int, response: requests.Response, method: str, path: str, attempt: int
+    ) -> FlexFactorError:
+        where = f"gateway {self.gateway_id}: {method} {path} answered HTTP {status}"
+        if status == 400:
+            return FlexFactorRejected(codes.parse_error_body(400, response.content))
+        if status == 401:
+            return FlexFactorConfigError(f"{where} with a fresh token: check the gateway's credentials")
+        if status == 404 and path.startswith("/orders/"):
+            return FlexFactorNotFoundError(where)
+        if status == 409:
+            detail = codes.parse_error_body(409, response.content).summary()
+            return FlexFactorConflict(f"{where} after {attempt} attempts: {detail}")
+        if status == 429:
+            # Refused before any work: the same body and key may be sent again later.
+            return FlexFactorNotSent(f"{where}: still rate limited after {attempt} attempts")
+        if status >= 500:
+            trace = codes.parse_error_body(status, response.content).trace_id
+            return FlexFactorUnknownOutcome(f"{where}; FlexFactor may hold the request" + _trace(trace))
+        if status in (403, 404, 405) or 300 <= status < 400:
+            return FlexFactorConfigError(f"{where}: check base_url and the gateway's permissions")
+        return FlexFactorProtocolError(f"{where}, which the contract does not define")
+
+    def _transport_error(
+        self, kind: type[FlexFactorError], method: str, path: str, attempt: int
+    ) -> FlexFactorError:
+        what = {
+            FlexFactorNotSent: "never reached FlexFactor",
+            FlexFactorUnknownOutcome: "may have reached FlexFactor but its answer was lost",
+            FlexFactorConfigError: "could not be built: check base_url",
+        }.get(kind, "failed in transport")
+        return kind(f"gateway {self.gateway_id}: {method} {path} {what} (attempt {attempt})")
+
+    def _json(self, response: requests.Response, path: str) -> dict[str, Any]:
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            raise FlexFactorProtocolError(
+                f"gateway {self.gateway_id}: {path} answered HTTP {response.status_code} with a non-JSON body"
+            ) from None
+        if not isinstance(body, dict):
+            raise FlexFactorProtocolError(
+                f"gateway {self.gateway_id}: {path} answered a non-object JSON body"
+            )
+        return body
+
+    @contextmanager
+    def _naming_gateway(self, path: str) -> Iterator[None]:
+        # codes.py knows the vendor's words but not which gateway spoke them; operators need both.
+        try:
+            yield
+        except FlexFactorProtocolError as exc:
+            raise FlexFactorProtocolError(f"gateway {self.gateway_id}: {path}: {exc}") from exc
+
+    def _backoff(self, attempt: int, *, retry_after: float | None = None) -> None:
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            # Capped exponential back-off with full jitter, so parallel workers do not retry in step.
+            ceiling = min(self._http.backoff_max_s, self._http.backoff_base_s * 2 ** (attempt - 1))
+            delay = random.uniform(0, ceiling)
+        if delay > 0:
+            self._sleep(delay)
+
+    # --- token ------------------------------------------------------------------------------------
+
+    def _current_token(self) -> _Token:
+        token = self._token
+        if token is not None and self._clock.now() < token.renew_at:
+            return token
+        with self._token_lock:
+            # Another thread may have fetched it while we waited for the lock.
+            token = self._token
+            if token is None or self._clock.now() >= token.renew_at:
+                token = self._fetch_token()
+                self._token = token
+            return token
+
+    def _new_token(self, value: str, expires_at: datetime) -> _Token:
+        now = self._clock.now()
+        renew_at = expires_at - TOKEN_MARGIN
+        if renew_at <= now:
+            # Our clock runs ahead of FlexFactor's: trusting `expires` would fetch a token per call.
+            # Use it for one margin's length; a 401 still renews it at once if FlexFactor disagrees.
+            log.warning(
+                "FlexFactor token already due for renewal on arrival; check clock skew",
+                extra={"gateway": self.gateway_id, "expires_at": expires_at.isoformat()},
+            )
+            renew_at = now + TOKEN_MARGIN
+        return _Token(value=value, expires_at=expires_at, renew_at=renew_at)
+
+    def _drop_token(self, failed: _Token) -> None:
+        with self._token_lock:
+            # Only the token that failed: 64 threads seeing one 401 must cause one new fetch.
+            if self._token is failed:
+                self._token = None
+
+    def _fetch_token(self) -> _Token:
+        path = "/oauth2/token"
+        data = json.dumps({"AppKey": self._settings.app_key, "AppSecret": self._settings.app_secret}).encode()
+        attempts = self._http.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            self._limiter.acquire()
+            started = time.monotonic()
+            self.token_fetches += 1
+            try:
+                response = self._session.request(
+                    "POST",
+                    self._base + path,
+                    data=data,
+                    headers={"Content-Type": "application/json"},
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                kind = codes.error_for_transport(exc)
+                self._log_failure("POST", path, attempt, started, exc)
+                if kind is FlexFactorConfigError:
+                    raise self._transport_error(kind, "POST", path, attempt) from exc
+                if attempt < attempts:
+                    self._backoff(attempt)
+                    continue
+                # Without a token the business request never left, whatever happened to this one.
+                raise FlexFactorNotSent(
+                    f"gateway {self.gateway_id}: no token after {attempt} attempts"
+                ) from exc
+            status = response.status_code
+            self._log_response("POST", path, status, attempt, started)
+            if status == 200:
+                try:
+                    value, expires_at = codes.read_token(self._json(response, path))
+                except FlexFactorProtocolError as exc:
+                    raise FlexFactorProtocolError(
+                        f"gateway {self.gateway_id}: unreadable token answer"
+                    ) from exc
+                return self._new_token(value, expires_at)
+            if status in (400, 401, 403, 405):
+                # Wrong AppKey/AppSecret: this gateway's work is skipped, never retried.
+                raise FlexFactorConfigError(
+                    f"gateway {self.gateway_id}: FlexFactor refused the credentials (HTTP {status} at {path})"
+                )
+            if attempt < attempts and (status == 429 or status >= 500):
+                self._backoff(attempt, retry_after=_retry_after_s(response) if status == 429 else None)
+                continue
+            raise FlexFactorNotSent(f"gateway {self.gateway_id}: no token (HTTP {status} at {path})")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- logging ----------------------------------------------------------------------------------
+
+    def _log_response(self, method: str, path: str, status: int, attempt: int, started: float) -> None:
+        level = logging.DEBUG if status < 400 else logging.WARNING
+        log.log(
+            level,
+            "FlexFactor %s %s -> %s",
+            method,
+            path,
+            status,
+            extra=self._extra(method, path, attempt, started, status=status),
+        )
+
+    def _log_failure(self, method: str, path: str, attempt: int, started: float, exc: BaseException) -> None:
+        # The exception class only: its text can carry URLs, never needed here.
+        log.warning(
+            "FlexFactor %s %s failed: %s",
+            method,
+            path,
+            type(exc).__name__,
+            extra=self._extra(method, path, attempt, started, error=type(exc).__name__),
+        )
+
+    def _extra(
+        self, method: str, path: str, attempt: int, started: float, **more: object
+    ) -> dict[str, object]:
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        return {
+            "gateway": self.gateway_id,
+            "method": method,
+            "path": path,
+            "attempt": attempt,
+            "elapsed_ms": elapsed_ms,
+            **more,
+        }
+
+
+def _headers(token: str, has_body: bool) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if has_body:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def _refuse_unsafe_body(body: Mapping[str, Any]) -> None:
+    key = body.get("idempotencyKey")
+    if not isinstance(key, str) or not key:
+        raise InputError("evaluate body has no idempotencyKey; build it with flexfactor_payload")
+    payment = body.get("paymentMethod")
+    card_number = payment.get("cardNumber") if isinstance(payment, Mapping) else None
+    if isinstance(card_number, str) and looks_like_pan(card_number):
+        # The last gate before the wire: a raw card number must never leave us (contract 5.3).
+        raise InputError(f"evaluate body {body.get('orderId')!s:.64}: cardNumber looks like a card number")
+
+
+def _object(item: object) -> Mapping[str, Any]:
+    if not isinstance(item, Mapping):
+        raise FlexFactorProtocolError("order list item is not an object")
+    return item
+
+
+def _final_or_raise(order: OrderSnapshot, rejected: FlexFactorRejected) -> OrderSnapshot:
+    if order.state is None:
+        raise rejected  # not final: the 400 meant something else
+    return order
+
+
+def _has_next_page(page: Mapping[str, Any], page_number: int, item_count: int) -> bool:
+    has_next = codes.get_ci(page, "hasNextPage")
+    if isinstance(has_next, bool):
+        return has_next and item_count > 0  # an empty "next" page would loop forever
+    is_last = codes.get_ci(page, "isLastPage")
+    if isinstance(is_last, bool):
+        return not is_last and item_count > 0
+    page_count = codes.get_ci(page, "pageCount")
+    return isinstance(page_count, int) and page_number < page_count
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP-date form is possible but undocumented; fall back to back-off
+    return max(0.0, seconds)
+
+
+def _utc_text(moment: datetime) -> str:
+    if moment.utcoffset() is None:
+        raise InputError("order list bounds must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _trace(trace_id: str | None) -> str:
+    return f" (trace {trace_id})" if trace_id else ""
+
+
+if TYPE_CHECKING:  # mypy proves the client satisfies the port
+
+    def _implements_port(client: FlexFactorClient) -> FlexFactorGateway:
+        return client
