@@ -161,11 +161,10 @@ class _Reader:
             # The key's text as written: `0002:` or `4-6:` stay names, never YAML numbers.
             key = str(key_node.value)
             child = _join(path, key)
-            if not merged and key in written:
-                self.add(
-                    child, f"key {key!r} is written twice in this mapping (first on line {self.lines[child]})"
-                )
+            first_line = self.lines.get(child)
             self.lines[child] = key_node.start_mark.line + 1
+            if not merged and key in written:
+                self.add(child, f"key {key!r} is written twice in this mapping (first on line {first_line})")
             if not merged:
                 written.add(key)
             result[key] = self.tree(loader, value_node, child, seen)
