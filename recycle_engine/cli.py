@@ -175,3 +175,79 @@ def config_check_cmd(config_path: Path) -> None:
     for line in describe_settings(load_settings(config_path)):
         click.echo(line)
     click.echo("settings are valid")
+
+
+# --- sandbox -----------------------------------------------------------------------------------
+
+
+def _sandbox_defaults() -> Any:
+    # Only the config module: uvicorn and starlette load when the command runs, not for every command.
+    from recycle_engine.sandbox.state import SandboxConfig
+
+    return SandboxConfig()
+
+
+_SANDBOX = _sandbox_defaults()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback).")
+@click.option(
+    "--port",
+    default=8765,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port; 0 picks a free one.",
+)
+@click.option("--webhook-url", default=None, help="Where signed webhooks are POSTed (none: kept pending).")
+@click.option("--app-key", default=_SANDBOX.app_key, show_default=True, help="AppKey the token call accepts.")
+@click.option("--app-secret", default=_SANDBOX.app_secret, show_default=True, help="AppSecret it accepts.")
+@click.option("--mid", default=_SANDBOX.mid, show_default=True, help="The merchant id /evaluate accepts.")
+@click.option("--site-id", default=_SANDBOX.site_id, show_default=True, help="The site id of that merchant.")
+@click.option(
+    "--signing-key",
+    default=_SANDBOX.hmac_signing_key_b64,
+    show_default="the sandbox test key",
+    help="Base64 HMAC key that signs webhooks.",
+)
+@click.option(
+    "--latency-ms",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Added delay on every /v1 call.",
+)
+def sandbox(
+    host: str,
+    port: int,
+    webhook_url: str | None,
+    app_key: str,
+    app_secret: str,
+    mid: str,
+    site_id: str,
+    signing_key: str,
+    latency_ms: int,
+) -> None:
+    """Run the bundled FlexFactor sandbox in the foreground until SIGINT or SIGTERM.
+
+    Prints its base URL (…/v1) on the first line; the admin API is under /_sandbox.
+    """
+    from dataclasses import replace
+
+    from recycle_engine.sandbox.server import serve_forever
+
+    config = replace(
+        _SANDBOX,
+        app_key=app_key,
+        app_secret=app_secret,
+        mid=mid,
+        site_id=site_id,
+        hmac_signing_key_b64=signing_key,
+        webhook_url=webhook_url,
+    )
+
+    def announce(base_url: str, admin_url: str) -> None:
+        click.echo(base_url)
+        click.echo(f"FlexFactor sandbox ready; admin API at {admin_url}; Ctrl-C stops it.", err=True)
+
+    serve_forever(config, host, port, latency_ms=latency_ms, on_ready=announce)
