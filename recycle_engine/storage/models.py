@@ -223,12 +223,12 @@ class Handoff(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     flexfactor_order_id: Mapped[str | None] = mapped_column(String(64), index=True)
     vendor_status: Mapped[str | None] = mapped_column(String(24))
-    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome_source: Mapped[str | None] = mapped_column(String(8))
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
-    attention: Mapped[str | None] = mapped_column(String(64))
+    attention: Mapped[str | None] = mapped_column(String(64), index=True)
     next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     poll_count: Mapped[int] = mapped_column(Integer, default=0)
     resend_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -254,7 +254,7 @@ class HandoffEvent(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # report: touched on a day
 
 
 class WebhookDelivery(Base):
