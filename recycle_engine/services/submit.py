@@ -33,6 +33,7 @@ from recycle_engine.storage.subscription_repo import (
     apply_approvals,
     apply_failures,
     apply_ladder_steps,
+    record_changes,
 )
 
 __all__ = ["DuePlan", "SubmitResult", "due_rows", "run_submit"]
@@ -76,6 +77,7 @@ _DUE_COLUMNS = (
     Subscription.recycle_original_minor,
     Subscription.recycle_last_attempt,
     Subscription.recycle_last_ran_on,
+    Subscription.next_attempt,
     Subscription.next_attempt_on,
     Decline.declined_at,
     Decline.utc_offset_minutes,
@@ -143,9 +145,7 @@ def _plan(settings: Settings, row: Row[Any]) -> DuePlan:
     return DuePlan(row, planned, gateway)
 
 
-def _next_step(
-    profile: RecycleProfile, row: Any, attempt: int, ran_on: date
-) -> LadderStep | RecycleFailure:
+def _next_step(profile: RecycleProfile, row: Any, attempt: int, ran_on: date) -> LadderStep | RecycleFailure:
     """After a declined attempt (or a failed hand-off): the next attempt, or the end of the ladder."""
     nxt = next_attempt(
         profile,
@@ -231,6 +231,7 @@ class _Chunk:
         self.failures: list[RecycleFailure] = []
         self.approvals: list[Approval] = []
         self.moved: list[dict[str, Any]] = []
+        self.errors: list[tuple[str, str]] = []
 
 
 def _claim_chunk(
@@ -249,20 +250,21 @@ def _claim_chunk(
     c = _Chunk()
     for row in rows:
         counts["selected"] += 1
-        _plan_one(
-            settings,
-            processors,
-            _plan(settings, row),
-            c,
-            today=today,
-            at=at,
-            now=now,
-            run_id=run_id,
-            counts=counts,
-        )
+        try:
+            plan = _plan(settings, row)
+            _plan_one(
+                settings, processors, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts
+            )
+        except (ValueError, KeyError, InputError) as exc:
+            # One bad subscription never stops the night: book it for tomorrow and report it.
+            counts["errors"] += 1
+            log.error("attempt not run", extra={"subscription": row.id, "reason": str(exc)})
+            c.moved.append({"b_id": row.id, "b_next": row.next_attempt, "b_on": today + timedelta(days=1)})
+            c.errors.append((row.id, f"{type(exc).__name__}: {exc}"))
     if c.handoffs:
         conn.execute(insert(Handoff), c.handoffs)
         insert_events(conn, c.events)
+    if c.handed:
         conn.execute(
             update(Subscription)
             .where(Subscription.id == bindparam("b_id"))
@@ -289,6 +291,24 @@ def _claim_chunk(
         )
     apply_ladder_steps(conn, c.steps, now=now, run_id=run_id)
     apply_failures(conn, c.failures, now=now, run_id=run_id, reason="RECYCLE_ENDED", source="SUBMIT")
+    record_changes(
+        conn,
+        [
+            {
+                "entity": "SUBSCRIPTION",
+                "entity_id": sub_id,
+                "field": "next_attempt_on",
+                "old_value": today.isoformat(),
+                "new_value": f"{today + timedelta(days=1)} ({error})",
+                "reason": "ATTEMPT_ERROR",
+                "source": "SUBMIT",
+                "run_id": run_id,
+                "occurred_at": now,
+                "handoff_id": None,
+            }
+            for sub_id, error in c.errors
+        ],
+    )
     counts["fulfillments"] += apply_approvals(
         conn, c.approvals, now=now, run_id=run_id, reason="RECYCLE_APPROVED", source="SUBMIT"
     )
@@ -524,7 +544,9 @@ def run_submit(
     progress: Progress | None = None,
     preview_rows: int = 20,
 ) -> SubmitResult:
-    """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record."""
+    """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
+
+    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run."""
     today = local_date(at, settings.timezone)
     if dry_run:
         return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
@@ -533,7 +555,7 @@ def run_submit(
     counts = result.counts
     try:
         window = timedelta(days=23)
-        lookups = resolve_unanswered(engine, clients, now=now, window=window)
+        lookups = resolve_unanswered(engine, clients, now=at, window=window)
         counts.update(
             {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
         )
@@ -546,7 +568,7 @@ def run_submit(
                     processors,
                     today=today,
                     at=at,
-                    now=now,
+                    now=at,
                     run_id=run_id,
                     limit=batch,
                     counts=counts,
@@ -562,13 +584,13 @@ def run_submit(
         report = send_pending(
             engine,
             clients,
-            now=now,
+            now=at,
             run_id=run_id,
             batch_size=batch,
             concurrency=settings.batching.concurrency,
             lease=lease,
             on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
-            after_record=_after_record(settings, today, run_id, now),
+            after_record=_after_record(settings, today, run_id, at),
         )
         counts.update(report.as_counts())
         if report.skipped_gateways:
@@ -588,8 +610,15 @@ def _dry_run(settings: Settings, engine: Engine, *, today: date, preview_rows: i
         while True:
             rows = due_rows(conn, today=today, limit=settings.batching.batch_size, after=after)
             for row in rows:
-                plan = _plan(settings, row)
                 result.counts["selected"] += 1
+                try:
+                    plan = _plan(settings, row)
+                except (ValueError, KeyError) as exc:
+                    result.counts["would_error"] += 1
+                    log.warning(
+                        "attempt cannot be planned", extra={"subscription": row.id, "reason": str(exc)}
+                    )
+                    continue
                 if plan.planned is None or plan.gateway_id is None:
                     result.counts["would_fail"] += 1
                     continue

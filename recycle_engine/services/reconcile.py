@@ -1,0 +1,236 @@
+"""Reconcile like a janitor: settle lost answers, poll open hand-offs, expire closed windows, apply outcomes."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+
+from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
+from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError
+from recycle_engine.ports import FlexFactorGateway, OrderSnapshot
+from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
+from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.settings import Settings
+from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
+from recycle_engine.storage.models import Handoff
+
+__all__ = ["POLL_EVERY", "ReconcileResult", "run_reconcile"]
+
+log = logging.getLogger(__name__)
+
+POLL_EVERY = timedelta(days=1)  # after the first look (a day after submission), look daily
+
+
+@dataclass
+class ReconcileResult:
+    run_id: str
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class _Open:
+    id: str
+    gateway_id: str
+    state: str
+    flexfactor_order_id: str | None
+    expires_at: datetime | None
+    poll_count: int
+
+
+def _due_for_poll(engine: Engine, now: datetime, limit: int) -> list[_Open]:
+    """Open hand-offs FlexFactor knows, whose next look is due or whose window has closed."""
+    stmt = (
+        select(
+            Handoff.id,
+            Handoff.gateway_id,
+            Handoff.state,
+            Handoff.flexfactor_order_id,
+            Handoff.expires_at,
+            Handoff.poll_count,
+        )
+        .where(
+            Handoff.state.in_([s.value for s in OPEN_STATES]),
+            Handoff.flexfactor_order_id.is_not(None),
+            or_(Handoff.next_poll_at <= now, Handoff.expires_at <= now),
+        )
+        .order_by(Handoff.next_poll_at)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [_Open(**r._mapping) for r in conn.execute(stmt)]
+
+
+def _transition(
+    h: _Open, event: Event, values: dict[str, Any], source: OutcomeSource, detail: str | None
+) -> HandoffUpdate | None:
+    """A state change if the lifecycle table allows it, else None (the caller reports a conflict)."""
+    target = TRANSITIONS.get((State(h.state), event))
+    if target is None:
+        return None
+    values = values | {"state": target.value}
+    if target.value != h.state and target not in OPEN_STATES:
+        values |= {
+            "outcome_at": values.get("outcome_at"),
+            "outcome_source": source.value,
+            "next_poll_at": None,
+        }
+    return HandoffUpdate(h.id, values, event.value, source.value, detail)
+
+
+def _poll_one(client: FlexFactorGateway, h: _Open) -> OrderSnapshot | Exception:
+    assert h.flexfactor_order_id is not None
+    try:
+        return client.get_order(h.flexfactor_order_id)
+    except FlexFactorError as exc:
+        return exc
+
+
+def _poll_updates(
+    h: _Open, snap: OrderSnapshot | Exception, now: datetime, counts: Counter[str]
+) -> list[HandoffUpdate]:
+    base: dict[str, Any] = {"poll_count": h.poll_count + 1, "outcome_at": now}
+    expired = h.expires_at is not None and h.expires_at <= now
+    if isinstance(snap, FlexFactorNotFoundError):
+        counts["poll_not_found"] += 1
+        values = base | {"attention": "UNKNOWN_AT_FLEXFACTOR", "next_poll_at": now + POLL_EVERY}
+        values.pop("outcome_at")
+        return [HandoffUpdate(h.id, values, "POLL_NOT_FOUND", OutcomeSource.POLL.value, str(snap))]
+    if isinstance(snap, Exception):
+        counts["poll_errors"] += 1
+        values = base | {"next_poll_at": now + timedelta(hours=1), "last_error": str(snap)}
+        values.pop("outcome_at")
+        return [HandoffUpdate(h.id, values, "POLL_ERROR", OutcomeSource.POLL.value, str(snap))]
+    counts["polled"] += 1
+    extra: dict[str, Any] = {"vendor_status": snap.status_name}
+    if snap.needs_attention:
+        extra["attention"] = snap.needs_attention
+    if snap.state is not None:
+        update = _transition(h, Event(snap.state.value), base | extra, OutcomeSource.POLL, "poll")
+        if update is None:
+            counts["conflicts"] += 1
+            return [
+                HandoffUpdate(
+                    h.id,
+                    {"attention": "STATUS_MISMATCH"},
+                    "CONFLICT",
+                    OutcomeSource.POLL.value,
+                    snap.status_name,
+                )
+            ]
+        counts[f"poll_{snap.state.value.lower()}"] += 1
+        return [update]
+    if expired:
+        # Still open at FlexFactor after our window: settled by the caller (cancel, then EXPIRED).
+        return []
+    values = base | extra | {"next_poll_at": now + POLL_EVERY}
+    values.pop("outcome_at")
+    return [HandoffUpdate(h.id, values, "POLLED", OutcomeSource.POLL.value, snap.status_name)]
+
+
+def _settle_expired(
+    engine: Engine, clients: Mapping[str, FlexFactorGateway], now: datetime, counts: Counter[str]
+) -> list[HandoffUpdate]:
+    """Open hand-offs past expires_at: cancel at FlexFactor so no unseen rescue carries on, then EXPIRED."""
+    stmt = select(
+        Handoff.id,
+        Handoff.gateway_id,
+        Handoff.state,
+        Handoff.flexfactor_order_id,
+        Handoff.expires_at,
+        Handoff.poll_count,
+    ).where(Handoff.state.in_([s.value for s in OPEN_STATES]), Handoff.expires_at <= now)
+    with engine.connect() as conn:
+        rows = [_Open(**r._mapping) for r in conn.execute(stmt)]
+    updates: list[HandoffUpdate] = []
+    for h in rows:
+        client = clients.get(h.gateway_id)
+        final: OrderSnapshot | None = None
+        if client is not None:
+            try:
+                final = (
+                    client.cancel(h.flexfactor_order_id)
+                    if h.flexfactor_order_id
+                    else client.external_cancel(h.id)
+                )
+            except FlexFactorNotFoundError:
+                final = None  # never reached FlexFactor: nothing to cancel
+            except FlexFactorError as exc:
+                counts["cancel_errors"] += 1
+                log.warning("cancel failed", extra={"handoff": h.id, "reason": str(exc)})
+                continue
+        if final is not None and final.state is not None:
+            # FlexFactor had already finished it: its answer wins over our expiry.
+            upd = _transition(
+                h,
+                Event(final.state.value),
+                {"outcome_at": now, "vendor_status": final.status_name},
+                OutcomeSource.POLL,
+                "final at cancel",
+            )
+        else:
+            upd = _transition(
+                h, Event.WINDOW_ENDED, {"outcome_at": now}, OutcomeSource.EXPIRY, "window ended"
+            )
+        if upd is not None:
+            updates.append(upd)
+            counts["expired" if upd.values["state"] == State.EXPIRED.value else "settled_at_cancel"] += 1
+    return updates
+
+
+def run_reconcile(
+    settings: Settings,
+    engine: Engine,
+    clients: Mapping[str, FlexFactorGateway],
+    *,
+    at: datetime,
+    now: datetime,
+    poll_limit: int = 200_000,
+) -> ReconcileResult:
+    """Settle lost answers, poll open hand-offs, expire closed windows and apply outcomes; idempotent."""
+    run_id = start_run(engine, "reconcile", logical_at=at, now=now)
+    result = ReconcileResult(run_id)
+    counts = result.counts
+    try:
+        lookups = resolve_unanswered(engine, clients, now=at, window=timedelta(days=23))
+        counts.update(
+            {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+        )
+        if lookups.resent:
+            http = settings.http
+            lease = timedelta(
+                seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60
+            )
+            report = send_pending(
+                engine,
+                clients,
+                now=at,
+                run_id=run_id,
+                batch_size=settings.batching.batch_size,
+                concurrency=settings.batching.concurrency,
+                lease=lease,
+            )
+            counts["resent"] = report.sent
+        due = [h for h in _due_for_poll(engine, at, poll_limit) if h.gateway_id in clients]
+        with ThreadPoolExecutor(max_workers=max(1, settings.batching.concurrency)) as pool:
+            snaps = list(pool.map(lambda h: _poll_one(clients[h.gateway_id], h), due))
+        updates = [u for h, s in zip(due, snaps, strict=True) for u in _poll_updates(h, s, at, counts)]
+        with engine.begin() as conn:
+            apply_updates(conn, updates, now=at)
+        expiry_updates = _settle_expired(engine, clients, at, counts)
+        with engine.begin() as conn:
+            apply_updates(conn, expiry_updates, now=at)
+        applied = apply_outcomes(settings, engine, now=at, run_id=run_id)
+        counts.update({f"applied_{k}": v for k, v in applied.items()})
+    except Exception as exc:
+        finish_run(engine, run_id, now=now, counts=dict(counts), error=f"{type(exc).__name__}: {exc}")
+        raise
+    finish_run(engine, run_id, now=now, counts=dict(counts))
+    return result

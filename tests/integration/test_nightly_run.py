@@ -1,0 +1,358 @@
+"""The nightly run against the sandbox over HTTP: routing, exactly-once hand-off, lost answers, outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import Engine, func, select
+
+from recycle_engine.adapters.clock import FixedClock
+from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
+from recycle_engine.services.reconcile import run_reconcile
+from recycle_engine.services.submit import run_submit
+from recycle_engine.settings import Settings
+from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.models import Attempt, Change, Fulfillment, Handoff, JobRun, Order, Subscription
+from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings
+
+# 02:00 in New York on 2026-06-10: the local day is 2026-06-10.
+NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[RunningSandbox]:
+    with run_sandbox() as sb:
+        _admin(sb, "clock", {"now": NIGHT.isoformat(), "frozen": True})
+        yield sb
+
+
+def _admin(sb: RunningSandbox, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    if body is None:
+        resp = requests.get(f"{sb.admin_url}/{path}", timeout=10)
+    else:
+        resp = requests.post(f"{sb.admin_url}/{path}", json=body, timeout=30)
+    resp.raise_for_status()
+    data: dict[str, Any] = resp.json()
+    return data
+
+
+def _evaluates(sb: RunningSandbox) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = _admin(sb, "requests?path=/evaluate")["items"]
+    return items
+
+
+@pytest.fixture
+def world(tmp_path: Path, db_url: str, sandbox: RunningSandbox) -> Iterator[tuple[Settings, Engine]]:
+    settings = load_test_settings(a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url))
+    engine = make_engine(db_url)
+    yield settings, engine
+    engine.dispose()
+
+
+def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any) -> Any:
+    clock = FixedClock(at)
+    return run_submit(
+        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=at, now=at, **kw
+    )
+
+
+def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
+    clock = FixedClock(at)
+    return run_reconcile(settings, engine, flexfactor_clients(settings, clock), at=at, now=at)
+
+
+def _one(engine: Engine, stmt: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(stmt).one()
+
+
+def test_given_an_attempt_on_a_flexfactor_slot_when_submit_runs_twice_then_it_is_handed_off_once(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: attempts 1 and 2 ran; attempt 4 (slot 4-6, FlexFactor) is due tonight
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    # when
+    first = _submit(settings, engine)
+    second = _submit(settings, engine)
+    # then
+    h = _one(engine, select(Handoff))
+    assert (h.state, h.slot, h.attempt, h.source) == ("SUBMITTED", "4-6", 4, "RECYCLE")
+    assert h.amount_minor == 4499  # 49.99 less a cumulative 10 % (5 + skipped 0 + 5)
+    assert h.expires_at == NIGHT + timedelta(days=21)
+    assert h.flexfactor_order_id
+    assert first.counts["handoffs_created"] == 1
+    assert second.counts["handoffs_created"] == 0
+    calls = _evaluates(sandbox)
+    assert [c["order_id"] for c in calls] == [h.id]
+    sub = _one(engine, select(Subscription))
+    assert (sub.status, sub.open_handoff_id, sub.next_attempt_on) == ("RECYCLE_BILLING", h.id, None)
+
+
+def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: attempt 1 is due on the simulated gateway, which soft-declines by default
+    settings, engine = world
+    insert_recycling(engine, a_decline(card_last4="1234"), next_attempt_on=date(2026, 6, 10))
+    # when
+    result = _submit(settings, engine)
+    # then: attempt 2 is due a day after the run; attempt 3 is skipped
+    sub = _one(engine, select(Subscription))
+    assert (sub.status, sub.recycle_last_attempt, sub.next_attempt, sub.next_attempt_on) == (
+        "RECYCLE_BILLING",
+        1,
+        2,
+        date(2026, 6, 11),
+    )
+    attempt = _one(engine, select(Attempt))
+    assert (attempt.result, attempt.amount_minor, attempt.gateway_id) == ("SOFT_DECLINE", 4999, "nmi")
+    assert result.counts["charge_soft_declined"] == 1
+    assert _evaluates(sandbox) == []
+
+
+def test_given_a_card_the_processor_approves_when_submit_runs_then_the_subscription_moves_to_its_next_cycle(
+    world: tuple[Settings, Engine],
+) -> None:
+    # given
+    settings, engine = world
+    insert_recycling(engine, a_decline(card_last4="0000"), next_attempt_on=date(2026, 6, 10))
+    # when
+    _submit(settings, engine)
+    # then
+    sub = _one(engine, select(Subscription))
+    assert (sub.status, sub.billing_cycle, sub.next_bill_on, sub.gateway_id) == (
+        "ACTIVE",
+        4,
+        date(2026, 7, 10),
+        "nmi",
+    )
+    assert _one(engine, select(Order.status)).status == "COMPLETE"
+    assert _one(engine, select(func.count()).select_from(Fulfillment))[0] == 1
+
+
+def test_given_a_hard_decline_on_a_reattempt_then_recycling_ends_in_recycle_failed(
+    world: tuple[Settings, Engine],
+) -> None:
+    settings, engine = world
+    insert_recycling(engine, a_decline(card_last4="0002"), next_attempt_on=date(2026, 6, 10))
+    _submit(settings, engine)
+    sub = _one(engine, select(Subscription))
+    assert (sub.status, sub.failure_cause) == ("RECYCLE_FAILED", "HARD_DECLINE")
+    change = _one(engine, select(Change).where(Change.entity == "SUBSCRIPTION"))
+    assert change.new_value == "RECYCLE_FAILED:HARD_DECLINE"
+
+
+def test_given_attempts_not_yet_due_when_submit_runs_then_nothing_happens(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    settings, engine = world
+    insert_recycling(engine, a_decline(), next_attempt_on=date(2026, 6, 11))
+    result = _submit(settings, engine)
+    assert result.counts["selected"] == 0
+    assert _evaluates(sandbox) == []
+
+
+def test_given_due_attempts_when_a_dry_run_runs_then_it_reports_them_and_writes_nothing(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 9),
+    )
+    # when
+    result = _submit(settings, engine, dry_run=True)
+    # then
+    assert result.counts["would_flexfactor"] == 1
+    assert result.by_slot[("4-6", "ff")] == 1
+    assert result.preview[0]["amount_minor"] == 4499
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Handoff)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(JobRun)).scalar_one() == 0
+    assert _evaluates(sandbox) == []
+
+
+def test_given_the_answer_is_lost_after_flexfactor_took_the_order_when_submit_runs_again_then_it_adopts_it_without_resending(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: FlexFactor creates the order, then its answer never arrives (500 after processing)
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "500_after", "count": 1}]})
+    first = _submit(settings, engine)
+    assert first.counts["unknown"] == 1
+    assert _one(engine, select(Handoff.state)).state == "PENDING"
+    # when
+    second = _submit(settings, engine)
+    # then: found by our order id, adopted, never sent again
+    h = _one(engine, select(Handoff))
+    assert second.counts["adopted"] == 1
+    assert (h.state, h.resend_count) == ("SUBMITTED", 0)
+    assert len(_evaluates(sandbox)) == 1
+
+
+def test_given_flexfactor_never_got_the_order_when_submit_runs_again_then_it_resends_the_same_body_and_key(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a 503 before processing: FlexFactor holds nothing
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "503", "count": 1}]})
+    _submit(settings, engine)
+    # when
+    second = _submit(settings, engine)
+    # then
+    h = _one(engine, select(Handoff))
+    assert second.counts["queued_resend"] == 1
+    assert (h.state, h.resend_count) == ("SUBMITTED", 1)
+    calls = _evaluates(sandbox)
+    assert [c["status"] for c in calls] == [503, 200]
+    assert (calls[1]["order_id"], calls[1]["idempotency_key"]) == (h.id, h.idempotency_key)
+    assert len(_admin(sandbox, "orders")["items"]) == 1
+
+
+def test_given_a_validation_error_from_flexfactor_then_the_handoff_fails_and_the_ladder_moves_on(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: this FlexFactor account refuses windows longer than 10 days; ours asks for 21
+    settings, engine = world
+    _admin(sandbox, "config", {"max_expiry_days": 10})
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    # when
+    result = _submit(settings, engine)
+    # then: FAILED with FlexFactor's reason; it counts as a declined attempt, so the final attempt is booked
+    h = _one(engine, select(Handoff))
+    sub = _one(engine, select(Subscription))
+    assert h.state == "FAILED"
+    assert "ExpiryDateUtc" in h.last_error
+    assert result.counts["failed"] == 1
+    assert (sub.status, sub.open_handoff_id, sub.next_attempt, sub.next_attempt_on) == (
+        "RECYCLE_BILLING",
+        None,
+        10,
+        date(2026, 6, 13),
+    )
+
+
+def test_given_a_handoff_missing_a_required_field_then_it_fails_locally_without_a_call(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(response_code=""),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    result = _submit(settings, engine)
+    h = _one(engine, select(Handoff))
+    assert (h.state, result.counts["handoffs_invalid"]) == ("FAILED", 1)
+    assert "response_code" in h.last_error
+    assert _evaluates(sandbox) == []
+    assert _one(engine, select(Subscription.next_attempt)).next_attempt == 10
+
+
+def test_given_one_subscription_with_bad_data_when_submit_runs_then_the_others_still_go(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: an unknown currency on one subscription, a good one beside it
+    settings, engine = world
+    insert_recycling(engine, a_decline(currency="XXX"), next_attempt_on=date(2026, 6, 10))
+    insert_recycling(
+        engine,
+        a_decline(transaction_id="txn-2", order_id="ord-2", purchase_id="sub-2"),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    # when
+    result = _submit(settings, engine)
+    # then
+    with engine.connect() as conn:
+        subs = {s.id: s for s in conn.execute(select(Subscription))}
+        change = conn.execute(select(Change).where(Change.reason == "ATTEMPT_ERROR")).one()
+    assert result.counts["errors"] == 1
+    assert result.counts["handoffs_created"] == 1
+    assert subs["sub-1"].next_attempt_on == date(2026, 6, 11)
+    assert "unknown currency" in change.new_value
+    assert subs["sub-2"].open_handoff_id is not None
+
+
+def test_given_handoffs_with_each_outcome_when_reconcile_runs_past_the_window_then_the_outcome_table_applies(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: two hand-offs tonight: 3184 is rescued a day later, 0259 is never rescued
+    settings, engine = world
+    for n, last4 in ((1, "3184"), (2, "0259")):
+        insert_recycling(
+            engine,
+            a_decline(
+                transaction_id=f"txn-{n}", order_id=f"ord-{n}", purchase_id=f"sub-{n}", card_last4=last4
+            ),
+            last_attempt=2,
+            last_ran_on=date(2026, 6, 8),
+            next_attempt=4,
+            next_attempt_on=date(2026, 6, 10),
+        )
+    _submit(settings, engine)
+    # when: 22 days pass (no webhooks configured: the poll must find both outcomes)
+    later = NIGHT + timedelta(days=22)
+    _admin(sandbox, "clock", {"now": later.isoformat()})
+    first = _reconcile(settings, engine, later)
+    again = _reconcile(settings, engine, later)
+    # then
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(Handoff.purchase_id, Handoff.state)).all())
+        subs = {s.id: s for s in conn.execute(select(Subscription))}
+    assert states == {"sub-1": "APPROVED", "sub-2": "EXPIRED"}
+    assert (subs["sub-1"].status, subs["sub-1"].billing_cycle, subs["sub-1"].gateway_id) == (
+        "ACTIVE",
+        4,
+        "nmi",
+    )
+    assert (subs["sub-2"].status, subs["sub-2"].failure_cause) == ("RECYCLE_FAILED", "FLEXFACTOR_FAILED")
+    assert first.counts["applied_approved"] == 1
+    assert sum(v for k, v in again.counts.items() if k.startswith("applied_")) == 0
