@@ -251,3 +251,30 @@ def sandbox(
         click.echo(f"FlexFactor sandbox ready; admin API at {admin_url}; Ctrl-C stops it.", err=True)
 
     serve_forever(config, host, port, latency_ms=latency_ms, on_ready=announce)
+
+
+@run.command("reconcile")
+@config_option
+@click.option(
+    "--at", "at_text", metavar="T", help="Logical time of the run (ISO 8601 with offset); default now."
+)
+@reports_errors
+def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
+    """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.reconcile import run_reconcile
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    at = _instant(at_text) or clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        result = run_reconcile(
+            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), at=at, now=clock.now()
+        )
+    finally:
+        app.close()
+    click.echo(
+        f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    )
