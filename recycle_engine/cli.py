@@ -278,3 +278,41 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     click.echo(
         f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+@main.group("import")
+def import_group() -> None:
+    """Load feeds from the CRM."""
+
+
+@import_group.command("declines")
+@click.argument("feed", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
+@config_option
+@reports_errors
+def import_declines_cmd(feed: Path, config_path: Path) -> None:
+    """Load a declines feed (SPEC section 5) and start recycling its soft-declined rebills.
+
+    Rows already imported (same transaction_id) change nothing. Rejected rows go to FILE.rejects.csv
+    beside the feed, with their line number and reason.
+
+    Exit code 0 even when some rows are rejected; non-zero only when the file cannot be read, its
+    header lacks a column, or the database fails.
+    """
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.import_declines import import_declines
+
+    settings = bootstrap.load_settings_file(config_path)
+    app = bootstrap.build_app(settings, SystemClock())
+    try:
+        result = import_declines(feed, settings=settings, engine=app.engine, clock=app.clock)
+    finally:
+        app.close()
+    click.echo(
+        f"accepted {result.accepted}, rejected {result.rejected}, "
+        f"duplicates {result.duplicates} (already imported)"
+    )
+    click.echo(f"rejects: {result.rejects_path}")

@@ -1,0 +1,105 @@
+"""The declines feed file: its header, its rows in chunks with their line numbers, and FILE.rejects.csv."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import pandas as pd
+
+from recycle_engine.domain.cards import contains_pan
+from recycle_engine.errors import InputError
+from recycle_engine.services.feed_rows import OVERFLOW_PREFIX, PAN_MARKER, check_header
+
+__all__ = ["RejectsFile", "read_chunks", "read_header", "rejects_path_for"]
+
+log = logging.getLogger(__name__)
+
+_OVERFLOW_FIELDS: Final = 8  # fields past the header we can still name (and reject); more stop the file
+
+
+def rejects_path_for(path: Path) -> Path:
+    """FILE.csv -> FILE.rejects.csv, beside the input."""
+    return path.with_name(f"{path.stem}.rejects.csv")
+
+
+def read_header(path: Path) -> list[str]:
+    """The header's column names; raises InputError if unreadable or a contract column is missing."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            first = next(csv.reader(handle), None)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    except (UnicodeDecodeError, csv.Error):
+        raise InputError(f"{path}: the header is not a UTF-8 CSV line") from None
+    if not first:
+        raise InputError(f"{path}: the file is empty; a header row is required")
+    header = [name.strip() for name in first]
+    check = check_header(header)
+    if check.missing:
+        raise InputError(f"{path}: the header lacks column(s): {', '.join(check.missing)}")
+    if check.duplicated:
+        raise InputError(f"{path}: the header repeats column(s): {', '.join(check.duplicated)}")
+    if check.extra:
+        shown = [PAN_MARKER if contains_pan(name) else name for name in check.extra]
+        log.warning("declines feed: extra columns ignored", extra={"columns": ", ".join(shown)})
+    return header
+
+
+def read_chunks(path: Path, header: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+    """Chunks of at most `chunk_rows` rows, all cells text, each with the file line of its first row."""
+    names = [*header, *(f"{OVERFLOW_PREFIX}{n}" for n in range(_OVERFLOW_FIELDS))]
+    first_line = 2  # the header is line 1
+    try:
+        reader = pd.read_csv(
+            path,
+            header=None,
+            skiprows=1,
+            names=names,
+            dtype=str,
+            keep_default_na=False,
+            na_filter=False,
+            skip_blank_lines=False,  # blank lines still count, so line numbers stay true
+            encoding="utf-8-sig",
+            chunksize=chunk_rows,
+        )
+        with reader:
+            for frame in reader:
+                yield frame, first_line
+                first_line += len(frame)
+    except pd.errors.EmptyDataError:
+        return
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: unreadable CSV after line {first_line - 1}: {exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text after line {first_line - 1}") from None
+
+
+class RejectsFile:
+    """FILE.rejects.csv, written beside the input under a temporary name and moved in place at the end."""
+
+    def __init__(self, target: Path, header: Sequence[str]) -> None:
+        self.target, self.partial = target, target.with_name(target.name + ".part")
+        self.columns = [c for c in header if c not in ("line", "reason")] + ["line", "reason"]
+
+    def __enter__(self) -> RejectsFile:
+        try:
+            self.handle = self.partial.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise InputError(f"{self.target}: cannot write the rejects file ({exc.strerror})") from None
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow(self.columns)
+        return self
+
+    def write(self, rejects: pd.DataFrame) -> None:
+        self.writer.writerows(rejects.itertuples(index=False, name=None))
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.handle.close()
+        if exc_type is None:
+            self.partial.replace(self.target)
+        else:
+            self.partial.unlink(missing_ok=True)
