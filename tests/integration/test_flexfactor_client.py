@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import requests
@@ -67,7 +67,8 @@ def _faults(sandbox: Any, **settings: Any) -> None:
 def _logged(sandbox: Any, path: str) -> list[dict[str, Any]]:
     answer = _admin(sandbox, "GET", "/requests", params={"path": path})
     entries = answer.get("items", answer.get("requests")) if isinstance(answer, dict) else answer
-    return list(entries)
+    assert isinstance(entries, list)
+    return entries
 
 
 def _settings(sandbox: Any, **overrides: Any) -> FlexFactorSettings:
@@ -157,7 +158,12 @@ def a_body(card_last4: str = "3184", *, source: Source = Source.RECYCLE, **overr
     return build_evaluate_body(HandoffRequest(**fields))
 
 
-def _window() -> dict[str, datetime]:
+class Window(TypedDict):
+    placed_from: datetime
+    placed_to: datetime
+
+
+def _window() -> Window:
     now = datetime.now(UTC)
     return {"placed_from": now - timedelta(hours=1), "placed_to": now + timedelta(hours=1)}
 
