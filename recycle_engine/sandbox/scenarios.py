@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from recycle_engine.domain.cards import mask
+
 __all__ = [
     "CANCELLED",
     "COMPLETED",
@@ -288,6 +290,7 @@ class Evaluation:
     amount: int
     currency: str
     card_last4: str
+    card_masked: str  # the most of the card number a log line may show
     has_payer_phone: bool
     expiry_at: datetime | None
 
@@ -388,6 +391,7 @@ def validate_evaluate(
         amount=int(transaction["amount"]),
         currency=str(transaction["currency"]).strip().upper(),
         card_last4=last4[-4:],
+        card_masked=mask(str(method["cardnumber"]).strip()),
         has_payer_phone=_present(payer.get("phone")),
         expiry_at=expiry_at,
     )

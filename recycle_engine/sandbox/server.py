@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from recycle_engine.domain.cards import mask
 from recycle_engine.sandbox.scenarios import (
     STATUS_NAMES,
     Evaluation,
@@ -46,7 +45,8 @@ from recycle_engine.sandbox.state import (
     new_token,
 )
 
-__all__ = ["RunningSandbox", "create_app", "run_sandbox", "serve_forever"]
+# SandboxConfig is re-exported: callers may take it from here, next to run_sandbox.
+__all__ = ["RunningSandbox", "SandboxConfig", "create_app", "run_sandbox", "serve_forever"]
 
 log = logging.getLogger("recycle_engine.sandbox")
 
@@ -291,7 +291,7 @@ def _accept(state: SandboxState, checked: Evaluation, record: Replay) -> Respons
             "evaluate %s -> %s",
             checked.order_id,
             plan.answer,
-            extra={"flexfactor_order_id": order_id, "card": mask(checked.card_last4)},
+            extra={"flexfactor_order_id": order_id, "card": checked.card_masked},
         )
     return Response(record.body, 200, media_type="application/json")
 

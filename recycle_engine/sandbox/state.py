@@ -251,6 +251,7 @@ class _Store:
     due: list[tuple[datetime, int, str]] = field(default_factory=list)  # heap of planned changes
     mit_modes: dict[str, str] = field(default_factory=dict)
     seq: int = 0
+    request_seq: int = 0
 
 
 class SandboxState:
@@ -336,8 +337,8 @@ class SandboxState:
 
     def log_request(self, method: str, path: str) -> LoggedRequest:
         with self.lock:
-            self.store.seq += 1
-            entry = LoggedRequest(self.store.seq, method, path, self.clock.now())
+            self.store.request_seq += 1
+            entry = LoggedRequest(self.store.request_seq, method, path, self.clock.now())
             self.store.requests.append(entry)
         return entry
 
