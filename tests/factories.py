@@ -206,3 +206,78 @@ def insert_recycling(
                     updated_at=now,
                 )
             )
+
+
+def insert_recycling_many(
+    engine: Engine,
+    n: int,
+    *,
+    due_on: date,
+    attempt: int = 4,
+    last_ran_on: date = date(2026, 6, 8),
+    prefix: str = "",
+) -> list[str]:
+    """`n` subscriptions whose attempt `attempt` is due on `due_on`, written in bulk; returns their ids."""
+    declines, orders, subs = [], [], []
+    for i in range(n):
+        d = a_decline(
+            transaction_id=f"{prefix}txn-{i}",
+            order_id=f"{prefix}ord-{i}",
+            purchase_id=f"{prefix}sub-{i}",
+            customer_id=f"{prefix}cust-{i}",
+            card_last4=f"{i % 10000:04d}" if i % 10000 not in (0, 2) else "3184",
+        )
+        declines.append(d)
+        orders.append(
+            {
+                "id": d["order_id"],
+                "order_type": "REBILL",
+                "status": "DECLINED",
+                "customer_id": d["customer_id"],
+                "campaign_id": "c1",
+                "product_id": "p1",
+                "purchase_id": d["purchase_id"],
+                "billing_cycle": d["billing_cycle"],
+                "completes_trial": False,
+                "recurring_product": True,
+                "shippable": True,
+                "gateway_id": "nmi",
+                "amount_minor": d["amount_minor"],
+                "currency": "USD",
+                "ip_address": d["ip_address"],
+                "latest_transaction_id": d["transaction_id"],
+                "has_payment_token": True,
+                "updated_at": d["imported_at"],
+            }
+        )
+        subs.append(
+            {
+                "id": d["purchase_id"],
+                "customer_id": d["customer_id"],
+                "order_id": d["order_id"],
+                "campaign_id": "c1",
+                "product_id": "p1",
+                "status": "RECYCLE_BILLING",
+                "billing_cycle": d["billing_cycle"],
+                "billing_interval_days": 30,
+                "shippable": True,
+                "price_minor": d["amount_minor"],
+                "currency": "USD",
+                "gateway_id": "nmi",
+                "has_payment_token": True,
+                "recycle_profile_id": "default",
+                "recycle_transaction_id": d["transaction_id"],
+                "recycle_declined_gateway_id": "nmi",
+                "recycle_original_minor": d["amount_minor"],
+                "recycle_last_attempt": attempt - 1 if attempt != 4 else 2,
+                "recycle_last_ran_on": last_ran_on,
+                "next_attempt": attempt,
+                "next_attempt_on": due_on,
+                "updated_at": d["imported_at"],
+            }
+        )
+    with engine.begin() as conn:
+        conn.execute(insert(Decline), declines)
+        conn.execute(insert(Order), orders)
+        conn.execute(insert(Subscription), subs)
+    return [s["id"] for s in subs]

@@ -1,0 +1,111 @@
+"""A submit run killed (SIGKILL) at any point is finished by the next run: every attempt handed off once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.models import Handoff
+from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many
+
+NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
+HANDOFFS = 1200
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str], capture: bool = False) -> subprocess.Popen[bytes]:
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "recycle_engine", *args], env=env, stdout=out, stderr=out)
+
+
+def _set_clock(port: int, at: datetime) -> None:
+    url = f"http://127.0.0.1:{port}/_sandbox/clock"
+    requests.post(url, json={"now": at.isoformat(), "frozen": True}, timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def sandbox_process() -> Iterator[int]:
+    port = _free_port()
+    proc = _cli("sandbox", "--port", str(port), "--latency-ms", "15", env=os.environ | SANDBOX_ENV)
+    admin = f"http://127.0.0.1:{port}/_sandbox"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(f"{admin}/health", timeout=1).raise_for_status()
+            break
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    requests.post(
+        f"{admin}/clock", json={"now": NIGHT.isoformat(), "frozen": True}, timeout=5
+    ).raise_for_status()
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_given_a_run_killed_at_several_points_when_it_runs_again_then_every_attempt_is_handed_off_exactly_once(
+    tmp_path: Path, db_url: str, sandbox_process: int
+) -> None:
+    # given: 1,200 attempts on a FlexFactor slot due tonight, and a sandbox answering in 15 ms
+    port = sandbox_process
+    settings_path = a_settings_file(
+        tmp_path, db_url=db_url, base_url=f"http://127.0.0.1:{port}/v1", batch_size=100, concurrency=8
+    )
+    engine = make_engine(db_url)
+    ids = insert_recycling_many(engine, HANDOFFS, due_on=date(2026, 6, 10))
+    env = os.environ | SANDBOX_ENV | {"RECYCLE_ENGINE_CONFIG": str(settings_path)}
+    # when: killed with SIGKILL three times at growing delays, each re-run a few minutes later (leases expired)
+    at = NIGHT
+    for delay in (0.6, 1.5, 2.5):
+        proc = _cli("run", "submit", "--at", at.isoformat(), env=env)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        at += timedelta(minutes=5)
+        _set_clock(port, at)
+    final = _cli("run", "submit", "--at", at.isoformat(), env=env, capture=True)
+    out, err = final.communicate(timeout=120)
+    assert final.returncode == 0, err.decode()[-2000:]
+    # then: the sandbox saw exactly one accepted evaluate per hand-off, and we hold each answer
+    log = requests.get(f"http://127.0.0.1:{port}/_sandbox/requests?path=/evaluate", timeout=10).json()[
+        "items"
+    ]
+    accepted = Counter(item["order_id"] for item in log if item["status"] == 200)
+    orders = requests.get(f"http://127.0.0.1:{port}/_sandbox/orders", timeout=10).json()["items"]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Handoff.id, Handoff.purchase_id, Handoff.state, Handoff.flexfactor_order_id)
+        ).all()
+        per_purchase = conn.execute(select(func.count(func.distinct(Handoff.purchase_id)))).scalar_one()
+    engine.dispose()
+    assert len(rows) == HANDOFFS
+    assert per_purchase == HANDOFFS
+    assert sorted(r.purchase_id for r in rows) == sorted(ids)
+    assert {r.state for r in rows} <= {"SUBMITTED", "APPROVED", "DECLINED"}
+    assert set(accepted) == {r.id for r in rows}
+    assert max(accepted.values()) == 1
+    assert len(orders) == HANDOFFS
+    assert {o["id"] for o in orders} == {r.flexfactor_order_id for r in rows}
