@@ -164,6 +164,8 @@ class ScriptedFault:
 
 @dataclass
 class FaultSettings:
+    """Faults in force. Latency delays every answer of the API itself (401 and gateway faults come at once)."""
+
     latency_ms: int = 0
     error_5xx_rate: float = 0.0
     rate_429_rate: float = 0.0

@@ -144,17 +144,21 @@ async def _answer(
         return Response(b"", 401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     faults = state.faults
     action = faults.next_action(entry.path, template) if faults.active else None
-    if action in ("502", "503"):
-        return Response(_GATEWAY_ERROR % int(action or 0), int(action or 0), media_type="text/html")
+    if action == "502" or action == "503":
+        return Response(_GATEWAY_ERROR % int(action), int(action), media_type="text/html")
     if action == "429":
         retry_after = {"Retry-After": str(faults.settings.retry_after_s)}
         return _json(429, {"status": 429, "title": "Too Many Requests"}, headers=retry_after)
     outcome = await handler(request, state, entry)
+    latency_s = faults.settings.latency_ms / 1000
     if isinstance(outcome, Response):
+        if latency_s:
+            await asyncio.sleep(latency_s)
         return outcome
     try:
-        if faults.settings.latency_ms:
-            await asyncio.sleep(faults.settings.latency_ms / 1000)
+        # The idempotency key is already held here, so a resend during this pause gets 409.
+        if latency_s:
+            await asyncio.sleep(latency_s)
         if action == "timeout":
             await asyncio.sleep(faults.settings.timeout_hang_s)
         response = outcome.commit()
@@ -232,10 +236,10 @@ async def evaluate(request: Request, state: SandboxState, entry: LoggedRequest) 
     if checked is None:
         log.debug("evaluate rejected", extra={"order_id": entry.order_id, "fields": sorted(errors)})
         return field_errors(state, 400, errors)
-    keys = state.store.evaluate_keys
-    record, is_new = state.claim_key(keys, checked.idempotency_key, _canonical_hash(body))
+    keys, body_hash = state.store.evaluate_keys, _canonical_hash(body)
+    record, is_new = state.claim_key(keys, checked.idempotency_key, body_hash)
     if not is_new:
-        return _replay_or_conflict(state, record, _canonical_hash(body))
+        return _replay_or_conflict(state, record, body_hash)
     return Deferred(
         lambda: _accept(state, checked, record),
         lambda: state.release_key(keys, checked.idempotency_key, record),
