@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psutil
+
 DEFAULT_MID = "11111111-1111-4111-8111-111111111111"
 
 
@@ -179,22 +181,30 @@ def main() -> None:
 
     port = free_port()
     process = start_sandbox(port)
+    server = psutil.Process(process.pid)
     try:
         token = get_token(port)
         run_threads(port, token, 1.0, 2)  # warm-up: token cache, allocator, branch predictors
+        cpu_before = server.cpu_times()
         started = time.perf_counter()
         if args.client == "threads":
             tally = run_threads(port, token, args.seconds, args.connections)
         else:
             tally = asyncio.run(run_asyncio(port, token, args.seconds, args.connections))
         elapsed = time.perf_counter() - started
+        cpu_after = server.cpu_times()
     finally:
         process.terminate()
         process.wait(timeout=10)
-    rate = tally.ok / elapsed
+    server_cpu_s = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    per_call_us = server_cpu_s / max(tally.ok, 1) * 1e6
     print(
-        f"/v1/evaluate: {tally.ok} ok, {tally.failed} failed in {elapsed:.1f} s = {rate:,.0f} calls/s "
+        f"/v1/evaluate: {tally.ok} ok, {tally.failed} failed in {elapsed:.1f} s = {tally.ok / elapsed:,.0f} calls/s "
         f"({args.client} client, {args.connections} keep-alive connections)"
+    )
+    print(
+        f"sandbox process: {server_cpu_s:.1f} CPU s = {per_call_us:.0f} us per call, "
+        f"so about {1e6 / per_call_us:,.0f} calls/s on one free core"
     )
 
 
