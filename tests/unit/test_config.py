@@ -128,7 +128,12 @@ def test_given_the_shipped_settings_and_its_environment_when_loaded_then_it_yiel
     assert [a.attempt for a in profile.attempts] == [1, 2, 3, 4, FINAL]
     assert profile.attempts[2] == AttemptRule(attempt=3, days=3, reduction=Decimal("0"), skip=True)
     assert profile.slots == {Slot.S4_6: "flexfactor-main", Slot.S7_9: None, Slot.FINAL: "flexfactor-main"}
-    assert settings.profile_for_gateway("nmi-backup") is profile
+    assert settings.profile_for_gateway("nmi-main") is profile
+    short = settings.recycle_profiles["short"]
+    assert settings.profile_for_gateway("nmi-backup") is short
+    assert (short.reduction_type, short.hold_recycle_price) == (ReductionType.FLAT, True)
+    assert [a.attempt for a in short.attempts] == [1, 2, FINAL]
+    assert short.slots == {Slot.S4_6: None, Slot.S7_9: None, Slot.FINAL: "flexfactor-main"}
     assert settings.campaigns["c1"].products[0].gateway == "nmi-main"
     assert settings.atri_profiles["atri-1"].cascade_profile == "casc-1"
     assert settings.cascade_profiles["casc-1"].gateways == ("flexfactor-main",)
