@@ -1,0 +1,197 @@
+"""Store verified FlexFactor webhook events once per (OrderId, Event) and apply them to their hand-offs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent, event_outcome
+from recycle_engine.domain.states import FINAL_STATES, OutcomeSource, State, advance
+from recycle_engine.errors import IllegalTransition, StorageError
+from recycle_engine.storage import webhook_repo as repo
+
+__all__ = [
+    "ATTENTION_EVENTS",
+    "TERMINAL_CONFLICT",
+    "EventEffect",
+    "StoredDelivery",
+    "dedupe_key",
+    "record_event",
+    "record_refusal",
+    "store_delivery",
+]
+
+log = logging.getLogger(__name__)
+
+TERMINAL_CONFLICT: Final = "TERMINAL_CONFLICT"
+# Money news that does not move a hand-off but that the billing team must see (contract 9.1).
+ATTENTION_EVENTS: Final = {
+    "order.refunded": "REFUNDED",
+    "payment.chargeback.received": "CHARGEBACK",
+    "order.capturerequired": "CAPTURE_REQUIRED",
+}
+# A weaker reason never hides a stronger one; each event stays in handoff_events either way.
+_ATTENTION_RANK: Final = {"CAPTURE_REQUIRED": 1, "REFUNDED": 2, "CHARGEBACK": 3, TERMINAL_CONFLICT: 4}
+
+
+@dataclass(frozen=True)
+class EventEffect:
+    """What one event did to its hand-off; `reason` is what the delivery journal shows."""
+
+    reason: str  # applied, no change, recorded, terminal conflict, unknown order, other gateway, ignored
+    handoff_id: str | None = None
+    state_before: State | None = None
+    state_after: State | None = None
+    attention: str | None = None
+
+    @property
+    def reached_final_state(self) -> bool:
+        """True when the event moved the hand-off into a final state (outcomes must be applied)."""
+        return (
+            self.state_after is not None
+            and self.state_after != self.state_before
+            and (self.state_after in FINAL_STATES)
+        )
+
+
+def dedupe_key(event: WebhookEvent) -> str | None:
+    """(OrderId, Event) as one text, falling back to our orderId; None for events tied to no order."""
+    order = event.flexfactor_order_id or (
+        f"ext:{event.external_order_id}" if event.external_order_id else None
+    )
+    return None if order is None else f"{order}:{event.event}"
+
+
+def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now: datetime) -> EventEffect:
+    """Apply one new (not duplicate) event to its hand-off inside the caller's transaction.
+
+    Outcome events move the hand-off through domain.states.advance; a move the table refuses (a final
+    event against another final state) changes nothing but flags TERMINAL_CONFLICT. Refunds, chargebacks
+    and capture-required set `attention` without a move, so one arriving before the completion is kept
+    and the completion still applies. Every event that finds its hand-off appends a handoff_events row."""
+    if event.event.startswith("payout."):
+        return EventEffect("ignored")
+    ref = repo.find_handoff(
+        conn, flexfactor_order_id=event.flexfactor_order_id, external_order_id=event.external_order_id
+    )
+    if ref is None:
+        return EventEffect("unknown order")
+    if ref.gateway_id != gateway_id:
+        # Signed with another gateway's key: that merchant account cannot settle this hand-off.
+        return EventEffect("other gateway", handoff_id=ref.id)
+    state = State(ref.state)
+    values: dict[str, Any] = {}
+    if event.flexfactor_order_id and not ref.flexfactor_order_id:
+        values["flexfactor_order_id"] = event.flexfactor_order_id
+    detail = event.event + (" (resent)" if event.is_resent else "")
+    if event.flexfactor_order_id and ref.flexfactor_order_id not in (None, event.flexfactor_order_id):
+        detail += f"; FlexFactor order {event.flexfactor_order_id} differs from {ref.flexfactor_order_id}"
+    outcome = event_outcome(event.event)
+    attention = ATTENTION_EVENTS.get(event.event)
+    new_state, reason, kind = state, "recorded", _notice_kind(event.event)
+    if outcome is not None:
+        kind = outcome.value
+        try:
+            new_state = advance(state, outcome)
+        except IllegalTransition:
+            attention, reason, kind = TERMINAL_CONFLICT, "terminal conflict", "CONFLICT"
+            detail += f" refused: hand-off already {state.value}"
+        else:
+            reason = "applied" if new_state != state else "no change"
+    elif attention is not None:
+        kind = attention
+    if new_state != state:
+        values.update(
+            state=new_state.value,
+            outcome_at=now,
+            outcome_source=OutcomeSource.WEBHOOK.value,
+            # The new final state has not reached orders and subscriptions yet.
+            applied_at=None,
+        )
+        if state is State.EXPIRED and new_state is State.APPROVED:
+            values["late_outcome"] = True
+    if attention is not None and _ATTENTION_RANK.get(ref.attention or "", 0) <= _ATTENTION_RANK[attention]:
+        values["attention"] = attention
+    if values:
+        repo.update_handoff(conn, ref.id, values, now=now)
+    order_key = event.flexfactor_order_id or ref.flexfactor_order_id or ref.id
+    repo.append_event(
+        conn,
+        {
+            "handoff_id": ref.id,
+            "kind": kind,
+            "source": OutcomeSource.WEBHOOK.value,
+            "state_after": new_state.value,
+            "flexfactor_order_id": repo.fit(event.flexfactor_order_id or ref.flexfactor_order_id),
+            "detail": detail,
+            "dedupe_key": repo.fit_key(f"WEBHOOK:{order_key}:{event.event}"),
+            "occurred_at": now,
+        },
+    )
+    return EventEffect(reason, ref.id, state, new_state, values.get("attention", ref.attention))
+
+
+def _notice_kind(event_name: str) -> str:
+    return "CHALLENGE" if event_name.startswith("challenge.") else "NOTICE"
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """The outcome of storing one accepted delivery."""
+
+    delivery_id: int
+    is_duplicate: bool
+    effect: EventEffect | None = None  # None for a duplicate
+    handoff_ids: list[str] = field(default_factory=list)  # hand-offs whose outcome must now be applied
+
+
+def store_delivery(
+    engine: Engine, *, gateway_id: str, event: WebhookEvent, nonce: str, body: str, now: datetime
+) -> StoredDelivery:
+    """Journal a verified event and apply it, in one transaction; a repeat of (OrderId, Event) only journals.
+
+    Raises StorageError when the database fails, so that the caller answers 5xx and FlexFactor resends."""
+    delivery = repo.Delivery(
+        gateway_id=gateway_id,
+        received_at=now,
+        accepted=True,
+        http_status=200,
+        reason=None,
+        event=event.event,
+        flexfactor_order_id=event.flexfactor_order_id,
+        external_order_id=event.external_order_id,
+        nonce=nonce,
+        is_resent=event.is_resent,
+        body=body,
+        dedupe_key=dedupe_key(event),
+    )
+    try:
+        with engine.begin() as conn:
+            delivery_id = repo.claim_delivery(conn, delivery)
+            if delivery_id is None:
+                duplicate = replace(delivery, reason="duplicate", is_duplicate=True, dedupe_key=None)
+                return StoredDelivery(repo.record_delivery(conn, duplicate), is_duplicate=True)
+            effect = record_event(conn, gateway_id=gateway_id, event=event, now=now)
+            # An event for an order we do not know yet stays unapplied, for reconcile to report and retry.
+            applied_at = None if effect.reason == "unknown order" else now
+            repo.finish_delivery(
+                conn, delivery_id, reason=effect.reason, handoff_id=effect.handoff_id, applied_at=applied_at
+            )
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot store the webhook delivery") from exc
+    ids = [effect.handoff_id] if effect.handoff_id and effect.reached_final_state else []
+    return StoredDelivery(delivery_id, is_duplicate=False, effect=effect, handoff_ids=ids)
+
+
+def record_refusal(engine: Engine, delivery: repo.Delivery) -> None:
+    """Journal a refused delivery; raises StorageError when the database fails."""
+    try:
+        with engine.begin() as conn:
+            repo.record_delivery(conn, delivery)
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot record the refused webhook delivery") from exc
