@@ -1,0 +1,259 @@
+"""The HTTP service of `recycle-engine serve`: signed FlexFactor webhooks and the health check."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import uvicorn
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from recycle_engine.adapters.flexfactor_webhooks import (
+    NonceCache,
+    WebhookMalformed,
+    WebhookRejected,
+    parse_event,
+    verify_signature,
+)
+from recycle_engine.errors import StorageError
+from recycle_engine.ports import Clock
+from recycle_engine.services.webhook_events import record_refusal, store_delivery
+from recycle_engine.settings import Settings
+from recycle_engine.storage.webhook_repo import DbNonceCache, Delivery, ping
+
+__all__ = ["OnAccepted", "create_app", "serve", "serving"]
+
+log = logging.getLogger(__name__)
+
+OnAccepted = Callable[[list[str]], None]
+WEBHOOK_PATH = "/webhooks/flexfactor/{gateway_id}"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def create_app(
+    settings: Settings, engine: Engine, clock: Clock, *, on_accepted: OnAccepted | None = None
+) -> Starlette:
+    """The service as an ASGI app: POST /webhooks/flexfactor/{gateway_id} and GET /healthz.
+
+    `on_accepted(handoff_ids)` runs after the response, once an event has moved hand-offs into a final
+    state (bootstrap passes services.outcomes.apply_outcomes); its failure is logged, and reconcile
+    applies the outcome later."""
+    receiver = _Receiver(settings, engine, clock, on_accepted)
+    return Starlette(
+        routes=[
+            Route(WEBHOOK_PATH, receiver.receive, methods=["POST"]),
+            Route("/healthz", receiver.healthz, methods=["GET"]),
+        ]
+    )
+
+
+class _Receiver:
+    def __init__(
+        self, settings: Settings, engine: Engine, clock: Clock, on_accepted: OnAccepted | None
+    ) -> None:
+        self.settings, self.engine, self.clock, self.on_accepted = settings, engine, clock, on_accepted
+        self.max_body = settings.serve.max_body_bytes
+        # One cache per gateway: its purge uses that gateway's freshness window.
+        self.nonces: dict[str, NonceCache] = {
+            g.id: DbNonceCache(engine, g.id, window_s=g.flexfactor.webhook_tolerance_seconds)
+            for g in settings.flexfactor_gateways()
+            if g.flexfactor is not None
+        }
+
+    async def receive(self, request: Request) -> Response:
+        gateway_id = str(request.path_params["gateway_id"])
+        now = self.clock.now()
+        nonce = request.headers.get("x-fc-nonce")
+        gateway = self.settings.gateways.get(gateway_id)
+        if gateway is None or gateway.flexfactor is None:
+            return await self._refuse(gateway_id, now, 404, "unknown gateway", nonce=nonce)
+        ff = gateway.flexfactor
+        try:
+            raw = await self._read_body(request)
+        except _Refused as exc:
+            return await self._refuse(gateway_id, now, exc.status, exc.reason, nonce=nonce)
+        try:
+            await run_in_threadpool(
+                verify_signature,
+                raw,
+                dict(request.headers),
+                signing_key_b64=ff.hmac_signing_key,
+                # Behind a proxy FlexFactor signs the public host, not the one that reaches us.
+                host=ff.webhook_public_host or request.headers.get("host", ""),
+                now=now,
+                tolerance_s=ff.webhook_tolerance_seconds,
+                nonces=self.nonces[gateway_id],
+            )
+        except WebhookRejected as exc:
+            return await self._refuse(gateway_id, now, 401, exc.reason, nonce=nonce)
+        except StorageError:
+            log.exception("webhook nonce not stored; answering 503 so FlexFactor resends")
+            return JSONResponse({"error": "storage unavailable"}, 503)
+        body_text = raw.decode("utf-8", errors="replace")[: self.max_body]
+        try:
+            event = parse_event(raw)
+        except WebhookMalformed as exc:
+            return await self._refuse(gateway_id, now, 400, str(exc), nonce=nonce, body=body_text)
+        try:
+            stored = await run_in_threadpool(
+                store_delivery,
+                self.engine,
+                gateway_id=gateway_id,
+                event=event,
+                nonce=nonce or "",
+                body=body_text,
+                now=now,
+            )
+        except StorageError:
+            log.exception("webhook event not stored; answering 503 so FlexFactor resends")
+            return JSONResponse({"error": "storage unavailable"}, 503)
+        reason = "duplicate" if stored.effect is None else stored.effect.reason
+        log.info(
+            "webhook accepted",
+            extra={
+                "gateway": gateway_id,
+                "event": event.event,
+                "flexfactor_order_id": event.flexfactor_order_id,
+                "external_order_id": event.external_order_id,
+                "handoff": stored.effect.handoff_id if stored.effect else None,
+                "reason": reason,
+                "resent": event.is_resent,
+            },
+        )
+        background = None
+        if self.on_accepted is not None and stored.handoff_ids:
+            background = BackgroundTask(self._after_commit, stored.handoff_ids)
+        status = "duplicate" if stored.is_duplicate else "accepted"
+        return JSONResponse({"status": status, "reason": reason}, 200, background=background)
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The raw bytes, whatever the Content-Type; refused above max_body_bytes before and while reading."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise _Refused(400, "bad content-length")
+            if int(declared) > self.max_body:
+                raise _Refused(413, "body too large")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise _Refused(413, "body too large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise _Refused(400, "client disconnected") from None
+        return b"".join(chunks)
+
+    async def _refuse(
+        self,
+        gateway_id: str,
+        now: datetime,
+        status: int,
+        reason: str,
+        *,
+        nonce: str | None,
+        body: str | None = None,
+    ) -> Response:
+        delivery = Delivery(
+            gateway_id=gateway_id,
+            received_at=now,
+            accepted=False,
+            http_status=status,
+            reason=reason,
+            nonce=nonce,
+            body=body,  # only for verified bodies: an unverified one is anybody's text
+        )
+        try:
+            await run_in_threadpool(record_refusal, self.engine, delivery)
+        except StorageError:
+            log.exception("refused webhook delivery not recorded", extra={"gateway": gateway_id[:64]})
+        log.warning(
+            "webhook refused", extra={"gateway": gateway_id[:64], "http_status": status, "reason": reason}
+        )
+        return JSONResponse({"error": reason}, status)
+
+    def _after_commit(self, handoff_ids: list[str]) -> None:
+        assert self.on_accepted is not None
+        try:
+            self.on_accepted(handoff_ids)
+        except Exception:
+            # The outcome is committed on the hand-off; reconcile applies whatever this missed.
+            log.exception("applying outcomes after a webhook failed", extra={"handoffs": handoff_ids})
+
+    async def healthz(self, request: Request) -> Response:
+        try:
+            await run_in_threadpool(self._ping)
+        except SQLAlchemyError:
+            log.warning("health check: database unavailable")
+            return JSONResponse({"status": "unavailable", "database": "down"}, 503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    def _ping(self) -> None:
+        with self.engine.connect() as conn:
+            ping(conn)
+
+
+# --- runners -------------------------------------------------------------------------------------
+
+
+def _config(app: Starlette, *, host: str = "127.0.0.1", port: int = 0) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="off",
+        access_log=False,
+        log_config=None,  # keep the engine's structured logging
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def serve(app: Starlette, *, host: str, port: int) -> None:
+    """Serve in the foreground until SIGINT or SIGTERM (uvicorn finishes requests in flight)."""
+    log.info("webhook service listening", extra={"host": host, "port": port})
+    uvicorn.Server(_config(app, host=host, port=port)).run()
+
+
+@contextmanager
+def serving(app: Starlette, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve `app` in a background thread (port 0 = a free port); yields its base URL until the block ends."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    server = uvicorn.Server(_config(app))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="webhook-service", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the webhook service did not start")
+            time.sleep(0.01)
+        yield f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
