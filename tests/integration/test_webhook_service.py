@@ -653,3 +653,24 @@ def test_given_an_unreachable_database_when_healthz_is_asked_then_it_answers_503
         answer = requests.get(f"{url}/healthz", timeout=10)
     # then
     assert (answer.status_code, answer.json()["database"]) == (503, "down")
+
+
+def test_given_an_unreachable_database_when_a_signed_event_arrives_then_it_answers_503_so_flexfactor_resends(
+    tmp_path: Path,
+) -> None:
+    # given
+    engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:9/none", connect_args={"connect_timeout": 2}
+    )
+    settings = a_settings(tmp_path, "sqlite:///unused.db")
+    body = an_event()
+    # when
+    with serving(create_app(settings, engine, FixedClock(T0))) as url:
+        answer = requests.post(
+            f"{url}/webhooks/flexfactor/ff-main",
+            data=body,
+            headers=signed_headers(url, body, at=T0),
+            timeout=10,
+        )
+    # then
+    assert (answer.status_code, answer.json()) == (503, {"error": "storage unavailable"})
