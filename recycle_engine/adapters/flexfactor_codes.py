@@ -48,9 +48,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Reasons for a reconciliation exception, as stored in `needs_attention`.
-ATTENTION_CAPTURE_REQUIRED: Final = "capture_required"
-ATTENTION_PROBLEM: Final = "problem"
-ATTENTION_RETURNED: Final = "returned"
+ATTENTION_CAPTURE_REQUIRED: Final = "CAPTURE_REQUIRED"
+ATTENTION_PROBLEM: Final = "PROBLEM"
+ATTENTION_RETURNED: Final = "REFUNDED"
 
 _NON_JSON_KEEP_CHARS: Final = 500
 

@@ -17,5 +17,7 @@ def insert_ignore(conn: Connection, model: Any, rows: Sequence[dict[str, Any]], 
         return 0
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
-    result = conn.execute(stmt, list(rows))
-    return max(result.rowcount, 0)
+    # rowcount is not reliable for executemany on every driver; RETURNING counts the rows really inserted.
+    key = getattr(model, conflict_cols[0])
+    result = conn.execute(stmt.returning(key), list(rows))
+    return len(result.all())
