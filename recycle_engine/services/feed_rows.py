@@ -6,15 +6,21 @@ import re
 from collections import Counter
 from collections.abc import Collection, MutableMapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import String
 
-from recycle_engine.domain.cards import contains_pan
-from recycle_engine.money import is_known_currency, parse_minor
+from recycle_engine.money import CURRENCY_EXPONENTS
+from recycle_engine.services.feed_values import (
+    Flags,
+    card_number_positions,
+    matching,
+    member,
+    parse_amounts,
+    parse_timestamps,
+)
 from recycle_engine.storage.models import Decline
 
 __all__ = [
@@ -47,24 +53,18 @@ _RESPONSE_TYPES: Final = ("SOFT_DECLINE", "HARD_DECLINE")
 _BOOLEANS: Final = ("completes_trial", "recurring_product", "shippable")
 _INTS: Final = ("billing_cycle", "billing_interval_days", "card_exp_month", "card_exp_year")
 _UPPER: Final = ("order_type", "response_type", "currency", "country")
-# Any 13 digits, single spaces or dashes between them: a superset of what cards.contains_pan accepts.
 _PATTERNS: Final = (
-    ("country", r"[A-Z]{2}", "must be an ISO 3166-1 alpha-2 code"),
-    ("card_last4", r"\d{4}", "must be 4 digits"),
-    ("card_bin", r"\d{6,8}", "must be 6 to 8 digits"),
+    ("country", re.compile(r"[A-Z]{2}"), "must be an ISO 3166-1 alpha-2 code"),
+    ("card_last4", re.compile(r"\d{4}"), "must be 4 digits"),
+    ("card_bin", re.compile(r"\d{6,8}"), "must be 6 to 8 digits"),
 )
+_WHOLE_NUMBER: Final = re.compile(r"\d{1,9}")
 _RANGES: Final = (
     ("billing_cycle", 1, 10**9, "must be at least 1"),
     ("billing_interval_days", 1, 10**9, "must be at least 1"),
     ("card_exp_month", 1, 12, "must be 1 to 12"),
     ("card_exp_year", 2000, 2099, "must be a four-digit year"),
 )
-_PAN_PREFILTER: Final = re.compile(r"\d(?:[ -]?\d){12}")
-_TIMESTAMP: Final = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?"
-_OFFSET: Final = r"(?:Z|[+-]\d{2}:?\d{2})"
-_DECIMAL: Final = r"\d+(?:\.\d+)?"
-_DATED: Final = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ].*)?")
-_ENDS_WITH_OFFSET: Final = re.compile(_OFFSET + "$")
 _MAX_LENGTHS: Final[dict[str, int]] = {
     c.name: c.type.length
     for c in Decline.__table__.columns
@@ -128,10 +128,9 @@ class _Problems:
     """Per-row reasons collected column by column, then joined for the rows that have any."""
 
     def __init__(self) -> None:
-        self.found: list[tuple[str, np.ndarray[Any, Any], str | list[str]]] = []
+        self.found: list[tuple[str, Flags, str | list[str]]] = []
 
-    def add(self, column: str, mask: pd.Series | np.ndarray[Any, Any], message: str | list[str]) -> None:
-        flags = np.asarray(mask, dtype=bool)
+    def add(self, column: str, flags: Flags, message: str | list[str]) -> None:
         if flags.any():
             self.found.append((column, flags, message))
 
@@ -156,7 +155,7 @@ def check_chunk(
     flexfactor_gateways: Collection[str],
     seen_transactions: MutableMapping[str, int],
 ) -> CheckedChunk:
-    """Check every row of one chunk read with dtype=str and keep_default_na=False.
+    """Check every row of one chunk read with dtype=str and keep_default_na=False, column by column.
 
     `first_line` is the file line of the chunk's first row (the header is line 1). `gateways` are the
     ordinary gateway ids of the settings. `seen_transactions` maps each transaction id met so far in the
@@ -164,51 +163,83 @@ def check_chunk(
     """
     size = len(frame)
     lines = list(range(first_line, first_line + size))
-    raw = frame.set_axis(lines, axis=0)
-    overflow = [c for c in raw.columns if str(c).startswith(OVERFLOW_PREFIX)]
-    original = raw.drop(columns=overflow)
+    overflow = [c for c in frame.columns if str(c).startswith(OVERFLOW_PREFIX)]
+    original = frame.drop(columns=overflow).set_axis(lines, axis=0)
     pan_columns = _mask_card_numbers(original)
-    cells = original.reindex(columns=FEED_COLUMNS).apply(lambda s: s.str.strip())
+    cells = {c: [v.strip() for v in original[c].tolist()] for c in FEED_COLUMNS}
     for column in _UPPER:
-        cells[column] = cells[column].str.upper()
-    blank = (original == "").all(axis=1).to_numpy() & (raw[overflow] == "").all(axis=1).to_numpy()
+        cells[column] = [v.upper() for v in cells[column]]
+    present = {c: np.array(cells[c], dtype=object) != "" for c in FEED_COLUMNS}
+    blank = ~np.logical_or.reduce([frame[c].to_numpy() != "" for c in frame.columns])
 
     problems = _Problems()
     if overflow:
-        extra_fields = (raw[overflow] != "").any(axis=1)
-        problems.add("line", extra_fields, f"more fields than the {len(original.columns)} of the header")
-    present = {c: cells[c] != "" for c in FEED_COLUMNS}
+        extra = np.logical_or.reduce([frame[c].to_numpy() != "" for c in overflow])
+        problems.add("line", extra, f"more fields than the {len(original.columns)} of the header")
     for column in _REQUIRED:
         problems.add(column, ~present[column], "required")
     for column, limit in _MAX_LENGTHS.items():
-        problems.add(column, cells[column].str.len() > limit, f"longer than {limit} characters")
-    for column, pattern, message in _PATTERNS:
-        problems.add(column, present[column] & ~_matches(cells[column], pattern), message)
-
-    lowered = {c: cells[c].str.lower() for c in _BOOLEANS}
-    for column in _BOOLEANS:
         problems.add(
-            column, present[column] & ~lowered[column].isin(("true", "false")), "must be true or false"
+            column, np.fromiter(map(len, cells[column]), int, size) > limit, f"longer than {limit} characters"
         )
-    ints = {c: _matches(cells[c], r"\d{1,9}") for c in _INTS}
-    numbers = {c: pd.to_numeric(cells[c].where(ints[c], "0")).astype("int64") for c in _INTS}
+    for column, pattern, message in _PATTERNS:
+        problems.add(column, present[column] & ~matching(cells[column], pattern), message)
+    for column in _BOOLEANS:
+        cells[column] = [v.lower() for v in cells[column]]
+        problems.add(
+            column, present[column] & ~member(cells[column], ("true", "false")), "must be true or false"
+        )
+    ints = {c: matching(cells[c], _WHOLE_NUMBER) for c in _INTS}
+    numbers = {
+        c: np.array([int(v) if ok else 0 for v, ok in zip(cells[c], ints[c], strict=True)]) for c in _INTS
+    }
     for column in _INTS:
         problems.add(column, present[column] & ~ints[column], "must be a whole number")
     for column, low, high, message in _RANGES:
         problems.add(column, ints[column] & ((numbers[column] < low) | (numbers[column] > high)), message)
 
-    order_type, gateway, currency = cells["order_type"], cells["gateway_id"], cells["currency"]
+    _check_rules(problems, cells, present, ints, numbers, gateways, flexfactor_gateways)
+    known_currency = member(cells["currency"], CURRENCY_EXPONENTS)
+    problems.add("currency", present["currency"] & ~known_currency, "not a known ISO 4217 currency")
+    declined_at, offsets, time_problems = parse_timestamps(cells["declined_at"])
+    problems.add("declined_at", present["declined_at"] & (np.array(time_problems) != ""), time_problems)
+    amounts, amount_problems = parse_amounts(cells["amount"], cells["currency"], known_currency)
+    problems.add("amount", present["amount"] & (np.array(amount_problems) != ""), amount_problems)
+    problems.add("transaction_id", *_duplicates(cells["transaction_id"], lines, seen_transactions, blank))
+
+    reasons_by_position = problems.by_row(pan_columns)
+    good = [p for p in range(size) if p not in reasons_by_position and not blank[p]]
+    return CheckedChunk(
+        records=_typed(cells, declined_at, offsets, amounts, good),
+        lines=[lines[p] for p in good],
+        reasons={lines[p]: r for p, r in reasons_by_position.items() if not blank[p]},
+        original=original,
+        blank_lines=int(blank.sum()),
+    )
+
+
+def _check_rules(
+    problems: _Problems,
+    cells: dict[str, list[str]],
+    present: dict[str, Flags],
+    ints: dict[str, Flags],
+    numbers: dict[str, np.ndarray[Any, Any]],
+    gateways: Collection[str],
+    flexfactor_gateways: Collection[str],
+) -> None:
+    """Enums, gateways and the rules that tie columns together."""
+    order_type = cells["order_type"]
     problems.add(
         "order_type",
-        present["order_type"] & ~order_type.isin(_ORDER_TYPES),
+        present["order_type"] & ~member(order_type, _ORDER_TYPES),
         "must be NEW_SALE, UPSALE or REBILL",
     )
     problems.add(
         "response_type",
-        present["response_type"] & ~cells["response_type"].isin(_RESPONSE_TYPES),
+        present["response_type"] & ~member(cells["response_type"], _RESPONSE_TYPES),
         "must be SOFT_DECLINE or HARD_DECLINE",
     )
-    is_rebill = order_type == "REBILL"
+    is_rebill = np.array(order_type, dtype=object) == "REBILL"
     problems.add("purchase_id", is_rebill & ~present["purchase_id"], "required for REBILL")
     problems.add(
         "billing_cycle",
@@ -220,51 +251,17 @@ def check_chunk(
         present["purchase_id"] & ~present["billing_interval_days"],
         "required when purchase_id is set",
     )
-    is_flexfactor = gateway.isin(list(flexfactor_gateways))
+    is_flexfactor = member(cells["gateway_id"], flexfactor_gateways)
     problems.add("gateway_id", is_flexfactor, "is a FlexFactor gateway; declines come from ordinary gateways")
-    problems.add(
-        "gateway_id",
-        present["gateway_id"] & ~is_flexfactor & ~gateway.isin(list(gateways)),
-        "not a gateway in the settings",
-    )
-    known_currency = currency.map(is_known_currency).astype(bool)
-    problems.add("currency", present["currency"] & ~known_currency, "not a known ISO 4217 currency")
-
-    declined_at, offsets, time_problems = _parse_timestamps(cells["declined_at"])
-    problems.add("declined_at", present["declined_at"] & (time_problems != ""), time_problems.tolist())
-    amounts, amount_problems = _parse_amounts(cells["amount"], currency, known_currency)
-    problems.add("amount", present["amount"] & (amount_problems != ""), amount_problems.tolist())
-    problems.add("transaction_id", *_duplicates(cells["transaction_id"], lines, seen_transactions, blank))
-
-    reasons_by_position = problems.by_row(pan_columns)
-    good = [p for p in range(size) if p not in reasons_by_position and not blank[p]]
-    return CheckedChunk(
-        records=_typed(cells.iloc[good], declined_at, offsets, amounts, good),
-        lines=[lines[p] for p in good],
-        reasons={lines[p]: r for p, r in reasons_by_position.items() if not blank[p]},
-        original=original,
-        blank_lines=int(blank.sum()),
-    )
-
-
-def _matches(values: pd.Series, pattern: str) -> pd.Series:
-    return values.str.fullmatch(pattern).fillna(False).astype(bool)
+    unknown = present["gateway_id"] & ~is_flexfactor & ~member(cells["gateway_id"], gateways)
+    problems.add("gateway_id", unknown, "not a gateway in the settings")
 
 
 def _mask_card_numbers(original: pd.DataFrame) -> dict[int, set[str]]:
-    """Replace, in place, every cell holding a full card number; return row position -> columns."""
+    """Replace, in place, every cell holding a full card number; return row position -> its columns."""
     found: dict[int, set[str]] = {}
     for index, column in enumerate(original.columns):
-        values: list[str] = original[column].tolist()
-        # One regex pass over the joined column instead of one call per cell; "\n" never joins digits.
-        joined = "\n".join(values)
-        if _PAN_PREFILTER.search(joined) is None:
-            continue
-        starts = np.cumsum([0] + [len(v) + 1 for v in values[:-1]])
-        candidates = {
-            int(np.searchsorted(starts, m.start(), side="right")) - 1 for m in _PAN_PREFILTER.finditer(joined)
-        }
-        hits = sorted(p for p in candidates if contains_pan(values[p]))
+        hits = card_number_positions(original[column].tolist())
         for position in hits:
             found.setdefault(position, set()).add(str(column))
         if hits:
@@ -272,66 +269,12 @@ def _mask_card_numbers(original: pd.DataFrame) -> dict[int, set[str]]:
     return found
 
 
-def _parse_timestamps(values: pd.Series) -> tuple[list[datetime | None], list[int], np.ndarray[Any, Any]]:
-    """Aware UTC instants, their original UTC offsets in minutes, and a reason for each bad value."""
-    well_formed = _matches(values, _TIMESTAMP + _OFFSET).tolist()
-    instants: list[datetime | None] = []
-    offsets: list[int] = []
-    problems = np.full(len(values), "", dtype=object)
-    for position, (text, ok) in enumerate(zip(values.tolist(), well_formed, strict=True)):
-        instant = None
-        if ok:
-            try:
-                instant = datetime.fromisoformat(text)
-            except ValueError:
-                instant = None
-        offset = instant.utcoffset() if instant is not None else None
-        if instant is None or offset is None:
-            instants.append(None)
-            offsets.append(0)
-            no_offset = _DATED.fullmatch(text) is not None and _ENDS_WITH_OFFSET.search(text) is None
-            problems[position] = "no UTC offset" if no_offset else "not an ISO 8601 timestamp with offset"
-            continue
-        instants.append(instant.astimezone(UTC))
-        offsets.append(int(offset.total_seconds()) // 60)
-    return instants, offsets, problems
-
-
-def _parse_amounts(
-    values: pd.Series, currency: pd.Series, known_currency: pd.Series
-) -> tuple[list[int], np.ndarray[Any, Any]]:
-    """Minor units through money.parse_minor, once per distinct (amount, currency) pair."""
-    well_formed = _matches(values, _DECIMAL).tolist()
-    cache: dict[tuple[str, str], tuple[int, str]] = {}
-    amounts: list[int] = []
-    problems = np.full(len(values), "", dtype=object)
-    rows = zip(values.tolist(), currency.tolist(), well_formed, known_currency.tolist(), strict=True)
-    for position, (text, code, ok, known) in enumerate(rows):
-        if not ok:
-            amounts.append(0)
-            problems[position] = "must be a decimal amount such as 29.99"
-            continue
-        if not known:
-            amounts.append(0)  # the currency column already says why
-            continue
-        if (text, code) not in cache:
-            try:
-                minor = parse_minor(text, code)
-                cache[(text, code)] = (minor, "" if minor > 0 else "must be more than zero")
-            except ValueError:
-                cache[(text, code)] = (0, f"more decimal places than {code} has")
-        minor, problem = cache[(text, code)]
-        amounts.append(minor)
-        problems[position] = problem
-    return amounts, problems
-
-
 def _duplicates(
-    ids: pd.Series, lines: list[int], seen: MutableMapping[str, int], blank: np.ndarray[Any, Any]
-) -> tuple[np.ndarray[Any, Any], list[str]]:
+    ids: list[str], lines: list[int], seen: MutableMapping[str, int], blank: Flags
+) -> tuple[Flags, list[str]]:
     flags = np.zeros(len(lines), dtype=bool)
     messages = [""] * len(lines)
-    for position, (value, line) in enumerate(zip(ids.tolist(), lines, strict=True)):
+    for position, (value, line) in enumerate(zip(ids, lines, strict=True)):
         if not value or blank[position]:
             continue
         first = seen.setdefault(value, line)
@@ -342,8 +285,8 @@ def _duplicates(
 
 
 def _typed(
-    cells: pd.DataFrame,
-    declined_at: list[datetime | None],
+    cells: dict[str, list[str]],
+    declined_at: list[Any],
     offsets: list[int],
     amounts: list[int],
     good: list[int],
@@ -351,9 +294,9 @@ def _typed(
     """Row dicts of the good rows, keyed by declines-table columns."""
     columns: dict[str, list[Any]] = {}
     for column in FEED_COLUMNS:
-        values: list[str] = cells[column].tolist()
+        values = [cells[column][p] for p in good]
         if column in _BOOLEANS:
-            columns[column] = [v.lower() == "true" for v in values]
+            columns[column] = [v == "true" for v in values]
         elif column in _INTS:
             columns[column] = [int(v) if v else None for v in values]
         elif column not in ("amount", "declined_at"):
