@@ -1,0 +1,166 @@
+"""Rendering and writing: Jinja2 with autoescape on, display filters, atomic files, the CSV and the index."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from recycle_engine.money import Money
+
+__all__ = [
+    "TEMPLATES_DIR",
+    "attach_amounts",
+    "environment",
+    "existing_reports",
+    "fmt_count",
+    "fmt_decimal",
+    "fmt_money",
+    "fmt_pct",
+    "records",
+    "render_template",
+    "report_name",
+    "write_csv",
+    "write_index",
+    "write_text",
+]
+
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+_REPORT_RE = re.compile(r"^recovery-(\d{4}-\d{2}-\d{2})\.html$")
+DASH = "—"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
+
+
+def fmt_money(minor: object, currency: object) -> str:
+    """Minor units as "1,234.50 USD" (money.Money does the exponent); a dash when missing."""
+    if _missing(minor) or not currency:
+        return DASH
+    text = Money(int(minor), str(currency)).format()  # type: ignore[call-overload]
+    number, code = text.split(" ")
+    whole, _, frac = number.partition(".")
+    sign = "-" if whole.startswith("-") else ""
+    grouped = f"{int(whole.lstrip('-')):,}"
+    return f"{sign}{grouped}{'.' + frac if frac else ''} {code}"
+
+
+def fmt_pct(share: object) -> str:
+    """A share 0..1 as "42.9 %"; a dash when undefined (nothing to divide by)."""
+    if _missing(share):
+        return DASH
+    return f"{float(share) * 100:.1f} %"  # type: ignore[arg-type]
+
+
+def fmt_count(n: object) -> str:
+    return DASH if _missing(n) else f"{int(n):,}"  # type: ignore[call-overload]
+
+
+def fmt_decimal(value: object) -> str:
+    return DASH if _missing(value) else f"{float(value):.1f}"  # type: ignore[arg-type]
+
+
+def environment(tz: ZoneInfo) -> Environment:
+    """The report's Jinja2 environment: autoescape everywhere, undefined names are errors."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def local(value: object, spec: str = "minutes") -> str:
+        if not isinstance(value, datetime) or _missing(value):
+            return DASH
+        return value.astimezone(tz).isoformat(timespec=spec)
+
+    env.filters.update(money=fmt_money, pct=fmt_pct, count=fmt_count, decimal=fmt_decimal, local=local)
+    return env
+
+
+def render_template(name: str, tz: ZoneInfo, context: Mapping[str, Any]) -> str:
+    return environment(tz).get_template(name).render(**context)
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts for a template (NaN stays NaN; the filters show it as a dash)."""
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def attach_amounts(counts: pd.DataFrame, amounts: pd.DataFrame, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """Count rows, each with the list of its per-currency amount rows under "amounts"."""
+    by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in records(amounts):
+        by_key.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = records(counts)
+    for row in out:
+        row["amounts"] = by_key.get(tuple(row[k] for k in keys), [])
+    return out
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def report_name(day: date) -> str:
+    return f"recovery-{day.isoformat()}.html"
+
+
+@contextmanager
+def _atomic(path: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    # Write beside the target and rename, so a reader never sees half a report.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> Path:
+    with _atomic(path) as fh:
+        fh.write(text)
+    return path
+
+
+def write_csv(path: Path, chunks: Iterable[pd.DataFrame], columns: Sequence[str]) -> int:
+    """Write chunks as one CSV (header once, even with no rows); returns the number of rows."""
+    rows = 0
+    with _atomic(path, newline="") as fh:
+        pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
+        for chunk in chunks:
+            chunk.to_csv(fh, index=False, header=False, lineterminator="\n")
+            rows += len(chunk)
+    return rows
+
+
+def existing_reports(output_dir: Path) -> list[date]:
+    """Days with a recovery report in `output_dir`, newest first."""
+    if not output_dir.is_dir():
+        return []
+    days = [date.fromisoformat(m.group(1)) for p in output_dir.iterdir() if (m := _REPORT_RE.match(p.name))]
+    return sorted(days, reverse=True)
+
+
+def write_index(output_dir: Path, *, tz: ZoneInfo, generated_at: datetime) -> Path:
+    """Rewrite `index.html`: a link to every recovery report present, newest first."""
+    days = existing_reports(output_dir)
+    links = [{"day": d, "href": report_name(d)} for d in days]
+    html = render_template(
+        "index.html.j2", tz, {"links": links, "generated_at": generated_at, "tz_name": str(tz.key)}
+    )
+    return write_text(output_dir / "index.html", html)
