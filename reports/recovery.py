@@ -1,0 +1,302 @@
+"""Pure pandas for the recovery report: state groups, rates, breakdowns, cohorts, pending ages, detail rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Final
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+
+from recycle_engine.money import Money, currency_exponent
+
+__all__ = [
+    "AGE_BUCKETS",
+    "CHECKPOINT_DAYS",
+    "DETAIL_COLUMNS",
+    "STATE_GROUPS",
+    "Breakdown",
+    "activity_summary",
+]
+__all__ += ["age_bucket", "amount_summary", "breakdown", "checkpoint", "cohort_table", "count_summary"]
+__all__ += ["detail_rows", "median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
+__all__ += ["with_periods"]
+
+# domain.md section 10: the unit is the hand-off, and FAILED (never accepted) stays outside every rate.
+STATE_GROUPS: Final = {
+    "APPROVED": "recovered",
+    "DECLINED": "lost",
+    "EXPIRED": "lost",
+    "CANCELLED": "lost",
+    "PENDING": "pending",
+    "SUBMITTED": "pending",
+    "FAILED": "failed",
+}
+CHECKPOINT_DAYS: Final = (1, 3, 7, 10, 14, 21)
+AGE_BUCKETS: Final = ("0-3", "4-7", "8-14", "15-21", "over 21")
+SLOT_ORDER: Final = ("4-6", "7-9", "final", "RERUN", "CASCADE")
+NO_REASON: Final = "(no decline on record)"
+UNKNOWN_KEY: Final = "(unknown)"
+
+
+def rate(numerator: float, denominator: float) -> float:
+    """numerator ÷ denominator, or NaN when there is nothing to divide by (shown as a dash)."""
+    return float(numerator) / float(denominator) if denominator else float("nan")
+
+
+def _grouped_sum(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in keys} | {v: [] for v in values})
+    return frame.groupby(keys, dropna=False, sort=True)[values].sum().reset_index()
+
+
+def count_summary(facts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Per group of `by`: hand-offs made, each state group and lost state, and both count rates.
+
+    `facts` has columns `*by, state, n`; counts from every currency add up (they are hand-offs)."""
+    states = ["declined", "expired", "cancelled"]
+    groups = ["recovered", "lost", "pending", "failed"]
+    columns = [*by, "handoffs", *groups, *states, "rate_to_date", "rate_settled"]
+    if facts.empty:
+        return pd.DataFrame({c: [] for c in columns})
+    frame = facts.assign(
+        group=facts["state"].map(STATE_GROUPS).fillna("failed"), state_lc=facts["state"].str.lower()
+    )
+    rows: list[dict[str, object]] = []
+    for key, part in frame.groupby(by, dropna=False, sort=True):
+        by_group = part.groupby("group")["n"].sum()
+        by_state = part.groupby("state_lc")["n"].sum()
+        row: dict[str, object] = dict(zip(by, key, strict=True))
+        row["handoffs"] = int(part["n"].sum())
+        row |= {g: int(by_group.get(g, 0)) for g in groups}
+        row |= {s: int(by_state.get(s, 0)) for s in states}
+        rec, lost, pend = (int(by_group.get(g, 0)) for g in ("recovered", "lost", "pending"))
+        row["rate_to_date"] = rate(rec, rec + lost + pend)
+        row["rate_settled"] = rate(rec, rec + lost)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def amount_summary(facts: pd.DataFrame, by: list[str], *, fee_percent: Decimal | None = None) -> pd.DataFrame:
+    """Per group of `by` and currency: submitted, recovered, pending and lost minor units, rate by amount.
+
+    Submitted is every attempt amount sent (FAILED ones were never accepted). Currencies never mix.
+    With a fee, FlexFactor's share of the recovered amount (half-up) and the net are added."""
+    frame = facts.assign(group=facts["state"].map(STATE_GROUPS).fillna("failed"))
+    wide = (
+        frame.pivot_table(
+            index=[*by, "currency"], columns="group", values="amount_minor", aggfunc="sum", fill_value=0
+        )
+        if not frame.empty
+        else pd.DataFrame(columns=[*by, "currency"]).set_index([*by, "currency"])
+    )
+    out = pd.DataFrame(index=wide.index)
+    for g in ("recovered", "lost", "pending"):
+        out[f"{g}_minor"] = wide[g].astype("int64") if g in wide.columns else 0
+    out["submitted_minor"] = out["recovered_minor"] + out["lost_minor"] + out["pending_minor"]
+    out = out.reset_index()
+    out["rate_by_amount"] = [
+        rate(r, s) for r, s in zip(out["recovered_minor"], out["submitted_minor"], strict=True)
+    ]
+    if fee_percent is not None:
+        out["fee_minor"] = [
+            Money(int(m), str(c)).percent_of(fee_percent)
+            for m, c in zip(out["recovered_minor"], out["currency"], strict=True)
+        ]
+        out["net_minor"] = out["recovered_minor"] - out["fee_minor"]
+    return out
+
+
+def with_periods(facts: pd.DataFrame, *, day: date, month_first: date) -> pd.DataFrame:
+    """Cohort facts labelled with the headline periods: "day" (made on `day`) and "month" (to date)."""
+    cohort = facts["cohort"].astype(str)
+    today = facts[cohort == day.isoformat()].assign(period="day")
+    month = facts[(cohort >= month_first.isoformat()) & (cohort <= day.isoformat())].assign(period="month")
+    return pd.concat([today, month], ignore_index=True)
+
+
+def activity_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Outcomes reached on the day per state and currency, with how many were late approvals."""
+    f = frame.assign(late_n=frame["n"].where(frame["late"].astype(bool), 0))
+    return _grouped_sum(f, ["state", "currency"], ["n", "amount_minor", "late_n"])
+
+
+# --- breakdowns ----------------------------------------------------------------------------------
+
+
+def reason_key(text: object) -> str:
+    """A decline reason for grouping: whitespace trimmed and case-folded ("Do Not Honor" = "DO NOT HONOR")."""
+    if not isinstance(text, str) or not text.strip():
+        return NO_REASON
+    return " ".join(text.split()).casefold()
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One breakdown table: count rows per key (top `limit`), their amounts, and how many keys are hidden."""
+
+    name: str
+    counts: pd.DataFrame
+    amounts: pd.DataFrame
+    hidden: int
+
+
+def breakdown(frame: pd.DataFrame, name: str, *, limit: int = 20) -> Breakdown:
+    """Counts and amounts per key of one breakdown; slots in ladder order, the rest by hand-offs."""
+    f = frame.copy()
+    if name == "reason":
+        f["key"] = f["key"].map(reason_key)
+        f["code"] = f["code"].fillna("").astype(str)
+    else:
+        f["key"] = f["key"].fillna(UNKNOWN_KEY).astype(str)
+        f["code"] = ""
+    counts = count_summary(f, ["key", "code"])
+    if name == "slot":
+        order = {s: i for i, s in enumerate(SLOT_ORDER)}
+        counts = counts.assign(_o=counts["key"].map(order).fillna(len(order))).sort_values(["_o", "key"])
+        counts = counts.drop(columns="_o")
+    else:
+        counts = counts.sort_values(["handoffs", "key", "code"], ascending=[False, True, True])
+    hidden = max(0, len(counts) - limit)
+    counts = counts.head(limit).reset_index(drop=True)
+    return Breakdown(name, counts, amount_summary(f, ["key", "code"]), hidden)
+
+
+# --- cohorts -------------------------------------------------------------------------------------
+
+
+def _age(cohort: str, day: date) -> int:
+    return (day - date.fromisoformat(cohort)).days
+
+
+def _ages(facts: pd.DataFrame, day: date) -> pd.Series[int]:
+    return pd.Series([_age(str(c), day) for c in facts["cohort"]], index=facts.index, dtype="int64")
+
+
+def _recovered_by(facts: pd.DataFrame, n_days: int) -> pd.Series[bool]:
+    return (facts["state"] == "APPROVED") & (facts["recovery_day"].fillna(10**6).clip(lower=0) <= n_days)
+
+
+def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd.DataFrame:
+    """Per submission cohort: counts, both rates, share recovered by day N, and its status.
+
+    A share by day N is shown once the cohort is N days old (NaN before). A cohort is "final" when
+    none of its hand-offs is pending, "in progress" while its window runs, and "window closed" when
+    the window has ended with hand-offs still pending (they are reconciliation exceptions)."""
+    table = count_summary(facts, ["cohort"])
+    if table.empty:
+        return table.assign(age_days=[], status=[], **{f"share_d{n}": [] for n in CHECKPOINT_DAYS})
+    table["age_days"] = [_age(c, day) for c in table["cohort"]]
+    denominators = table.set_index("cohort")[["recovered", "lost", "pending"]].sum(axis=1)
+    for n in CHECKPOINT_DAYS:
+        hits = facts[_recovered_by(facts, n)].groupby("cohort")["n"].sum()
+        table[f"share_d{n}"] = [
+            rate(int(hits.get(c, 0)), int(denominators[c])) if age >= n else float("nan")
+            for c, age in zip(table["cohort"], table["age_days"], strict=True)
+        ]
+    table["status"] = [
+        "final" if pending == 0 else ("in progress" if age <= window_days else "window closed")
+        for pending, age in zip(table["pending"], table["age_days"], strict=True)
+    ]
+    return table.sort_values("cohort", ascending=False).reset_index(drop=True)
+
+
+def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFrame:
+    """The day-N checkpoint per cohort (at least N days old) and currency: share recovered within N days."""
+    f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
+    f = f[_ages(f, day) >= n_days]
+    hit = _recovered_by(f, n_days)
+    f = f.assign(hit_n=f["n"].where(hit, 0), hit_minor=f["amount_minor"].where(hit, 0))
+    out = _grouped_sum(f, ["cohort", "currency"], ["n", "amount_minor", "hit_n", "hit_minor"])
+    out["share_count"] = [rate(h, n) for h, n in zip(out["hit_n"], out["n"], strict=True)]
+    out["share_amount"] = [rate(h, a) for h, a in zip(out["hit_minor"], out["amount_minor"], strict=True)]
+    return out.sort_values(["cohort", "currency"], ascending=[False, True]).reset_index(drop=True)
+
+
+def recovery_curve(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> list[tuple[int, float]]:
+    """Pooled share recovered by day N of the window, N = 0..window, over cohorts at least N days old."""
+    f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
+    ages = _ages(f, day)
+    points: list[tuple[int, float]] = []
+    for n in range(window_days + 1):
+        eligible = f[ages >= n]
+        total = int(eligible["n"].sum())
+        if total:
+            points.append((n, rate(int(eligible[_recovered_by(eligible, n)]["n"].sum()), total)))
+    return points
+
+
+def median_recovery_days(facts: pd.DataFrame) -> float | None:
+    """Median day of the window on which recovered hand-offs were approved (weighted by count)."""
+    f = facts[(facts["state"] == "APPROVED") & facts["recovery_day"].notna()]
+    if f.empty or int(f["n"].sum()) == 0:
+        return None
+    hist = f.assign(day=f["recovery_day"].clip(lower=0)).groupby("day")["n"].sum().sort_index()
+    total = int(hist.sum())
+    cumulative = hist.cumsum()
+    lower = float(cumulative[cumulative >= (total + 1) // 2].index[0])
+    upper = float(cumulative[cumulative >= total // 2 + 1].index[0])
+    return (lower + upper) / 2
+
+
+# --- pending -------------------------------------------------------------------------------------
+
+
+def age_bucket(age_days: int) -> str:
+    """The pending-age bucket of a hand-off `age_days` whole days after submission."""
+    for label, top in zip(AGE_BUCKETS, (3, 7, 14, 21), strict=False):
+        if age_days <= top:
+            return label
+    return AGE_BUCKETS[-1]
+
+
+def pending_by_age(frame: pd.DataFrame) -> pd.DataFrame:
+    """Open hand-offs per age bucket (every bucket listed, in order) and currency; "over 21" is overdue."""
+    f = frame.assign(bucket=[age_bucket(max(0, int(a))) for a in frame["age_days"]])
+    out = _grouped_sum(f, ["bucket", "currency"], ["n", "amount_minor"])
+    present = set(out["bucket"])
+    missing = pd.DataFrame({"bucket": [b for b in AGE_BUCKETS if b not in present]})
+    out = pd.concat([out, missing.assign(currency="", n=0, amount_minor=0)], ignore_index=True)
+    out["order"] = out["bucket"].map({b: i for i, b in enumerate(AGE_BUCKETS)})
+    out["overdue"] = out["bucket"] == AGE_BUCKETS[-1]
+    return out.sort_values(["order", "currency"]).drop(columns="order").reset_index(drop=True)
+
+
+# --- detail rows ---------------------------------------------------------------------------------
+
+DETAIL_COLUMNS: Final = (
+    "submission_id source order_id purchase_id transaction_id slot attempt gateway_id declining_gateway_id "
+    "amount currency state outcome_source created_at submitted_at outcome_at expires_at decline_code "
+    "decline_reason"
+).split()
+
+
+def _decimal_text(minor: object, currency: object) -> str:
+    exp = currency_exponent(str(currency))
+    return f"{Decimal(int(minor)).scaleb(-exp):.{exp}f}"  # type: ignore[call-overload]
+
+
+def _local_iso(value: object, tz: ZoneInfo) -> str:
+    if not isinstance(value, datetime) or pd.isna(value):
+        return ""
+    return value.astimezone(tz).isoformat(timespec="seconds")
+
+
+def _spreadsheet_safe(text: object) -> str:
+    # Decline texts come from processors; a leading = + - @ would run as a formula in a spreadsheet.
+    if not isinstance(text, str):
+        return ""
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def detail_rows(chunk: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
+    """One chunk of detail rows for the CSV: decimal amounts, local ISO times with offset."""
+    out = chunk.copy()
+    out["amount"] = [_decimal_text(m, c) for m, c in zip(out["amount_minor"], out["currency"], strict=True)]
+    for col in ("created_at", "submitted_at", "outcome_at", "expires_at"):
+        out[col] = [_local_iso(v, tz) for v in out[col]]
+    out["attempt"] = [("" if pd.isna(a) else str(int(a))) for a in out["attempt"]]
+    out["decline_reason"] = [_spreadsheet_safe(t) for t in out["decline_reason"]]
+    return out[list(DETAIL_COLUMNS)]

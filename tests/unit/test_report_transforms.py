@@ -1,0 +1,438 @@
+"""The report's pure transforms on tiny literal frames: rates, currencies, ages, cohorts, exceptions, rows."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+
+from reports import reconciliation, recovery, render, svg
+
+DAY = date(2026, 6, 12)
+NAN = float("nan")
+
+
+def facts(*rows: tuple[Any, ...]) -> pd.DataFrame:
+    """Cohort facts: (cohort, state, currency, recovery_day, n, amount_minor)."""
+    columns = ["cohort", "state", "currency", "recovery_day", "n", "amount_minor"]
+    return pd.DataFrame(list(rows), columns=columns)
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+
+
+# --- rates -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        pytest.param(
+            [("APPROVED", 3), ("DECLINED", 1), ("SUBMITTED", 2), ("FAILED", 5)],
+            {
+                "handoffs": 11,
+                "recovered": 3,
+                "lost": 1,
+                "pending": 2,
+                "failed": 5,
+                "to": 0.5,
+                "settled": 0.75,
+            },
+            id="failed-stays-outside-both-rates",
+        ),
+        pytest.param(
+            [("APPROVED", 1), ("EXPIRED", 1), ("CANCELLED", 1), ("PENDING", 1)],
+            {
+                "handoffs": 4,
+                "recovered": 1,
+                "lost": 2,
+                "pending": 1,
+                "failed": 0,
+                "to": 1 / 4,
+                "settled": 1 / 3,
+            },
+            id="expired-and-cancelled-are-lost",
+        ),
+        pytest.param(
+            [("PENDING", 2)],
+            {"handoffs": 2, "recovered": 0, "lost": 0, "pending": 2, "failed": 0, "to": 0.0, "settled": NAN},
+            id="nothing-settled-has-no-settled-rate",
+        ),
+        pytest.param(
+            [("FAILED", 2)],
+            {"handoffs": 2, "recovered": 0, "lost": 0, "pending": 0, "failed": 2, "to": NAN, "settled": NAN},
+            id="only-failed-has-no-rate",
+        ),
+    ],
+)
+def test_given_states_when_counted_then_both_rates_follow_the_section_10_definitions(
+    rows: list[tuple[str, int]], expected: dict[str, float]
+) -> None:
+    # given
+    frame = facts(*[("2026-06-12", s, "USD", None, n, 100 * n) for s, n in rows])
+    # when
+    row = recovery.count_summary(frame, ["cohort"]).iloc[0]
+    # then
+    for key in ("handoffs", "recovered", "lost", "pending", "failed"):
+        assert row[key] == expected[key], key
+    assert same(row["rate_to_date"], expected["to"])
+    assert same(row["rate_settled"], expected["settled"])
+
+
+def test_given_two_currencies_when_amounts_are_summed_then_they_stay_apart_and_failed_is_not_submitted() -> (
+    None
+):
+    # given
+    frame = facts(
+        ("2026-06-12", "APPROVED", "USD", 1, 1, 4999),
+        ("2026-06-12", "DECLINED", "USD", None, 1, 5001),
+        ("2026-06-12", "FAILED", "USD", None, 1, 10_000),
+        ("2026-06-12", "APPROVED", "EUR", 2, 1, 2500),
+    )
+    # when
+    out = recovery.amount_summary(frame, ["cohort"], fee_percent=Decimal("2.5")).set_index("currency")
+    # then
+    assert out.loc["USD", "submitted_minor"] == 10_000
+    assert out.loc["USD", "recovered_minor"] == 4999
+    assert out.loc["USD", "rate_by_amount"] == pytest.approx(0.4999)
+    assert out.loc["EUR", "submitted_minor"] == 2500
+    assert out.loc["EUR", "rate_by_amount"] == 1.0
+    assert out.loc["USD", "fee_minor"] == 125  # 124.975 rounds half-up
+    assert out.loc["USD", "net_minor"] == 4874
+
+
+def test_given_cohorts_when_split_into_periods_then_day_and_month_to_date_are_labelled() -> None:
+    frame = facts(
+        ("2026-05-30", "APPROVED", "USD", 1, 1, 100),
+        ("2026-06-03", "APPROVED", "USD", 1, 2, 200),
+        ("2026-06-12", "DECLINED", "USD", None, 4, 400),
+    )
+    out = recovery.with_periods(frame, day=DAY, month_first=date(2026, 6, 1))
+    assert out.groupby("period")["n"].sum().to_dict() == {"day": 4, "month": 6}
+
+
+# --- pending ages ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("age_days", "bucket"),
+    [(0, "0-3"), (3, "0-3"), (4, "4-7"), (7, "4-7"), (8, "8-14"), (14, "8-14"), (15, "15-21")]
+    + [(21, "15-21"), (22, "over 21"), (60, "over 21")],
+)
+def test_given_an_age_in_days_then_it_falls_in_its_bucket(age_days: int, bucket: str) -> None:
+    assert recovery.age_bucket(age_days) == bucket
+
+
+def test_given_open_handoffs_when_bucketed_then_every_bucket_shows_in_order_and_over_21_is_overdue() -> None:
+    # given
+    frame = pd.DataFrame(
+        [(2, "SUBMITTED", "USD", 1, 500), (3, "PENDING", "USD", 2, 700), (30, "SUBMITTED", "EUR", 1, 900)],
+        columns=["age_days", "state", "currency", "n", "amount_minor"],
+    )
+    # when
+    out = recovery.pending_by_age(frame)
+    # then
+    assert list(dict.fromkeys(out["bucket"])) == list(recovery.AGE_BUCKETS)
+    first = out[out["bucket"] == "0-3"].iloc[0]
+    assert (first["n"], first["amount_minor"], first["currency"]) == (3, 1200, "USD")
+    assert out[out["overdue"]]["n"].sum() == 1
+    assert out[out["overdue"]]["currency"].tolist() == ["EUR"]
+
+
+# --- cohorts ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cohort", "recovery_days", "expected"),
+    [
+        pytest.param(
+            "2026-06-07", [0, 1, 2, None], {1: 2 / 4, 3: 3 / 4, 7: NAN}, id="5-days-old-shows-day-1-and-3"
+        ),
+        pytest.param(
+            "2026-05-22", [1, 9, 10, 11], {7: 1 / 4, 10: 3 / 4, 14: 1.0, 21: 1.0}, id="window-closed"
+        ),
+        pytest.param("2026-06-12", [0], {1: NAN}, id="made-today-shows-nothing-yet"),
+    ],
+)
+def test_given_a_cohort_when_tabled_then_share_by_day_n_counts_approvals_within_n_days(
+    cohort: str, recovery_days: list[int | None], expected: dict[int, float]
+) -> None:
+    # given: one approval per recovery day, None = still pending
+    frame = facts(
+        *[(cohort, "APPROVED" if d is not None else "SUBMITTED", "USD", d, 1, 100) for d in recovery_days]
+    )
+    # when
+    row = recovery.cohort_table(frame, day=DAY).iloc[0]
+    # then
+    for n, share in expected.items():
+        assert same(row[f"share_d{n}"], share), n
+
+
+@pytest.mark.parametrize(
+    ("cohort", "states", "status"),
+    [
+        ("2026-06-10", ["APPROVED", "DECLINED"], "final"),
+        ("2026-06-10", ["APPROVED", "SUBMITTED"], "in progress"),
+        ("2026-05-22", ["PENDING"], "in progress"),  # 21 days old: the last day of its window
+        ("2026-05-21", ["PENDING"], "window closed"),
+        ("2026-05-21", ["EXPIRED", "FAILED"], "final"),
+    ],
+)
+def test_given_a_cohort_then_it_is_in_progress_until_all_final_or_its_window_closes(
+    cohort: str, states: list[str], status: str
+) -> None:
+    frame = facts(*[(cohort, s, "USD", 1 if s == "APPROVED" else None, 1, 100) for s in states])
+    assert recovery.cohort_table(frame, day=DAY, window_days=21).iloc[0]["status"] == status
+
+
+def test_given_cohorts_when_checked_at_day_10_then_only_old_cohorts_show_per_currency_shares() -> None:
+    # given
+    frame = facts(
+        ("2026-06-01", "APPROVED", "USD", 4, 1, 1000),
+        ("2026-06-01", "APPROVED", "USD", 12, 1, 3000),
+        ("2026-06-01", "FAILED", "USD", None, 1, 9999),
+        ("2026-06-01", "APPROVED", "EUR", 10, 1, 500),
+        ("2026-06-05", "APPROVED", "USD", 1, 1, 1000),
+    )
+    # when
+    out = recovery.checkpoint(frame, day=DAY, n_days=10).set_index("currency")
+    # then
+    assert set(out["cohort"]) == {"2026-06-01"}
+    assert out.loc["USD", "share_count"] == 0.5
+    assert out.loc["USD", "share_amount"] == 0.25
+    assert out.loc["EUR", "share_count"] == 1.0
+
+
+def test_given_cohorts_of_different_ages_then_the_curve_pools_only_cohorts_old_enough() -> None:
+    frame = facts(
+        ("2026-06-10", "APPROVED", "USD", 1, 1, 100),  # 2 days old
+        ("2026-06-11", "DECLINED", "USD", None, 1, 100),  # 1 day old
+    )
+    points = dict(recovery.recovery_curve(frame, day=DAY, window_days=3))
+    assert points == {0: 0.0, 1: 0.5, 2: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("histogram", "median"),
+    [([(1, 1), (3, 1), (9, 1)], 3.0), ([(1, 2), (5, 2)], 3.0), ([(2, 5), (20, 1)], 2.0), ([], None)],
+)
+def test_given_recovery_days_then_the_median_is_weighted_by_count(
+    histogram: list[tuple[int, int]], median: float | None
+) -> None:
+    frame = facts(*[("2026-06-01", "APPROVED", "USD", d, n, 100) for d, n in histogram])
+    assert recovery.median_recovery_days(frame) == median
+
+
+# --- breakdowns ------------------------------------------------------------------------------------
+
+
+def breakdown_rows(*rows: tuple[Any, ...]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=["key", "code", "state", "currency", "n", "amount_minor"])
+
+
+def test_given_reasons_differing_in_case_then_they_are_one_reason_per_response_code() -> None:
+    frame = breakdown_rows(
+        ("do not honor", "05", "APPROVED", "USD", 1, 100),
+        ("DO NOT  HONOR ", "05", "DECLINED", "USD", 2, 200),
+        ("do not honor", "57", "DECLINED", "USD", 1, 100),
+        (None, None, "PENDING", "USD", 1, 100),
+    )
+    out = recovery.breakdown(frame, "reason").counts
+    assert out[["key", "code", "handoffs"]].values.tolist() == [
+        ["do not honor", "05", 3],
+        ["(no decline on record)", "", 1],
+        ["do not honor", "57", 1],
+    ]
+
+
+def test_given_slots_and_sources_then_the_slot_breakdown_follows_the_ladder() -> None:
+    frame = breakdown_rows(
+        ("CASCADE", None, "APPROVED", "USD", 9, 900),
+        ("final", None, "APPROVED", "USD", 1, 100),
+        ("4-6", None, "DECLINED", "USD", 1, 100),
+        ("RERUN", None, "PENDING", "USD", 5, 500),
+        ("7-9", None, "APPROVED", "EUR", 1, 100),
+    )
+    out = recovery.breakdown(frame, "slot")
+    assert out.counts["key"].tolist() == ["4-6", "7-9", "final", "RERUN", "CASCADE"]
+    assert set(out.amounts[out.amounts["key"] == "7-9"]["currency"]) == {"EUR"}
+
+
+def test_given_many_keys_then_the_breakdown_keeps_the_largest_and_counts_the_rest() -> None:
+    frame = breakdown_rows(*[(f"gw-{i}", None, "APPROVED", "USD", i, 100) for i in range(1, 6)])
+    out = recovery.breakdown(frame, "declining_gateway", limit=2)
+    assert out.counts["key"].tolist() == ["gw-5", "gw-4"]
+    assert out.hidden == 3
+
+
+# --- reconciliation --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "flag"),
+    [
+        ("capture_required", "CAPTURE_REQUIRED"),
+        ("CAPTUREREQUIRED", "CAPTURE_REQUIRED"),
+        ("chargeback", "CHARGEBACK"),
+    ]
+    + [("terminal conflict", "TERMINAL_CONFLICT"), (None, "UNKNOWN")],
+)
+def test_given_a_flag_as_written_then_it_is_normalised(raw: str | None, flag: str) -> None:
+    assert reconciliation.normalise_flag(raw) == flag
+
+
+def exception_frame(*rows: tuple[str, str | None, int]) -> pd.DataFrame:
+    """(kind, detail, total) rows with the columns of queries.exception_stmt."""
+    base = {
+        "order_id": "o",
+        "source": "RECYCLE",
+        "gateway_id": "ff",
+        "state": "SUBMITTED",
+        "amount_minor": 100,
+    }
+    base |= {"currency": "USD", "created_at": None, "expires_at": None, "outcome_at": None}
+    return pd.DataFrame(
+        [
+            {"kind": k, "handoff_id": f"h{i}", "detail": d, "total": t} | base
+            for i, (k, d, t) in enumerate(rows)
+        ]
+    )
+
+
+def test_given_exceptions_then_each_kind_and_flag_has_its_full_count_and_what_to_do() -> None:
+    # given
+    rows = reconciliation.exception_rows(
+        exception_frame(
+            ("PAST_EXPIRY", None, 250),
+            ("ATTENTION", "capture_required", 2),
+            ("ATTENTION", "capture_required", 2),
+            ("ATTENTION", "something new", 1),
+            ("FAILED", "zip missing", 1),
+        )
+    )
+    hooks = pd.DataFrame(
+        [
+            ("ff", False, "bad signature", False, 3),
+            ("ff", True, "unknown order", False, 1),
+            ("ff", True, "duplicate", True, 4),
+            ("ff", True, "applied", False, 9),
+            ("ff", True, "ignored", False, 2),
+        ],
+        columns=["gateway_id", "accepted", "reason", "duplicate", "n"],
+    )
+    # when
+    out = reconciliation.exception_summary(rows, hooks).set_index("title")
+    # then
+    assert out.loc["Pending past expiry", "count"] == 250
+    assert out.loc["FlexFactor flag: CAPTURE_REQUIRED", "count"] == 2
+    assert "capture" in str(out.loc["FlexFactor flag: CAPTURE_REQUIRED", "what_to_do"])
+    assert out.loc["FlexFactor flag: SOMETHING_NEW", "what_to_do"] == reconciliation.UNKNOWN_FLAG_ADVICE
+    assert out.loc["Webhook refused or not applied", "count"] == 3
+    assert "hmac_signing_key" in str(out.loc["Webhook refused or not applied"])
+    assert out.loc["Webhook for an unknown order", "count"] == 1
+    assert out.loc["Duplicate webhook deliveries", "count"] == 4
+    assert rows[rows["kind"] == "FAILED"]["detail"].tolist() == ["zip missing"]
+    assert len(out) == 7
+    assert all(out["what_to_do"].str.len() > 20)
+
+
+@pytest.mark.parametrize(
+    ("accepted", "reason", "kind", "advice"),
+    [
+        (False, "bad signature", "WEBHOOK_REFUSED", "hmac_signing_key"),
+        (False, "content hash mismatch", "WEBHOOK_REFUSED", "hmac_signing_key"),
+        (False, "stale date", "WEBHOOK_REFUSED", "clock"),
+        (False, "replayed nonce", "WEBHOOK_REFUSED", "clock"),
+        (False, "unknown gateway", "WEBHOOK_REFUSED", "settings.yaml"),
+        (True, "other gateway", "WEBHOOK_REFUSED", "webhook URL"),
+        (True, "unknown order", "WEBHOOK_UNKNOWN_ORDER", "never sent"),
+    ],
+)
+def test_given_a_problem_delivery_then_it_is_classed_with_advice_for_its_reason(
+    accepted: bool, reason: str, kind: str, advice: str
+) -> None:
+    frame = pd.DataFrame(
+        [("ff", accepted, reason, False, 2)], columns=["gateway_id", "accepted", "reason", "duplicate", "n"]
+    )
+    row = reconciliation.webhook_summary(frame).iloc[0]
+    assert row["kind"] == kind
+    assert advice in row["what_to_do"]
+
+
+def test_given_job_runs_then_durations_and_counts_are_readable() -> None:
+    frame = pd.DataFrame(
+        [
+            ("r1", "submit", datetime(2026, 6, 12, 6, tzinfo=UTC), datetime(2026, 6, 12, 6, 2, tzinfo=UTC))
+            + ("SUCCEEDED", '{"sent": 3, "approved": 1}', None),
+            ("r2", "reconcile", datetime(2026, 6, 12, 7, tzinfo=UTC), None, "RUNNING", None, None),
+        ],
+        columns=["id", "job", "started_at", "finished_at", "status", "counts", "error"],
+    )
+    out = reconciliation.job_runs_table(frame)
+    assert out["duration_s"].iloc[0] == 120.0
+    assert math.isnan(out["duration_s"].iloc[1])
+    assert out["counts_text"].tolist() == ["approved 1, sent 3", ""]
+
+
+# --- detail rows, formatting, charts ---------------------------------------------------------------
+
+
+def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_offset() -> None:
+    # given
+    at = datetime(2026, 6, 12, 6, tzinfo=UTC)
+    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
+    chunk = pd.DataFrame(
+        [
+            row | {"amount_minor": 2999, "currency": "USD", "created_at": at, "attempt": 4.0},
+            row
+            | {"amount_minor": 5000, "currency": "JPY", "created_at": at, "decline_reason": "=HYPERLINK(1)"},
+            row
+            | {"amount_minor": 1234, "currency": "BHD", "created_at": at, "decline_reason": "Do Not Honor"},
+        ]
+    )
+    # when
+    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York"))
+    # then
+    assert list(out.columns) == recovery.DETAIL_COLUMNS
+    assert out["amount"].tolist() == ["29.99", "5000", "1.234"]
+    assert out["created_at"].iloc[0] == "2026-06-12T02:00:00-04:00"
+    assert out["outcome_at"].iloc[0] == ""
+    assert out["attempt"].tolist() == ["4", "", ""]
+    assert out["decline_reason"].tolist() == ["", "'=HYPERLINK(1)", "Do Not Honor"]
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "text"),
+    [
+        (123456, "USD", "1,234.56 USD"),
+        (-5, "USD", "-0.05 USD"),
+        (1500000, "JPY", "1,500,000 JPY"),
+        (None, "USD", "—"),
+    ],
+)
+def test_given_minor_units_then_money_is_shown_in_its_currency(
+    minor: int | None, currency: str, text: str
+) -> None:
+    assert render.fmt_money(minor, currency) == text
+
+
+def test_given_an_undefined_rate_then_it_shows_a_dash() -> None:
+    assert (render.fmt_pct(NAN), render.fmt_pct(0.4286)) == ("—", "42.9 %")
+
+
+def test_given_a_chart_then_it_is_inline_svg_without_urls_and_escapes_its_title() -> None:
+    line = str(svg.line_chart([(0, 0.1), (3, 0.5)], title="<b>curve</b>", x_max=21, x_ticks=[1, 21]))
+    bars = str(svg.bar_chart([("0-3", 2), ("over 21", 1)], title="ages", highlight_last=True))
+    for chart in (line, bars):
+        assert chart.startswith("<svg")
+        assert "http" not in chart
+        assert "<script" not in chart
+    assert "&lt;b&gt;curve&lt;/b&gt;" in line
+    assert "<polyline" in line
+    assert "#b3261e" in bars
