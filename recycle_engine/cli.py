@@ -470,3 +470,31 @@ def demo(config_path: Path, workdir: Path, subscriptions: int, nights: int, seed
     result = run_demo(options, progress=lambda line: click.echo(line, err=True))
     for line in format_summary(result):
         click.echo(line)
+
+
+@run.command("report")
+@config_option
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="D",
+    help="Local date (YYYY-MM-DD) in the settings timezone; default today.",
+)
+@reports_errors
+def run_report_cmd(config_path: Path, day: datetime | None) -> None:
+    """Render the daily recovery report for day D and print the HTML path."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.report import run_report
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    now = clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        local_day = day.date() if day else now.astimezone(settings.timezone).date()
+        result = run_report(settings, app.engine, day=local_day, now=now)
+    finally:
+        app.close()
+    click.echo(str(result.html_path))

@@ -1,0 +1,182 @@
+"""The daily report: aggregate in the database, reshape with pandas, render recovery-D.html, its CSV, the index."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from recycle_engine.errors import RecycleEngineError, StorageError
+from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.settings import Settings
+from reports import queries, reconciliation, recovery, render, svg
+
+__all__ = ["ReportResult", "run_report"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the day's files went and the job run that made them."""
+
+    html_path: Path
+    csv_path: Path
+    index_path: Path
+    run_id: str
+    counts: dict[str, int]
+
+
+def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) -> ReportResult:
+    """Render the report for local day `day` (settings.timezone) as of `now`, and record a "report" run.
+
+    Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
+    when the database fails and RecycleEngineError when the files cannot be written."""
+    windows = [g.flexfactor.expiry_days for g in settings.flexfactor_gateways() if g.flexfactor]
+    window = max(windows, default=21)
+    bounds = queries.ReportBounds.for_day(day, settings.timezone, now, window_days=window)
+    out_dir = settings.reports.output_dir
+    html_path = out_dir / render.report_name(day)
+    csv_path = html_path.with_suffix(".csv")
+    run_id = start_run(engine, "report", logical_at=bounds.day_start, now=now)
+    try:
+        with _snapshot(engine) as conn:
+            frames = _load(conn, bounds, run_id)
+            chunks = (recovery.detail_rows(c, bounds.tz) for c in queries.detail_chunks(conn, bounds))
+            csv_rows = render.write_csv(csv_path, chunks, recovery.DETAIL_COLUMNS)
+        context, counts = _context(frames, settings, bounds)
+        context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
+        render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
+        index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
+    except SQLAlchemyError as exc:
+        finish_run(engine, run_id, now=now, counts={}, error=f"database: {exc.__class__.__name__}")
+        raise StorageError(f"report for {day}: the database failed ({exc.__class__.__name__})") from exc
+    except OSError as exc:
+        finish_run(engine, run_id, now=now, counts={}, error=f"files: {exc}")
+        raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+    counts |= {"csv_rows": csv_rows}
+    finish_run(engine, run_id, now=now, counts=counts)
+    log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
+    return ReportResult(html_path, csv_path, index_path, run_id, counts)
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    # PostgreSQL: one snapshot for every query, so the numbers of one report agree with each other.
+    # SQLite (WAL) reads inside one transaction see one snapshot already.
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        with conn.begin():
+            yield conn
+
+
+def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, pd.DataFrame]:
+    dialect = conn.dialect.name
+    frames = {
+        "facts": queries.fetch(conn, queries.cohort_facts_stmt(b, dialect)),
+        "activity": queries.fetch(conn, queries.activity_stmt(b)),
+        "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
+        "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
+        "webhooks": queries.fetch(conn, queries.webhooks_stmt(b)),
+        "jobs": queries.fetch(conn, queries.job_runs_stmt(b, exclude_run=run_id)),
+        "exceptions": pd.concat(
+            [queries.fetch(conn, queries.exception_stmt(b, k)) for k in queries.EXCEPTION_KINDS],
+            ignore_index=True,
+        ),
+    }
+    for name in queries.BREAKDOWNS:
+        frames[f"by_{name}"] = queries.fetch(conn, queries.breakdown_stmt(b, name))
+    return frames
+
+
+def _context(
+    frames: dict[str, pd.DataFrame], settings: Settings, b: queries.ReportBounds
+) -> tuple[dict[str, Any], dict[str, int]]:
+    fee = settings.reports.fee_percent
+    fee_percent = Decimal(str(fee)) if fee is not None else None
+    facts = frames["facts"]
+    periods = recovery.with_periods(facts, day=b.day, month_first=b.month_first)
+    head = recovery.count_summary(periods, ["period"]).set_index("period")
+    empty = {c: 0 for c in head.columns} | {"rate_to_date": float("nan"), "rate_settled": float("nan")}
+    headline = {p: (head.loc[p].to_dict() if p in head.index else empty) for p in ("day", "month")}
+    month = facts[facts["cohort"].astype(str) >= b.month_first.isoformat()]
+
+    cohorts = recovery.cohort_table(facts, day=b.day, window_days=b.window_days)
+    curve = recovery.recovery_curve(facts, day=b.day, window_days=b.window_days)
+    ticks = [d for d in recovery.CHECKPOINT_DAYS if d <= b.window_days]
+    pending = recovery.pending_by_age(frames["open"])
+    bucket_counts = pending.groupby("bucket", sort=False)["n"].sum()
+    exceptions = reconciliation.exception_rows(frames["exceptions"])
+    summary = reconciliation.exception_summary(exceptions, frames["webhooks"])
+    prev_day, next_day = b.day - timedelta(days=1), b.day + timedelta(days=1)
+    present = set(render.existing_reports(settings.reports.output_dir))
+
+    breakdowns = []
+    for name, title in queries.BREAKDOWNS.items():
+        part = recovery.breakdown(frames[f"by_{name}"], name)
+        rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
+        breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
+
+    context: dict[str, Any] = {
+        "day": b.day,
+        "month_first": b.month_first,
+        "first_cohort": b.first_cohort,
+        "tz_name": str(b.tz.key),
+        "generated_at": b.now,
+        "prev_href": render.report_name(prev_day) if prev_day in present else None,
+        "prev_day": prev_day,
+        "next_href": render.report_name(next_day) if next_day in present else None,
+        "headline": headline,
+        "amounts": render.records(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent)),
+        "fee_percent": fee_percent,
+        "activity": render.records(recovery.activity_summary(frames["activity"])),
+        "breakdowns": breakdowns,
+        "cohorts": render.attach_amounts(cohorts, recovery.amount_summary(facts, ["cohort"]), ["cohort"]),
+        "checkpoint_days": recovery.CHECKPOINT_DAYS,
+        "day10": render.records(recovery.checkpoint(facts, day=b.day, n_days=10)),
+        "median_days": recovery.median_recovery_days(month),
+        "curve_svg": svg.line_chart(
+            curve, title="Share recovered by day N of the window", x_max=b.window_days, x_ticks=ticks
+        ),
+        "window_days": b.window_days,
+        "pending": [
+            {
+                "bucket": k,
+                "n": int(part["n"].sum()),
+                "overdue": bool(part["overdue"].any()),
+                "amounts": render.records(part[part["currency"] != ""]),
+            }
+            for k, part in pending.groupby("bucket", sort=False)
+        ],
+        "pending_svg": svg.bar_chart(
+            [(k, int(bucket_counts.get(k, 0))) for k in recovery.AGE_BUCKETS],
+            title="Open hand-offs by days since submission",
+            highlight_last=True,
+        ),
+        "nearing": render.records(frames["nearing"]),
+        "nearing_total": int(frames["nearing"]["total"].max()) if not frames["nearing"].empty else 0,
+        "exception_summary": render.records(summary),
+        "exception_groups": [
+            {"title": title, "rows": render.records(part)}
+            for title, part in exceptions.groupby("title", sort=False)
+        ],
+        "row_limit": queries.EXCEPTION_ROW_LIMIT,
+        "webhooks": render.records(reconciliation.webhook_summary(frames["webhooks"])),
+        "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
+    }
+    counts = {
+        "handoffs": int(headline["day"]["handoffs"]),
+        "recovered": int(headline["day"]["recovered"]),
+        "exceptions": int(summary["count"].sum()) if not summary.empty else 0,
+    }
+    return context, counts
