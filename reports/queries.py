@@ -144,14 +144,16 @@ def cohort_facts_stmt(bounds: ReportBounds, dialect: str) -> Query:
     `recovery_day` is the day of the window an approval came on (rounded up: 0 at once, 1 within
     24 hours); it is NULL for every other state."""
     days = _days_between(dialect, _submitted(), Handoff.outcome_at)
+    flag = func.upper(Handoff.attention)  # a refund or chargeback on a recovery: shown, never subtracted
     inner = select(
         _local_day(Handoff.created_at, bounds).label("cohort"),
         *_cols(Handoff, "state currency amount_minor"),
         case((Handoff.state == State.APPROVED.value, _whole_days(dialect, days, up=True)), else_=None).label(
             "recovery_day"
         ),
+        case((flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None).label("reversal"),
     ).where(_within(Handoff.created_at, bounds.cohort_start, bounds.day_end))
-    return _grouped(inner, ["cohort", "state", "currency", "recovery_day"])
+    return _grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"])
 
 
 def _slot_key() -> ColumnElement[str]:

@@ -37,6 +37,7 @@ STATE_GROUPS: Final = {
 CHECKPOINT_DAYS: Final = (1, 3, 7, 10, 14, 21)
 AGE_BUCKETS: Final = ("0-3", "4-7", "8-14", "15-21", "over 21")
 SLOT_ORDER: Final = ("4-6", "7-9", "final", "RERUN", "CASCADE")
+REVERSALS: Final = {"REFUNDED": "refunded", "CHARGEBACK": "charged_back"}
 NO_REASON: Final = "(no decline on record)"
 UNKNOWN_KEY: Final = "(unknown)"
 
@@ -55,10 +56,12 @@ def _grouped_sum(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.
 def count_summary(facts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Per group of `by`: hand-offs made, each state group and lost state, and both count rates.
 
-    `facts` has columns `*by, state, n`; counts from every currency add up (they are hand-offs)."""
+    `facts` has columns `*by, state, n` (and optionally `reversal`: REFUNDED or CHARGEBACK on a
+    recovered hand-off, counted beside the recoveries, never subtracted). Counts from every currency
+    add up: they are hand-offs."""
     states = ["declined", "expired", "cancelled"]
     groups = ["recovered", "lost", "pending", "failed"]
-    columns = [*by, "handoffs", *groups, *states, "rate_to_date", "rate_settled"]
+    columns = [*by, "handoffs", *groups, *states, *REVERSALS.values(), "rate_to_date", "rate_settled"]
     if facts.empty:
         return pd.DataFrame({c: [] for c in columns})
     frame = facts.assign(
@@ -72,6 +75,8 @@ def count_summary(facts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         row["handoffs"] = int(part["n"].sum())
         row |= {g: int(by_group.get(g, 0)) for g in groups}
         row |= {s: int(by_state.get(s, 0)) for s in states}
+        by_reversal = part.groupby("reversal")["n"].sum() if "reversal" in part else pd.Series()
+        row |= {name: int(by_reversal.get(flag, 0)) for flag, name in REVERSALS.items()}
         rec, lost, pend = (int(by_group.get(g, 0)) for g in ("recovered", "lost", "pending"))
         row["rate_to_date"] = rate(rec, rec + lost + pend)
         row["rate_settled"] = rate(rec, rec + lost)
@@ -96,6 +101,10 @@ def amount_summary(facts: pd.DataFrame, by: list[str], *, fee_percent: Decimal |
     for g in ("recovered", "lost", "pending"):
         out[f"{g}_minor"] = wide[g].astype("int64") if g in wide.columns else 0
     out["submitted_minor"] = out["recovered_minor"] + out["lost_minor"] + out["pending_minor"]
+    reversed_ = frame[frame["reversal"].notna()] if "reversal" in frame else frame.assign(reversal="")[0:0]
+    for flag, name in REVERSALS.items():
+        amounts = reversed_[reversed_["reversal"] == flag].groupby([*by, "currency"])["amount_minor"].sum()
+        out[f"{name}_minor"] = amounts.reindex(out.index, fill_value=0).astype("int64")
     out = out.reset_index()
     out["rate_by_amount"] = [
         rate(r, s) for r, s in zip(out["recovered_minor"], out["submitted_minor"], strict=True)

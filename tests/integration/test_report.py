@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -163,6 +164,7 @@ def seed(engine: Engine) -> None:
         if row["id"] in outcomes:
             row["outcome_at"] = outcomes[row["id"]]
     handoffs[8]["attention"] = "capture_required"
+    handoffs[7]["attention"] = "REFUNDED"  # a recovery refunded later: shown beside, never subtracted
     handoffs[8]["expires_at"] = NOW + timedelta(days=1)
     handoffs[10]["expires_at"] = datetime(2026, 6, 5, 6, tzinfo=UTC)
     declines = [
@@ -235,6 +237,10 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     assert result.html_path.name == "recovery-2026-06-12.html"
     assert "75.0 %" in html  # settled on the day: 3 ÷ (3 + 1)
     assert "80.0 %" in html  # settled month to date: 4 ÷ (4 + 1)
+    refunded = (
+        r"later refunded \(shown, not subtracted\)</th>\s*<td class=\"num\">0</td><td class=\"num\">1</td>"
+    )
+    assert re.search(refunded, html)  # day: none; month: the JPY recovery, still counted as recovered
     assert "115.00 USD" in html
     assert "50.00 USD" in html
     assert "25.00 EUR" in html
@@ -244,7 +250,13 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     assert "insufficient funds" in html
     assert "Insufficient Funds" not in html
     # then: exceptions with what to do, webhooks and job runs
-    for text in ("Pending past expiry", "CAPTURE_REQUIRED", "billing zip is missing", "Late approval"):
+    for text in (
+        "Pending past expiry",
+        "CAPTURE_REQUIRED",
+        "REFUNDED",
+        "billing zip is missing",
+        "Late approval",
+    ):
         assert text in html
     assert "Sent, no answer for over an hour" in html
     assert "bad signature" in html

@@ -107,6 +107,28 @@ def test_given_two_currencies_when_amounts_are_summed_then_they_stay_apart_and_f
     assert out.loc["USD", "net_minor"] == 4874
 
 
+def test_given_refunds_and_chargebacks_on_recoveries_then_they_are_shown_beside_and_never_subtracted() -> (
+    None
+):
+    # given
+    frame = facts(
+        ("2026-06-12", "APPROVED", "USD", 1, 3, 3000),
+        ("2026-06-12", "APPROVED", "USD", 2, 1, 500),
+        ("2026-06-12", "APPROVED", "EUR", 2, 1, 700),
+        ("2026-06-12", "DECLINED", "USD", None, 1, 100),
+    ).assign(reversal=[None, "REFUNDED", "CHARGEBACK", None])
+    # when
+    counts = recovery.count_summary(frame, ["cohort"]).iloc[0]
+    amounts = recovery.amount_summary(frame, ["cohort"]).set_index("currency")
+    # then
+    assert (counts["recovered"], counts["refunded"], counts["charged_back"]) == (5, 1, 1)
+    assert counts["rate_settled"] == 5 / 6
+    assert amounts.loc["USD", "recovered_minor"] == 3500
+    assert amounts.loc["USD", "refunded_minor"] == 500
+    assert amounts.loc["EUR", "charged_back_minor"] == 700
+    assert amounts.loc["USD", "charged_back_minor"] == 0
+
+
 def test_given_cohorts_when_split_into_periods_then_day_and_month_to_date_are_labelled() -> None:
     frame = facts(
         ("2026-05-30", "APPROVED", "USD", 1, 1, 100),
@@ -369,15 +391,25 @@ def test_given_job_runs_then_durations_and_counts_are_readable() -> None:
     frame = pd.DataFrame(
         [
             ("r1", "submit", datetime(2026, 6, 12, 6, tzinfo=UTC), datetime(2026, 6, 12, 6, 2, tzinfo=UTC))
-            + ("SUCCEEDED", '{"sent": 3, "approved": 1}', None),
+            + ("SUCCEEDED", '{"sent": 3, "approved": 1, "failed": 0}', None),
             ("r2", "reconcile", datetime(2026, 6, 12, 7, tzinfo=UTC), None, "RUNNING", None, None),
+            (
+                "r3",
+                "report",
+                datetime(2026, 6, 12, 8, tzinfo=UTC),
+                None,
+                "FAILED",
+                '{"rows": 0}',
+                "disk full",
+            ),
         ],
         columns=["id", "job", "started_at", "finished_at", "status", "counts", "error"],
     )
     out = reconciliation.job_runs_table(frame)
     assert out["duration_s"].iloc[0] == 120.0
     assert math.isnan(out["duration_s"].iloc[1])
-    assert out["counts_text"].tolist() == ["approved 1, sent 3", ""]
+    assert out["counts_text"].tolist() == ["approved 1, sent 3", "", "all zero"]
+    assert out["error"].tolist() == ["", "", "disk full"]
 
 
 # --- detail rows, formatting, charts ---------------------------------------------------------------
