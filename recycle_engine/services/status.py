@@ -1,0 +1,208 @@
+"""What `recycle-engine status` shows: last job runs, open hand-offs by age, schedule, scheduler roles."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, case, column, func, inspect, select, table
+from sqlalchemy.engine import Connection
+
+from recycle_engine.storage.models import Handoff, JobRun, SchedulerLease
+
+__all__ = [
+    "ACTIVE_LEASE",
+    "AGE_BUCKETS",
+    "JOBSTORE_TABLE",
+    "STANDBY_PREFIX",
+    "JobSchedule",
+    "RunSummary",
+    "SchedulerRole",
+    "Status",
+    "gather_status",
+    "render_status",
+]
+
+ACTIVE_LEASE: Final = "scheduler"  # scheduler_leases.name of the one active scheduler
+STANDBY_PREFIX: Final = "scheduler:standby:"  # + a short id: one heartbeat row per waiting standby
+JOBSTORE_TABLE: Final = "apscheduler_jobs"  # APScheduler's persistent job store (it creates the table)
+OPEN_STATES: Final = ("PENDING", "SUBMITTED")
+# (label, first day, last day) of a hand-off's age in whole days since it was created.
+AGE_BUCKETS: Final[tuple[tuple[str, int, int | None], ...]] = (
+    ("0-3", 0, 3),
+    ("4-7", 4, 7),
+    ("8-14", 8, 14),
+    ("15-21", 15, 21),
+    (">21", 22, None),
+)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    job: str
+    status: str  # RUNNING, SUCCEEDED, FAILED or MISSED
+    logical_at: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    counts: dict[str, Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobSchedule:
+    job: str
+    cron: str
+    next_fire_at: datetime | None  # from the cron settings
+    stored_next_run_at: datetime | None  # what the job store holds; earlier means a catch-up is pending
+
+
+@dataclass(frozen=True)
+class SchedulerRole:
+    role: str  # "active" or "standby"
+    holder: str  # host:pid:id
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Status:
+    now: datetime
+    last_runs: dict[str, RunSummary]  # the latest run of each job, by job name
+    recent_runs: list[RunSummary]  # newest first
+    pending_by_age: dict[str, int]  # every AGE_BUCKETS label, in order
+    schedule: list[JobSchedule]
+    schedulers: list[SchedulerRole]  # live leases only: the active one first, then standbys
+
+    @property
+    def active(self) -> SchedulerRole | None:
+        return next((s for s in self.schedulers if s.role == "active"), None)
+
+
+def gather_status(
+    engine: Engine,
+    *,
+    now: datetime,
+    crons: Mapping[str, str],
+    next_fire_times: Mapping[str, datetime | None],
+    recent: int = 10,
+) -> Status:
+    """Read the status at `now` (aware UTC); `next_fire_times` come from the job triggers, by job name."""
+    with engine.connect() as conn:
+        last_runs = {run.job: run for run in _latest_per_job(conn)}
+        recent_runs = _recent(conn, recent)
+        pending = _pending_by_age(conn, now)
+        stored = _stored_next_runs(conn)
+        schedulers = _live_leases(conn, now)
+    schedule = [
+        JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
+    ]
+    return Status(now, last_runs, recent_runs, pending, schedule, schedulers)
+
+
+def _summary(row: Any) -> RunSummary:
+    counts: dict[str, Any] = json.loads(row.counts) if row.counts else {}
+    return RunSummary(
+        row.id, row.job, row.status, row.logical_at, row.started_at, row.finished_at, counts, row.error
+    )
+
+
+def _latest_per_job(conn: Connection) -> list[RunSummary]:
+    ranked = select(
+        JobRun,
+        func.row_number()
+        .over(partition_by=JobRun.job, order_by=(JobRun.started_at.desc(), JobRun.id.desc()))
+        .label("rank"),
+    ).subquery()
+    rows = conn.execute(select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.job))
+    return [_summary(row) for row in rows]
+
+
+def _recent(conn: Connection, limit: int) -> list[RunSummary]:
+    rows = conn.execute(select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(limit))
+    return [_summary(row) for row in rows]
+
+
+def _pending_by_age(conn: Connection, now: datetime) -> dict[str, int]:
+    # Age in whole days: a hand-off is in "0-3" while now - created_at < 4 days, and so on. The
+    # database groups, so a book of millions of hand-offs costs one indexed scan.
+    whens = [
+        (Handoff.created_at > now - timedelta(days=last + 1), label)
+        for label, _first, last in AGE_BUCKETS
+        if last is not None
+    ]
+    bucket = case(*whens, else_=AGE_BUCKETS[-1][0]).label("bucket")
+    rows = conn.execute(select(bucket, func.count()).where(Handoff.state.in_(OPEN_STATES)).group_by(bucket))
+    found = {label: int(n) for label, n in rows}
+    return {label: found.get(label, 0) for label, _first, _last in AGE_BUCKETS}
+
+
+def _stored_next_runs(conn: Connection) -> dict[str, datetime | None]:
+    if not inspect(conn).has_table(JOBSTORE_TABLE):
+        return {}  # no scheduler has been active on this database yet
+    jobs = table(JOBSTORE_TABLE, column("id"), column("next_run_time"))
+    return {
+        str(job_id): None if ts is None else datetime.fromtimestamp(float(ts), UTC)
+        for job_id, ts in conn.execute(select(jobs.c.id, jobs.c.next_run_time))
+    }
+
+
+def _live_leases(conn: Connection, now: datetime) -> list[SchedulerRole]:
+    rows = conn.execute(
+        select(SchedulerLease)
+        .where(SchedulerLease.expires_at > now)
+        .where((SchedulerLease.name == ACTIVE_LEASE) | SchedulerLease.name.startswith(STANDBY_PREFIX))
+        .order_by(SchedulerLease.acquired_at)
+    )
+    roles = [
+        SchedulerRole(
+            "active" if row.name == ACTIVE_LEASE else "standby",
+            row.holder,
+            row.acquired_at,
+            row.expires_at,
+        )
+        for row in rows
+    ]
+    return sorted(roles, key=lambda r: r.role != "active")
+
+
+def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
+    """The status as text lines, times in the settings timezone with their offset."""
+
+    def at(value: datetime | None) -> str:
+        return value.astimezone(timezone).isoformat(timespec="seconds") if value else "-"
+
+    lines = ["scheduler:"]
+    if not status.schedulers:
+        lines.append("  no scheduler is running (no live lease)")
+    for s in status.schedulers:
+        lines.append(f"  {s.role:8} {s.holder}  since {at(s.acquired_at)}  lease until {at(s.expires_at)}")
+    lines.append("jobs:")
+    for job in status.schedule:
+        pending = ""
+        if job.stored_next_run_at and job.stored_next_run_at <= status.now:
+            pending = f"  (catch-up of {at(job.stored_next_run_at)} pending)"
+        lines.append(f"  {job.job:10} cron '{job.cron}'  next {at(job.next_fire_at)}{pending}")
+        last = status.last_runs.get(job.job)
+        lines.append(f"  {'':10} last {_run_line(last, at) if last else 'never ran'}")
+    lines.append("recent runs:")
+    lines.extend(f"  {run.job:10} {_run_line(run, at)}" for run in status.recent_runs)
+    if not status.recent_runs:
+        lines.append("  none")
+    lines.append("pending hand-offs by age (days):")
+    lines.append("  " + "  ".join(f"{label}: {n}" for label, n in status.pending_by_age.items()))
+    return lines
+
+
+def _run_line(run: RunSummary, at: Callable[[datetime | None], str]) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
+    text = f"{run.status:9} {run.run_id}  logical {at(run.logical_at)}  finished {at(run.finished_at)}"
+    if counts:
+        text += f"  [{counts}]"
+    if run.error:
+        text += f"  error: {run.error.splitlines()[0][:200]}"
+    return text
