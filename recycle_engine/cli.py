@@ -498,3 +498,52 @@ def run_report_cmd(config_path: Path, day: datetime | None) -> None:
     finally:
         app.close()
     click.echo(str(result.html_path))
+
+
+# --- scheduler and status ----------------------------------------------------------------------
+
+
+@main.command("scheduler")
+@config_option
+@reports_errors
+def scheduler_cmd(config_path: Path) -> None:
+    """Run the jobs of settings.yaml on their crons until SIGTERM or SIGINT, then exit 0.
+
+    One scheduler per database is active; others wait as standbys and take over once its lease
+    expires ($RECYCLE_ENGINE_SCHEDULER_LEASE_SECONDS, default 60). On a stop signal the running
+    job finishes first."""
+    from jobs.schedule import serve
+
+    serve(config_path)
+
+
+@main.command("status")
+@config_option
+@reports_errors
+def status_cmd(config_path: Path) -> None:
+    """Last job runs, pending hand-offs by age, next scheduled runs and which scheduler is active."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobs.schedule import next_fire_times
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.status import gather_status, render_status
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    now = clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        status = gather_status(
+            app.engine,
+            now=now,
+            crons={name: job.cron for name, job in settings.jobs.items()},
+            next_fire_times=next_fire_times(settings, now),
+        )
+    except SQLAlchemyError as exc:
+        click.echo(f"error: cannot read the database ({type(exc).__name__}); try `db upgrade`", err=True)
+        sys.exit(1)
+    finally:
+        app.close()
+    for line in render_status(status, settings.timezone):
+        click.echo(line)
