@@ -57,12 +57,14 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
         index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
-    except SQLAlchemyError as exc:
-        finish_run(engine, run_id, now=now, counts={}, error=f"database: {exc.__class__.__name__}")
-        raise StorageError(f"report for {day}: the database failed ({exc.__class__.__name__})") from exc
-    except OSError as exc:
-        finish_run(engine, run_id, now=now, counts={}, error=f"files: {exc}")
-        raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        # Close the run whatever went wrong, so `status` never shows a report running forever.
+        finish_run(engine, run_id, now=now, counts={}, error=f"{exc.__class__.__name__}: {exc}"[:500])
+        if isinstance(exc, SQLAlchemyError):
+            raise StorageError(f"report for {day}: the database failed ({exc.__class__.__name__})") from exc
+        if isinstance(exc, OSError):
+            raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
+        raise
     counts |= {"csv_rows": csv_rows}
     finish_run(engine, run_id, now=now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from recycle_engine.cli import main
 from recycle_engine.config import load_settings
+from recycle_engine.errors import RecycleEngineError
 from recycle_engine.services.report import run_report
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
@@ -305,6 +306,24 @@ def test_given_settings_when_run_report_is_called_from_the_cli_then_it_prints_th
 def test_given_a_bad_date_when_run_report_is_called_then_it_exits_with_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "report", "--date", "12/06/2026", "--config", "x.yaml"])
     assert result.exit_code == 2
+
+
+def test_given_an_unwritable_output_folder_when_the_report_runs_then_it_fails_and_records_why(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # given: the output folder's path is taken by a file
+    settings = settings_for(tmp_path, sqlite_url)
+    (tmp_path / "out").write_text("not a folder", encoding="utf-8")
+    engine = make_engine(sqlite_url)
+    # when
+    with pytest.raises(RecycleEngineError, match="cannot write the report"):
+        run_report(settings, engine, day=DAY, now=NOW)
+    # then
+    with engine.connect() as conn:
+        status, error = conn.execute(select(JobRun.status, JobRun.error).where(JobRun.job == "report")).one()
+    engine.dispose()
+    assert status == "FAILED"
+    assert error
 
 
 @pytest.mark.postgres
