@@ -18,12 +18,16 @@ from recycle_engine.domain.ladder import PlannedAttempt, local_date, next_attemp
 from recycle_engine.domain.outcomes import FailureCause, OrderStatus, PurchaseStatus
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
-from recycle_engine.services.feed_file import RejectsFile, read_chunks, read_header, rejects_path_for
+from recycle_engine.services.feed_file import (
+    RejectsFile,
+    read_chunks,
+    read_header,
+    rejects_path_for,
+)
 from recycle_engine.services.feed_rows import CheckedChunk, check_chunk
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage import decline_repo as repo
-from recycle_engine.storage.subscription_repo import record_changes
 
 __all__ = [
     "CHUNK_ROWS",
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 CHUNK_ROWS: Final = 20_000  # rows read, checked and written per transaction; memory stays flat
 _REASON: Final = "DECLINE_IMPORTED"
 _SOURCE: Final = "IMPORT"
+_REBILL: Final = OrderType.REBILL.value
+_DECLINED: Final = OrderStatus.DECLINED.value
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,8 @@ class RecycleEntry:
 class _Prepared:
     record: dict[str, Any]  # a declines row
     line: int
-    declined_on: date  # local date in the settings timezone
-    entry: RecycleEntry | None  # only for rebills
+    declined_on: date | None  # local date in the settings timezone; rebills only
+    entry: RecycleEntry | None  # rebills only
 
 
 def recycle_entry(
@@ -116,10 +122,10 @@ def import_declines(
     importer = _Importer(settings, run_id=run_id, now=now)
     try:
         header = read_header(path)
+        chunks = read_chunks(path, header, chunk_rows)
         with RejectsFile(target, header) as rejects:
-            for frame, first_line in read_chunks(path, header, chunk_rows):
-                checked = importer.check(frame, first_line)
-                prepared = importer.prepare(checked)
+            for frame, first_line in chunks:
+                checked, prepared = importer.check_and_prepare(frame, first_line)
                 with engine.begin() as conn:
                     importer.write(conn, prepared)
                 rejects.write(checked.rejects_frame())
@@ -149,14 +155,15 @@ class _Importer:
         self._classified: dict[tuple[Any, ...], tuple[DeclineType, str | None, str | None]] = {}
         self._entries: dict[tuple[Any, ...], RecycleEntry | str] = {}
 
-    def check(self, frame: pd.DataFrame, first_line: int) -> CheckedChunk:
-        return check_chunk(
+    def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, list[_Prepared]]:
+        checked = check_chunk(
             frame,
             first_line=first_line,
             gateways=self.ordinary,
             flexfactor_gateways=self.flexfactor,
             seen_transactions=self.seen,
         )
+        return checked, self.prepare(checked)
 
     def prepare(self, checked: CheckedChunk) -> list[_Prepared]:
         """Classify each good row after decline mapping and plan rebills; a rebill its profile cannot
@@ -166,14 +173,14 @@ class _Importer:
         for record, line in zip(checked.records, checked.lines, strict=True):
             decline_type, record["mapping_rule"], record["display_message"] = self._classify(record)
             record["decline_type"], record["imported_at"] = decline_type.value, self.now
+            if record["order_type"] != _REBILL:
+                prepared.append(_Prepared(record, line, None, None))
+                continue
             declined_on = local_date(record["declined_at"], tz)
-            entry = None
-            if record["order_type"] == OrderType.REBILL:
-                planned = self._entry(record, decline_type, declined_on)
-                if isinstance(planned, str):
-                    checked.reject(line, planned)
-                    continue
-                entry = planned
+            entry = self._entry(record, decline_type, declined_on)
+            if isinstance(entry, str):
+                checked.reject(line, entry)
+                continue
             prepared.append(_Prepared(record, line, declined_on, entry))
         return prepared
 
@@ -186,7 +193,7 @@ class _Importer:
         customers = _latest(fresh, "customer_id").values()
         repo.upsert_customers(conn, [repo.customer_from_decline(p.record) for p in customers])
         changes = self._write_orders(conn, fresh) + self._write_subscriptions(conn, fresh)
-        record_changes(conn, changes)
+        repo.append_changes(conn, changes)
 
     def _write_orders(self, conn: Connection, fresh: Sequence[_Prepared]) -> list[dict[str, object]]:
         latest = _latest(fresh, "order_id")
@@ -201,10 +208,8 @@ class _Importer:
             ):
                 continue  # a newer decline of this order is already applied
             rows.append(repo.order_from_decline(p.record, now=self.now))
-            if old is None or old.status != OrderStatus.DECLINED:
-                changes.append(
-                    self._change("ORDER", order_id, old.status if old else None, OrderStatus.DECLINED)
-                )
+            if old is None or old.status != _DECLINED:
+                changes.append(self._change("ORDER", order_id, old.status if old else None, _DECLINED))
         repo.upsert_orders(conn, rows)
         return changes
 

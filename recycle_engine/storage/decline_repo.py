@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Connection, select, text
+from sqlalchemy import ColumnElement, Connection, Insert, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recycle_engine.domain.outcomes import OrderStatus
-from recycle_engine.storage.models import Customer, Decline, Order, Subscription
+from recycle_engine.storage.models import Change, Customer, Decline, Order, Subscription
 
 __all__ = [
     "KnownOrder",
     "KnownSubscription",
+    "append_changes",
     "customer_from_decline",
+    "execute_many",
     "insert_new_declines",
     "known_orders",
     "known_subscriptions",
@@ -32,6 +35,26 @@ __all__ = [
 _IN_BATCH: Final = 5_000
 # Any constant shared by every importer: PostgreSQL advisory lock key for "a declines import writes".
 _IMPORT_LOCK_KEY: Final = 0x5EC1_DEC1
+_DECLINED: Final = OrderStatus.DECLINED.value
+# orders and customers columns -> the declines column each one is copied from
+_ORDER_SOURCES: Final = {
+    "id": "order_id", "latest_transaction_id": "transaction_id",
+    **{c: c for c in (
+        "order_type", "customer_id", "campaign_id", "product_id", "purchase_id", "billing_cycle",
+        "completes_trial", "recurring_product", "shippable", "gateway_id", "amount_minor", "currency",
+        "ip_address",
+    )},
+}  # fmt: skip
+_CUSTOMER_SOURCES: Final = {
+    "id": "customer_id", "updated_at": "declined_at",
+    **{c: c for c in (
+        "email", "phone", "first_name", "last_name", "address1", "address2", "city", "state", "zip", "country"
+    )},
+}  # fmt: skip
+_ORDER_COLUMNS: Final = tuple(_ORDER_SOURCES)
+_order_values: Final = itemgetter(*_ORDER_SOURCES.values())
+_CUSTOMER_COLUMNS: Final = tuple(_CUSTOMER_SOURCES)
+_customer_values: Final = itemgetter(*_CUSTOMER_SOURCES.values())
 
 
 @dataclass(frozen=True)
@@ -53,26 +76,14 @@ class KnownSubscription:
 
 def order_from_decline(decline: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
     """The orders row a feed decline implies: DECLINED, with the decline's amount, gateway and id."""
-    copied = ("order_type", "customer_id", "campaign_id", "product_id", "purchase_id", "billing_cycle")
-    flags = ("completes_trial", "recurring_product", "shippable", "gateway_id", "amount_minor", "currency")
-    return {
-        "id": decline["order_id"],
-        **{c: decline[c] for c in (*copied, *flags, "ip_address")},
-        "status": OrderStatus.DECLINED.value,
-        "latest_transaction_id": decline["transaction_id"],
-        "has_payment_token": True,
-        "updated_at": now,
-    }
+    row = dict(zip(_ORDER_COLUMNS, _order_values(decline), strict=True))
+    row.update(status=_DECLINED, has_payment_token=True, updated_at=now)
+    return row
 
 
 def customer_from_decline(decline: Mapping[str, Any]) -> dict[str, Any]:
     """The customers row of a feed decline; `updated_at` is when the CRM saw this data (the decline)."""
-    copied = ("email", "phone", "first_name", "last_name", "address1", "address2", "city", "state", "zip")
-    return {
-        "id": decline["customer_id"],
-        **{c: decline[c] for c in (*copied, "country")},
-        "updated_at": decline["declined_at"],
-    }
+    return dict(zip(_CUSTOMER_COLUMNS, _customer_values(decline), strict=True))
 
 
 def status_change(
@@ -111,16 +122,24 @@ def lock_for_import(conn: Connection) -> None:
 
 
 def insert_new_declines(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert declines, skipping known transaction ids; returns the ids actually inserted."""
-    if not rows:
-        return set()
-    stmt = (
-        _dialect(conn)
-        .insert(Decline)
-        .on_conflict_do_nothing(index_elements=[Decline.transaction_id])
-        .returning(Decline.transaction_id)
-    )
-    return set(conn.execute(stmt, list(rows)).scalars())
+    """Insert declines whose transaction id is not stored yet; returns the ids inserted.
+
+    Call after lock_for_import: with importers serialised, the ids read here stay true until commit.
+    """
+    known: set[str] = set()
+    for batch in _batches(sorted(row["transaction_id"] for row in rows)):
+        known.update(
+            conn.execute(select(Decline.transaction_id).where(Decline.transaction_id.in_(batch))).scalars()
+        )
+    new = [row for row in rows if row["transaction_id"] not in known]
+    stmt = _dialect(conn).insert(Decline).on_conflict_do_nothing(index_elements=[Decline.transaction_id])
+    execute_many(conn, stmt, new)
+    return {row["transaction_id"] for row in new}
+
+
+def append_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append `changes` rows (the history and the CRM outbox)."""
+    execute_many(conn, insert(Change), rows)
 
 
 def upsert_customers(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -130,11 +149,9 @@ def upsert_customers(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> Non
         return
     stmt = _dialect(conn).insert(Customer)
     changed = {c: stmt.excluded[c] for c in rows[0] if c != "id"}
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Customer.id], set_=changed, where=Customer.updated_at <= stmt.excluded.updated_at
-        ),
-        list(rows),
+    newer = Customer.updated_at <= stmt.excluded.updated_at
+    execute_many(
+        conn, stmt.on_conflict_do_update(index_elements=[Customer.id], set_=changed, where=newer), rows
     )
 
 
@@ -189,7 +206,34 @@ def _upsert(conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], kee
     changed: dict[str, ColumnElement[Any]] = {
         c: stmt.excluded[c] for c in rows[0] if c != "id" and c not in keep
     }
-    conn.execute(stmt.on_conflict_do_update(index_elements=[model.id], set_=changed), list(rows))
+    execute_many(conn, stmt.on_conflict_do_update(index_elements=[model.id], set_=changed), rows)
+
+
+def execute_many(conn: Connection, stmt: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Run an INSERT (or upsert) once per row in a single executemany; every row has the same keys.
+
+    On SQLite the statement is compiled once and the rows reach the driver as tuples, each value passed
+    through its column type's own bind processor (UTC datetimes, dates), because SQLAlchemy's per-row
+    parameter handling costs more than SQLite's insert itself (bench/import_benchmark.py). PostgreSQL
+    keeps SQLAlchemy's batched multi-row VALUES.
+    """
+    if not rows:
+        return
+    keys = list(rows[0])
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=keys)
+    if conn.dialect.name != "sqlite" or compiled.positiontup is None or compiled.insert_prefetch:
+        conn.execute(stmt, list(rows))
+        return
+    columns = []
+    for name in compiled.positiontup:
+        values = list(map(itemgetter(name), rows))
+        process = compiled.binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is not None:
+            # Feeds repeat instants (imported_at, updated_at): convert each distinct value once.
+            converted: dict[Any, Any] = {}
+            values = [converted[v] if v in converted else converted.setdefault(v, process(v)) for v in values]
+        columns.append(values)
+    conn.exec_driver_sql(compiled.string, list(zip(*columns, strict=True)))
 
 
 def _dialect(conn: Connection) -> Any:

@@ -1,0 +1,98 @@
+"""Column-at-a-time parsers for the declines feed: card-number scan, flags, timestamps and amounts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+
+from recycle_engine.domain.cards import contains_pan
+from recycle_engine.money import parse_minor
+
+__all__ = ["Flags", "card_number_positions", "matching", "member", "parse_amounts", "parse_timestamps"]
+
+Flags = np.ndarray[Any, np.dtype[np.bool_]]
+
+# Digits become "1", every other character "0", spaces and dashes vanish: any card number, however
+# grouped, then shows as thirteen "1"s in a row, which str.find spots at C speed.
+_DIGIT_RUNS: Final = str.maketrans(
+    {**{chr(c): "0" for c in range(128)}, **{str(d): "1" for d in range(10)}, " ": None, "-": None}
+)
+_THIRTEEN_DIGITS: Final = "1" * 13
+_DECIMAL: Final = re.compile(r"\d+(?:\.\d+)?")
+
+
+def card_number_positions(values: Sequence[str]) -> list[int]:
+    """Positions of the values that contain a full card number (cards.contains_pan decides)."""
+    if "\n".join(values).translate(_DIGIT_RUNS).find(_THIRTEEN_DIGITS) < 0:
+        return []  # the usual case: no 13 digits anywhere in the column
+    return [position for position, value in enumerate(values) if contains_pan(value)]
+
+
+def matching(values: Sequence[str], pattern: re.Pattern[str]) -> Flags:
+    """True where the whole value matches `pattern`."""
+    return np.fromiter((pattern.fullmatch(v) is not None for v in values), dtype=bool, count=len(values))
+
+
+def member(values: Sequence[str], allowed: Collection[str]) -> Flags:
+    """True where the value is one of `allowed`."""
+    choices = frozenset(allowed)
+    return np.fromiter((v in choices for v in values), dtype=bool, count=len(values))
+
+
+def parse_timestamps(values: Sequence[str]) -> tuple[list[datetime | None], list[int], list[str]]:
+    """Aware UTC instants, their UTC offsets in minutes, and a reason ("" if fine) for each value."""
+    instants: list[datetime | None] = []
+    offsets: list[int] = []
+    problems: list[str] = []
+    for text in values:
+        try:
+            instant = datetime.fromisoformat(text)
+        except ValueError:
+            instant = None
+        offset = instant.utcoffset() if instant is not None else None
+        if instant is None or offset is None:
+            instants.append(None)
+            offsets.append(0)
+            problems.append(
+                "no UTC offset" if instant is not None else "not an ISO 8601 timestamp with offset"
+            )
+            continue
+        instants.append(instant.astimezone(UTC))
+        offsets.append(int(offset.total_seconds()) // 60)
+        problems.append("")
+    return instants, offsets, problems
+
+
+def parse_amounts(
+    values: Sequence[str], currencies: Sequence[str], known_currency: Flags
+) -> tuple[list[int], list[str]]:
+    """Minor units through money.parse_minor (once per distinct pair), and a reason ("" if fine)."""
+    cache: dict[tuple[str, str], tuple[int, str]] = {}
+    amounts: list[int] = []
+    problems: list[str] = []
+    for text, code, known in zip(values, currencies, known_currency.tolist(), strict=True):
+        if not known:
+            amounts.append(0)
+            problems.append("")  # the currency column says why
+            continue
+        key = (text, code)
+        if key not in cache:
+            cache[key] = _minor(text, code)
+        minor, problem = cache[key]
+        amounts.append(minor)
+        problems.append(problem)
+    return amounts, problems
+
+
+def _minor(text: str, currency: str) -> tuple[int, str]:
+    if _DECIMAL.fullmatch(text) is None:
+        return 0, "must be a decimal amount such as 29.99"
+    try:
+        minor = parse_minor(text, currency)
+    except ValueError:
+        return 0, f"more decimal places than {currency} has"
+    return minor, "" if minor > 0 else "must be more than zero"
