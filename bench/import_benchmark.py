@@ -1,0 +1,241 @@
+"""Benchmark of `import declines`: rows/s and peak memory against a bare executemany and a naive ORM loop.
+
+Run: .venv/bin/python bench/import_benchmark.py [--rows 100000] [--db sqlite|postgres] [--naive-rows 3000]
+Not a test: it prints figures. PostgreSQL uses $RECYCLE_ENGINE_TEST_PG (admin DSN) and
+$RECYCLE_ENGINE_TEST_PG_URL, as the test suite does, and drops its database afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import Engine, insert
+from sqlalchemy.orm import Session
+
+from recycle_engine.adapters.clock import FixedClock
+from recycle_engine.config import load_settings
+from recycle_engine.services.feed_file import read_chunks, read_header
+from recycle_engine.services.feed_rows import FEED_COLUMNS, check_chunk
+from recycle_engine.services.import_declines import import_declines
+from recycle_engine.settings import Settings
+from recycle_engine.storage.db import make_engine, upgrade
+from recycle_engine.storage.models import Decline
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_ENV = {
+    "FLEXFACTOR_APP_KEY": "bench",
+    "FLEXFACTOR_APP_SECRET": "bench",
+    "FLEXFACTOR_MID": "bench",
+    "FLEXFACTOR_SITE_ID": "bench",
+    "FLEXFACTOR_ENVIRONMENT_KEY": "bench",
+    "FLEXFACTOR_HMAC_SIGNING_KEY": "YmVuY2gtc2lnbmluZy1rZXk=",
+}
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TEXTS = {
+    "SOFT_DECLINE": [
+        "Insufficient funds",
+        "Processor declined",
+        "Activity limit exceeded",
+        "Expired card",
+        "05 - Do Not Honor",
+    ],
+    "HARD_DECLINE": ["Stolen card, pick up", "Invalid card number", "Account closed", "05 - Do Not Honor"],
+}
+
+
+def write_feed(path: Path, rows: int, seed: int = 11) -> None:
+    """A realistic feed: 60 % rebills, 30 % new sales, 10 % upsales; repeat customers and purchases."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(FEED_COLUMNS)
+        for n in range(rows):
+            kind = rnd.random()
+            order_type = "REBILL" if kind < 0.6 else "NEW_SALE" if kind < 0.9 else "UPSALE"
+            response_type = "SOFT_DECLINE" if rnd.random() < 0.8 else "HARD_DECLINE"
+            purchase = f"P-{rnd.randrange(rows // 2)}" if order_type != "UPSALE" else ""
+            customer = rnd.randrange(rows // 3)
+            when = start + timedelta(seconds=rnd.randrange(30 * 86400))
+            writer.writerow(
+                [
+                    f"T-{n:08d}", when.isoformat(), f"O-{n:08d}", order_type, purchase,
+                    rnd.randint(2, 8) if order_type == "REBILL" else 1, 30 if purchase else "",
+                    "false", str(bool(purchase)).lower(), rnd.choice(["true", "false"]), "c1", "p1",
+                    rnd.choice(["nmi-main", "nmi-backup"]), rnd.choice(["29.99", "49.99", "19.95", "9.00"]), "USD",
+                    response_type, rnd.choice(["05", "51", "61"]), rnd.choice(TEXTS[response_type]), "Y", "M", "",
+                    f"C-{customer}", f"shopper{customer}@example.com", f"+1 555 {customer % 10000:04d}",
+                    "Alex", f"Shopper{customer}", f"{customer % 900 + 1} Main St", "", "Springfield", "IL",
+                    "62701", "US", f"198.51.100.{customer % 250}", token(rnd),
+                    "411111", f"{rnd.randrange(10000):04d}", rnd.randint(1, 12), rnd.randint(2026, 2031),
+                    "VISA", "CREDIT",
+                ]
+            )  # fmt: skip
+
+
+def token(rnd: random.Random) -> str:
+    """A vault token shaped like the real ones: 24 base-62 characters (rarely 13 digits in a row)."""
+    return "tok_" + "".join(rnd.choices(BASE62, k=24))
+
+
+class PeakRss:
+    """Samples this process's resident set size every 5 ms while active."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.before = self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self.before = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+@dataclass
+class Figure:
+    name: str
+    rows: int
+    seconds: float
+    peak_mb: float
+    growth_mb: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def measure(name: str, rows: int, action: Callable[[], object]) -> Figure:
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        action()
+        seconds = time.perf_counter() - started
+    mb = 1024 * 1024
+    return Figure(name, rows, seconds, rss.peak / mb, (rss.peak - rss.before) / mb)
+
+
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[Engine]:
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        upgrade(url)
+        engine = make_engine(url)
+        yield engine
+        engine.dispose()
+        return
+    import psycopg
+
+    admin = os.environ.get("RECYCLE_ENGINE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+    host = os.environ.get("RECYCLE_ENGINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+    name = f"re_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        upgrade(f"{host}/{name}")
+        engine = make_engine(f"{host}/{name}")
+        yield engine
+        engine.dispose()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def checked_records(feed: Path, settings: Settings, now: datetime) -> list[dict[str, Any]]:
+    """The feed's rows as the import stores them, for the two baselines (not timed)."""
+    header = read_header(feed)
+    ordinary = [g.id for g in settings.gateways.values() if not g.is_flexfactor]
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for frame, first_line in read_chunks(feed, header, 20_000):
+        chunk = check_chunk(
+            frame, first_line=first_line, gateways=ordinary, flexfactor_gateways=[], seen_transactions=seen
+        )
+        for record in chunk.records:
+            record.update(decline_type="SOFT", mapping_rule=None, display_message=None, imported_at=now)
+        records.extend(chunk.records)
+    return records
+
+
+def bare_executemany(engine: Engine, records: list[dict[str, Any]], chunk: int = 20_000) -> None:
+    for start in range(0, len(records), chunk):
+        with engine.begin() as conn:
+            conn.execute(insert(Decline), records[start : start + chunk])
+
+
+def naive_orm(engine: Engine, records: list[dict[str, Any]]) -> None:
+    with Session(engine) as session:
+        for record in records:
+            session.add(Decline(**record))
+            session.commit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--naive-rows", type=int, default=3_000)
+    args = parser.parse_args()
+
+    settings = load_settings(ROOT / "settings.yaml", FAKE_ENV)
+    clock = FixedClock(datetime(2026, 6, 10, 6, 0, tzinfo=UTC))
+    with tempfile.TemporaryDirectory(prefix="import-bench-") as tmp:
+        folder = Path(tmp)
+        feed = folder / "declines.csv"
+        write_feed(feed, args.rows)
+        size_mb = feed.stat().st_size / 1024 / 1024
+        print(f"feed: {args.rows:,} rows, {size_mb:.1f} MB; database: {args.db}")
+
+        with fresh_database(args.db, folder) as engine:
+            full = measure(
+                "full import (checks, mapping, ladder, upserts)",
+                args.rows,
+                lambda: import_declines(feed, settings=settings, engine=engine, clock=clock),
+            )
+        records = checked_records(feed, settings, clock.now())
+        with fresh_database(args.db, folder) as engine:
+            bare = measure(
+                "baseline 1: bare executemany into declines",
+                len(records),
+                lambda: bare_executemany(engine, records),
+            )
+        subset = records[: args.naive_rows]
+        with fresh_database(args.db, folder) as engine:
+            naive = measure(
+                f"baseline 2: naive ORM add+commit per row ({len(subset):,} rows)",
+                len(subset),
+                lambda: naive_orm(engine, subset),
+            )
+
+    print(f"{'measure':<62} {'rows/s':>10} {'seconds':>8} {'peak RSS MB':>12} {'growth MB':>10}")
+    for figure in (full, bare, naive):
+        print(f"{figure.name:<62} {figure.rows_per_s:>10,.0f} {figure.seconds:>8.2f} {figure.peak_mb:>12.0f} {figure.growth_mb:>10.0f}")  # fmt: skip
+    print(f"full import / naive ORM: {full.rows_per_s / naive.rows_per_s:.1f}x")
+    print(f"full import / bare executemany: {full.rows_per_s / bare.rows_per_s:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
