@@ -149,8 +149,10 @@ def send_pending(
     lease: timedelta,
     on_batch: Callable[[SendReport, list[SendResult]], None] | None = None,
     after_record: Callable[[Any, list[SendResult]], None] | None = None,
+    only_ids: Sequence[str] | None = None,
 ) -> SendReport:
-    """Send every unsent PENDING hand-off: lease a batch, commit the mark, call FlexFactor, record.
+    """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a batch, commit the
+    mark, call FlexFactor, record.
 
     Two batches stay in flight so the HTTP pool never idles while the database records answers.
     `after_record(conn, results)` runs inside the transaction that records a batch (ladder steps)."""
@@ -168,6 +170,7 @@ def send_pending(
                     run_id=run_id,
                     limit=batch_size,
                     exclude_gateways=skip,
+                    only_ids=only_ids,
                 )
             if items:
                 inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))

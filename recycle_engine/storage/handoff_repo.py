@@ -62,8 +62,11 @@ def lease_unsent(
     run_id: str,
     limit: int,
     exclude_gateways: Iterable[str] = (),
+    only_ids: Sequence[str] | None = None,
 ) -> list[SendItem]:
     """Lease up to `limit` PENDING hand-offs never sent (or confirmed absent) and mark them as sending.
+
+    `only_ids` restricts the lease to those hand-offs (a rerun with --now, a cascade).
 
     The mark is committed by the caller before any HTTP call: a crash after it leaves hand-offs that
     reconcile or the next run look up by our order id before anything is sent again."""
@@ -91,6 +94,8 @@ def lease_unsent(
     excluded = list(exclude_gateways)
     if excluded:
         stmt = stmt.where(Handoff.gateway_id.not_in(excluded))
+    if only_ids is not None:
+        stmt = stmt.where(Handoff.id.in_(list(only_ids)))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     items = [SendItem(**row._mapping) for row in conn.execute(stmt)]
