@@ -627,3 +627,33 @@ def rerun_cmd(
     click.echo(f"rerun: queued {report.queued}, sent {report.sent}, refused {report.refused}")
     if report.refused:
         sys.exit(1)
+
+
+@main.command("cascade")
+@click.argument("order_id", metavar="ORDER_ID")
+@config_option
+@reports_errors
+def cascade_cmd(order_id: str, config_path: Path) -> None:
+    """Real-time cascade of a declined initial sale to FlexFactor; prints approved, declined or unknown.
+
+    Exit code 1, with the reason on stderr, when the order is unknown or may not cascade."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.cascade import cascade_order
+    from recycle_engine.services.new_sales import Refused
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        outcome = cascade_order(
+            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), order_id, now=clock.now()
+        )
+    finally:
+        app.close()
+    if isinstance(outcome, Refused):
+        click.echo(f"refused {order_id}: {outcome.code}: {outcome.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"{outcome.result.value} {order_id}: hand-off {outcome.handoff_id}")
+    if outcome.reason:
+        click.echo(f"  {outcome.reason}")

@@ -1,12 +1,13 @@
-"""The HTTP service of `recycle-engine serve`: signed FlexFactor webhooks and the health check."""
+"""The HTTP service of `recycle-engine serve`: signed FlexFactor webhooks, real-time cascades, health check."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -27,13 +28,15 @@ from recycle_engine.adapters.flexfactor_webhooks import (
     parse_event,
     verify_signature,
 )
-from recycle_engine.errors import StorageError
-from recycle_engine.ports import Clock
+from recycle_engine.errors import InputError, StorageError
+from recycle_engine.ports import Clock, FlexFactorGateway
+from recycle_engine.services.cascade import cascade_order, parse_cascade_request
+from recycle_engine.services.new_sales import Refused
 from recycle_engine.services.webhook_events import record_refusal, store_delivery
 from recycle_engine.settings import Settings
 from recycle_engine.storage.webhook_repo import DbNonceCache, Delivery, ping
 
-__all__ = ["OnAccepted", "create_app", "serve", "serving"]
+__all__ = ["OnAccepted", "cascade_route", "create_app", "serve", "serving"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ class _Refused(Exception):
 def create_app(
     settings: Settings, engine: Engine, clock: Clock, *, on_accepted: OnAccepted | None = None
 ) -> Starlette:
-    """The service as an ASGI app: POST /webhooks/flexfactor/{gateway_id} and GET /healthz.
+    """The service as an ASGI app: POST /webhooks/flexfactor/{gateway_id}, POST /cascade, GET /healthz.
 
     `on_accepted(handoff_ids)` runs after the response, once an event has moved hand-offs into a final
     state (bootstrap passes services.outcomes.apply_outcomes); its failure is logged, and reconcile
@@ -60,6 +63,7 @@ def create_app(
         routes=[
             Route(WEBHOOK_PATH, receiver.receive, methods=["POST"]),
             Route("/healthz", receiver.healthz, methods=["GET"]),
+            cascade_route(settings, engine, clock),
         ]
     )
 
@@ -145,23 +149,7 @@ class _Receiver:
 
     async def _read_body(self, request: Request) -> bytes:
         """The raw bytes, whatever the Content-Type; refused above max_body_bytes before and while reading."""
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                raise _Refused(400, "bad content-length")
-            if int(declared) > self.max_body:
-                raise _Refused(413, "body too large")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body:
-                    raise _Refused(413, "body too large")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise _Refused(400, "client disconnected") from None
-        return b"".join(chunks)
+        return await _bounded_body(request, self.max_body)
 
     async def _refuse(
         self,
@@ -210,6 +198,87 @@ class _Receiver:
     def _ping(self) -> None:
         with self.engine.connect() as conn:
             ping(conn)
+
+
+# --- POST /cascade ------------------------------------------------------------------------------
+
+
+def cascade_route(
+    settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    clients: Mapping[str, FlexFactorGateway] | None = None,
+) -> Route:
+    """POST /cascade {"order_id": "..."}: a real-time cascade for a caller holding serve.api_key.
+
+    503 while no api_key is configured; 401 for a missing or wrong bearer key; 400 for a body that is
+    not exactly {"order_id": string}; 404 for an unknown order; 422 with the reason for an order that
+    may not cascade; else 200 {"order_id", "result": approved|declined|unknown, "handoff_id", "reason"?}.
+    `clients` default to one FlexFactor client per gateway, built on first use."""
+    api_key = settings.serve.api_key
+    limit = settings.serve.max_body_bytes
+    lock = threading.Lock()
+    built: list[Mapping[str, FlexFactorGateway]] = [clients] if clients is not None else []
+
+    def flexfactor() -> Mapping[str, FlexFactorGateway]:
+        with lock:
+            if not built:
+                from recycle_engine.bootstrap import flexfactor_clients
+
+                built.append(flexfactor_clients(settings, clock))
+            return built[0]
+
+    async def cascade(request: Request) -> Response:
+        if not api_key:
+            return JSONResponse({"error": "cascade disabled: set serve.api_key"}, 503)
+        scheme, _, presented = (request.headers.get("authorization") or "").partition(" ")
+        # Constant time, so the key cannot be guessed byte by byte from response times.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), api_key.encode()
+        ):
+            return JSONResponse(
+                {"error": "missing or wrong API key"}, 401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        try:
+            order_id = parse_cascade_request(await _bounded_body(request, limit))
+        except _Refused as exc:
+            return JSONResponse({"error": exc.reason}, exc.status)
+        except InputError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        try:
+            outcome = await run_in_threadpool(
+                cascade_order, settings, engine, flexfactor(), order_id, now=clock.now()
+            )
+        except (SQLAlchemyError, StorageError):
+            log.exception("cascade not stored", extra={"order": order_id})
+            return JSONResponse({"error": "storage unavailable"}, 503)
+        if isinstance(outcome, Refused):
+            body = {"order_id": order_id, "error": outcome.reason, "code": outcome.code}
+            return JSONResponse(body, 404 if outcome.code == "UNKNOWN_ORDER" else 422)
+        return JSONResponse(outcome.as_json(), 200)
+
+    return Route("/cascade", cascade, methods=["POST"])
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refused (413) above `limit` bytes before and while reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise _Refused(400, "bad content-length")
+        if int(declared) > limit:
+            raise _Refused(413, "body too large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _Refused(413, "body too large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Refused(400, "client disconnected") from None
+    return b"".join(chunks)
 
 
 # --- runners -------------------------------------------------------------------------------------

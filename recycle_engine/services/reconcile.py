@@ -137,52 +137,77 @@ def _poll_updates(
 
 def _settle_expired(
     engine: Engine, clients: Mapping[str, FlexFactorGateway], now: datetime, counts: Counter[str]
-) -> list[HandoffUpdate]:
-    """Open hand-offs past expires_at: cancel at FlexFactor so no unseen rescue carries on, then EXPIRED."""
-    stmt = select(
-        Handoff.id,
-        Handoff.gateway_id,
-        Handoff.state,
-        Handoff.flexfactor_order_id,
-        Handoff.expires_at,
-        Handoff.poll_count,
-    ).where(Handoff.state.in_([s.value for s in OPEN_STATES]), Handoff.expires_at <= now)
+) -> None:
+    """Open hand-offs past expires_at: cancel at FlexFactor so no unseen rescue carries on, then EXPIRED.
+
+    One hand-off at a time, as a janitor: lock it, re-read it (a webhook may have settled it meanwhile),
+    ask FlexFactor to cancel, write the settlement and commit. The lock is held across the cancel
+    because FlexFactor answers our own cancel with an order.cancelled webhook: holding it makes that
+    webhook wait for, and find, the hand-off already settled, instead of racing the settlement."""
     with engine.connect() as conn:
-        rows = [_Open(**r._mapping) for r in conn.execute(stmt)]
-    updates: list[HandoffUpdate] = []
-    for h in rows:
-        client = clients.get(h.gateway_id)
-        final: OrderSnapshot | None = None
-        if client is not None:
-            try:
-                final = (
-                    client.cancel(h.flexfactor_order_id)
-                    if h.flexfactor_order_id
-                    else client.external_cancel(h.id)
+        ids = list(
+            conn.execute(
+                select(Handoff.id).where(
+                    Handoff.state.in_([s.value for s in OPEN_STATES]), Handoff.expires_at <= now
                 )
-            except FlexFactorNotFoundError:
-                final = None  # never reached FlexFactor: nothing to cancel
-            except FlexFactorError as exc:
-                counts["cancel_errors"] += 1
-                log.warning("cancel failed", extra={"handoff": h.id, "reason": str(exc)})
-                continue
-        if final is not None and final.state is not None:
-            # FlexFactor had already finished it: its answer wins over our expiry.
-            upd = _transition(
-                h,
-                Event(final.state.value),
-                {"outcome_at": now, "vendor_status": final.status_name},
-                OutcomeSource.POLL,
-                "final at cancel",
+            ).scalars()
+        )
+    for handoff_id in ids:
+        with engine.begin() as conn:
+            stmt = select(
+                Handoff.id,
+                Handoff.gateway_id,
+                Handoff.state,
+                Handoff.flexfactor_order_id,
+                Handoff.expires_at,
+                Handoff.poll_count,
+            ).where(
+                Handoff.id == handoff_id,
+                Handoff.state.in_([s.value for s in OPEN_STATES]),
+                Handoff.expires_at <= now,
             )
-        else:
-            upd = _transition(
-                h, Event.WINDOW_ENDED, {"outcome_at": now}, OutcomeSource.EXPIRY, "window ended"
+            if conn.dialect.name == "postgresql":
+                stmt = stmt.with_for_update()
+            row = conn.execute(stmt).first()
+            if row is None:
+                continue  # settled since we listed it
+            upd = _settlement(_Open(**row._mapping), clients.get(row.gateway_id), now, counts)
+            if upd is not None:
+                apply_updates(conn, [upd], now=now)
+
+
+def _settlement(
+    h: _Open, client: FlexFactorGateway | None, now: datetime, counts: Counter[str]
+) -> HandoffUpdate | None:
+    """Cancel one expired hand-off at FlexFactor and say how it settles; None to try again next run."""
+    final: OrderSnapshot | None = None
+    if client is not None:
+        try:
+            final = (
+                client.cancel(h.flexfactor_order_id)
+                if h.flexfactor_order_id
+                else client.external_cancel(h.id)
             )
-        if upd is not None:
-            updates.append(upd)
-            counts["expired" if upd.values["state"] == State.EXPIRED.value else "settled_at_cancel"] += 1
-    return updates
+        except FlexFactorNotFoundError:
+            final = None  # never reached FlexFactor: nothing to cancel
+        except FlexFactorError as exc:
+            counts["cancel_errors"] += 1
+            log.warning("cancel failed", extra={"handoff": h.id, "reason": str(exc)})
+            return None
+    if final is not None and final.state is not None:
+        # FlexFactor had already finished it: its answer wins over our expiry.
+        upd = _transition(
+            h,
+            Event(final.state.value),
+            {"outcome_at": now, "vendor_status": final.status_name},
+            OutcomeSource.POLL,
+            "final at cancel",
+        )
+    else:
+        upd = _transition(h, Event.WINDOW_ENDED, {"outcome_at": now}, OutcomeSource.EXPIRY, "window ended")
+    if upd is not None:
+        counts["expired" if upd.values["state"] == State.EXPIRED.value else "settled_at_cancel"] += 1
+    return upd
 
 
 def run_reconcile(
@@ -224,9 +249,7 @@ def run_reconcile(
         updates = [u for h, s in zip(due, snaps, strict=True) for u in _poll_updates(h, s, at, counts)]
         with engine.begin() as conn:
             apply_updates(conn, updates, now=at)
-        expiry_updates = _settle_expired(engine, clients, at, counts)
-        with engine.begin() as conn:
-            apply_updates(conn, expiry_updates, now=at)
+        _settle_expired(engine, clients, at, counts)
         applied = apply_outcomes(settings, engine, now=at, run_id=run_id)
         counts.update({f"applied_{k}": v for k, v in applied.items()})
     except Exception as exc:

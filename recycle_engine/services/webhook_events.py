@@ -7,13 +7,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent, event_outcome
-from recycle_engine.domain.states import FINAL_STATES, OutcomeSource, State, advance
+from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State, advance
 from recycle_engine.errors import IllegalTransition, StorageError
 from recycle_engine.storage import webhook_repo as repo
+from recycle_engine.storage.models import Handoff
 
 __all__ = [
     "ATTENTION_EVENTS",
@@ -99,8 +100,12 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
         try:
             new_state = advance(state, outcome)
         except IllegalTransition:
-            attention, reason, kind = TERMINAL_CONFLICT, "terminal conflict", "CONFLICT"
-            detail += f" refused: hand-off already {state.value}"
+            if _echoes_our_cancel(conn, ref.id, state, outcome):
+                reason = "no change"
+                detail += "; the cancel reconcile sent when it closed the window"
+            else:
+                attention, reason, kind = TERMINAL_CONFLICT, "terminal conflict", "CONFLICT"
+                detail += f" refused: hand-off already {state.value}"
         else:
             reason = "applied" if new_state != state else "no change"
     elif attention is not None:
@@ -134,6 +139,17 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
         },
     )
     return EventEffect(reason, ref.id, state, new_state, values.get("attention", ref.attention))
+
+
+def _echoes_our_cancel(conn: Connection, handoff_id: str, state: State, outcome: Event) -> bool:
+    """True for order.cancelled on a hand-off reconcile settled EXPIRED at its window's end.
+
+    Reconcile cancels such an order at FlexFactor before it writes EXPIRED, and FlexFactor reports that
+    cancellation back: the news is ours, both states are failures, so it is no terminal conflict."""
+    if state is not State.EXPIRED or outcome is not Event.CANCELLED:
+        return False
+    source = conn.execute(select(Handoff.outcome_source).where(Handoff.id == handoff_id)).scalar_one_or_none()
+    return source == OutcomeSource.EXPIRY.value
 
 
 def _notice_kind(event_name: str) -> str:
