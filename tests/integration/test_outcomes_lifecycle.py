@@ -59,6 +59,7 @@ from recycle_engine.storage.models import (
     Fulfillment,
     Handoff,
     HandoffEvent,
+    JobRun,
     Order,
     Subscription,
     WebhookDelivery,
@@ -498,6 +499,145 @@ SAVED = ("rescued", "dropped", "late-applied")  # recurring successes the engine
 LOST = ("declined", "expired", "cancelled")  # recurring failures
 
 
+def test_given_the_book_when_22_nights_pass_then_each_handoff_ends_in_its_state_told_by_its_source(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    # then
+    finals = {
+        name: (h.state, h.outcome_source, h.outcome_at, h.applied_at is not None)
+        for name in EXPECTED_FINAL
+        for h in [played.handoff(name)]
+    }
+    assert finals == {name: (*final, True) for name, final in EXPECTED_FINAL.items()}
+    assert {name: played.handoff(name).late_outcome for name in EXPECTED_FINAL} == {
+        name: name.startswith("late-") for name in EXPECTED_FINAL
+    }
+    with played.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Handoff)).scalar_one() == len(EXPECTED_FINAL)
+
+
+def test_given_the_book_when_22_nights_pass_then_each_saved_purchase_bills_its_next_cycle_on_the_declining_gateway(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    with played.engine.connect() as conn:
+        subs = {s.id: s for s in conn.execute(select(Subscription))}
+    # then: ACTIVE at cycle 4, next bill = local approval date + 30 days, back on nmi, regular price
+    for name in SAVED:
+        approved_on = local_day(EXPECTED_FINAL[name][2])
+        sub = subs[f"sub-{name}"]
+        assert (
+            sub.status,
+            sub.billing_cycle,
+            sub.next_bill_on,
+            sub.gateway_id,
+            sub.price_minor,
+            sub.failure_cause,
+            sub.open_handoff_id,
+            sub.next_attempt_on,
+        ) == ("ACTIVE", 4, approved_on + timedelta(days=30), "nmi", 4999, None, None, None), name
+    assert [subs[f"sub-{n}"].next_bill_on for n in SAVED] == [
+        date(2026, 7, 11),
+        date(2026, 7, 13),
+        date(2026, 7, 31),
+    ]
+
+
+def test_given_the_book_when_22_nights_pass_then_each_lost_purchase_ends_recycle_failed_by_flexfactor(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    with played.engine.connect() as conn:
+        subs = {s.id: s for s in conn.execute(select(Subscription))}
+    # then: declined at once, cancelled by FlexFactor, or our window closed: all FLEXFACTOR_FAILED
+    for name in LOST:
+        sub = subs[f"sub-{name}"]
+        assert (
+            sub.status,
+            sub.failure_cause,
+            sub.billing_cycle,
+            sub.gateway_id,
+            sub.open_handoff_id,
+            sub.next_attempt_on,
+            sub.next_bill_on,
+        ) == ("RECYCLE_FAILED", "FLEXFACTOR_FAILED", 3, "ff", None, None, None), name
+
+
+def test_given_the_book_when_22_nights_pass_then_each_order_follows_the_outcome_table_with_the_trial_exception(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    with played.engine.connect() as conn:
+        orders = {o.id: (o.status, o.has_payment_token) for o in conn.execute(select(Order))}
+        rr_purchase = conn.execute(select(Subscription).where(Subscription.id == "sub-rr-saved")).one()
+    # then
+    assert orders == {
+        # recurring: a saved rebill order is paid after all; a lost one stays declined
+        "ord-rescued": ("COMPLETE", True),
+        "ord-dropped": ("COMPLETE", True),
+        "ord-late-applied": ("COMPLETE", True),
+        "ord-late-unapplied": ("DECLINED", True),  # the money came in, but the purchase had moved on
+        "ord-declined": ("DECLINED", True),
+        "ord-expired": ("DECLINED", True),
+        "ord-cancelled": ("DECLINED", True),
+        # new sales: failure DECLINED, except the charge that completes a trial (unchanged); a saved
+        # sale with a recurring product leaves FlexFactor holding the card: no token for rebills
+        "ord-rr-trial": ("PENDING", True),
+        "ord-rr-declined": ("DECLINED", True),
+        "ord-rr-saved": ("COMPLETE", False),
+    }
+    assert (rr_purchase.status, rr_purchase.billing_cycle, rr_purchase.has_payment_token) == (
+        "ACTIVE",
+        1,
+        False,
+    )
+
+
+def test_given_the_book_when_22_nights_pass_then_each_shippable_item_and_cycle_is_held_once(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights, every webhook sent twice, reconcile run twice a night
+    fulfillments = played.rows(Fulfillment)
+    # then: one HOLD record per saved shippable order, cycle and product, pointing at its hand-off
+    assert sorted(
+        (f.order_id, f.product_id, f.billing_cycle, f.status, f.handoff_id) for f in fulfillments
+    ) == sorted(
+        [
+            ("ord-rescued", "p1", 3, "HOLD", played.handoff_ids["rescued"]),
+            ("ord-dropped", "p1", 3, "HOLD", played.handoff_ids["dropped"]),
+            ("ord-late-applied", "p1", 3, "HOLD", played.handoff_ids["late-applied"]),
+            ("ord-rr-saved", "p1", 1, "HOLD", played.handoff_ids["rr-saved"]),
+        ]
+    )
+
+
+def test_given_a_dropped_webhook_and_duplicated_ones_when_the_nights_pass_then_the_poll_finds_the_one_and_the_others_count_once(
+    played: Played,
+) -> None:
+    # given: FlexFactor sent every webhook twice, and lost the one of the night-1 rescue
+    hooks = {(h["external_order_id"], h["event"]): h for h in played.sandbox_webhooks}
+    dropped = hooks[(played.handoff_ids["dropped"], "order.completed")]
+    assert (dropped["state"], dropped["attempts"]) == ("dropped", 0)
+    # when / then: nothing of it reached us; the poll settled it (see the states above)
+    with played.engine.connect() as conn:
+        deliveries = list(conn.execute(select(WebhookDelivery).order_by(WebhookDelivery.id)))
+    assert played.handoff("dropped").flexfactor_order_id not in {d.flexfactor_order_id for d in deliveries}
+    # then: each delivered event was journaled twice, the second as a resent duplicate without effect
+    by_key = Counter((d.external_order_id, d.event, d.is_duplicate) for d in deliveries)
+    for h in played.sandbox_webhooks:
+        if h["state"] == "delivered" and h["duplicated"]:
+            key = (h["external_order_id"], h["event"])
+            assert (by_key[(*key, False)], by_key[(*key, True)]) == (1, 1), key
+    assert {d.reason for d in deliveries if d.is_duplicate} == {"duplicate"}
+    assert all(d.accepted and d.http_status == 200 for d in deliveries)
+    # and the outcomes webhooks brought were applied at once, by the service, without an error
+    assert played.on_accepted_errors == []
+    assert sorted(played.on_accepted_calls) == sorted(
+        [[played.handoff_ids[n]] for n in ("rescued", "cancelled", "late-applied", "late-unapplied")]
+    )
+
+
 def test_given_a_window_we_settled_as_expired_when_flexfactor_reports_a_late_rescue_then_a_purchase_still_failed_by_it_is_saved(
     played: Played,
 ) -> None:
@@ -528,6 +668,34 @@ def test_given_a_window_we_settled_as_expired_when_flexfactor_reports_a_late_res
     ]
 
 
+def test_given_a_window_we_settled_as_expired_when_a_late_rescue_finds_the_purchase_revived_then_it_is_a_reconciliation_exception(
+    played: Played,
+) -> None:
+    # given: night 21 failed the purchase; an operator then revived it in the CRM (ACTIVE, new bill date)
+    # when: FlexFactor's late order.completed arrives
+    handoff = played.handoff("late-unapplied")
+    # then: recorded as APPROVED, but the purchase is not moved again: the billing team must act
+    assert (handoff.state, handoff.late_outcome, handoff.attention) == (
+        "APPROVED",
+        True,
+        "LATE_APPROVAL_UNAPPLIED",
+    )
+    with played.engine.connect() as conn:
+        sub = conn.execute(select(Subscription).where(Subscription.id == "sub-late-unapplied")).one()
+        touched = conn.execute(
+            select(func.count())
+            .select_from(Change)
+            .where(Change.handoff_id == handoff.id, Change.occurred_at >= LATE_NEWS)
+        ).scalar_one()
+    assert (sub.status, sub.billing_cycle, sub.next_bill_on, sub.gateway_id) == (
+        "ACTIVE",
+        3,
+        REVIVED_ON,
+        "ff",
+    )
+    assert touched == 0
+
+
 def test_given_windows_we_closed_with_a_cancel_when_flexfactor_reports_that_cancel_then_they_stay_expired_without_a_conflict(
     played: Played,
 ) -> None:
@@ -556,3 +724,66 @@ def test_given_windows_we_closed_with_a_cancel_when_flexfactor_reports_that_canc
         assert ("CANCELLED", "WEBHOOK", "EXPIRED") in after_window, name
         assert "CANCELLED" not in {e.state_after for e in played.events(name)}, name
     assert [played.handoff(n).attention for n in names] == [None, None, "LATE_APPROVAL_UNAPPLIED"]
+
+
+def test_given_the_book_when_22_nights_pass_then_every_state_change_is_a_history_event_with_its_source(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    def moves(name: str) -> list[tuple[str, str, str]]:
+        """The events that moved the hand-off (polls that found it still working are left out)."""
+        out: list[tuple[str, str, str]] = []
+        for e in played.events(name):
+            if e.kind == "POLLED" or (out and e.state_after == out[-1][2]):
+                continue
+            out.append((e.kind, e.source, e.state_after))
+        return out
+
+    created, accepted = ("CREATED", "RESPONSE", "PENDING"), ("ACCEPTED", "RESPONSE", "SUBMITTED")
+    # then
+    assert {name: moves(name) for name in EXPECTED_FINAL} == {
+        "rescued": [created, accepted, ("APPROVED", "WEBHOOK", "APPROVED")],
+        "declined": [created, ("DECLINED", "RESPONSE", "DECLINED")],
+        "expired": [created, accepted, ("WINDOW_ENDED", "EXPIRY", "EXPIRED")],
+        "late-applied": [
+            created,
+            accepted,
+            ("WINDOW_ENDED", "EXPIRY", "EXPIRED"),
+            ("APPROVED", "WEBHOOK", "APPROVED"),
+        ],
+        "late-unapplied": [
+            created,
+            accepted,
+            ("WINDOW_ENDED", "EXPIRY", "EXPIRED"),
+            ("APPROVED", "WEBHOOK", "APPROVED"),
+        ],
+        "dropped": [created, accepted, ("APPROVED", "POLL", "APPROVED")],
+        "cancelled": [created, accepted, ("CANCELLED", "WEBHOOK", "CANCELLED")],
+        "rr-trial": [created, ("DECLINED", "RESPONSE", "DECLINED")],
+        "rr-declined": [created, ("DECLINED", "RESPONSE", "DECLINED")],
+        "rr-saved": [created, ("APPROVED", "RESPONSE", "APPROVED")],
+    }
+    with played.engine.connect() as conn:
+        sources = set(conn.execute(select(HandoffEvent.source).distinct()).scalars())
+        polls = Counter(
+            conn.execute(select(HandoffEvent.kind).where(HandoffEvent.source == "POLL")).scalars()
+        )
+    assert sources == {"RESPONSE", "WEBHOOK", "POLL", "EXPIRY"}
+    # Polls that found FlexFactor still working: the 0259 orders on nights 1 to 20 (on night 21 the
+    # window is closed and the settlement speaks), the night-1 orders on night 2, the 0119 one on 3.
+    assert polls == {"POLLED": 3 * 20 + 2 + 1, "APPROVED": 1}
+
+
+def test_given_any_night_when_reconcile_runs_again_at_the_same_time_then_nothing_changes(
+    played: Played,
+) -> None:
+    # given: each night reconcile ran once
+    # when: it ran a second time at the same logical time
+    # then: no hand-off, purchase, order, fulfillment, change, event or delivery differs
+    assert played.second_reconcile_diffs == {n: [] for n in range(NIGHTS)}
+    assert {n: c["applied_approved"] + c["applied_failed_outcome"] for n, c in played.reconciles.items()} == {
+        n: {0: 4, 3: 1, 21: 3}.get(n, 0) for n in range(NIGHTS)
+    }
+    with played.engine.connect() as conn:
+        runs = Counter(conn.execute(select(JobRun.job, JobRun.status)).all())
+    assert runs == {("submit", "SUCCEEDED"): NIGHTS, ("reconcile", "SUCCEEDED"): 2 * NIGHTS}
