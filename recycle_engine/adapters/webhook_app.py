@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import signal
 import socket
 import threading
 import time
@@ -300,6 +301,10 @@ def _config(app: Starlette, *, host: str = "127.0.0.1", port: int = 0) -> uvicor
 def serve(app: Starlette, *, host: str, port: int) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (uvicorn finishes requests in flight)."""
     log.info("webhook service listening", extra={"host": host, "port": port})
+    # uvicorn re-raises the stopping signal after its graceful shutdown, to the handlers it found at
+    # start: make those handlers no-ops so a requested stop ends with exit code 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: None)
     uvicorn.Server(_config(app, host=host, port=port)).run()
 
 
