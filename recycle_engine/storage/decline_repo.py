@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Insert, insert, select, text
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    MetaData,
+    String,
+    Table,
+    any_,
+    bindparam,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import InstrumentedAttribute
 
 from recycle_engine.domain.outcomes import OrderStatus
 from recycle_engine.storage.models import Change, Customer, Decline, Order, Subscription
@@ -19,7 +31,7 @@ __all__ = [
     "KnownSubscription",
     "append_changes",
     "customer_from_decline",
-    "execute_many",
+    "bulk_insert",
     "insert_new_declines",
     "known_orders",
     "known_subscriptions",
@@ -33,6 +45,7 @@ __all__ = [
 
 # Keeps IN lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _IN_BATCH: Final = 5_000
+OnConflict = Callable[[Any], Any]  # a dialect insert -> the same insert with its ON CONFLICT clause
 # Any constant shared by every importer: PostgreSQL advisory lock key for "a declines import writes".
 _IMPORT_LOCK_KEY: Final = 0x5EC1_DEC1
 _DECLINED: Final = OrderStatus.DECLINED.value
@@ -127,42 +140,40 @@ def insert_new_declines(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> 
     Call after lock_for_import: with importers serialised, the ids read here stay true until commit.
     """
     known: set[str] = set()
-    for batch in _batches(sorted(row["transaction_id"] for row in rows)):
-        known.update(
-            conn.execute(select(Decline.transaction_id).where(Decline.transaction_id.in_(batch))).scalars()
-        )
+    for among in _among(conn, Decline.transaction_id, [row["transaction_id"] for row in rows]):
+        known.update(conn.execute(select(Decline.transaction_id).where(among)).scalars())
     new = [row for row in rows if row["transaction_id"] not in known]
-    stmt = _dialect(conn).insert(Decline).on_conflict_do_nothing(index_elements=[Decline.transaction_id])
-    execute_many(conn, stmt, new)
+    bulk_insert(
+        conn, Decline, new, lambda stmt: stmt.on_conflict_do_nothing(index_elements=["transaction_id"])
+    )
     return {row["transaction_id"] for row in new}
 
 
 def append_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append `changes` rows (the history and the CRM outbox)."""
-    execute_many(conn, insert(Change), rows)
+    bulk_insert(conn, Change, rows)
 
 
 def upsert_customers(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert or update customers. `updated_at` is the instant the data was true at the CRM (the
     decline's time), so data from an older decline never overwrites data from a newer one."""
-    if not rows:
-        return
-    stmt = _dialect(conn).insert(Customer)
-    changed = {c: stmt.excluded[c] for c in rows[0] if c != "id"}
-    newer = Customer.updated_at <= stmt.excluded.updated_at
-    execute_many(
-        conn, stmt.on_conflict_do_update(index_elements=[Customer.id], set_=changed, where=newer), rows
-    )
+
+    def newer_wins(stmt: Any) -> Any:
+        changed = {c: stmt.excluded[c] for c in _CUSTOMER_COLUMNS if c != "id"}
+        newer = Customer.updated_at <= stmt.excluded.updated_at
+        return stmt.on_conflict_do_update(index_elements=["id"], set_=changed, where=newer)
+
+    bulk_insert(conn, Customer, rows, newer_wins)
 
 
 def known_orders(conn: Connection, ids: Sequence[str]) -> dict[str, KnownOrder]:
     """Stored orders among `ids`, locked (PostgreSQL) until the transaction ends."""
     found: dict[str, KnownOrder] = {}
-    for batch in _batches(sorted(ids)):
+    for among in _among(conn, Order.id, ids):
         stmt = (
             select(Order.id, Order.status, Decline.declined_at)
             .outerjoin(Decline, Decline.transaction_id == Order.latest_transaction_id)
-            .where(Order.id.in_(batch))
+            .where(among)
             .order_by(Order.id)
             .with_for_update(of=Order)
         )
@@ -179,11 +190,11 @@ def upsert_orders(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 def known_subscriptions(conn: Connection, ids: Sequence[str]) -> dict[str, KnownSubscription]:
     """Stored subscriptions among `ids`, locked (PostgreSQL) until the transaction ends."""
     found: dict[str, KnownSubscription] = {}
-    for batch in _batches(sorted(ids)):
+    for among in _among(conn, Subscription.id, ids):
         stmt = (
             select(Subscription.id, Subscription.status, Subscription.billing_cycle, Decline.declined_at)
             .outerjoin(Decline, Decline.transaction_id == Subscription.recycle_transaction_id)
-            .where(Subscription.id.in_(batch))
+            .where(among)
             .order_by(Subscription.id)
             .with_for_update(of=Subscription)
         )
@@ -200,46 +211,90 @@ def upsert_subscriptions(conn: Connection, rows: Sequence[Mapping[str, Any]]) ->
 
 
 def _upsert(conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], keep: Sequence[str]) -> None:
-    if not rows:
-        return
-    stmt = _dialect(conn).insert(model)
-    changed: dict[str, ColumnElement[Any]] = {
-        c: stmt.excluded[c] for c in rows[0] if c != "id" and c not in keep
-    }
-    execute_many(conn, stmt.on_conflict_do_update(index_elements=[model.id], set_=changed), rows)
+    def overwrite(stmt: Any) -> Any:
+        changed = {c: stmt.excluded[c] for c in rows[0] if c != "id" and c not in keep}
+        return stmt.on_conflict_do_update(index_elements=["id"], set_=changed)
+
+    bulk_insert(conn, model, rows, overwrite)
 
 
-def execute_many(conn: Connection, stmt: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Run an INSERT (or upsert) once per row in a single executemany; every row has the same keys.
+def bulk_insert(
+    conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], on_conflict: OnConflict | None = None
+) -> None:
+    """INSERT `rows` (all with the same keys) as one set, with the ON CONFLICT clause `on_conflict` adds.
 
-    On SQLite the statement is compiled once and the rows reach the driver as tuples, each value passed
-    through its column type's own bind processor (UTC datetimes, dates), because SQLAlchemy's per-row
-    parameter handling costs more than SQLite's insert itself (bench/import_benchmark.py). PostgreSQL
-    keeps SQLAlchemy's batched multi-row VALUES.
+    Rows must not repeat a conflict key. SQLAlchemy's per-row parameter handling costs more than the
+    database's own insert (bench/import_benchmark.py), so each value goes through its column type's
+    bind processor once, then: PostgreSQL (psycopg) COPYs the rows into a temporary table and inserts
+    from it; SQLite runs the statement, compiled once, through the driver's executemany.
     """
     if not rows:
         return
     keys = list(rows[0])
+    insert_into = _dialect(conn).insert(model)
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        staged = _copy_to_temporary_table(
+            conn, model.__table__, keys, _processed_columns(conn, model.__table__, keys, rows)
+        )
+        stmt = insert_into.from_select(keys, select(*staged.columns))
+        conn.execute(on_conflict(stmt) if on_conflict else stmt)
+        return
+    stmt = on_conflict(insert_into) if on_conflict else insert_into
     compiled = stmt.compile(dialect=conn.dialect, column_keys=keys)
-    if conn.dialect.name != "sqlite" or compiled.positiontup is None or compiled.insert_prefetch:
+    if compiled.insert_prefetch or compiled.positiontup is None:  # defaults to fill, or a named paramstyle
         conn.execute(stmt, list(rows))
         return
+    columns = _processed_columns(conn, model.__table__, compiled.positiontup, rows)
+    conn.exec_driver_sql(compiled.string, list(zip(*columns, strict=True)))
+
+
+def _processed_columns(
+    conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
+) -> list[list[Any]]:
+    """The rows' values column by column, each through its column type's bind processor."""
     columns = []
-    for name in compiled.positiontup:
-        values = list(map(itemgetter(name), rows))
-        process = compiled.binds[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    for key in keys:
+        values = list(map(itemgetter(key), rows))
+        process = table.c[key].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         if process is not None:
             # Feeds repeat instants (imported_at, updated_at): convert each distinct value once.
             converted: dict[Any, Any] = {}
             values = [converted[v] if v in converted else converted.setdefault(v, process(v)) for v in values]
         columns.append(values)
-    conn.exec_driver_sql(compiled.string, list(zip(*columns, strict=True)))
+    return columns
+
+
+def _copy_to_temporary_table(
+    conn: Connection, table: Table, keys: Sequence[str], columns: list[list[Any]]
+) -> Table:
+    """A temporary table (dropped at commit) of `keys`' columns, filled by COPY."""
+    staged = Table(f"staged_{table.name}", MetaData(), *(Column(key, table.c[key].type) for key in keys))
+    names = ", ".join(f'"{key}"' for key in keys)
+    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{staged.name}"')
+    conn.exec_driver_sql(
+        f'CREATE TEMPORARY TABLE "{staged.name}" ON COMMIT DROP AS SELECT {names} FROM "{table.name}" WITH NO DATA'
+    )
+    import psycopg  # only PostgreSQL comes here, and only through psycopg
+
+    driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{staged.name}" ({names}) FROM STDIN') as copy:
+        for row in zip(*columns, strict=True):
+            copy.write_row(row)
+    return staged
 
 
 def _dialect(conn: Connection) -> Any:
     return postgresql if conn.dialect.name == "postgresql" else sqlite
 
 
-def _batches(ids: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(ids), _IN_BATCH):
-        yield ids[start : start + _IN_BATCH]
+def _among(
+    conn: Connection, column: InstrumentedAttribute[str], ids: Sequence[str]
+) -> Iterator[ColumnElement[bool]]:
+    """Conditions `column IN ids`, sorted (locks are taken in one order): one array parameter on
+    PostgreSQL, bounded IN lists elsewhere (SQLite limits bound parameters per statement)."""
+    ordered = sorted(set(ids))
+    if conn.dialect.name == "postgresql":
+        yield column == any_(bindparam(None, ordered, type_=postgresql.ARRAY(String)))
+        return
+    for start in range(0, len(ordered), _IN_BATCH):
+        yield column.in_(ordered[start : start + _IN_BATCH])
