@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import String
 
-from recycle_engine.money import CURRENCY_EXPONENTS
+from recycle_engine.money import is_known_currency
 from recycle_engine.services.feed_values import (
     Flags,
     card_number_positions,
+    duplicates,
     matching,
     member,
     parse_amounts,
     parse_timestamps,
+    typed_records,
 )
 from recycle_engine.storage.models import Decline
 
@@ -202,18 +204,18 @@ def check_chunk(
         problems.add(column, ints[column] & ((numbers[column] < low) | (numbers[column] > high)), message)
 
     _check_rules(problems, cells, present, ints, numbers, gateways, flexfactor_gateways)
-    known_currency = member(cells["currency"], CURRENCY_EXPONENTS)
+    known_currency = np.fromiter(map(is_known_currency, cells["currency"]), dtype=bool, count=size)
     problems.add("currency", present["currency"] & ~known_currency, "not a known ISO 4217 currency")
     declined_at, offsets, time_problems = parse_timestamps(cells["declined_at"])
     problems.add("declined_at", present["declined_at"] & (np.array(time_problems) != ""), time_problems)
     amounts, amount_problems = parse_amounts(cells["amount"], cells["currency"], known_currency)
     problems.add("amount", present["amount"] & (np.array(amount_problems) != ""), amount_problems)
-    problems.add("transaction_id", *_duplicates(cells["transaction_id"], lines, seen_transactions, blank))
+    problems.add("transaction_id", *duplicates(cells["transaction_id"], lines, seen_transactions, blank))
 
     reasons_by_position = problems.by_row(pan_columns)
     good = [p for p in range(size) if p not in reasons_by_position and not blank[p]]
     return CheckedChunk(
-        records=_typed(cells, declined_at, offsets, amounts, good),
+        records=typed_records(cells, declined_at, offsets, amounts, good, booleans=_BOOLEANS, ints=_INTS),
         lines=[lines[p] for p in good],
         reasons={lines[p]: r for p, r in reasons_by_position.items() if not blank[p]},
         original=original,
@@ -278,47 +280,3 @@ def _mask_card_numbers(original: pd.DataFrame) -> dict[int, set[str]]:
         if hits:
             original.iloc[hits, index] = PAN_MARKER
     return found
-
-
-def _duplicates(
-    ids: list[str], lines: list[int], seen: MutableMapping[str, int], blank: Flags
-) -> tuple[Flags, list[str]]:
-    flags = np.zeros(len(lines), dtype=bool)
-    messages = [""] * len(lines)
-    for position, (value, line) in enumerate(zip(ids, lines, strict=True)):
-        if not value or blank[position]:
-            continue
-        first = seen.setdefault(value, line)
-        if first != line:
-            flags[position] = True
-            messages[position] = f"duplicate of line {first}"
-    return flags, messages
-
-
-def _typed(
-    cells: dict[str, list[str]],
-    declined_at: list[Any],
-    offsets: list[int],
-    amounts: list[int],
-    good: list[int],
-) -> list[dict[str, Any]]:
-    """Row dicts of the good rows, keyed by declines-table columns."""
-    columns: dict[str, list[Any]] = {}
-    take = (
-        (lambda values: values)
-        if len(good) == len(declined_at)
-        else (lambda values: [values[p] for p in good])
-    )
-    for column in FEED_COLUMNS:
-        values = take(cells[column])
-        if column in _BOOLEANS:
-            columns[column] = [v == "true" for v in values]
-        elif column in _INTS:
-            columns[column] = [int(v) if v else None for v in values]
-        elif column not in ("amount", "declined_at"):
-            columns[column] = [v or None for v in values]
-    columns["declined_at"] = [declined_at[p] for p in good]
-    columns["utc_offset_minutes"] = [offsets[p] for p in good]
-    columns["amount_minor"] = [amounts[p] for p in good]
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -12,7 +12,16 @@ import numpy as np
 from recycle_engine.domain.cards import contains_pan
 from recycle_engine.money import parse_minor
 
-__all__ = ["Flags", "card_number_positions", "matching", "member", "parse_amounts", "parse_timestamps"]
+__all__ = [
+    "Flags",
+    "card_number_positions",
+    "duplicates",
+    "matching",
+    "member",
+    "parse_amounts",
+    "parse_timestamps",
+    "typed_records",
+]
 
 Flags = np.ndarray[Any, np.dtype[np.bool_]]
 
@@ -96,3 +105,52 @@ def _minor(text: str, currency: str) -> tuple[int, str]:
     except ValueError:
         return 0, f"more decimal places than {currency} has"
     return minor, "" if minor > 0 else "must be more than zero"
+
+
+def duplicates(
+    ids: list[str], lines: list[int], seen: MutableMapping[str, int], blank: Flags
+) -> tuple[Flags, list[str]]:
+    """Flags and reasons for ids met before (in this chunk or, through `seen`, an earlier one)."""
+    flags = np.zeros(len(lines), dtype=bool)
+    messages = [""] * len(lines)
+    for position, (value, line) in enumerate(zip(ids, lines, strict=True)):
+        if not value or blank[position]:
+            continue
+        first = seen.setdefault(value, line)
+        if first != line:
+            flags[position] = True
+            messages[position] = f"duplicate of line {first}"
+    return flags, messages
+
+
+def typed_records(
+    cells: dict[str, list[str]],
+    declined_at: list[Any],
+    offsets: list[int],
+    amounts: list[int],
+    good: list[int],
+    *,
+    booleans: Collection[str],
+    ints: Collection[str],
+) -> list[dict[str, Any]]:
+    """Row dicts of the `good` rows, keyed by declines-table columns: `booleans` and `ints` converted,
+    empty text as None, `amount` replaced by `amount_minor`, the instant and its UTC offset."""
+    columns: dict[str, list[Any]] = {}
+    take = (
+        (lambda values: values)
+        if len(good) == len(declined_at)
+        else (lambda values: [values[p] for p in good])
+    )
+    for column in cells:
+        values = take(cells[column])
+        if column in booleans:
+            columns[column] = [v == "true" for v in values]
+        elif column in ints:
+            columns[column] = [int(v) if v else None for v in values]
+        elif column not in ("amount", "declined_at"):
+            columns[column] = [v or None for v in values]
+    columns["declined_at"] = [declined_at[p] for p in good]
+    columns["utc_offset_minutes"] = [offsets[p] for p in good]
+    columns["amount_minor"] = [amounts[p] for p in good]
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
