@@ -36,6 +36,8 @@ __all__ = ["apply_outcomes"]
 log = logging.getLogger(__name__)
 
 _OUTCOME_STATES = (State.APPROVED.value, State.DECLINED.value, State.EXPIRED.value, State.CANCELLED.value)
+# Change rows name how the outcome reached us (RESPONSE, WEBHOOK, POLL, EXPIRY); this only if unknown.
+_SOURCE = "FLEXFACTOR"
 
 
 def apply_outcomes(
@@ -111,7 +113,7 @@ def _apply_chunk(
     approvals: list[Approval] = []
     failures: list[RecycleFailure] = []
     order_updates: list[dict[str, object]] = []
-    fulfil: list[tuple[str | None, str | None, int, str | None, str | None]] = []
+    fulfil: dict[str, list[tuple[str | None, str | None, int, str | None, str | None]]] = {}
     attention: list[dict[str, object]] = []
     changes: list[dict[str, object]] = []
     for r in rows:
@@ -141,18 +143,22 @@ def _apply_chunk(
         elif effect.no_payment_token:
             order_updates.append({"b_id": r.order_id, "b_status": r.order_status, "b_token": False})
         if effect.create_fulfillments and r.order_shippable:
-            fulfil.append((r.order_id, r.purchase_id, r.billing_cycle, r.order_product_id, r.id))
+            fulfil.setdefault(r.outcome_source or _SOURCE, []).append(
+                (r.order_id, r.purchase_id, r.billing_cycle, r.order_product_id, r.id)
+            )
+        if effect.no_payment_token:
+            # The CRM must learn it too: its next rebill runs without a stored token.
+            changes.append(_token_change(r, "ORDER", r.order_id, now, run_id))
         if effect.no_payment_token and r.purchase_id:
             counts["no_payment_token"] += 1
+            changes.append(_token_change(r, "SUBSCRIPTION", r.purchase_id, now, run_id))
             conn.execute(
                 update(Subscription)
                 .where(Subscription.id == r.purchase_id)
                 .values(has_payment_token=False, updated_at=now)
             )
-    apply_approvals(
-        conn, approvals, now=now, run_id=run_id, reason="FLEXFACTOR_APPROVED", source="FLEXFACTOR"
-    )
-    apply_failures(conn, failures, now=now, run_id=run_id, reason="FLEXFACTOR_FAILED", source="FLEXFACTOR")
+    apply_approvals(conn, approvals, now=now, run_id=run_id, reason="FLEXFACTOR_APPROVED", source=_SOURCE)
+    apply_failures(conn, failures, now=now, run_id=run_id, reason="FLEXFACTOR_FAILED", source=_SOURCE)
     if order_updates:
         conn.execute(
             update(Order)
@@ -161,7 +167,8 @@ def _apply_chunk(
             .execution_options(synchronize_session=False),
             order_updates,
         )
-    counts["fulfillments"] += create_fulfillments(conn, fulfil, now=now, run_id=run_id, source="FLEXFACTOR")
+    for source, items in fulfil.items():
+        counts["fulfillments"] += create_fulfillments(conn, items, now=now, run_id=run_id, source=source)
     record_changes(conn, changes)
     if attention:
         conn.execute(
@@ -190,7 +197,24 @@ def _order_change(r: Any, new_status: str, now: datetime, run_id: str | None) ->
         "old_value": r.order_status,
         "new_value": new_status,
         "reason": "FLEXFACTOR_OUTCOME",
-        "source": "FLEXFACTOR",
+        "source": r.outcome_source or _SOURCE,
+        "handoff_id": r.id,
+        "run_id": run_id,
+        "occurred_at": now,
+    }
+
+
+def _token_change(
+    r: Any, entity: str, entity_id: str, now: datetime, run_id: str | None
+) -> dict[str, object]:
+    return {
+        "entity": entity,
+        "entity_id": entity_id,
+        "field": "has_payment_token",
+        "old_value": None,
+        "new_value": "False",
+        "reason": "FLEXFACTOR_KEEPS_CARD",
+        "source": r.outcome_source or _SOURCE,
         "handoff_id": r.id,
         "run_id": run_id,
         "occurred_at": now,
@@ -239,11 +263,20 @@ def _recurring(
                 shippable=bool(row.sub_shippable),
                 handoff_id=row.id,
                 old_status=sub_status,
+                source=row.outcome_source,
             )
         )
         return
     if not success and waiting:
-        failures.append(RecycleFailure(row.purchase_id, FailureCause.FLEXFACTOR_FAILED.value))
+        failures.append(
+            RecycleFailure(
+                row.purchase_id,
+                FailureCause.FLEXFACTOR_FAILED.value,
+                old_status=sub_status,
+                handoff_id=row.id,
+                source=row.outcome_source,
+            )
+        )
         return
     if success:
         # Money was collected but the subscription has moved on: the billing team must act.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 
 from sqlalchemy import Connection, bindparam, insert, update
 
@@ -38,6 +39,8 @@ class RecycleFailure:
     subscription_id: str
     cause: str
     old_status: str = PurchaseStatus.RECYCLE_BILLING
+    handoff_id: str | None = None  # the FlexFactor hand-off whose outcome failed it, if any
+    source: str | None = None  # how that outcome reached us; None: the source the caller passes
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Approval:
     shippable: bool
     handoff_id: str | None = None
     old_status: str = PurchaseStatus.RECYCLE_BILLING
+    source: str | None = None  # how the approval reached us; None: the source the caller passes
 
 
 def record_changes(conn: Connection, rows: Sequence[dict[str, object]]) -> None:
@@ -89,7 +93,9 @@ def _change(
     }
 
 
-def apply_ladder_steps(conn: Connection, steps: Sequence[LadderStep], *, now: datetime, run_id: str | None) -> None:
+def apply_ladder_steps(
+    conn: Connection, steps: Sequence[LadderStep], *, now: datetime, run_id: str | None
+) -> None:
     if not steps:
         return
     conn.execute(
@@ -153,9 +159,10 @@ def apply_failures(
                 f.old_status,
                 f"{PurchaseStatus.RECYCLE_FAILED}:{f.cause}",
                 reason=reason,
-                source=source,
+                source=f.source or source,
                 now=now,
                 run_id=run_id,
+                handoff_id=f.handoff_id,
             )
             for f in failures
         ],
@@ -212,23 +219,37 @@ def apply_approvals(
         )
     changes: list[dict[str, object]] = []
     for a in approvals:
-        common = {"reason": reason, "source": source, "now": now, "run_id": run_id, "handoff_id": a.handoff_id}
-        changes.append(_change("SUBSCRIPTION", a.subscription_id, "status", a.old_status, "ACTIVE", **common))  # type: ignore[arg-type]
-        changes.append(
-            _change("SUBSCRIPTION", a.subscription_id, "billing_cycle", a.billing_cycle, a.billing_cycle + 1, **common)  # type: ignore[arg-type]
+        change = partial(
+            _change,
+            reason=reason,
+            source=a.source or source,
+            now=now,
+            run_id=run_id,
+            handoff_id=a.handoff_id,
         )
-        changes.append(_change("SUBSCRIPTION", a.subscription_id, "next_bill_on", None, a.next_bill_on, **common))  # type: ignore[arg-type]
-        changes.append(_change("SUBSCRIPTION", a.subscription_id, "gateway_id", None, a.gateway_id, **common))  # type: ignore[arg-type]
+        sub = a.subscription_id
+        changes.append(change("SUBSCRIPTION", sub, "status", a.old_status, "ACTIVE"))
+        changes.append(change("SUBSCRIPTION", sub, "billing_cycle", a.billing_cycle, a.billing_cycle + 1))
+        changes.append(change("SUBSCRIPTION", sub, "next_bill_on", None, a.next_bill_on))
+        changes.append(change("SUBSCRIPTION", sub, "gateway_id", None, a.gateway_id))
         if a.order_id:
-            changes.append(_change("ORDER", a.order_id, "status", OrderStatus.DECLINED, "COMPLETE", **common))  # type: ignore[arg-type]
+            changes.append(change("ORDER", a.order_id, "status", OrderStatus.DECLINED, "COMPLETE"))
     record_changes(conn, changes)
-    return create_fulfillments(
-        conn,
-        [(a.order_id, a.subscription_id, a.billing_cycle, a.product_id, a.handoff_id) for a in approvals if a.shippable],
-        now=now,
-        run_id=run_id,
-        source=source,
-    )
+    created = 0
+    # One call per source, so that each HOLD record's change row names the news that created it.
+    for item_source in dict.fromkeys(a.source or source for a in approvals if a.shippable):
+        created += create_fulfillments(
+            conn,
+            [
+                (a.order_id, a.subscription_id, a.billing_cycle, a.product_id, a.handoff_id)
+                for a in approvals
+                if a.shippable and (a.source or source) == item_source
+            ],
+            now=now,
+            run_id=run_id,
+            source=item_source,
+        )
+    return created
 
 
 def create_fulfillments(

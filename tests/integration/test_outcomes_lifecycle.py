@@ -774,6 +774,68 @@ def test_given_the_book_when_22_nights_pass_then_every_state_change_is_a_history
     assert polls == {"POLLED": 3 * 20 + 2 + 1, "APPROVED": 1}
 
 
+def test_given_the_book_when_22_nights_pass_then_every_order_and_subscription_change_names_its_handoff_and_source(
+    played: Played,
+) -> None:
+    # given / when: the book played over 23 nights
+    with played.engine.connect() as conn:
+        changes = list(conn.execute(select(Change).order_by(Change.id)))
+    by_handoff = {
+        name: sorted(
+            (c.entity, c.entity_id, c.field, c.old_value, c.new_value, c.source)
+            for c in changes
+            if c.handoff_id == handoff_id
+        )
+        for name, handoff_id in played.handoff_ids.items()
+    }
+
+    def saved(name: str, source: str, next_bill_on: str, old_status: str = "RECYCLE_BILLING") -> list[Any]:
+        sub, order = f"sub-{name}", f"ord-{name}"
+        return [
+            ("FULFILLMENT", order, "status", None, "HOLD", source),
+            ("ORDER", order, "status", "DECLINED", "COMPLETE", source),
+            ("SUBSCRIPTION", sub, "billing_cycle", "3", "4", source),
+            ("SUBSCRIPTION", sub, "gateway_id", None, "nmi", source),
+            ("SUBSCRIPTION", sub, "next_bill_on", None, next_bill_on, source),
+            ("SUBSCRIPTION", sub, "status", old_status, "ACTIVE", source),
+        ]
+
+    def failed(name: str, source: str) -> list[Any]:
+        return [
+            (
+                "SUBSCRIPTION",
+                f"sub-{name}",
+                "status",
+                "RECYCLE_BILLING",
+                "RECYCLE_FAILED:FLEXFACTOR_FAILED",
+                source,
+            )
+        ]
+
+    # then: each change row points at the hand-off whose outcome made it, and says how that outcome came
+    assert by_handoff == {
+        "rescued": saved("rescued", "WEBHOOK", "2026-07-11"),
+        "dropped": saved("dropped", "POLL", "2026-07-13"),
+        "declined": failed("declined", "RESPONSE"),
+        "cancelled": failed("cancelled", "WEBHOOK"),
+        "expired": failed("expired", "EXPIRY"),
+        "late-applied": sorted(
+            failed("late-applied", "EXPIRY")
+            + saved("late-applied", "WEBHOOK", "2026-07-31", "RECYCLE_FAILED")
+        ),
+        "late-unapplied": failed("late-unapplied", "EXPIRY"),
+        "rr-trial": [],
+        "rr-declined": [("ORDER", "ord-rr-declined", "status", "PENDING", "DECLINED", "RESPONSE")],
+        "rr-saved": [
+            ("FULFILLMENT", "ord-rr-saved", "status", None, "HOLD", "RESPONSE"),
+            ("ORDER", "ord-rr-saved", "has_payment_token", None, "False", "RESPONSE"),
+            ("ORDER", "ord-rr-saved", "status", "PENDING", "COMPLETE", "RESPONSE"),
+            ("SUBSCRIPTION", "sub-rr-saved", "has_payment_token", None, "False", "RESPONSE"),
+        ],
+    }
+    assert len(changes) == sum(len(rows) for rows in by_handoff.values())  # none without its hand-off
+
+
 def test_given_any_night_when_reconcile_runs_again_at_the_same_time_then_nothing_changes(
     played: Played,
 ) -> None:
