@@ -42,15 +42,24 @@ def read_header(path: Path) -> list[str]:
     if check.missing:
         raise InputError(f"{path}: the header lacks column(s): {', '.join(check.missing)}")
     if check.duplicated:
-        raise InputError(f"{path}: the header repeats column(s): {', '.join(check.duplicated)}")
+        raise InputError(f"{path}: the header repeats column(s): {', '.join(map(_shown, check.duplicated))}")
     if check.extra:
-        shown = [PAN_MARKER if contains_pan(name) else name for name in check.extra]
-        log.warning("declines feed: extra columns ignored", extra={"columns": ", ".join(shown)})
+        log.warning(
+            "declines feed: extra columns ignored", extra={"columns": ", ".join(map(_shown, check.extra))}
+        )
     return header
 
 
+def _shown(name: str) -> str:
+    """A header name as it may be echoed: even a column name is never allowed to carry a card number."""
+    return PAN_MARKER if contains_pan(name) else name
+
+
 def read_chunks(path: Path, header: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    """Chunks of at most `chunk_rows` rows, all cells text, each with the file line of its first row."""
+    """Chunks of at most `chunk_rows` rows, all cells text, each with the file line of its first row.
+
+    Lines are counted as records: a quoted field spanning several lines shifts the numbers after it.
+    """
     names = [*header, *(f"{OVERFLOW_PREFIX}{n}" for n in range(_OVERFLOW_FIELDS))]
     first_line = 2  # the header is line 1
     try:
@@ -83,7 +92,7 @@ class RejectsFile:
 
     def __init__(self, target: Path, header: Sequence[str]) -> None:
         self.target, self.partial = target, target.with_name(target.name + ".part")
-        self.columns = [c for c in header if c not in ("line", "reason")] + ["line", "reason"]
+        self.columns = [_shown(c) for c in header if c not in ("line", "reason")] + ["line", "reason"]
 
     def __enter__(self) -> RejectsFile:
         try:
