@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, tuple_, update
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
@@ -61,7 +61,7 @@ class DuePlan:
     gateway_id: str | None
 
 
-_DUE_COLUMNS = (
+_SUBSCRIPTION_COLUMNS = (
     Subscription.id,
     Subscription.order_id,
     Subscription.product_id,
@@ -79,6 +79,8 @@ _DUE_COLUMNS = (
     Subscription.recycle_last_ran_on,
     Subscription.next_attempt,
     Subscription.next_attempt_on,
+)
+_DECLINE_COLUMNS = (
     Decline.declined_at,
     Decline.utc_offset_minutes,
     Decline.response_code,
@@ -106,15 +108,21 @@ _DUE_COLUMNS = (
     Decline.card_brand,
     Decline.card_type,
 )
+_DUE_COLUMNS = (*_SUBSCRIPTION_COLUMNS, *_DECLINE_COLUMNS)
 
 
 def due_rows(
     conn: Connection, *, today: date, limit: int, after: tuple[date, str] | None = None, lock: bool = False
 ) -> list[Row[Any]]:
     """Recycling subscriptions due by `today` (local date) with no open hand-off, oldest first."""
-    stmt = (
-        select(*_DUE_COLUMNS)
-        .join(Decline, Decline.transaction_id == Subscription.recycle_transaction_id)
+    # Pick (and lock) a page of subscriptions first, then join their declines: a one-table page walks
+    # the (status, next_attempt_on, id) index in order and stops at `limit`, whereas a joined page
+    # lets the planner hash-join and sort every due row for each page (the whole night, once a page).
+    # The locked rows carry their own columns out, so a row re-checked under the lock is read as it is
+    # now; declines are never updated. The outer join keeps a subscription whose decline is missing in
+    # the page (the claim books it as an error), so a short page still means the night is done.
+    page = (
+        select(*_SUBSCRIPTION_COLUMNS)
         .where(
             Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
             Subscription.next_attempt_on <= today,
@@ -124,13 +132,22 @@ def due_rows(
         .limit(limit)
     )
     if after is not None:
-        stmt = stmt.where((Subscription.next_attempt_on, Subscription.id) > after)  # type: ignore[operator]
+        page = page.where(tuple_(Subscription.next_attempt_on, Subscription.id) > tuple_(*after))
     if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Subscription, skip_locked=True)
+        page = page.with_for_update(of=Subscription, skip_locked=True)
+    due = page.subquery("due")
+    stmt = (
+        select(due, *_DECLINE_COLUMNS)
+        .outerjoin(Decline, Decline.transaction_id == due.c.recycle_transaction_id)
+        .order_by(due.c.next_attempt_on, due.c.id)
+    )
     return list(conn.execute(stmt))
 
 
 def _plan(settings: Settings, row: Row[Any]) -> DuePlan:
+    if row.declined_at is None:
+        # The outer join in due_rows found no decline: nothing to charge or hand off from.
+        raise KeyError(f"decline {row.recycle_transaction_id} of subscription {row.id} is not stored")
     profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
     if profile is None:
         return DuePlan(row, None, None)

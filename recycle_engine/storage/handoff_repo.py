@@ -70,19 +70,10 @@ def lease_unsent(
 
     The mark is committed by the caller before any HTTP call: a crash after it leaves hand-offs that
     reconcile or the next run look up by our order id before anything is sent again."""
+    # The page of ids is picked (and locked) on narrow rows, and the bodies are read for that page only:
+    # sorting whole rows, bodies included, spilled every pending body to disk for each batch.
     stmt = (
-        select(
-            Handoff.id,
-            Handoff.gateway_id,
-            Handoff.source,
-            Handoff.purchase_id,
-            Handoff.order_id,
-            Handoff.attempt,
-            Handoff.request_body,
-            Handoff.idempotency_key,
-            Handoff.amount_minor,
-            Handoff.resend_count,
-        )
+        select(Handoff.id, Handoff.created_at, Handoff.resend_count)
         .where(
             Handoff.state == State.PENDING.value,
             Handoff.send_started_at.is_(None),
@@ -94,11 +85,27 @@ def lease_unsent(
     excluded = list(exclude_gateways)
     if excluded:
         stmt = stmt.where(Handoff.gateway_id.not_in(excluded))
-    if only_ids is not None:
-        stmt = stmt.where(Handoff.id.in_(list(only_ids)))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    items = [SendItem(**row._mapping) for row in conn.execute(stmt)]
+    page = stmt.subquery("page")
+    # resend_count comes from the locked row itself; the other columns never change after creation.
+    leased = (
+        select(
+            Handoff.id,
+            Handoff.gateway_id,
+            Handoff.source,
+            Handoff.purchase_id,
+            Handoff.order_id,
+            Handoff.attempt,
+            Handoff.request_body,
+            Handoff.idempotency_key,
+            Handoff.amount_minor,
+            page.c.resend_count,
+        )
+        .join(page, Handoff.id == page.c.id)
+        .order_by(page.c.created_at, page.c.id)
+    )
+    items = [SendItem(**row._mapping) for row in conn.execute(leased)]
     if items:
         conn.execute(
             update(Handoff)

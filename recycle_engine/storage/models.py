@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -124,8 +125,8 @@ class Subscription(Base):
     open_handoff_id: Mapped[str | None] = mapped_column(ID)
     failure_cause: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # The nightly selection: recycling subscriptions by due date.
-    __table_args__ = (Index(None, "status", "next_attempt_on"),)
+    # The nightly selection: recycling subscriptions by due date, read in (due date, id) page order.
+    __table_args__ = (Index(None, "status", "next_attempt_on", "id"),)
 
 
 class Decline(Base):
@@ -236,7 +237,18 @@ class Handoff(Base):
     claimed_by: Mapped[str | None] = mapped_column(ID)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (Index(None, "state", "next_poll_at"), Index(None, "created_at"))
+    __table_args__ = (
+        Index(None, "state", "next_poll_at"),
+        Index(None, "created_at"),
+        # Outcomes not yet applied to orders and subscriptions, oldest first (migration 0003).
+        Index(
+            "ix_handoffs_unapplied_outcome_at",
+            "outcome_at",
+            "id",
+            postgresql_where=text("applied_at IS NULL"),
+            sqlite_where=text("applied_at IS NULL"),
+        ),
+    )
 
 
 class HandoffEvent(Base):
