@@ -85,6 +85,8 @@ def lease_unsent(
     excluded = list(exclude_gateways)
     if excluded:
         stmt = stmt.where(Handoff.gateway_id.not_in(excluded))
+    if only_ids is not None:
+        stmt = stmt.where(Handoff.id.in_(list(only_ids)))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
     page = stmt.subquery("page")
