@@ -119,29 +119,44 @@ def run() -> None:
     "--at", "at_text", metavar="T", help="Logical time of the run (ISO 8601 with offset); default now."
 )
 @click.option("--dry-run", is_flag=True, help="Print what the run would do and write nothing.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on this host (above 1: PostgreSQL only). Hosts may run it at once on one book.",
+)
 @reports_errors
-def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool) -> None:
+def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.money import Money
     from recycle_engine.services.submit import run_submit
+    from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
 
     settings = bootstrap.load_settings_file(config_path)
     clock = SystemClock()
     at = _instant(at_text) or clock.now()
     app = bootstrap.build_app(settings, clock)
     try:
-        result = run_submit(
-            settings,
-            app.engine,
-            {} if dry_run else bootstrap.flexfactor_clients(settings, clock),
-            bootstrap.processors(settings),
-            at=at,
-            now=clock.now(),
-            dry_run=dry_run,
-            progress=_progress_printer("submit"),
-        )
+        refuse_workers_on_sqlite(app.engine, workers)
+        if workers > 1 and not dry_run:
+            log_level = click.get_current_context().find_root().params["log_level"]
+            result = run_submit_workers(
+                settings, app.engine, workers=workers, at=at, clock=clock, log_level=log_level
+            )
+        else:
+            result = run_submit(
+                settings,
+                app.engine,
+                {} if dry_run else bootstrap.flexfactor_clients(settings, clock),
+                bootstrap.processors(settings),
+                at=at,
+                now=clock.now(),
+                dry_run=dry_run,
+                progress=_progress_printer("submit"),
+            )
     finally:
         app.close()
     if sys.stderr.isatty():

@@ -26,8 +26,8 @@ from recycle_engine.storage.handoff_repo import (
     HandoffUpdate,
     SendItem,
     apply_updates,
+    claim_unanswered,
     lease_unsent,
-    unanswered,
 )
 from recycle_engine.storage.models import Handoff
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FIRST_POLL_AFTER = timedelta(days=1)
 MAX_RESENDS = 3
+LOOKUP_LEASE = timedelta(minutes=10)  # a lookup pass holds its hand-offs this long at most
+LOOKUP_CHUNK = 100  # unanswered hand-offs claimed for lookup at once
 
 
 @dataclass(frozen=True)
@@ -253,60 +255,89 @@ def resolve_unanswered(
     now: datetime,
     window: timedelta,
     limit: int = 10_000,
+    lease: timedelta = LOOKUP_LEASE,
+    run_id: str | None = None,
 ) -> LookupReport:
     """Settle hand-offs whose answer was lost: find them at FlexFactor by our order id and adopt
-    what it holds; only a confirmed absence queues a resend with the same body and key."""
+    what it holds; only a confirmed absence queues a resend with the same body and key.
+
+    Each hand-off looked up is leased to `run_id` for `lease` first, so workers and hosts running at
+    once never look up (and queue for resending) the same one; a lookup that fails gives it back."""
     report = LookupReport()
-    with engine.connect() as conn:
-        rows = unanswered(conn, now=now, limit=limit)
-    updates: list[HandoffUpdate] = []
-    for handoff_id, gateway_id, sent_at in rows:
-        client = clients.get(gateway_id)
-        if client is None:
-            continue
-        base = sent_at or now
-        try:
-            snap = client.find_by_external_id(handoff_id, placed_from=base - window, placed_to=now + window)
-        except FlexFactorError as exc:
-            report.errors += 1
-            log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
-            continue
-        if snap is not None:
-            updates.append(_adopt(handoff_id, snap, now))
-            report.adopted += 1
-            if snap.state is not None:
-                report.final_ids.append(handoff_id)
-            continue
-        with engine.connect() as conn:
-            resends = conn.execute(select(Handoff.resend_count).where(Handoff.id == handoff_id)).scalar_one()
-        if resends >= MAX_RESENDS:
-            reason = f"not found at FlexFactor after {resends} resends"
-            updates.append(
-                HandoffUpdate(
-                    handoff_id,
-                    {"state": State.FAILED.value, "last_error": reason, "outcome_at": now},
-                    Event.REJECTED.value,
-                    OutcomeSource.POLL.value,
-                    reason,
-                )
-            )
-            report.failed += 1
-            report.failed_ids.append(handoff_id)
-        else:
-            updates.append(
-                HandoffUpdate(
-                    handoff_id,
-                    {"send_started_at": None, "claimed_until": None, "resend_count": resends + 1},
-                    "ABSENT",
-                    OutcomeSource.POLL.value,
-                    "confirmed absent at FlexFactor: resend with the same body and key",
-                )
-            )
-            report.resent += 1
-    if updates:
+    unsettled: list[str] = []
+    looked_up = 0
+    # Claimed a chunk at a time, so that workers starting together share the lookups.
+    while looked_up < limit:
         with engine.begin() as conn:
-            apply_updates(conn, updates, now=now)
+            rows = claim_unanswered(
+                conn,
+                now=now,
+                lease_until=now + lease,
+                run_id=run_id,
+                limit=min(LOOKUP_CHUNK, limit - looked_up),
+            )
+        looked_up += len(rows)
+        updates: list[HandoffUpdate] = []
+        for handoff_id, gateway_id, sent_at in rows:
+            update = _look_up(engine, clients.get(gateway_id), handoff_id, sent_at, now, window, report)
+            if update is None:
+                unsettled.append(handoff_id)
+            else:
+                updates.append(update)
+        if updates:
+            with engine.begin() as conn:
+                apply_updates(conn, updates, now=now)
+        if len(rows) < LOOKUP_CHUNK:
+            break
+    release_leases(engine, unsettled)
     return report
+
+
+def _look_up(
+    engine: Engine,
+    client: FlexFactorGateway | None,
+    handoff_id: str,
+    sent_at: datetime | None,
+    now: datetime,
+    window: timedelta,
+    report: LookupReport,
+) -> HandoffUpdate | None:
+    """What FlexFactor says about one unanswered hand-off, as an update; None: it could not say."""
+    if client is None:
+        return None
+    base = sent_at or now
+    try:
+        snap = client.find_by_external_id(handoff_id, placed_from=base - window, placed_to=now + window)
+    except FlexFactorError as exc:
+        report.errors += 1
+        log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
+        return None
+    if snap is not None:
+        report.adopted += 1
+        if snap.state is not None:
+            report.final_ids.append(handoff_id)
+        return _adopt(handoff_id, snap, now)
+    with engine.connect() as conn:
+        resends = conn.execute(select(Handoff.resend_count).where(Handoff.id == handoff_id)).scalar_one()
+    if resends >= MAX_RESENDS:
+        reason = f"not found at FlexFactor after {resends} resends"
+        report.failed += 1
+        report.failed_ids.append(handoff_id)
+        return HandoffUpdate(
+            handoff_id,
+            {"state": State.FAILED.value, "last_error": reason, "outcome_at": now, "claimed_until": None},
+            Event.REJECTED.value,
+            OutcomeSource.POLL.value,
+            reason,
+        )
+    report.resent += 1
+    return HandoffUpdate(
+        handoff_id,
+        {"send_started_at": None, "claimed_until": None, "resend_count": resends + 1},
+        "ABSENT",
+        OutcomeSource.POLL.value,
+        "confirmed absent at FlexFactor: resend with the same body and key",
+    )
 
 
 def _adopt(handoff_id: str, snap: OrderSnapshot, now: datetime) -> HandoffUpdate:
@@ -316,6 +347,7 @@ def _adopt(handoff_id: str, snap: OrderSnapshot, now: datetime) -> HandoffUpdate
         "submitted_at": snap.order_placed_at or now,
         "attention": snap.needs_attention,
         "last_error": None,
+        "claimed_until": None,
     }
     if snap.state is None:
         values |= {"state": State.SUBMITTED.value, "next_poll_at": now + FIRST_POLL_AFTER}

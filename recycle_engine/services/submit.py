@@ -560,63 +560,86 @@ def run_submit(
     dry_run: bool = False,
     progress: Progress | None = None,
     preview_rows: int = 20,
+    run_id: str | None = None,
 ) -> SubmitResult:
     """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
 
-    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run."""
+    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run.
+    With `run_id`, the caller owns that job run (several workers share one) and it is neither
+    started nor finished here; without it the run records itself."""
     today = local_date(at, settings.timezone)
     if dry_run:
         return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
+    if run_id is not None:
+        result = SubmitResult(run_id)
+        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        return result
     run_id = start_run(engine, "submit", logical_at=at, now=now)
     result = SubmitResult(run_id)
-    counts = result.counts
     try:
-        window = timedelta(days=23)
-        lookups = resolve_unanswered(engine, clients, now=at, window=window)
-        counts.update(
-            {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
-        )
-        batch = settings.batching.batch_size
-        while True:
-            with engine.begin() as conn:
-                n = _claim_chunk(
-                    conn,
-                    settings,
-                    processors,
-                    today=today,
-                    at=at,
-                    now=at,
-                    run_id=run_id,
-                    limit=batch,
-                    counts=counts,
-                )
-            if progress:
-                progress("claimed", counts["selected"])
-            if n < batch:
-                break
-        http = settings.http
-        lease = timedelta(
-            seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60
-        )
-        report = send_pending(
-            engine,
-            clients,
-            now=at,
-            run_id=run_id,
-            batch_size=batch,
-            concurrency=settings.batching.concurrency,
-            lease=lease,
-            on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
-            after_record=_after_record(settings, today, run_id, at),
-        )
-        counts.update(report.as_counts())
-        if report.skipped_gateways:
-            counts["skipped_gateways"] = len(report.skipped_gateways)
+        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
     except Exception as exc:
-        finish_run(engine, run_id, now=now, counts=dict(counts), error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        finish_run(engine, run_id, now=now, counts=dict(result.counts), error=error)
         raise
-    finish_run(engine, run_id, now=now, counts=dict(counts))
+    finish_run(engine, run_id, now=now, counts=dict(result.counts))
     return result
+
+
+def _night(
+    settings: Settings,
+    engine: Engine,
+    clients: Mapping[str, FlexFactorGateway],
+    processors: Mapping[str, ProcessorGateway],
+    *,
+    at: datetime,
+    today: date,
+    result: SubmitResult,
+    progress: Progress | None,
+) -> None:
+    """Settle lost answers, claim every due attempt (processor attempts run in the claim), then send."""
+    run_id = result.run_id
+    assert run_id is not None
+    counts = result.counts
+    window = timedelta(days=23)
+    lookups = resolve_unanswered(engine, clients, now=at, window=window, run_id=run_id)
+    counts.update(
+        {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+    )
+    batch = settings.batching.batch_size
+    while True:
+        with engine.begin() as conn:
+            n = _claim_chunk(
+                conn,
+                settings,
+                processors,
+                today=today,
+                at=at,
+                now=at,
+                run_id=run_id,
+                limit=batch,
+                counts=counts,
+            )
+        if progress:
+            progress("claimed", counts["selected"])
+        if n < batch:
+            break
+    http = settings.http
+    lease = timedelta(seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60)
+    report = send_pending(
+        engine,
+        clients,
+        now=at,
+        run_id=run_id,
+        batch_size=batch,
+        concurrency=settings.batching.concurrency,
+        lease=lease,
+        on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
+        after_record=_after_record(settings, today, run_id, at),
+    )
+    counts.update(report.as_counts())
+    if report.skipped_gateways:
+        counts["skipped_gateways"] = len(report.skipped_gateways)
 
 
 def _dry_run(settings: Settings, engine: Engine, *, today: date, preview_rows: int) -> SubmitResult:

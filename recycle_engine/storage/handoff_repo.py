@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, insert, or_, select, update
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, HandoffEvent
@@ -16,6 +16,7 @@ __all__ = [
     "HandoffUpdate",
     "SendItem",
     "apply_updates",
+    "claim_unanswered",
     "insert_events",
     "lease_unsent",
     "unanswered",
@@ -119,19 +120,42 @@ def lease_unsent(
     return items
 
 
+def claim_unanswered(
+    conn: Connection, *, now: datetime, lease_until: datetime, run_id: str | None, limit: int
+) -> list[tuple[str, str, datetime | None]]:
+    """unanswered(), leased to `run_id` until `lease_until` so that no other worker or host looks the
+    same hand-offs up at once (SKIP LOCKED on PostgreSQL); the caller commits before any HTTP call."""
+    stmt = _unanswered(now, limit)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    rows = [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+    if rows:
+        conn.execute(
+            update(Handoff)
+            .where(Handoff.id == bindparam("b_id"))
+            .values(claimed_by=run_id, claimed_until=lease_until, updated_at=now)
+            .execution_options(synchronize_session=False),
+            [{"b_id": r[0]} for r in rows],
+        )
+    return rows
+
+
 def unanswered(conn: Connection, *, now: datetime, limit: int) -> list[tuple[str, str, datetime | None]]:
     """PENDING hand-offs that were (maybe) sent and whose sender is gone: (id, gateway, send time)."""
-    stmt = (
+    return [(r[0], r[1], r[2]) for r in conn.execute(_unanswered(now, limit))]
+
+
+def _unanswered(now: datetime, limit: int) -> Select[str, str, datetime | None]:
+    return (
         select(Handoff.id, Handoff.gateway_id, Handoff.send_started_at)
         .where(
             Handoff.state == State.PENDING.value,
             Handoff.send_started_at.is_not(None),
             or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
         )
-        .order_by(Handoff.send_started_at)
+        .order_by(Handoff.send_started_at, Handoff.id)
         .limit(limit)
     )
-    return [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
 
 
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:

@@ -1,0 +1,218 @@
+"""`run submit --workers N` on PostgreSQL against a sandbox process: one hand-off per due attempt, even
+when a worker is killed; SQLite refuses more than one worker.
+
+The full-size night of issue 7 (20,000 hand-offs) is a command, not the default size:
+
+    RECYCLE_ENGINE_WORKERS_TEST_HANDOFFS=20000 .venv/bin/pytest tests/integration/test_workers.py -k exactly_one
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+from sqlalchemy import func, select
+
+from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.models import Attempt, Handoff, JobRun
+from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many
+
+NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
+TONIGHT = date(2026, 6, 10)
+# 4,000 hand-offs keep this near a minute on a 2-core machine; 20,000 takes about four times as long.
+HANDOFFS = int(os.environ.get("RECYCLE_ENGINE_WORKERS_TEST_HANDOFFS", "4000"))
+CHARGES = HANDOFFS // 10  # attempts on the processor slot, mixed into the same night
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str], quiet: bool = False) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "recycle_engine", "--log-level", "WARNING", *args]
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(command, env=env, stdout=out, stderr=out)
+
+
+class Sandbox:
+    """A sandbox process on a free loopback port, its clock frozen on the night."""
+
+    def __init__(self, latency_ms: int) -> None:
+        self.port = _free_port()
+        self.process = _cli(
+            "sandbox",
+            "--port",
+            str(self.port),
+            "--latency-ms",
+            str(latency_ms),
+            env=dict(os.environ),
+            quiet=True,
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{self.admin}/health", timeout=1).raise_for_status()
+                break
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise
+                time.sleep(0.1)
+        self.set_clock(NIGHT)
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.port}/_sandbox"
+
+    def set_clock(self, at: datetime) -> None:
+        requests.post(
+            f"{self.admin}/clock", json={"now": at.isoformat(), "frozen": True}, timeout=10
+        ).raise_for_status()
+
+    def evaluates(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = requests.get(
+            f"{self.admin}/requests?path=/evaluate", timeout=60
+        ).json()["items"]
+        return items
+
+    def orders(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = requests.get(f"{self.admin}/orders", timeout=60).json()["items"]
+        return items
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    sb = Sandbox(latency_ms=getattr(request, "param", 0))
+    yield sb
+    sb.close()
+
+
+def _book(
+    tmp_path: Path, url: str, sandbox: Sandbox, *, handoffs: int, charges: int, concurrency: int
+) -> dict[str, str]:
+    settings_path = a_settings_file(
+        tmp_path, db_url=url, base_url=sandbox.base_url, batch_size=250, concurrency=concurrency
+    )
+    engine = make_engine(url)
+    insert_recycling_many(engine, handoffs, due_on=TONIGHT)  # attempt 4: the FlexFactor slot
+    insert_recycling_many(engine, charges, due_on=TONIGHT, attempt=2, prefix="p")  # the processor
+    engine.dispose()
+    return dict(os.environ) | SANDBOX_ENV | {"RECYCLE_ENGINE_CONFIG": str(settings_path)}
+
+
+def _each_attempt_handed_off_once(url: str, sandbox: Sandbox, handoffs: int, charges: int) -> None:
+    accepted = Counter(item["order_id"] for item in sandbox.evaluates() if item["status"] == 200)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Handoff.id, Handoff.purchase_id, Handoff.state)).all()
+        charged = conn.execute(select(func.count(), func.count(func.distinct(Attempt.subscription_id)))).one()
+    engine.dispose()
+    assert len(rows) == handoffs
+    assert len({r.purchase_id for r in rows}) == handoffs
+    assert {r.state for r in rows} <= {"SUBMITTED", "APPROVED", "DECLINED"}
+    assert set(accepted) == {r.id for r in rows}  # every hand-off reached FlexFactor...
+    assert max(accepted.values()) == 1  # ...exactly once
+    assert len(sandbox.orders()) == handoffs
+    assert tuple(charged) == (charges, charges)  # each processor attempt charged once
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_given_a_night_when_four_workers_submit_it_then_each_due_attempt_is_handed_off_exactly_once(
+    tmp_path: Path, pg_url: str, sandbox: Sandbox
+) -> None:
+    # given: HANDOFFS attempts due on a FlexFactor slot and a tenth as many on the processor
+    env = _book(tmp_path, pg_url, sandbox, handoffs=HANDOFFS, charges=CHARGES, concurrency=16)
+    # when: one command with four worker processes
+    proc = _cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", "4", env=env)
+    out, err = proc.communicate(timeout=600)
+    # then: it succeeded under one job run, and the sandbox saw one accepted evaluate per hand-off
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert f"handoffs_created {HANDOFFS}," in out.decode()
+    _each_attempt_handed_off_once(pg_url, sandbox, HANDOFFS, CHARGES)
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        runs = conn.execute(select(JobRun.status)).all()
+    engine.dispose()
+    assert [r.status for r in runs] == ["SUCCEEDED"]
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.parametrize("sandbox", [40], indirect=True)  # ms: a night long enough to kill a worker in
+def test_given_a_worker_killed_mid_run_when_the_night_runs_again_after_its_lease_then_nothing_is_lost(
+    tmp_path: Path, pg_url: str, sandbox: Sandbox
+) -> None:
+    # given: a night of 3,000 hand-offs running in four workers
+    handoffs = 3000
+    env = _book(tmp_path, pg_url, sandbox, handoffs=handoffs, charges=handoffs // 10, concurrency=8)
+    proc = _cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", "4", env=env)
+    # when: one worker is killed with SIGKILL once sending has begun
+    victim = _a_worker_once_sending(proc, sandbox)
+    victim.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    # then: the command reports the dead worker, and the others finished their share
+    assert proc.returncode == 1
+    assert "died" in err.decode()
+    sent_before = len(sandbox.evaluates())
+    assert 0 < sent_before < handoffs
+    # when: the night runs again after the dead worker's leases expired (72 s with these settings)
+    later = NIGHT + timedelta(minutes=5)
+    sandbox.set_clock(later)
+    again = _cli("run", "submit", "--at", later.isoformat(), "--workers", "4", env=env)
+    out, err = again.communicate(timeout=300)
+    # then: every attempt was handed off exactly once, the dead worker's included
+    assert again.returncode == 0, err.decode()[-3000:]
+    _each_attempt_handed_off_once(pg_url, sandbox, handoffs, handoffs // 10)
+
+
+def _a_worker_once_sending(proc: subprocess.Popen[bytes], sandbox: Sandbox) -> psutil.Process:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        if len(workers) == 4 and len(sandbox.evaluates()) > 300:
+            return workers[0]
+        assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError("the workers never started sending")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_given_sqlite_when_submit_asks_for_workers_then_only_one_is_accepted(
+    tmp_path: Path, sqlite_url: str, workers: str
+) -> None:
+    # given: a SQLite book with nothing due
+    settings_path = a_settings_file(tmp_path, db_url=sqlite_url)
+    env = dict(os.environ) | SANDBOX_ENV | {"RECYCLE_ENGINE_CONFIG": str(settings_path)}
+    # when
+    proc = _cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", workers, env=env)
+    out, err = proc.communicate(timeout=60)
+    # then: one worker runs as ever; more are refused with the reason, before anything is written
+    if workers == "1":
+        assert proc.returncode == 0, err.decode()
+        return
+    assert proc.returncode == 1
+    assert "--workers 2 needs PostgreSQL" in err.decode()
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(JobRun)).scalar_one() == 0
+    engine.dispose()
