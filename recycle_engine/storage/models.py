@@ -30,8 +30,11 @@ __all__ = [
     "Fulfillment",
     "Handoff",
     "HandoffEvent",
+    "HoldoutAssignment",
     "JobRun",
+    "NightAnomaly",
     "Order",
+    "RecycleProfileVersion",
     "SchedulerLease",
     "Subscription",
     "WebhookDelivery",
@@ -115,6 +118,9 @@ class Subscription(Base):
     has_payment_token: Mapped[bool] = mapped_column(Boolean, default=True)
     # Recycle state: set when a rebill soft-declines, cleared when recycling ends.
     recycle_profile_id: Mapped[str | None] = mapped_column(ID)
+    # The schedule version it entered with (recycle_profile_versions); NULL: entered before versions
+    # were recorded, and follows the profile in settings.yaml.
+    recycle_profile_version: Mapped[str | None] = mapped_column(String(16))
     recycle_transaction_id: Mapped[str | None] = mapped_column(ID)  # the decline being recycled
     recycle_declined_gateway_id: Mapped[str | None] = mapped_column(ID)
     recycle_original_minor: Mapped[int | None] = mapped_column(BigInteger)
@@ -358,3 +364,48 @@ class SchedulerLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RecycleProfileVersion(Base):
+    """One content of a recycle profile, as first seen; in-flight subscriptions follow the one they entered with."""
+
+    __tablename__ = "recycle_profile_versions"
+    profile_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    version: Mapped[str] = mapped_column(String(16), primary_key=True)
+    content: Mapped[str] = mapped_column(Text)  # canonical JSON: attempts, slots, prices, flags
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class HoldoutAssignment(Base):
+    """A recycling subscription reached a FlexFactor slot: handed off, or kept back as holdout."""
+
+    __tablename__ = "holdout_assignments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[str] = mapped_column(ID)
+    decline_transaction_id: Mapped[str] = mapped_column(ID)  # the decline being recycled
+    billing_cycle: Mapped[int] = mapped_column(Integer)
+    profile_id: Mapped[str] = mapped_column(ID)
+    arm: Mapped[str] = mapped_column(String(12))  # FLEXFACTOR or HOLDOUT
+    attempt: Mapped[int] = mapped_column(Integer)
+    slot: Mapped[str] = mapped_column(String(8))
+    gateway_id: Mapped[str] = mapped_column(ID)  # the FlexFactor gateway the slot names
+    amount_minor: Mapped[int] = mapped_column(BigInteger)  # the attempt's price at that point
+    currency: Mapped[str] = mapped_column(CCY)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
+    __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id"),)
+
+
+class NightAnomaly(Base):
+    """An anomaly found after a nightly run, as alerted; the report lists those of its day."""
+
+    __tablename__ = "anomalies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)  # the night's local date
+    kind: Mapped[str] = mapped_column(String(24))
+    subject: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    alerted: Mapped[bool] = mapped_column(Boolean, default=False)  # the alert hook said it got it
+    run_id: Mapped[str | None] = mapped_column(ID)
+    detected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
