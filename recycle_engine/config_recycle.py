@@ -134,7 +134,9 @@ _RECYCLE_PROFILE_KEYS: Final = {
     "attempts": Key(_attempts, REQUIRED, "re-attempts 1..9 and final"),
     "slots": Key(_slots, {}, "gateway of slots 4-6, 7-9, final; null or absent: the declining gateway"),
     "holdout_percent": Key(
-        _decimal(Decimal(100)), "0", "share of declines left out of recycling, to measure lift"
+        _decimal(Decimal(100)),
+        "0",
+        "percent of subscriptions kept on the declining gateway at FlexFactor slots (holdout), to measure lift",
     ),
 }
 

@@ -14,9 +14,11 @@ from sqlalchemy import Connection
 from recycle_engine.domain.declines import DeclineType, MappingRule, OrderType, classify
 from recycle_engine.domain.ladder import PlannedAttempt, local_date, next_attempt
 from recycle_engine.domain.outcomes import FailureCause, OrderStatus, PurchaseStatus
+from recycle_engine.domain.profile_versions import profile_version
 from recycle_engine.services.feed_rows import CheckedChunk, check_chunk
 from recycle_engine.settings import Settings
 from recycle_engine.storage import decline_repo as repo
+from recycle_engine.storage.profile_versions import record_profile_versions
 
 __all__ = ["ImportSession", "RecycleEntry", "recycle_entry"]
 
@@ -84,6 +86,8 @@ class ImportSession:
         # Feeds repeat the same texts, gateways, dates and prices: classify and plan each once.
         self._classified: dict[tuple[Any, ...], tuple[DeclineType, str | None, str | None]] = {}
         self._entries: dict[tuple[Any, ...], RecycleEntry | str] = {}
+        # The schedule each new entrant follows until it leaves the ladder or `ladder migrate` moves it.
+        self.versions = {p.id: profile_version(p) for p in settings.recycle_profiles.values()}
 
     def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, list[_Prepared]]:
         checked = check_chunk(
@@ -158,6 +162,9 @@ class ImportSession:
                 changes.append(
                     self._change("SUBSCRIPTION", purchase_id, old.status if old else None, entry.status)
                 )
+        if rows:
+            # In the same transaction as the subscriptions that name them: a version is never missing.
+            record_profile_versions(conn, self.settings.recycle_profiles.values(), now=self.now)
         repo.upsert_subscriptions(conn, rows)
         return changes
 
@@ -213,6 +220,7 @@ class ImportSession:
             "price_minor": r["amount_minor"],
             "has_payment_token": True,
             "recycle_profile_id": entry.profile_id,
+            "recycle_profile_version": self.versions.get(entry.profile_id or ""),
             "recycle_transaction_id": r["transaction_id"],
             "recycle_declined_gateway_id": r["gateway_id"],
             "recycle_original_minor": r["amount_minor"],

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, tuple
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
+from recycle_engine.domain.holdout import Arm, in_holdout
 from recycle_engine.domain.ladder import PlannedAttempt, local_date, next_attempt
 from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus, next_bill_date, price_after_approval
 from recycle_engine.domain.profiles import RecycleProfile
@@ -25,7 +26,9 @@ from recycle_engine.services.handoff_sending import SendResult, resolve_unanswer
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import insert_events
+from recycle_engine.storage.holdout_repo import assignment_row, record_assignments
 from recycle_engine.storage.models import Attempt, Decline, Handoff, Subscription
+from recycle_engine.storage.profile_versions import ProfileBook
 from recycle_engine.storage.subscription_repo import (
     Approval,
     LadderStep,
@@ -59,6 +62,8 @@ class DuePlan:
     row: Row[Any]
     planned: PlannedAttempt | None  # None: the ladder is exhausted
     gateway_id: str | None
+    profile: RecycleProfile | None = None  # the schedule version the subscription follows
+    holdout: bool = False  # the slot names FlexFactor, but this subscription is in the holdout group
 
 
 _SUBSCRIPTION_COLUMNS = (
@@ -72,6 +77,7 @@ _SUBSCRIPTION_COLUMNS = (
     Subscription.shippable,
     Subscription.status,
     Subscription.recycle_profile_id,
+    Subscription.recycle_profile_version,
     Subscription.recycle_transaction_id,
     Subscription.recycle_declined_gateway_id,
     Subscription.recycle_original_minor,
@@ -144,11 +150,11 @@ def due_rows(
     return list(conn.execute(stmt))
 
 
-def _plan(settings: Settings, row: Row[Any]) -> DuePlan:
+def _plan(settings: Settings, row: Row[Any], book: ProfileBook) -> DuePlan:
     if row.declined_at is None:
         # The outer join in due_rows found no decline: nothing to charge or hand off from.
         raise KeyError(f"decline {row.recycle_transaction_id} of subscription {row.id} is not stored")
-    profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
+    profile = book.profile(row.recycle_profile_id, row.recycle_profile_version)
     if profile is None:
         return DuePlan(row, None, None)
     planned = next_attempt(
@@ -159,7 +165,12 @@ def _plan(settings: Settings, row: Row[Any]) -> DuePlan:
         currency=row.currency,
     )
     gateway = None if planned is None else (planned.gateway_id or row.recycle_declined_gateway_id)
-    return DuePlan(row, planned, gateway)
+    named = settings.gateways.get(gateway or "")
+    # A holdout subscription runs a FlexFactor slot on the declining gateway, as a slot without one.
+    holdout = bool(named and named.is_flexfactor and in_holdout(row.id, profile.holdout_percent))
+    if holdout:
+        gateway = row.recycle_declined_gateway_id
+    return DuePlan(row, planned, gateway, profile, holdout)
 
 
 def _next_step(profile: RecycleProfile, row: Any, attempt: int, ran_on: date) -> LadderStep | RecycleFailure:
@@ -249,6 +260,7 @@ class _Chunk:
         self.approvals: list[Approval] = []
         self.moved: list[dict[str, Any]] = []
         self.errors: list[tuple[str, str]] = []
+        self.assignments: list[dict[str, Any]] = []
 
 
 def _claim_chunk(
@@ -265,10 +277,11 @@ def _claim_chunk(
 ) -> int:
     rows = due_rows(conn, today=today, limit=limit, lock=True)
     c = _Chunk()
+    book = ProfileBook(conn, settings.recycle_profiles)
     for row in rows:
         counts["selected"] += 1
         try:
-            plan = _plan(settings, row)
+            plan = _plan(settings, row, book)
             _plan_one(
                 settings, processors, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts
             )
@@ -298,6 +311,7 @@ def _claim_chunk(
         )
     if c.attempts:
         conn.execute(insert(Attempt), c.attempts)
+    record_assignments(conn, c.assignments)
     if c.moved:
         conn.execute(
             update(Subscription)
@@ -344,8 +358,7 @@ def _plan_one(
     run_id: str,
     counts: Counter[str],
 ) -> None:
-    row, planned = plan.row, plan.planned
-    profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
+    row, planned, profile = plan.row, plan.planned, plan.profile
     if profile is None:
         c.failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
         counts["recycle_failed"] += 1
@@ -364,6 +377,10 @@ def _plan_one(
         c.failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
         counts["recycle_failed"] += 1
         return
+    if plan.holdout or gateway.is_flexfactor:
+        arm = Arm.HOLDOUT if plan.holdout else Arm.FLEXFACTOR
+        c.assignments.append(assignment_row(row, planned, arm, run_id=run_id, now=now))
+        counts[f"reached_flexfactor_{arm.value.lower()}"] += 1
     if gateway.is_flexfactor:
         _plan_handoff(settings, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts)
         return
@@ -510,8 +527,8 @@ def _plan_handoff(
         return
     counts["handoffs_invalid"] += 1
     log.warning("hand-off not built", extra={"subscription": row.id, "reason": error})
-    profile = settings.recycle_profiles[row.recycle_profile_id]
-    step = _next_step(profile, row, planned.attempt, today)
+    assert plan.profile is not None
+    step = _next_step(plan.profile, row, planned.attempt, today)
     (c.failures if isinstance(step, RecycleFailure) else c.steps).append(step)  # type: ignore[arg-type]
 
 
@@ -536,8 +553,9 @@ def _after_record(
         )
         steps: list[LadderStep] = []
         failures: list[RecycleFailure] = []
+        book = ProfileBook(conn, settings.recycle_profiles)
         for row in rows:
-            profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
+            profile = book.profile(row.recycle_profile_id, row.recycle_profile_version)
             if profile is None:
                 failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
                 continue
@@ -647,12 +665,13 @@ def _dry_run(settings: Settings, engine: Engine, *, today: date, preview_rows: i
     result = SubmitResult(None)
     after: tuple[date, str] | None = None
     with engine.connect() as conn:
+        book = ProfileBook(conn, settings.recycle_profiles)
         while True:
             rows = due_rows(conn, today=today, limit=settings.batching.batch_size, after=after)
             for row in rows:
                 result.counts["selected"] += 1
                 try:
-                    plan = _plan(settings, row)
+                    plan = _plan(settings, row, book)
                 except (ValueError, KeyError) as exc:
                     result.counts["would_error"] += 1
                     log.warning(
@@ -664,6 +683,8 @@ def _dry_run(settings: Settings, engine: Engine, *, today: date, preview_rows: i
                     continue
                 kind = "flexfactor" if settings.gateways[plan.gateway_id].is_flexfactor else "processor"
                 result.counts[f"would_{kind}"] += 1
+                if plan.holdout:
+                    result.counts["would_holdout"] += 1
                 result.by_slot[(plan.planned.slot.value, plan.gateway_id)] += 1
                 result.amounts[(plan.gateway_id, row.currency)] += plan.planned.amount_minor
                 if len(result.preview) < preview_rows:
