@@ -27,6 +27,7 @@ __all__ = [
     "fmt_decimal",
     "fmt_money",
     "fmt_pct",
+    "fmt_points",
     "records",
     "render_template",
     "report_name",
@@ -63,6 +64,13 @@ def fmt_pct(share: object) -> str:
     return f"{float(share) * 100:.1f} %"  # type: ignore[arg-type]
 
 
+def fmt_points(difference: object) -> str:
+    """A difference of two shares as signed percentage points ("+12.5 points"); a dash when undefined."""
+    if _missing(difference):
+        return DASH
+    return f"{float(difference) * 100:+.1f} points"  # type: ignore[arg-type]
+
+
 def fmt_count(n: object) -> str:
     return DASH if _missing(n) else f"{int(n):,}"  # type: ignore[call-overload]
 
@@ -86,7 +94,9 @@ def environment(tz: ZoneInfo) -> Environment:
             return DASH
         return value.astimezone(tz).isoformat(timespec=spec)
 
-    env.filters.update(money=fmt_money, pct=fmt_pct, count=fmt_count, decimal=fmt_decimal, local=local)
+    env.filters.update(
+        money=fmt_money, pct=fmt_pct, points=fmt_points, count=fmt_count, decimal=fmt_decimal, local=local
+    )
     return env
 
 

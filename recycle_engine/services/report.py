@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
-from reports import queries, reconciliation, recovery, render, svg
+from reports import lift, lift_queries, queries, reconciliation, recovery, render, svg
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -98,6 +98,7 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
     }
     for name in queries.BREAKDOWNS:
         frames[f"by_{name}"] = queries.fetch(conn, queries.breakdown_stmt(b, name))
+    frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
     return frames
 
 
@@ -175,6 +176,7 @@ def _context(
         "row_limit": queries.EXCEPTION_ROW_LIMIT,
         "webhooks": render.records(reconciliation.webhook_summary(frames["webhooks"])),
         "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
+        "lift": _lift_context(frames["lift"]),
     }
     counts = {
         "handoffs": int(headline["day"]["handoffs"]),
@@ -182,3 +184,16 @@ def _context(
         "exceptions": int(summary["count"].sum()) if not summary.empty else 0,
     }
     return context, counts
+
+def _lift_context(facts: pd.DataFrame) -> dict[str, Any]:
+    result = lift.lift_summary(facts)
+    return {
+        "groups": {r["arm"]: r for r in render.records(result.groups)},
+        "amounts": render.records(result.amounts),
+        "lift": result.lift,
+        "low": result.low,
+        "high": result.high,
+        "n_flexfactor": result.n_flexfactor,
+        "n_holdout": result.n_holdout,
+        "assigned": int(result.groups["assigned"].sum()),
+    }
