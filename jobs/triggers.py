@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-__all__ = ["LocalCronTrigger", "crontab_weekdays"]
+from recycle_engine.settings import Settings
+from recycle_engine.storage.anomaly_repo import DueWindow
+
+__all__ = ["LocalCronTrigger", "crontab_weekdays", "due_windows"]
 
 _CRON_WEEKDAYS: Final = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # crontab: 0 and 7 are Sunday
 
@@ -62,3 +65,35 @@ class LocalCronTrigger(CronTrigger):  # type: ignore[misc]
 
 def _wall(instant: datetime, timezone: ZoneInfo) -> datetime:
     return instant.astimezone(timezone).replace(tzinfo=None)
+
+
+_LOOKBACKS: Final = (2, 8, 32, 370)  # days searched back for a last fire: daily, weekly, monthly, yearly
+
+
+def due_windows(settings: Settings, now: datetime) -> list[DueWindow]:
+    """For each job, the last local day it was due whose misfire grace has passed by `now`.
+
+    A run that started from that day's local midnight up to the job's next fire covers it; the
+    anomaly check looks for a successful one."""
+    windows = []
+    for name, job in settings.jobs.items():
+        trigger = LocalCronTrigger.from_settings(job.cron, settings.timezone)
+        settled = now - timedelta(seconds=job.misfire_grace_seconds)
+        fire = _last_fire(trigger, settled)
+        if fire is None:
+            continue
+        following = trigger.get_next_fire_time(fire, fire) or now
+        day = fire.astimezone(settings.timezone).date()
+        start = datetime.combine(day, time(0), tzinfo=settings.timezone).astimezone(UTC)
+        windows.append(DueWindow(name, day, start, following.astimezone(UTC)))
+    return windows
+
+
+def _last_fire(trigger: LocalCronTrigger, until: datetime) -> datetime | None:
+    for days in _LOOKBACKS:
+        last, fire = None, trigger.get_next_fire_time(None, until - timedelta(days=days))
+        while fire is not None and fire <= until:
+            last, fire = fire, trigger.get_next_fire_time(fire, fire)
+        if last is not None:
+            return last
+    return None

@@ -60,6 +60,7 @@ def load_settings(path: Path, env: Mapping[str, str] | None = None) -> Settings:
         jobs=values["jobs"],
         reports=values["reports"],
         serve=values["serve"],
+        anomalies=values["anomalies"],
         insufficient_funds_phrases=values["insufficient_funds_phrases"],
         alert_command=values["alert_command"],
         source_path=path.resolve(),

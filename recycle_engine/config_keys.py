@@ -23,6 +23,7 @@ from recycle_engine.config_values import (
 )
 from recycle_engine.config_yaml import INVALID, REQUIRED, _join, _kind, _Reader
 from recycle_engine.settings import (
+    AnomalyThresholds,
     AtriProfile,
     BatchingSettings,
     Campaign,
@@ -126,6 +127,19 @@ _SERVE_KEYS: Final = {
     "api_key": Key(_optional(_secret), None, "bearer key for POST /cascade; only as ${NAME}"),
     "max_body_bytes": Key(_int(1, 16 * 1024 * 1024), 64 * 1024, "largest request body accepted"),
 }
+_ANOMALY_KEYS: Final = {
+    "history_nights": Key(_int(1, 366), 14, "trailing nights tonight's hand-off count is compared with"),
+    "min_history_nights": Key(_int(1, 366), 7, "nights with a submit run needed before the count is checked"),
+    "handoff_count_factor": Key(
+        _number(1, 1000, above=True), 3.0, "normal count: between median / factor and median * factor"
+    ),
+    "max_error_rate_percent": Key(
+        _number(0, 100), 5.0, "most hand-offs FlexFactor refused or never answered, percent of those sent"
+    ),
+    "max_refused_webhooks": Key(_int(0), 20, "most webhook deliveries refused in 24 hours"),
+    "webhook_silence_hours": Key(_int(1, 24 * 30), 24, "hours without any webhook that raise an alert ..."),
+    "pending_age_hours": Key(_int(1, 24 * 30), 24, "... while hand-offs have been SUBMITTED this long"),
+}
 _DATABASE_KEYS: Final = {
     "url": Key(
         _database_url, DEFAULT_DATABASE_URL, "SQLAlchemy URL; a relative SQLite path is beside settings.yaml"
@@ -151,5 +165,8 @@ ROOT_KEYS: Final[Mapping[str, Key]] = {
     "jobs": Key(_jobs, {}, "cron schedules of submit, reconcile and report"),
     "reports": Key(_mapping(_REPORT_KEYS, ReportSettings), {}, "where reports go"),
     "serve": Key(_mapping(_SERVE_KEYS, ServeSettings), {}, "the webhook and cascade HTTP service"),
+    "anomalies": Key(
+        _mapping(_ANOMALY_KEYS, AnomalyThresholds), {}, "checks after each nightly run, alerted and reported"
+    ),
     "alert_command": Key(_optional(_text()), None, "shell command run with a failed job's message"),
 }

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from recycle_engine.domain.anomalies import AnomalyThresholds
 from recycle_engine.domain.declines import MappingRule
 from recycle_engine.domain.profiles import RecycleProfile
 
 __all__ = [
+    "AnomalyThresholds",
     "AtriProfile",
     "BatchingSettings",
     "Campaign",
@@ -157,6 +159,7 @@ class Settings:
     jobs: dict[str, JobSettings] = field(default_factory=dict)
     reports: ReportSettings = field(default_factory=ReportSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
+    anomalies: AnomalyThresholds = field(default_factory=AnomalyThresholds)
     insufficient_funds_phrases: tuple[str, ...] = ("insufficient funds",)
     alert_command: str | None = None
     source_path: Path | None = None

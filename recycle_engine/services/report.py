@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
+from recycle_engine.storage.anomaly_repo import anomalies_stmt
 from reports import lift, lift_queries, queries, reconciliation, recovery, render, svg
 
 __all__ = ["ReportResult", "run_report"]
@@ -99,6 +100,9 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
     for name in queries.BREAKDOWNS:
         frames[f"by_{name}"] = queries.fetch(conn, queries.breakdown_stmt(b, name))
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
+    # The checks of the night that opened the day and of the night after it: the morning report of
+    # day D is read after the check of night D+1, which is the one the billing team needs first.
+    frames["anomalies"] = queries.fetch(conn, anomalies_stmt(b.day_start, b.day_end + timedelta(days=1)))
     return frames
 
 
@@ -177,13 +181,16 @@ def _context(
         "webhooks": render.records(reconciliation.webhook_summary(frames["webhooks"])),
         "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
         "lift": _lift_context(frames["lift"]),
+        "anomalies": render.records(frames["anomalies"]),
     }
     counts = {
         "handoffs": int(headline["day"]["handoffs"]),
         "recovered": int(headline["day"]["recovered"]),
         "exceptions": int(summary["count"].sum()) if not summary.empty else 0,
+        "anomalies": len(frames["anomalies"]),
     }
     return context, counts
+
 
 def _lift_context(facts: pd.DataFrame) -> dict[str, Any]:
     result = lift.lift_summary(facts)

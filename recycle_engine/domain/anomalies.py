@@ -1,0 +1,150 @@
+"""Anomaly checks after a nightly run, over plain numbers: hand-off volume, errors, webhooks, missed jobs."""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+__all__ = [
+    "Anomaly",
+    "AnomalyKind",
+    "AnomalyThresholds",
+    "NightFacts",
+    "check_night_facts",
+    "error_rate_anomaly",
+    "handoff_count_anomaly",
+    "missed_job_anomalies",
+    "refused_webhooks_anomaly",
+    "webhook_silence_anomaly",
+]
+
+
+class AnomalyKind(enum.StrEnum):
+    """What looked wrong after a night."""
+
+    HANDOFF_COUNT = "HANDOFF_COUNT"  # tonight's hand-offs far from the trailing median
+    ERROR_RATE = "ERROR_RATE"  # too many hand-offs FlexFactor refused or never answered
+    REFUSED_WEBHOOKS = "REFUSED_WEBHOOKS"  # too many webhooks refused (signature, age, body)
+    WEBHOOK_SILENCE = "WEBHOOK_SILENCE"  # no webhook for hours while hand-offs wait on FlexFactor
+    JOB_NOT_RUN = "JOB_NOT_RUN"  # a scheduled job has no successful run for its last scheduled day
+
+
+@dataclass(frozen=True)
+class AnomalyThresholds:
+    """The `anomalies:` block of settings.yaml."""
+
+    history_nights: int = 14  # trailing nights the hand-off count is compared with
+    min_history_nights: int = 7  # fewer nights with a submit run: no volume check yet
+    handoff_count_factor: float = 3.0  # normal range is [median / factor, median * factor]
+    max_error_rate_percent: float = 5.0  # (refused + unanswered) / sent
+    max_refused_webhooks: int = 20  # refused deliveries in the 24 hours before the check
+    webhook_silence_hours: int = 24  # no delivery for this long ...
+    pending_age_hours: int = 24  # ... while hand-offs have been SUBMITTED for at least this long
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    kind: AnomalyKind
+    reason: str  # one line, as the alert hook and the report show it
+    subject: str = ""  # the job, for JOB_NOT_RUN
+
+
+@dataclass(frozen=True)
+class NightFacts:
+    """What the database says about one night, as plain values (the service gathers them)."""
+
+    handoffs: int  # hand-offs made on the night's local day (cascades excluded)
+    history: Sequence[int]  # hand-offs made on each trailing night that had a successful submit run
+    sent: int  # of tonight's hand-offs, those a request went out for
+    errors: int  # of those, FAILED (refused) or with an answer lost
+    refused_webhooks: int  # deliveries refused in the 24 hours before the check
+    last_webhook_at: datetime | None  # the latest delivery, accepted or not
+    old_submitted: int  # hand-offs SUBMITTED for at least pending_age_hours
+    jobs_due: Mapping[str, date] = field(default_factory=dict)  # job -> the local day it was last due
+    jobs_succeeded: Mapping[str, bool] = field(default_factory=dict)  # job -> a run for that day succeeded
+
+
+def handoff_count_anomaly(handoffs: int, history: Sequence[int], t: AnomalyThresholds) -> Anomaly | None:
+    """Tonight's count outside [median / factor, median * factor] of the trailing nights.
+
+    Quiet with fewer than `min_history_nights` nights, and when the median is 0 (no scale to compare)."""
+    nights = list(history)[-t.history_nights :]
+    if len(nights) < t.min_history_nights:
+        return None
+    median = float(statistics.median(nights))
+    if median == 0:
+        return None
+    low, high = median / t.handoff_count_factor, median * t.handoff_count_factor
+    if low <= handoffs <= high:
+        return None
+    return Anomaly(
+        AnomalyKind.HANDOFF_COUNT,
+        f"{handoffs} hand-offs tonight, outside {low:.1f}..{high:.1f} "
+        f"(median {median:g} over the last {len(nights)} nights)",
+    )
+
+
+def error_rate_anomaly(sent: int, errors: int, t: AnomalyThresholds) -> Anomaly | None:
+    if sent == 0:
+        return None
+    rate = 100.0 * errors / sent
+    if rate <= t.max_error_rate_percent:
+        return None
+    return Anomaly(
+        AnomalyKind.ERROR_RATE,
+        f"FlexFactor error rate {rate:.1f} % ({errors} refused or unanswered of {sent} sent) "
+        f"is above {t.max_error_rate_percent:g} %",
+    )
+
+
+def refused_webhooks_anomaly(refused: int, t: AnomalyThresholds) -> Anomaly | None:
+    if refused <= t.max_refused_webhooks:
+        return None
+    return Anomaly(
+        AnomalyKind.REFUSED_WEBHOOKS,
+        f"{refused} webhooks refused in the last 24 hours (more than {t.max_refused_webhooks})",
+    )
+
+
+def webhook_silence_anomaly(
+    last_webhook_at: datetime | None, old_submitted: int, now: datetime, t: AnomalyThresholds
+) -> Anomaly | None:
+    """No delivery for `webhook_silence_hours` while hand-offs have waited `pending_age_hours` or more."""
+    if old_submitted == 0:
+        return None
+    silence = timedelta(hours=t.webhook_silence_hours)
+    if last_webhook_at is not None and now - last_webhook_at < silence:
+        return None
+    since = "ever" if last_webhook_at is None else f"since {last_webhook_at.isoformat(timespec='minutes')}"
+    return Anomaly(
+        AnomalyKind.WEBHOOK_SILENCE,
+        f"no webhook received {since} (over {t.webhook_silence_hours} h) while {old_submitted} "
+        f"hand-offs are SUBMITTED for over {t.pending_age_hours} h",
+    )
+
+
+def missed_job_anomalies(due: Mapping[str, date], succeeded: Mapping[str, bool]) -> list[Anomaly]:
+    """A job with no successful run for the local day it was last due."""
+    return [
+        Anomaly(
+            AnomalyKind.JOB_NOT_RUN,
+            f"job {job} has no successful run for its scheduled day {due_on.isoformat()}",
+            subject=job,
+        )
+        for job, due_on in sorted(due.items())
+        if not succeeded.get(job, False)
+    ]
+
+
+def check_night_facts(facts: NightFacts, t: AnomalyThresholds, *, now: datetime) -> list[Anomaly]:
+    """Every anomaly of the night, in a fixed order."""
+    found = [
+        handoff_count_anomaly(facts.handoffs, facts.history, t),
+        error_rate_anomaly(facts.sent, facts.errors, t),
+        refused_webhooks_anomaly(facts.refused_webhooks, t),
+        webhook_silence_anomaly(facts.last_webhook_at, facts.old_submitted, now, t),
+    ]
+    return [a for a in found if a is not None] + missed_job_anomalies(facts.jobs_due, facts.jobs_succeeded)
