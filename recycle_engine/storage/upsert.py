@@ -11,7 +11,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 __all__ = ["insert_ignore"]
 
 
-def insert_ignore(conn: Connection, model: Any, rows: Sequence[dict[str, Any]], conflict_cols: Sequence[str]) -> int:
+def insert_ignore(
+    conn: Connection, model: Any, rows: Sequence[dict[str, Any]], conflict_cols: Sequence[str]
+) -> int:
     """Insert rows, skipping those that collide on `conflict_cols`; returns how many were inserted."""
     if not rows:
         return 0
