@@ -147,7 +147,7 @@ def due_rows(
         .outerjoin(Decline, Decline.transaction_id == due.c.recycle_transaction_id)
         .order_by(due.c.next_attempt_on, due.c.id)
     )
-    return list(conn.execute(stmt))
+    return list(conn.execute(stmt).all())
 
 
 def _plan(settings: Settings, row: Row[Any], book: ProfileBook) -> DuePlan:

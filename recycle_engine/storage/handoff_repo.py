@@ -110,12 +110,12 @@ def lease_unsent(
     )
     items = [SendItem(**row._mapping) for row in conn.execute(leased)]
     if items:
+        # One statement for the page (the same values for every row), not one per hand-off.
         conn.execute(
             update(Handoff)
-            .where(Handoff.id == bindparam("b_id"))
+            .where(Handoff.id.in_([i.id for i in items]))
             .values(send_started_at=now, claimed_by=run_id, claimed_until=lease_until, updated_at=now)
-            .execution_options(synchronize_session=False),
-            [{"b_id": i.id} for i in items],
+            .execution_options(synchronize_session=False)
         )
     return items
 

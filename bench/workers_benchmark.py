@@ -1,0 +1,90 @@
+"""`run submit --workers N` for N = 1, 2, 4 on one PostgreSQL book: throughput and speed-up against 1 worker.
+
+Each worker count gets a fresh copy of the same book (bench/book.py's template, as in
+bench/submit_benchmark.py) and a fresh sandbox process at the same latency. The settings give every
+worker `--concurrency` requests in flight and share `--rate-limit` among the workers, so the gateway
+bounds a run at min(rate limit, workers x concurrency / latency) hand-offs a second; the table prints
+that bound beside the measured rate. A run near its bound is limited by the gateway; one well below it
+is limited by the engine or the machine (the CPU columns and the load average tell which). Prints
+figures; asserts nothing.
+
+    .venv/bin/python -m bench.workers_benchmark [--workers 1,2,4] [--latency 100] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.book import NIGHT, BookShape, write_settings
+from bench.submit_benchmark import SubmitRun, book_copy, book_template, run_submit_process, sandbox
+
+
+def _bound(workers: int, concurrency: int, latency_ms: int, rate_limit: float) -> float:
+    by_latency = workers * concurrency / (latency_ms / 1000) if latency_ms else float("inf")
+    return min(rate_limit, by_latency)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--subscriptions", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=50_000)
+    parser.add_argument(
+        "--workers", default="1,2,4", help="comma-separated worker counts; the first is the base"
+    )
+    parser.add_argument("--latency", type=int, default=100, help="sandbox latency (ms)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per worker")
+    parser.add_argument("--rate-limit", type=float, default=10_000, help="FlexFactor's limit, shared (1/s)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
+    shape = BookShape(subscriptions=args.subscriptions, due=args.due)
+    template, book = book_template(shape, rebuild=False)
+    print(
+        f"book: {shape.subscriptions:,} subscriptions, {shape.due:,} due ({book.due_flexfactor:,} on "
+        f"FlexFactor slots); latency {args.latency} ms, concurrency {args.concurrency} per worker, "
+        f"rate limit {args.rate_limit:g}/s shared, batch {args.batch_size}; {os.cpu_count()} cores"
+    )
+    runs: list[tuple[int, SubmitRun, float]] = []
+    for workers in counts:
+        load = os.getloadavg()[0]
+        with sandbox(args.latency) as box, book_copy(template, f"w{workers}") as url:
+            box.freeze(NIGHT)
+            with tempfile.TemporaryDirectory() as folder:
+                settings_path = write_settings(
+                    Path(folder) / "settings.yaml",
+                    db_url=url,
+                    base_url=box.base_url,
+                    batch_size=args.batch_size,
+                    concurrency=args.concurrency,
+                    rate_limit_per_second=args.rate_limit,
+                )
+                started = time.perf_counter()
+                run = run_submit_process(settings_path, box, workers=workers)
+                print(f"  {workers} workers: {time.perf_counter() - started:.0f} s", flush=True)
+        runs.append((workers, run, load))
+    base = runs[0][1].per_second
+    header = (
+        f"{'workers':>7} | {'wall s':>7} {'handoffs':>8} | {'ho/s':>7} {'speed-up':>8} | {'bound/s':>7} "
+        f"{'of bound':>8} | {'cpu s/1k':>8} {'sb cpu s':>8} {'RSS MB':>6} {'sum MB':>6} | {'load':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for workers, run, load in runs:
+        bound = _bound(workers, args.concurrency, args.latency, args.rate_limit)
+        print(
+            f"{workers:>7} | {run.wall_s:7.1f} {run.handoffs:>8,} | {run.per_second:7.1f} "
+            f"{run.per_second / base if base else float('nan'):8.2f} | {bound:7.0f} {run.per_second / bound:8.2f} | "
+            f"{run.cpu_per_1000:8.2f} {run.sandbox_cpu_s:8.1f} {run.peak_rss_mb:6.0f} {run.total_rss_mb:6.0f} | {load:5.2f}"
+        )
+    print(
+        "\nho/s is hand-offs over the whole run (claim, processor attempts and recording included); "
+        "RSS MB is the largest single process, sum MB the sum of every process's peak."
+    )
+
+
+if __name__ == "__main__":
+    main()
