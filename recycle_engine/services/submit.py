@@ -380,7 +380,7 @@ def _plan_one(
     if plan.holdout or gateway.is_flexfactor:
         arm = Arm.HOLDOUT if plan.holdout else Arm.FLEXFACTOR
         c.assignments.append(assignment_row(row, planned, arm, run_id=run_id, now=now))
-        counts[f"reached_flexfactor_{arm.value.lower()}"] += 1
+        counts[f"group_{arm.value.lower()}"] += 1  # group_flexfactor or group_holdout
     if gateway.is_flexfactor:
         _plan_handoff(settings, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts)
         return

@@ -97,7 +97,7 @@ def test_given_a_50_percent_holdout_when_submit_reaches_a_flexfactor_slot_then_h
     assert {(g.attempt, g.slot, g.gateway_id, g.amount_minor) for g in groups.values()} == {
         (4, "4-6", "ff", 4499)
     }
-    assert result.counts["reached_flexfactor_holdout"] == len(held)
+    assert result.counts["group_holdout"] == len(held)
     assert result.counts["handoffs_created"] == 40 - len(held)
 
     # when: the final attempt (also FlexFactor) of the held-out ones falls due
