@@ -78,7 +78,8 @@ recycle_profiles:
 {textwrap.indent(attempts, "      ")}
     slots: {slots}
 batching: {{batch_size: {batch_size}, concurrency: {concurrency}, rate_limit_per_second: 10000}}
-http: {{connect_timeout_s: 2, read_timeout_s: 2, max_retries: 2, backoff_base_s: 0.01, backoff_max_s: 0.05}}
+# Generous timeouts: a loaded CI machine must not turn a slow answer into a test failure.
+http: {{connect_timeout_s: 5, read_timeout_s: 15, max_retries: 2, backoff_base_s: 0.01, backoff_max_s: 0.05}}
 reports: {{output_dir: reports-out}}
 {extra}
 """

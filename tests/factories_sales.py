@@ -64,7 +64,7 @@ cascade_profiles: [{{id: casc-1, gateways: [nmi-2, ff]}}]
 atri_profiles: [{{id: atri-1, gateways: [nmi], cascade_profile: casc-1}}]
 decline_mapping: {decline_mapping}
 batching: {{batch_size: 50, concurrency: 4, rate_limit_per_second: 10000}}
-http: {{connect_timeout_s: 2, read_timeout_s: 2, max_retries: 1, backoff_base_s: 0.01, backoff_max_s: 0.02}}
+http: {{connect_timeout_s: 5, read_timeout_s: 15, max_retries: 1, backoff_base_s: 0.01, backoff_max_s: 0.02}}
 reports: {{output_dir: reports-out}}
 {serve}
 """
