@@ -135,6 +135,9 @@ def _rebill(
     row = _base(rng, n, day, tz, "R")
     campaign, product = rng.choice(products)
     response_type, code, text = _texts(rng)
+    if n % 50 == 7:
+        # Processor texts may carry markup; the reports must show it as text.
+        response_type, code, text = "SOFT_DECLINE", "05", "Declined <script>alert('x')</script>"
     return row | {
         "order_id": f"O-R{n:06d}",
         "order_type": "REBILL",
