@@ -619,8 +619,12 @@ def _night(
     run_id = result.run_id
     assert run_id is not None
     counts = result.counts
+    http = settings.http
+    # Long enough for one call with all its retries, as FlexFactor's timeouts allow; lookups and sends
+    # that a dead worker leased are free again this long after it claimed them.
+    lease = timedelta(seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60)
     window = timedelta(days=23)
-    lookups = resolve_unanswered(engine, clients, now=at, window=window, run_id=run_id)
+    lookups = resolve_unanswered(engine, clients, now=at, window=window, run_id=run_id, lease=lease)
     counts.update(
         {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
     )
@@ -642,8 +646,6 @@ def _night(
             progress("claimed", counts["selected"])
         if n < batch:
             break
-    http = settings.http
-    lease = timedelta(seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60)
     report = send_pending(
         engine,
         clients,
