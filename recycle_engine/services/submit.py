@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -11,7 +12,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, bindparam, insert, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Date,
+    Engine,
+    Row,
+    Select,
+    String,
+    bindparam,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
@@ -121,6 +134,17 @@ def due_rows(
     conn: Connection, *, today: date, limit: int, after: tuple[date, str] | None = None, lock: bool = False
 ) -> list[Row[Any]]:
     """Recycling subscriptions due by `today` (local date) with no open hand-off, oldest first."""
+    stmt = _due_page(limit, keyset=after is not None, lock=lock and conn.dialect.name == "postgresql")
+    params: dict[str, Any] = {"due_by": today}
+    if after is not None:
+        params |= {"after_on": after[0], "after_id": after[1]}
+    return list(conn.execute(stmt, params).all())
+
+
+@functools.lru_cache(maxsize=16)
+def _due_page(limit: int, *, keyset: bool, lock: bool) -> Select[Any]:
+    # Built once per shape, values bound at run time: building it costs more than a page takes to
+    # read once a night has a hundred pages.
     # Pick (and lock) a page of subscriptions first, then join their declines: a one-table page walks
     # the (status, next_attempt_on, id) index in order and stops at `limit`, whereas a joined page
     # lets the planner hash-join and sort every due row for each page (the whole night, once a page).
@@ -131,23 +155,23 @@ def due_rows(
         select(*_SUBSCRIPTION_COLUMNS)
         .where(
             Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
-            Subscription.next_attempt_on <= today,
+            Subscription.next_attempt_on <= bindparam("due_by", type_=Date()),
             Subscription.open_handoff_id.is_(None),
         )
         .order_by(Subscription.next_attempt_on, Subscription.id)
         .limit(limit)
     )
-    if after is not None:
-        page = page.where(tuple_(Subscription.next_attempt_on, Subscription.id) > tuple_(*after))
-    if lock and conn.dialect.name == "postgresql":
+    if keyset:
+        after = tuple_(bindparam("after_on", type_=Date()), bindparam("after_id", type_=String()))
+        page = page.where(tuple_(Subscription.next_attempt_on, Subscription.id) > after)
+    if lock:
         page = page.with_for_update(of=Subscription, skip_locked=True)
     due = page.subquery("due")
-    stmt = (
+    return (
         select(due, *_DECLINE_COLUMNS)
         .outerjoin(Decline, Decline.transaction_id == due.c.recycle_transaction_id)
         .order_by(due.c.next_attempt_on, due.c.id)
     )
-    return list(conn.execute(stmt).all())
 
 
 def _plan(settings: Settings, row: Row[Any], book: ProfileBook) -> DuePlan:
