@@ -173,7 +173,7 @@ def test_given_a_worker_killed_mid_run_when_the_night_runs_again_after_its_lease
     assert "died" in err.decode()
     sent_before = len(sandbox.evaluates())
     assert 0 < sent_before < handoffs
-    # when: the night runs again after the dead worker's leases expired (72 s with these settings)
+    # when: the night runs again after the dead worker's leases expired (2 minutes with the test settings)
     later = NIGHT + timedelta(minutes=5)
     sandbox.set_clock(later)
     again = _cli("run", "submit", "--at", later.isoformat(), "--workers", "4", env=env)
