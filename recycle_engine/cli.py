@@ -130,7 +130,7 @@ def run() -> None:
 def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock
     from recycle_engine.money import Money
     from recycle_engine.services.submit import run_submit
     from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
@@ -150,7 +150,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
             result = run_submit(
                 settings,
                 app.engine,
-                {} if dry_run else bootstrap.flexfactor_clients(settings, clock),
+                {} if dry_run else bootstrap.flexfactor_clients(settings, LogicalClock(at)),
                 bootstrap.processors(settings),
                 at=at,
                 now=clock.now(),
@@ -277,7 +277,7 @@ def sandbox(
 def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock
     from recycle_engine.services.reconcile import run_reconcile
 
     settings = bootstrap.load_settings_file(config_path)
@@ -286,7 +286,11 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     app = bootstrap.build_app(settings, clock)
     try:
         result = run_reconcile(
-            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), at=at, now=clock.now()
+            settings,
+            app.engine,
+            bootstrap.flexfactor_clients(settings, LogicalClock(at)),
+            at=at,
+            now=clock.now(),
         )
     finally:
         app.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["FixedClock", "SystemClock"]
+__all__ = ["FixedClock", "LogicalClock", "SystemClock"]
 
 
 class SystemClock:
@@ -31,3 +31,18 @@ class FixedClock:
         from datetime import timedelta
 
         self.at = self.at + timedelta(**delta)
+
+
+class LogicalClock:
+    """Time as a run at logical instant `at` sees it: `at`, moving on with real elapsed time.
+
+    A run replayed or caught up at `--at T` reads FlexFactor's dates (an order's expiry, say) against
+    T, while token lifetimes still count real seconds. With `at` = now it is the system clock."""
+
+    def __init__(self, at: datetime) -> None:
+        if at.tzinfo is None:
+            raise ValueError("LogicalClock needs an aware datetime")
+        self._offset = at.astimezone(UTC) - datetime.now(UTC)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset

@@ -146,13 +146,14 @@ def _add(total: Counter[str], worker_counts: dict[str, int]) -> None:
 def _work(job: _Job, results: Connection) -> None:
     """One worker process: its own engine, clients and processors, then run_submit under the shared run."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock
     from recycle_engine.logs import configure_logging
 
     configure_logging(job.log_level)
     clock = SystemClock()
     app = bootstrap.build_app(job.settings, clock, pool_size=WORKER_POOL_SIZE)
-    clients = bootstrap.flexfactor_clients(job.settings, clock)
+    # FlexFactor's dates are read against the night being run, not the wall clock.
+    clients = bootstrap.flexfactor_clients(job.settings, LogicalClock(job.at))
     try:
         result = run_submit(
             job.settings,
