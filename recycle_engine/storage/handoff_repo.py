@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, insert, or_, select, update
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, HandoffEvent
@@ -187,15 +187,3 @@ def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: da
             for u in updates
         ],
     )
-
-
-def open_for_purchase(conn: Connection, purchase_ids: Sequence[str]) -> set[str]:
-    """Purchases among `purchase_ids` that already have an open hand-off."""
-    if not purchase_ids:
-        return set()
-    rows = conn.execute(
-        select(Handoff.purchase_id).where(
-            and_(Handoff.purchase_id.in_(purchase_ids), Handoff.state.in_([State.PENDING.value, State.SUBMITTED.value]))
-        )
-    )
-    return {r[0] for r in rows if r[0] is not None}
