@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import JSON, ColumnElement, Connection, Engine, bindparam, cast, func, literal, select, update
 
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.ladder import local_date
@@ -19,14 +20,12 @@ from recycle_engine.domain.outcomes import (
     next_bill_date,
     price_after_approval,
 )
-from recycle_engine.domain.states import State
+from recycle_engine.domain.states import Source, State
 from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Handoff, Order, Subscription
 from recycle_engine.storage.subscription_repo import (
-    Approval,
-    RecycleFailure,
-    apply_approvals,
-    apply_failures,
+    RecycleOutcome,
+    apply_recycle_outcomes,
     create_fulfillments,
     record_changes,
 )
@@ -47,17 +46,84 @@ def apply_outcomes(
     now: datetime,
     handoff_ids: Sequence[str] | None = None,
     run_id: str | None = None,
-    chunk: int = 1000,
+    chunk: int = 20_000,
 ) -> Counter[str]:
-    """Apply every final, not yet applied hand-off outcome; safe to run again and concurrently."""
+    """Apply every final, not yet applied hand-off outcome; safe to run again and concurrently.
+
+    Up to `chunk` hand-offs a transaction: one statement reads them with their orders and purchases,
+    the outcome table is applied in Python, and a fixed number of set-based statements writes the
+    recycle outcomes (storage.subscription_repo.apply_recycle_outcomes); new sales, rare, row by row."""
     counts: Counter[str] = Counter()
     while True:
-        with engine.begin() as conn:
-            n = _apply_chunk(
-                settings, conn, now=now, handoff_ids=handoff_ids, run_id=run_id, limit=chunk, counts=counts
-            )
-        if n < chunk:
+        # One look for the work, oldest outcome first, then chunks by id: asking again per chunk would
+        # walk past every row already applied each time (no index covers "not yet applied").
+        with engine.connect() as conn:
+            pending = _unapplied(conn, handoff_ids)
+        applied = 0
+        for start in range(0, len(pending), chunk):
+            with engine.begin() as conn:
+                applied += _apply_chunk(
+                    settings, conn, now=now, ids=pending[start : start + chunk], run_id=run_id, counts=counts
+                )
+        # Look again for outcomes that became final meanwhile; stop once a look brings nothing to
+        # apply (rows another process holds locked are its to apply).
+        if applied == 0:
             return counts
+
+
+def _unapplied(conn: Connection, handoff_ids: Sequence[str] | None) -> list[str]:
+    stmt = (
+        select(Handoff.id)
+        .where(Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
+        .order_by(Handoff.outcome_at, Handoff.id)
+    )
+    if handoff_ids is not None:
+        stmt = stmt.where(Handoff.id.in_(list(handoff_ids)))
+    return list(conn.execute(stmt).scalars())
+
+
+def _one_of(conn: Connection, ids: Sequence[str]) -> ColumnElement[bool]:
+    """Handoff.id among `ids`, passed as one JSON array: a chunk may hold more ids than either
+    database takes bound parameters (and binding each one costs more than the lookup)."""
+    table = (
+        func.json_array_elements_text(cast(literal(json.dumps(list(ids))), JSON))
+        if conn.dialect.name == "postgresql"
+        else func.json_each(literal(json.dumps(list(ids))))
+    ).table_valued("value")
+    return Handoff.id.in_(select(table.c.value))
+
+
+class _Final(NamedTuple):
+    """One final hand-off with its order and purchase, as _apply_chunk selects them (same order).
+
+    A plain tuple per row: named access on the SQL layer's rows cost more than applying the outcome."""
+
+    id: str
+    source: str
+    state: str
+    order_id: str
+    purchase_id: str | None
+    declining_gateway_id: str
+    amount_minor: int
+    outcome_at: datetime
+    outcome_source: str | None
+    late_outcome: bool
+    billing_cycle: int
+    order_type: str | None
+    completes_trial: bool | None
+    recurring_product: bool | None
+    order_shippable: bool | None
+    order_product_id: str | None
+    order_status: str | None
+    sub_status: str | None
+    open_handoff_id: str | None
+    sub_cycle: int | None
+    billing_interval_days: int | None
+    price_minor: int | None
+    sub_shippable: bool | None
+    sub_product_id: str | None
+    recycle_profile_id: str | None
+    failure_cause: str | None
 
 
 def _apply_chunk(
@@ -65,11 +131,11 @@ def _apply_chunk(
     conn: Connection,
     *,
     now: datetime,
-    handoff_ids: Sequence[str] | None,
+    ids: Sequence[str],
     run_id: str | None,
-    limit: int,
     counts: Counter[str],
 ) -> int:
+    """Apply the outcomes of `ids` still final and unapplied (re-checked under lock); how many."""
     stmt = (
         select(
             Handoff.id,
@@ -101,22 +167,19 @@ def _apply_chunk(
         )
         .outerjoin(Order, Order.id == Handoff.order_id)
         .outerjoin(Subscription, Subscription.id == Handoff.purchase_id)
-        .where(Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
-        .order_by(Handoff.outcome_at, Handoff.id)
-        .limit(limit)
+        .where(_one_of(conn, ids), Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
     )
-    if handoff_ids is not None:
-        stmt = stmt.where(Handoff.id.in_(list(handoff_ids)))
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=Handoff, skip_locked=True)
-    rows = list(conn.execute(stmt))
-    approvals: list[Approval] = []
-    failures: list[RecycleFailure] = []
+    # Oldest outcome first, ordered here: an ORDER BY makes SQLite sort the whole chunk's wide rows
+    # on disk once it outgrows the page cache.
+    position = {handoff_id: n for n, handoff_id in enumerate(ids)}
+    rows = sorted(map(_Final._make, conn.execute(stmt)), key=lambda r: position[r.id])
+    staged: list[RecycleOutcome] = []
     order_updates: list[dict[str, object]] = []
     fulfil: dict[str, list[tuple[str | None, str | None, int, str | None, str | None]]] = {}
-    attention: list[dict[str, object]] = []
     changes: list[dict[str, object]] = []
-    for r in rows:
+    for seq, r in enumerate(rows):
         success = r.state == State.APPROVED.value
         order_type = OrderType(r.order_type) if r.order_type else OrderType.REBILL
         effect = effect_of(
@@ -124,12 +187,13 @@ def _apply_chunk(
             completes_trial=bool(r.completes_trial),
             success=success,
             recurring_product=bool(r.recurring_product),
-            source=r.source,
+            source=Source(r.source),
         )
         counts["approved" if success else "failed_outcome"] += 1
         if r.source == "RECYCLE":
-            _recurring(settings, r, success, approvals, failures, attention, counts)
+            staged.append(_recurring(settings, r, seq, success, counts))
             continue
+        staged.append(_no_recycle_effect(r, seq))
         # New sale (rerun or cascade): the order row carries the result.
         if effect.order_status is not None and effect.order_status.value != r.order_status:
             order_updates.append(
@@ -157,8 +221,8 @@ def _apply_chunk(
                 .where(Subscription.id == r.purchase_id)
                 .values(has_payment_token=False, updated_at=now)
             )
-    apply_approvals(conn, approvals, now=now, run_id=run_id, reason="FLEXFACTOR_APPROVED", source=_SOURCE)
-    apply_failures(conn, failures, now=now, run_id=run_id, reason="FLEXFACTOR_FAILED", source=_SOURCE)
+    # Marks every hand-off of the chunk applied, the new sales' too.
+    apply_recycle_outcomes(conn, staged, now=now, run_id=run_id)
     if order_updates:
         conn.execute(
             update(Order)
@@ -170,26 +234,10 @@ def _apply_chunk(
     for source, items in fulfil.items():
         counts["fulfillments"] += create_fulfillments(conn, items, now=now, run_id=run_id, source=source)
     record_changes(conn, changes)
-    if attention:
-        conn.execute(
-            update(Handoff)
-            .where(Handoff.id == bindparam("b_id"))
-            .values(attention=bindparam("b_attention"))
-            .execution_options(synchronize_session=False),
-            attention,
-        )
-    if rows:
-        conn.execute(
-            update(Handoff)
-            .where(Handoff.id == bindparam("b_id"))
-            .values(applied_at=now, updated_at=now)
-            .execution_options(synchronize_session=False),
-            [{"b_id": r.id} for r in rows],
-        )
     return len(rows)
 
 
-def _order_change(r: Any, new_status: str, now: datetime, run_id: str | None) -> dict[str, object]:
+def _order_change(r: _Final, new_status: str, now: datetime, run_id: str | None) -> dict[str, object]:
     return {
         "entity": "ORDER",
         "entity_id": r.order_id,
@@ -205,7 +253,7 @@ def _order_change(r: Any, new_status: str, now: datetime, run_id: str | None) ->
 
 
 def _token_change(
-    r: Any, entity: str, entity_id: str, now: datetime, run_id: str | None
+    r: _Final, entity: str, entity_id: str, now: datetime, run_id: str | None
 ) -> dict[str, object]:
     return {
         "entity": entity,
@@ -221,15 +269,46 @@ def _token_change(
     }
 
 
+def _no_recycle_effect(r: _Final, seq: int) -> RecycleOutcome:
+    """A staged row that only marks the hand-off applied (a new sale's writes are made row by row)."""
+    return _staged(r, seq, "N")
+
+
+def _staged(
+    r: _Final,
+    seq: int,
+    kind: str,
+    *,
+    product_id: str | None = None,
+    paid_cycle: int | None = None,
+    next_bill_on: str | None = None,
+    price_minor: int | None = None,
+    gateway_id: str | None = None,
+    cause: str | None = None,
+    shippable: bool = False,
+) -> RecycleOutcome:
+    return {
+        "seq": seq,
+        "handoff_id": r.id,
+        "kind": kind,
+        "subscription_id": r.purchase_id,
+        "order_id": r.order_id,
+        "product_id": product_id,
+        "paid_cycle": paid_cycle,
+        "next_bill_on": next_bill_on,
+        "next_bill_text": next_bill_on,
+        "price_minor": price_minor,
+        "gateway_id": gateway_id,
+        "old_status": r.sub_status,
+        "cause": cause,
+        "source": r.outcome_source or _SOURCE,
+        "shippable": shippable,
+    }
+
+
 def _recurring(
-    settings: Settings,
-    r: Any,
-    success: bool,
-    approvals: list[Approval],
-    failures: list[RecycleFailure],
-    attention: list[dict[str, object]],
-    counts: Counter[str],
-) -> None:
+    settings: Settings, r: _Final, seq: int, success: bool, counts: Counter[str]
+) -> RecycleOutcome:
     """Recycle hand-off: the subscription moves on or fails, if it is still waiting on this hand-off."""
     row = r
     sub_status = row.sub_status
@@ -246,45 +325,33 @@ def _recurring(
         outcome_at: datetime = row.outcome_at
         approved_on = local_date(outcome_at, settings.timezone)
         interval = row.billing_interval_days
-        approvals.append(
-            Approval(
-                subscription_id=row.purchase_id,
-                order_id=row.order_id,
-                product_id=row.sub_product_id,
-                billing_cycle=row.sub_cycle,
-                next_bill_on=next_bill_date(approved_on, interval) if interval else None,
-                price_minor=price_after_approval(
-                    hold_recycle_price=bool(profile and profile.hold_recycle_price),
-                    approved_minor=row.amount_minor,
-                    regular_minor=row.price_minor,
-                ),
-                # The next scheduled rebill goes back to the gateway that declined.
-                gateway_id=row.declining_gateway_id,
-                shippable=bool(row.sub_shippable),
-                handoff_id=row.id,
-                old_status=sub_status,
-                source=row.outcome_source,
-            )
+        # The purchase row exists: it waits on this hand-off, or this hand-off failed it.
+        assert row.price_minor is not None
+        return _staged(
+            row,
+            seq,
+            "A",
+            product_id=row.sub_product_id,
+            paid_cycle=row.sub_cycle,
+            next_bill_on=next_bill_date(approved_on, interval).isoformat() if interval else None,
+            price_minor=price_after_approval(
+                hold_recycle_price=bool(profile and profile.hold_recycle_price),
+                approved_minor=row.amount_minor,
+                regular_minor=row.price_minor,
+            ),
+            # The next scheduled rebill goes back to the gateway that declined.
+            gateway_id=row.declining_gateway_id,
+            shippable=bool(row.sub_shippable),
         )
-        return
     if not success and waiting:
-        failures.append(
-            RecycleFailure(
-                row.purchase_id,
-                FailureCause.FLEXFACTOR_FAILED.value,
-                old_status=sub_status,
-                handoff_id=row.id,
-                source=row.outcome_source,
-            )
-        )
-        return
+        return _staged(row, seq, "F", cause=FailureCause.FLEXFACTOR_FAILED.value)
     if success:
         # Money was collected but the subscription has moved on: the billing team must act.
         counts["late_approvals_unapplied"] += 1
-        attention.append({"b_id": row.id, "b_attention": "LATE_APPROVAL_UNAPPLIED"})
         log.warning(
             "late approval not applied",
             extra={"handoff": row.id, "subscription_status": sub_status},
         )
-    else:
-        counts["outcome_no_effect"] += 1
+        return _staged(row, seq, "L")
+    counts["outcome_no_effect"] += 1
+    return _staged(row, seq, "N")
