@@ -100,12 +100,16 @@ def _poll_updates(
     expired = h.expires_at is not None and h.expires_at <= now
     if isinstance(snap, FlexFactorNotFoundError):
         counts["poll_not_found"] += 1
-        values = base | {"attention": "UNKNOWN_AT_FLEXFACTOR", "next_poll_at": now + POLL_EVERY}
+        values = base | {
+            "state": h.state,
+            "attention": "UNKNOWN_AT_FLEXFACTOR",
+            "next_poll_at": now + POLL_EVERY,
+        }
         values.pop("outcome_at")
         return [HandoffUpdate(h.id, values, "POLL_NOT_FOUND", OutcomeSource.POLL.value, str(snap))]
     if isinstance(snap, Exception):
         counts["poll_errors"] += 1
-        values = base | {"next_poll_at": now + timedelta(hours=1), "last_error": str(snap)}
+        values = base | {"state": h.state, "next_poll_at": now + timedelta(hours=1), "last_error": str(snap)}
         values.pop("outcome_at")
         return [HandoffUpdate(h.id, values, "POLL_ERROR", OutcomeSource.POLL.value, str(snap))]
     counts["polled"] += 1
@@ -119,7 +123,7 @@ def _poll_updates(
             return [
                 HandoffUpdate(
                     h.id,
-                    {"attention": "STATUS_MISMATCH"},
+                    {"state": h.state, "attention": "STATUS_MISMATCH"},
                     "CONFLICT",
                     OutcomeSource.POLL.value,
                     snap.status_name,
@@ -130,7 +134,8 @@ def _poll_updates(
     if expired:
         # Still open at FlexFactor after our window: settled by the caller (cancel, then EXPIRED).
         return []
-    values = base | extra | {"next_poll_at": now + POLL_EVERY}
+    # The state is unchanged; it is written so the event row records where the hand-off stands.
+    values = base | extra | {"state": h.state, "next_poll_at": now + POLL_EVERY}
     values.pop("outcome_at")
     return [HandoffUpdate(h.id, values, "POLLED", OutcomeSource.POLL.value, snap.status_name)]
 

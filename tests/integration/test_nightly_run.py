@@ -18,7 +18,16 @@ from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
-from recycle_engine.storage.models import Attempt, Change, Fulfillment, Handoff, JobRun, Order, Subscription
+from recycle_engine.storage.models import (
+    Attempt,
+    Change,
+    Fulfillment,
+    Handoff,
+    HandoffEvent,
+    JobRun,
+    Order,
+    Subscription,
+)
 from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings
 
 # 02:00 in New York on 2026-06-10: the local day is 2026-06-10.
@@ -356,3 +365,30 @@ def test_given_handoffs_with_each_outcome_when_reconcile_runs_past_the_window_th
     assert (subs["sub-2"].status, subs["sub-2"].failure_cause) == ("RECYCLE_FAILED", "FLEXFACTOR_FAILED")
     assert first.counts["applied_approved"] == 1
     assert sum(v for k, v in again.counts.items() if k.startswith("applied_")) == 0
+
+
+def test_given_a_handoff_still_at_work_when_reconcile_polls_it_then_the_event_records_it_still_submitted(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a hand-off FlexFactor keeps working on (expires at the window's end)
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(card_last4="0259"),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    _submit(settings, engine)
+    # when: two days later, its first look falls due
+    later = NIGHT + timedelta(days=2)
+    _admin(sandbox, "clock", {"now": later.isoformat()})
+    result = _reconcile(settings, engine, later)
+    # then
+    with engine.connect() as conn:
+        event = conn.execute(select(HandoffEvent).where(HandoffEvent.kind == "POLLED")).one()
+        h = conn.execute(select(Handoff)).one()
+    assert result.counts["polled"] == 1
+    assert (event.state_after, event.source) == ("SUBMITTED", "POLL")
+    assert (h.state, h.poll_count, h.next_poll_at) == ("SUBMITTED", 1, later + timedelta(days=1))
