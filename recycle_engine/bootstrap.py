@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -28,7 +28,6 @@ class App:
     settings: Settings
     engine: Engine
     clock: Clock
-    _closers: list[object] = field(default_factory=list)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -66,7 +66,7 @@ class _SandboxTime:
         return result
 
 
-def _demo_settings(source: Path, workdir: Path, base_url: str, signing_key: str) -> Path:
+def _demo_settings(source: Path, workdir: Path, base_url: str) -> Path:
     """A copy of the user's settings pointed at the demo database, the sandbox and the demo folder."""
     data: dict[str, Any] = yaml.safe_load(source.read_text(encoding="utf-8"))
     data["database"] = {"url": "sqlite:///demo.db"}
@@ -105,7 +105,7 @@ def _services(settings_source: Path, workdir: Path) -> Iterator[tuple[Settings, 
     env = DEMO_ENV | {"DEMO_FF_SIGNING_KEY": SANDBOX_SIGNING_KEY_B64}
     with ExitStack() as stack:
         sandbox = stack.enter_context(run_sandbox(SandboxConfig(approve_share=0.45, seed=1)))
-        path = _demo_settings(settings_source, workdir, sandbox.base_url, SANDBOX_SIGNING_KEY_B64)
+        path = _demo_settings(settings_source, workdir, sandbox.base_url)
         settings = load_settings(path, env=env)
         upgrade(settings.database_url)
         engine = make_engine(settings.database_url)

@@ -278,8 +278,8 @@ def resolve_unanswered(
             )
         looked_up += len(rows)
         updates: list[HandoffUpdate] = []
-        for handoff_id, gateway_id, sent_at in rows:
-            update = _look_up(engine, clients.get(gateway_id), handoff_id, sent_at, now, window, report)
+        for handoff_id, gateway_id, sent_at, resends in rows:
+            update = _look_up(clients.get(gateway_id), handoff_id, sent_at, resends, now, window, report)
             if update is None:
                 unsettled.append(handoff_id)
             else:
@@ -294,10 +294,10 @@ def resolve_unanswered(
 
 
 def _look_up(
-    engine: Engine,
     client: FlexFactorGateway | None,
     handoff_id: str,
     sent_at: datetime | None,
+    resends: int,
     now: datetime,
     window: timedelta,
     report: LookupReport,
@@ -317,8 +317,6 @@ def _look_up(
         if snap.state is not None:
             report.final_ids.append(handoff_id)
         return _adopt(handoff_id, snap, now)
-    with engine.connect() as conn:
-        resends = conn.execute(select(Handoff.resend_count).where(Handoff.id == handoff_id)).scalar_one()
     if resends >= MAX_RESENDS:
         reason = f"not found at FlexFactor after {resends} resends"
         report.failed += 1

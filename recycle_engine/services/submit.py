@@ -211,6 +211,14 @@ def _next_step(profile: RecycleProfile, row: Any, attempt: int, ran_on: date) ->
     return LadderStep(row.id, attempt, ran_on, nxt.attempt, nxt.due_on)
 
 
+def _book(step: LadderStep | RecycleFailure, steps: list[LadderStep], failures: list[RecycleFailure]) -> None:
+    """File a ladder outcome where its writer will find it."""
+    if isinstance(step, RecycleFailure):
+        failures.append(step)
+    else:
+        steps.append(step)
+
+
 def _handoff_request(
     settings: Settings, plan: DuePlan, *, handoff_id: str, key: str, at: datetime
 ) -> HandoffRequest:
@@ -553,7 +561,7 @@ def _plan_handoff(
     log.warning("hand-off not built", extra={"subscription": row.id, "reason": error})
     assert plan.profile is not None
     step = _next_step(plan.profile, row, planned.attempt, today)
-    (c.failures if isinstance(step, RecycleFailure) else c.steps).append(step)  # type: ignore[arg-type]
+    _book(step, c.steps, c.failures)
 
 
 def _after_record(
@@ -584,7 +592,7 @@ def _after_record(
                 failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
                 continue
             step = _next_step(profile, row, row.recycle_last_attempt, today)
-            (failures if isinstance(step, RecycleFailure) else steps).append(step)  # type: ignore[arg-type]
+            _book(step, steps, failures)
         apply_ladder_steps(conn, steps, now=now, run_id=run_id)
         apply_failures(conn, failures, now=now, run_id=run_id, reason="RECYCLE_ENDED", source="SUBMIT")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, HandoffEvent
@@ -19,7 +19,6 @@ __all__ = [
     "claim_unanswered",
     "insert_events",
     "lease_unsent",
-    "unanswered",
 ]
 
 
@@ -122,13 +121,23 @@ def lease_unsent(
 
 def claim_unanswered(
     conn: Connection, *, now: datetime, lease_until: datetime, run_id: str | None, limit: int
-) -> list[tuple[str, str, datetime | None]]:
-    """unanswered(), leased to `run_id` until `lease_until` so that no other worker or host looks the
+) -> list[tuple[str, str, datetime | None, int]]:
+    """PENDING hand-offs that were (maybe) sent and whose sender is gone, as (id, gateway, send time,
+    resends so far), leased to `run_id` until `lease_until` so that no other worker or host looks the
     same hand-offs up at once (SKIP LOCKED on PostgreSQL); the caller commits before any HTTP call."""
-    stmt = _unanswered(now, limit)
+    stmt = (
+        select(Handoff.id, Handoff.gateway_id, Handoff.send_started_at, Handoff.resend_count)
+        .where(
+            Handoff.state == State.PENDING.value,
+            Handoff.send_started_at.is_not(None),
+            or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
+        )
+        .order_by(Handoff.send_started_at, Handoff.id)
+        .limit(limit)
+    )
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True)
-    rows = [(r[0], r[1], r[2]) for r in conn.execute(stmt)]
+    rows = [(r[0], r[1], r[2], r[3]) for r in conn.execute(stmt)]
     if rows:
         conn.execute(
             update(Handoff)
@@ -138,24 +147,6 @@ def claim_unanswered(
             [{"b_id": r[0]} for r in rows],
         )
     return rows
-
-
-def unanswered(conn: Connection, *, now: datetime, limit: int) -> list[tuple[str, str, datetime | None]]:
-    """PENDING hand-offs that were (maybe) sent and whose sender is gone: (id, gateway, send time)."""
-    return [(r[0], r[1], r[2]) for r in conn.execute(_unanswered(now, limit))]
-
-
-def _unanswered(now: datetime, limit: int) -> Select[str, str, datetime | None]:
-    return (
-        select(Handoff.id, Handoff.gateway_id, Handoff.send_started_at)
-        .where(
-            Handoff.state == State.PENDING.value,
-            Handoff.send_started_at.is_not(None),
-            or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
-        )
-        .order_by(Handoff.send_started_at, Handoff.id)
-        .limit(limit)
-    )
 
 
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
