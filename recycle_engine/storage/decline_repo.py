@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ from sqlalchemy import (
     Table,
     any_,
     bindparam,
+    func,
     select,
     text,
 )
@@ -25,6 +27,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from recycle_engine.domain.outcomes import OrderStatus
 from recycle_engine.storage.models import Change, Customer, Decline, Order, Subscription
+from recycle_engine.storage.types import UTCDateTime, sqlite_utc_text
 
 __all__ = [
     "KnownOrder",
@@ -43,8 +46,8 @@ __all__ = [
     "upsert_subscriptions",
 ]
 
-# Keeps IN lists well under SQLite's and PostgreSQL's bound-parameter limits.
-_IN_BATCH: Final = 5_000
+# Ids per lookup statement: keeps each JSON or array parameter, and the rows it returns, modest.
+_IN_BATCH: Final = 20_000
 OnConflict = Callable[[Any], Any]  # a dialect insert -> the same insert with its ON CONFLICT clause
 # Any constant shared by every importer: PostgreSQL advisory lock key for "a declines import writes".
 _IMPORT_LOCK_KEY: Final = 0x5EC1_DEC1
@@ -234,7 +237,7 @@ def bulk_insert(
     insert_into = _dialect(conn).insert(model)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         staged = _copy_to_temporary_table(
-            conn, model.__table__, keys, _processed_columns(conn, model.__table__, keys, rows)
+            conn, model.__table__, keys, _processed_rows(conn, model.__table__, keys, rows)
         )
         stmt = insert_into.from_select(keys, select(*staged.columns))
         conn.execute(on_conflict(stmt) if on_conflict else stmt)
@@ -244,28 +247,35 @@ def bulk_insert(
     if compiled.insert_prefetch or compiled.positiontup is None:  # defaults to fill, or a named paramstyle
         conn.execute(stmt, list(rows))
         return
-    columns = _processed_columns(conn, model.__table__, compiled.positiontup, rows)
-    conn.exec_driver_sql(compiled.string, list(zip(*columns, strict=True)))
+    conn.exec_driver_sql(compiled.string, _processed_rows(conn, model.__table__, compiled.positiontup, rows))
 
 
-def _processed_columns(
+def _processed_rows(
     conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
-) -> list[list[Any]]:
-    """The rows' values column by column, each through its column type's bind processor."""
+) -> list[tuple[Any, ...]]:
+    """The rows as tuples of `keys`' values, each through its column type's bind processor."""
     columns = []
     for key in keys:
         values = list(map(itemgetter(key), rows))
-        process = table.c[key].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        process = _bind_processor(conn, table.c[key].type)
         if process is not None:
-            # Feeds repeat instants (imported_at, updated_at): convert each distinct value once.
+            # Feeds repeat values (imported_at, updated_at, flags): convert each distinct value once.
             converted: dict[Any, Any] = {}
             values = [converted[v] if v in converted else converted.setdefault(v, process(v)) for v in values]
         columns.append(values)
-    return columns
+    return list(zip(*columns, strict=True))
+
+
+def _bind_processor(conn: Connection, column_type: Any) -> Callable[[Any], Any] | None:
+    if conn.dialect.name == "sqlite" and isinstance(column_type, UTCDateTime):
+        return sqlite_utc_text  # SQLAlchemy's own formatter runs in Python, several times slower
+    return cast(
+        Callable[[Any], Any] | None, column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    )
 
 
 def _copy_to_temporary_table(
-    conn: Connection, table: Table, keys: Sequence[str], columns: list[list[Any]]
+    conn: Connection, table: Table, keys: Sequence[str], rows: list[tuple[Any, ...]]
 ) -> Table:
     """A temporary table (dropped at commit) of `keys`' columns, filled by COPY."""
     staged = Table(f"staged_{table.name}", MetaData(), *(Column(key, table.c[key].type) for key in keys))
@@ -278,7 +288,7 @@ def _copy_to_temporary_table(
 
     driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
     with driver.cursor() as cursor, cursor.copy(f'COPY "{staged.name}" ({names}) FROM STDIN') as copy:
-        for row in zip(*columns, strict=True):
+        for row in rows:
             copy.write_row(row)
     return staged
 
@@ -290,11 +300,14 @@ def _dialect(conn: Connection) -> Any:
 def _among(
     conn: Connection, column: InstrumentedAttribute[str], ids: Sequence[str]
 ) -> Iterator[ColumnElement[bool]]:
-    """Conditions `column IN ids`, sorted (locks are taken in one order): one array parameter on
-    PostgreSQL, bounded IN lists elsewhere (SQLite limits bound parameters per statement)."""
+    """Conditions `column IN ids`, sorted (locks are taken in one order), each with one parameter: an
+    array on PostgreSQL, a JSON array read by json_each on SQLite. An IN list of thousands of bound
+    parameters costs more to compile than the lookup itself (bench/import_benchmark.py)."""
     ordered = sorted(set(ids))
     if conn.dialect.name == "postgresql":
         yield column == any_(bindparam(None, ordered, type_=postgresql.ARRAY(String)))
         return
     for start in range(0, len(ordered), _IN_BATCH):
-        yield column.in_(ordered[start : start + _IN_BATCH])
+        batch = json.dumps(ordered[start : start + _IN_BATCH])
+        each = func.json_each(bindparam(None, batch, type_=String)).table_valued("value")
+        yield column.in_(select(each.c.value))

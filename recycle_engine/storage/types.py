@@ -9,7 +9,7 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime"]
+__all__ = ["UTCDateTime", "sqlite_utc_text"]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -34,3 +34,13 @@ class UTCDateTime(TypeDecorator[datetime]):
         if instant.tzinfo is None:
             return instant.replace(tzinfo=UTC)
         return instant.astimezone(UTC)
+
+
+def sqlite_utc_text(value: datetime | None) -> str | None:
+    """What UTCDateTime stores on SQLite for `value`, formatted in C: the UTC wall time as
+    "YYYY-MM-DD HH:MM:SS.ffffff", exactly SQLAlchemy's SQLite DATETIME text."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
