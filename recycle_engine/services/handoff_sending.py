@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,6 +41,7 @@ FIRST_POLL_AFTER = timedelta(days=1)
 MAX_RESENDS = 3
 LOOKUP_LEASE = timedelta(minutes=10)  # a lookup pass holds its hand-offs this long at most
 LOOKUP_CHUNK = 100  # unanswered hand-offs claimed for lookup at once
+_WAIT_FOR_CLAIMS_S = 0.05  # nothing to send yet while a claim is being written
 
 
 @dataclass(frozen=True)
@@ -152,18 +155,24 @@ def send_pending(
     on_batch: Callable[[SendReport, list[SendResult]], None] | None = None,
     after_record: Callable[[Any, list[SendResult]], None] | None = None,
     only_ids: Sequence[str] | None = None,
+    claiming: threading.Event | None = None,
+    skip_gateways: Iterable[str] = (),
 ) -> SendReport:
     """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a batch, commit the
     mark, call FlexFactor, record.
 
     Two batches stay in flight so the HTTP pool never idles while the database records answers.
-    `after_record(conn, results)` runs inside the transaction that records a batch (ladder steps)."""
+    `after_record(conn, results)` runs inside the transaction that records a batch (ladder steps).
+    While `claiming` is set, another thread is still committing new hand-offs: finding none to send
+    then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
     report = SendReport()
-    skip: set[str] = {g for g in _gateways_pending(engine) if g not in clients}
+    skip: set[str] = {g for g in _gateways_pending(engine) if g not in clients} | set(skip_gateways)
     report.skipped_gateways |= skip
     inflight: list[tuple[list[SendItem], list[Future[SendResult]]]] = []
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="evaluate") as pool:
         while True:
+            # Read before leasing: once claiming has ended, this lease sees every hand-off it made.
+            more_coming = claiming is not None and claiming.is_set()
             with engine.begin() as conn:
                 items = lease_unsent(
                     conn,
@@ -177,6 +186,9 @@ def send_pending(
             if items:
                 inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))
             if not inflight:
+                if more_coming:
+                    time.sleep(_WAIT_FOR_CLAIMS_S)
+                    continue
                 break
             if items and len(inflight) < 2:
                 continue

@@ -5,9 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -35,7 +37,7 @@ from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.domain.states import Event, OutcomeSource, Source, State
 from recycle_engine.errors import InputError
 from recycle_engine.ports import ChargeRequest, ChargeResult, FlexFactorGateway, ProcessorGateway
-from recycle_engine.services.handoff_sending import SendResult, resolve_unanswered, send_pending
+from recycle_engine.services.handoff_sending import SendReport, SendResult, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import insert_events
@@ -661,6 +663,58 @@ def _night(
         {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
     )
     batch = settings.batching.batch_size
+    # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
+    # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.
+    claiming = threading.Event()
+    claiming.set()
+    sending: Future[SendReport]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send") as sender:
+        sending = sender.submit(
+            send_pending,
+            engine,
+            clients,
+            now=at,
+            run_id=run_id,
+            batch_size=batch,
+            concurrency=settings.batching.concurrency,
+            lease=lease,
+            on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
+            after_record=_after_record(settings, today, run_id, at),
+            claiming=claiming,
+            skip_gateways={g.id for g in settings.flexfactor_gateways()} - set(clients),
+        )
+        try:
+            _claim_all(
+                settings,
+                engine,
+                processors,
+                at=at,
+                today=today,
+                run_id=run_id,
+                counts=counts,
+                progress=progress,
+            )
+        finally:
+            claiming.clear()
+        report = sending.result()
+    counts.update(report.as_counts())
+    if report.skipped_gateways:
+        counts["skipped_gateways"] = len(report.skipped_gateways)
+
+
+def _claim_all(
+    settings: Settings,
+    engine: Engine,
+    processors: Mapping[str, ProcessorGateway],
+    *,
+    at: datetime,
+    today: date,
+    run_id: str,
+    counts: Counter[str],
+    progress: Progress | None,
+) -> None:
+    """Claim every due attempt, a chunk per transaction (processor attempts run in the claim)."""
+    batch = settings.batching.batch_size
     while True:
         with engine.begin() as conn:
             n = _claim_chunk(
@@ -677,21 +731,7 @@ def _night(
         if progress:
             progress("claimed", counts["selected"])
         if n < batch:
-            break
-    report = send_pending(
-        engine,
-        clients,
-        now=at,
-        run_id=run_id,
-        batch_size=batch,
-        concurrency=settings.batching.concurrency,
-        lease=lease,
-        on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
-        after_record=_after_record(settings, today, run_id, at),
-    )
-    counts.update(report.as_counts())
-    if report.skipped_gateways:
-        counts["skipped_gateways"] = len(report.skipped_gateways)
+            return
 
 
 def _dry_run(settings: Settings, engine: Engine, *, today: date, preview_rows: int) -> SubmitResult:
