@@ -186,6 +186,40 @@ def test_given_a_new_client_when_it_makes_several_calls_then_one_token_is_fetche
     assert client.token_fetches == 1
 
 
+def test_given_a_proxy_variable_at_start_when_calling_then_the_client_goes_through_that_proxy(
+    sandbox: Any, make_client: Callable[..., FlexFactorClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a proxy that refuses connections, named before the client is built
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = make_client()
+
+    # when / then: the call never reaches the sandbox
+    with pytest.raises(FlexFactorError):
+        client.evaluate(a_body())
+    monkeypatch.delenv("HTTP_PROXY")  # the test's own look at the sandbox log goes direct
+    assert _logged(sandbox, "/evaluate") == []
+
+
+def test_given_a_proxy_variable_set_after_start_when_calling_then_the_client_keeps_its_start_up_route(
+    sandbox: Any, make_client: Callable[..., FlexFactorClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: the environment is read once, when the client is built
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    client = make_client()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+
+    # when
+    answer = client.evaluate(a_body())
+
+    # then
+    monkeypatch.delenv("HTTP_PROXY")  # the test's own look at the sandbox log goes direct
+    assert answer.flexfactor_order_id
+    assert len(_logged(sandbox, "/evaluate")) == 1
+
+
 def test_given_the_token_expired_at_flexfactor_mid_batch_when_calling_then_one_401_one_refetch_and_success(
     sandbox: Any, client: FlexFactorClient
 ) -> None:
