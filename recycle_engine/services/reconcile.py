@@ -18,6 +18,7 @@ from recycle_engine.ports import FlexFactorGateway, OrderSnapshot
 from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import Handoff
@@ -257,6 +258,7 @@ def run_reconcile(
         _settle_expired(engine, clients, at, counts)
         applied = apply_outcomes(settings, engine, now=at, run_id=run_id)
         counts.update({f"applied_{k}": v for k, v in applied.items()})
+        refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
     except Exception as exc:
         finish_run(engine, run_id, now=now, counts=dict(counts), error=f"{type(exc).__name__}: {exc}")
         raise

@@ -21,7 +21,7 @@ from recycle_engine.services.report import run_report
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
-from reports import queries
+from reports import queries, rollup_queries
 
 DAY = date(2026, 6, 12)  # local day in America/New_York; it starts at 04:00 UTC
 NIGHT = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)  # 02:00 local: the nightly submit run
@@ -333,8 +333,8 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     seed(engine)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     statements = [
-        queries.cohort_facts_stmt(bounds, "postgresql"),
-        queries.breakdown_stmt(bounds, "reason"),
+        rollup_queries.cohort_facts_stmt(bounds),
+        rollup_queries.breakdown_stmt(bounds, "reason"),
         queries.activity_stmt(bounds),
         queries.open_by_age_stmt(bounds, "postgresql"),
         queries.nearing_expiry_stmt(bounds),
@@ -353,7 +353,8 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
             plans.append("\n".join(r[0] for r in rows))
     engine.dispose()
     # then
-    for table in ("handoffs", "handoff_events", "webhook_deliveries", "job_runs"):
+    tables = ("handoffs", "handoff_events", "webhook_deliveries", "job_runs")
+    for table in (*tables, "report_cohort_rollups", "report_breakdown_rollups"):
         assert not [p for p in plans if f"Seq Scan on {table}" in p], table
 
 
