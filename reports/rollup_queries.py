@@ -23,7 +23,9 @@ __all__ = [
     "BREAKDOWNS",
     "breakdown_stmt",
     "cohort_facts_stmt",
+    "decline_cohort_stmt",
     "fetch_cohorts",
+    "saves_by_cycle_stmt",
 ]
 
 # The breakdown tables of the report, in order, with their titles (rollup_repo.BREAKDOWN_NAMES keys).
@@ -58,6 +60,24 @@ def cohort_facts_stmt(bounds: ReportBounds) -> Query:
     )
 
 
+def decline_cohort_stmt(bounds: ReportBounds) -> Query:
+    """Hand-offs made up to the report day for the declines of the cohort range, by local decline day
+    (`cohort`), state, currency and reversal; hand-offs with no decline on record are left out."""
+    c = CohortRollup
+    return (
+        select(
+            c.decline_day.label("cohort"),
+            c.state,
+            c.currency,
+            c.reversal,
+            *_totals(c.handoffs, c.amount_minor),
+        )
+        .where(c.decline_day >= bounds.first_cohort, c.decline_day <= bounds.day, c.day <= bounds.day)
+        .group_by(c.decline_day, c.state, c.currency, c.reversal)
+        .order_by(c.decline_day, c.state, c.currency, c.reversal)
+    )
+
+
 def _by_key(bounds: ReportBounds, name: str) -> Query:
     b = BreakdownRollup
     keys = [b.breakdown_key, b.code, b.state, b.currency]
@@ -76,6 +96,11 @@ def breakdown_stmt(bounds: ReportBounds, name: str) -> Query:
     if name not in BREAKDOWNS:
         raise ValueError(f"unknown breakdown {name!r}")
     return _by_key(bounds, name)
+
+
+def saves_by_cycle_stmt(bounds: ReportBounds) -> Query:
+    """Month-to-date recycle hand-offs (no reruns or cascades) by billing cycle (as text), state, currency."""
+    return _by_key(bounds, "cycle")
 
 
 def fetch_cohorts(conn: Connection, stmt: Query) -> pd.DataFrame:

@@ -55,6 +55,25 @@ def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"]))
 
 
+def decline_cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
+    inner = (
+        select(
+            _local_day(Decline.declined_at, bounds).label("cohort"),
+            Handoff.state,
+            Handoff.currency,
+            _reversal().label("reversal"),
+            Handoff.amount_minor,
+        )
+        .select_from(Handoff)
+        .join(Decline, Decline.transaction_id == Handoff.transaction_id)
+        .where(
+            within(Decline.declined_at, bounds.cohort_start, bounds.day_end),
+            Handoff.created_at < bounds.day_end,
+        )
+    )
+    return fetch(conn, grouped(inner, ["cohort", "state", "currency", "reversal"]))
+
+
 def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame:
     key: dict[str, Any] = {
         "slot": slot_key(),
@@ -63,6 +82,7 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
         "flexfactor_gateway": Handoff.gateway_id,
         "card_brand": Decline.card_brand,
         "card_bin": Decline.card_bin,
+        "cycle": sa.cast(Handoff.billing_cycle, sa.String),
     }
     code = Decline.response_code if name == "reason" else literal(None, sa.String)
     inner = (
@@ -73,4 +93,6 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)
         .where(within(Handoff.created_at, bounds.month_start, bounds.day_end))
     )
+    if name == "cycle":
+        inner = inner.where(Handoff.source == "RECYCLE")
     return fetch(conn, grouped(inner, ["key", "code", "state", "currency"]))

@@ -20,7 +20,7 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
-from reports import lift, lift_queries, queries, reconciliation, recovery, render, rollup_queries, svg
+from reports import lift, lift_queries, queries, reconciliation, recovery, render, rollup_queries, saves, svg
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -90,6 +90,8 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
     dialect = conn.dialect.name
     frames = {
         "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
+        "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
+        "saves": queries.fetch(conn, rollup_queries.saves_by_cycle_stmt(b)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
@@ -152,6 +154,8 @@ def _context(
         "activity": render.records(recovery.activity_summary(frames["activity"])),
         "breakdowns": breakdowns,
         "cohorts": render.attach_amounts(cohorts, recovery.amount_summary(facts, ["cohort"]), ["cohort"]),
+        "decline_cohorts": _decline_cohorts(frames["decline_facts"]),
+        "saves": render.attach_amounts(*saves.saves_by_cycle(frames["saves"]), ["cycle"]),
         "checkpoint_days": recovery.CHECKPOINT_DAYS,
         "day10": render.records(recovery.checkpoint(facts, day=b.day, n_days=10)),
         "median_days": recovery.median_recovery_days(month),
@@ -193,6 +197,11 @@ def _context(
         "anomalies": len(frames["anomalies"]),
     }
     return context, counts
+
+
+def _decline_cohorts(facts: pd.DataFrame) -> list[dict[str, Any]]:
+    counts = recovery.count_summary(facts, ["cohort"]).sort_values("cohort", ascending=False)
+    return render.attach_amounts(counts, recovery.amount_summary(facts, ["cohort"]), ["cohort"])
 
 
 def _lift_context(facts: pd.DataFrame) -> dict[str, Any]:

@@ -250,6 +250,12 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     assert "48.75 USD" in html
     assert "insufficient funds" in html
     assert "Insufficient Funds" not in html
+    # then: recycle saves per cycle (the rerun and the cascade are initial sales, left out)
+    saves = r'<th scope="row">2</th><td class="num">7</td><td class="num">3</td>\s*<td class="num">1</td><td class="num">2</td><td class="num">75.0 %</td>'
+    assert re.search(saves, html)
+    # then: the three hand-offs with a decline on record, in the cohort of their decline day
+    declined = r'<th scope="row">2026-05-31</th><td class="num">3</td><td class="num">2</td>\s*<td class="num">1</td><td class="num">0</td>'
+    assert re.search(declined, html)
     # then: exceptions with what to do, webhooks and job runs
     for text in (
         "Pending past expiry",
@@ -334,7 +340,9 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     statements = [
         rollup_queries.cohort_facts_stmt(bounds),
+        rollup_queries.decline_cohort_stmt(bounds),
         rollup_queries.breakdown_stmt(bounds, "reason"),
+        rollup_queries.saves_by_cycle_stmt(bounds),
         queries.activity_stmt(bounds),
         queries.open_by_age_stmt(bounds, "postgresql"),
         queries.nearing_expiry_stmt(bounds),

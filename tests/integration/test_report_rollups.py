@@ -71,6 +71,14 @@ def differences(conn: Connection, tz: ZoneInfo, bounds: ReportBounds) -> list[st
             rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(bounds)),
             direct.cohort_facts(conn, bounds),
         ),
+        "decline cohorts": (
+            rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(bounds)),
+            direct.decline_cohort_facts(conn, bounds),
+        ),
+        "cycles": (
+            fetch(conn, rollup_queries.saves_by_cycle_stmt(bounds)),
+            direct.breakdown(conn, bounds, "cycle"),
+        ),
     }
     for name in rollup_queries.BREAKDOWNS:
         pairs[name] = (

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from reports import reconciliation, recovery, render, svg
+from reports import reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
 NAN = float("nan")
@@ -362,6 +362,33 @@ def test_given_exceptions_then_each_kind_and_flag_has_its_full_count_and_what_to
     assert rows[rows["kind"] == "FAILED"]["detail"].tolist() == ["zip missing"]
     assert len(out) == 7
     assert all(out["what_to_do"].str.len() > 20)
+
+
+def test_given_recycle_handoffs_by_cycle_then_saves_are_counted_per_cycle_in_cycle_order() -> None:
+    # given: month-to-date rows of the "cycle" breakdown (the cycle as text)
+    frame = pd.DataFrame(
+        [
+            ("10", None, "APPROVED", "USD", 1, 1000),
+            ("2", None, "APPROVED", "USD", 3, 6000),
+            ("2", None, "APPROVED", "EUR", 1, 900),
+            ("2", None, "DECLINED", "USD", 1, 2000),
+            ("3", None, "SUBMITTED", "USD", 2, 4000),
+            ("3", None, "FAILED", "USD", 1, 2000),
+        ],
+        columns=["key", "code", "state", "currency", "n", "amount_minor"],
+    )
+    # when
+    counts, amounts = saves.saves_by_cycle(frame)
+    # then
+    table = counts.set_index("cycle")
+    assert counts["cycle"].tolist() == ["2", "3", "10"]
+    assert table.loc["2", ["handoffs", "recovered", "lost", "pending"]].tolist() == [5, 4, 1, 0]
+    assert table.loc["2", "rate_settled"] == pytest.approx(0.8)
+    assert table.loc["3", ["recovered", "pending", "failed"]].tolist() == [0, 2, 1]
+    by = amounts.set_index(["cycle", "currency"])
+    assert by.loc[("2", "USD"), "recovered_minor"] == 6000
+    assert by.loc[("2", "EUR"), "recovered_minor"] == 900
+    assert by.loc[("10", "USD"), "submitted_minor"] == 1000
 
 
 @pytest.mark.parametrize(
