@@ -132,14 +132,18 @@ def nearing_expiry_stmt(bounds: ReportBounds) -> Query:
 
 # --- reconciliation ------------------------------------------------------------------------------
 
-EXCEPTION_KINDS = ("PAST_EXPIRY", "FAILED", "ATTENTION", "LATE_APPROVAL", "STUCK_PENDING")
+EXCEPTION_KINDS = ("PAST_EXPIRY", "FAILED", "ATTENTION", "LATE_APPROVAL", "STUCK_PENDING", "AMOUNT_MISMATCH")
+AMOUNT_MISMATCH_EVENT = "AMOUNT_MISMATCH"  # handoff_events.kind reconcile records (services/reconcile.py)
 
 
 def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     """Hand-offs of one exception kind, oldest first, each with the full count of its kind (or flag).
 
-    FAILED hand-offs and late approvals are listed for the cohort range; the open ones and the
-    attention flags for as long as they last (flags are cleared when FlexFactor's status moves on)."""
+    FAILED hand-offs, late approvals and amount mismatches are listed for the cohort range; the open
+    ones and the attention flags for as long as they last (flags are cleared when FlexFactor's status
+    moves on)."""
+    if kind == "AMOUNT_MISMATCH":
+        return _amount_mismatch_stmt(bounds)
     detail: Any = literal(None)
     partition: list[Any] = []
     if kind == "PAST_EXPIRY":
@@ -168,6 +172,31 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     return (
         select(literal(kind).label("kind"), *_row_columns(), detail.label("detail"), total.label("total"))
         .where(*where)
+        .order_by(Handoff.created_at, Handoff.id)
+        .limit(EXCEPTION_ROW_LIMIT)
+    )
+
+
+def _amount_mismatch_stmt(bounds: ReportBounds) -> Query:
+    """Hand-offs whose FlexFactor order showed another amount than we handed off, found in the cohort
+    range; the detail is the latest finding (both amounts), from the event reconcile recorded."""
+    e = HandoffEvent
+    found = (
+        select(e.handoff_id, func.max(e.id).label("event_id"))
+        .where(e.kind == AMOUNT_MISMATCH_EVENT, within(e.occurred_at, bounds.cohort_start, bounds.day_end))
+        .group_by(e.handoff_id)
+        .subquery()
+    )
+    return (
+        select(
+            literal("AMOUNT_MISMATCH").label("kind"),
+            *_row_columns(),
+            e.detail.label("detail"),
+            func.count().over().label("total"),
+        )
+        .select_from(found)
+        .join(Handoff, Handoff.id == found.c.handoff_id)
+        .join(e, e.id == found.c.event_id)
         .order_by(Handoff.created_at, Handoff.id)
         .limit(EXCEPTION_ROW_LIMIT)
     )

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
+from recycle_engine.domain.outcomes import amount_mismatch
 from reports import reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
@@ -362,6 +363,49 @@ def test_given_exceptions_then_each_kind_and_flag_has_its_full_count_and_what_to
     assert rows[rows["kind"] == "FAILED"]["detail"].tolist() == ["zip missing"]
     assert len(out) == 7
     assert all(out["what_to_do"].str.len() > 20)
+
+
+def test_given_amount_mismatches_then_they_are_one_exception_with_both_amounts_and_what_to_do() -> None:
+    # given: as exception_stmt lists them, the latest finding per hand-off as the detail
+    found = "FlexFactor shows 25.00 USD; we handed off 27.49 USD"
+    rows = reconciliation.exception_rows(
+        exception_frame(("AMOUNT_MISMATCH", found, 2), ("AMOUNT_MISMATCH", "FlexFactor shows 9 JPY; we", 2))
+    )
+    # when
+    out = reconciliation.exception_summary(
+        rows, pd.DataFrame(columns=["gateway_id", "accepted", "reason", "duplicate", "n"])
+    )
+    # then
+    assert rows["title"].unique().tolist() == ["Amount differs from what we handed off"]
+    assert rows["detail"].tolist()[0] == found
+    assert out[["title", "count"]].values.tolist() == [["Amount differs from what we handed off", 2]]
+    assert "refund the difference" in out["what_to_do"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        pytest.param((2749, "USD"), (2749, "USD"), None, id="same"),
+        pytest.param((2749, "USD"), (None, None), None, id="flexfactor-shows-none"),
+        pytest.param((2749, "USD"), (2749, "usd"), None, id="case-of-the-code"),
+        pytest.param(
+            (2749, "USD"), (2500, "USD"), "FlexFactor shows 25.00 USD; we handed off 27.49 USD", id="amount"
+        ),
+        pytest.param(
+            (2749, "USD"), (None, "EUR"), "FlexFactor shows 27.49 EUR; we handed off 27.49 USD", id="currency"
+        ),
+        pytest.param(
+            (500, "JPY"),
+            (5, "XXY"),
+            "FlexFactor shows 5 minor units of 'XXY'; we handed off 500 JPY",
+            id="unknown",
+        ),
+    ],
+)
+def test_given_what_flexfactor_shows_then_a_mismatch_names_both_amounts(
+    ours: tuple[int, str], theirs: tuple[int | None, str | None], expected: str | None
+) -> None:
+    assert amount_mismatch(*ours, *theirs) == expected
 
 
 def test_given_recycle_handoffs_by_cycle_then_saves_are_counted_per_cycle_in_cycle_order() -> None:
