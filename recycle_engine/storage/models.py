@@ -254,6 +254,13 @@ class Handoff(Base):
         Index(None, "state", "created_at"),
         Index(None, "state", "expires_at"),
         Index(None, "late_outcome", "outcome_at"),
+        Index(
+            "ix_handoffs_flagged_created_at",
+            "created_at",
+            "id",
+            postgresql_where=text("attention IS NOT NULL"),
+            sqlite_where=text("attention IS NOT NULL"),
+        ),
         # Outcomes not yet applied to orders and subscriptions, oldest first (migration 0003).
         Index(
             "ix_handoffs_unapplied_outcome_at",

@@ -511,6 +511,30 @@ def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_of
 
 
 @pytest.mark.parametrize(
+    ("instant", "text"),
+    [
+        pytest.param("2026-11-01 05:30:00.000000", "2026-11-01T01:30:00-04:00", id="sqlite-text-before-fold"),
+        pytest.param(
+            datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "2026-11-01T01:30:00-05:00", id="repeated-hour"
+        ),
+        pytest.param(
+            datetime(2026, 3, 8, 7, 0, 59, 999999, tzinfo=UTC), "2026-03-08T03:00:59-04:00", id="spring"
+        ),
+    ],
+)
+def test_given_detail_times_as_either_database_returns_them_then_they_are_local_with_their_offset(
+    instant: object, text: str
+) -> None:
+    # given: SQLite returns the stored UTC text, PostgreSQL aware datetimes
+    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
+    chunk = pd.DataFrame([row | {"amount_minor": -1, "currency": "USD", "created_at": instant}])
+    # when
+    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York")).iloc[0]
+    # then: as datetime.isoformat(timespec="seconds") writes it
+    assert (out["created_at"], out["submitted_at"], out["amount"]) == (text, "", "-0.01")
+
+
+@pytest.mark.parametrize(
     ("minor", "currency", "text"),
     [
         (123456, "USD", "1,234.56 USD"),

@@ -72,6 +72,7 @@ EXECUTE FUNCTION report_rollup_note_row()""",
     """CREATE TRIGGER trg_handoffs_rollup_delete AFTER DELETE ON handoffs
 REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION report_rollup_note_old_rows()""",
 ]
+FLAGGED = "attention IS NOT NULL"
 TRIGGER_NAMES = ("trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete")
 PG_FUNCTIONS = ("report_rollup_note_new_rows", "report_rollup_note_old_rows", "report_rollup_note_row")
 
@@ -81,7 +82,8 @@ PG_FUNCTIONS = ("report_rollup_note_new_rows", "report_rollup_note_old_rows", "r
 # - report_rollup_changes: the creation instants of hand-offs written since the last refresh, noted by
 #   triggers, so that no write path (run, webhook, operator, future code) can leave a rollup stale;
 # - report_rollup_state: the timezone the rollup days are in (a change of timezone rebuilds them);
-# - indexes for the report's exception lists, which walked every hand-off of their range before.
+# - indexes for the report's exception lists, which walked every hand-off of their range before (or,
+#   for flags, every flagged hand-off ever: refunds and chargebacks stay flagged).
 # The rollups start empty: the first refresh (any run, or `db rebuild-rollups`) builds them.
 # NOTE for later migrations: SQLite drops a table's triggers when batch mode recreates the table;
 # a migration that recreates `handoffs` must create these triggers again.
@@ -147,6 +149,13 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_handoffs_late_outcome_outcome_at"), ["late_outcome", "outcome_at"], unique=False
         )
+        batch_op.create_index(
+            "ix_handoffs_flagged_created_at",
+            ["created_at", "id"],
+            unique=False,
+            postgresql_where=sa.text(FLAGGED),
+            sqlite_where=sa.text(FLAGGED),
+        )
     with op.batch_alter_table("handoff_events", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_handoff_events_kind_occurred_at"), ["kind", "occurred_at"], unique=False
@@ -165,6 +174,7 @@ def downgrade() -> None:
     with op.batch_alter_table("handoff_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_handoff_events_kind_occurred_at"))
     with op.batch_alter_table("handoffs", schema=None) as batch_op:
+        batch_op.drop_index("ix_handoffs_flagged_created_at")
         batch_op.drop_index(batch_op.f("ix_handoffs_late_outcome_outcome_at"))
         batch_op.drop_index(batch_op.f("ix_handoffs_state_expires_at"))
         batch_op.drop_index(batch_op.f("ix_handoffs_state_created_at"))
