@@ -370,3 +370,24 @@ def load_tz() -> Any:
     from zoneinfo import ZoneInfo
 
     return ZoneInfo("America/New_York")
+
+
+def test_given_sqlite_then_the_holdout_query_finds_each_assignments_handoffs_by_purchase(
+    sqlite_url: str,
+) -> None:
+    # given: SQLite plans without statistics; "state = 'APPROVED'" once looked as selective as the
+    # purchase, and the query walked every approved hand-off for each assignment
+    from reports import lift_queries
+
+    engine = make_engine(sqlite_url)
+    bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
+    # when
+    with engine.connect() as conn:
+        stmt = lift_queries.lift_facts_stmt(bounds)
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    # then
+    searches = [step for step in plan if "SEARCH handoffs" in step]
+    assert searches
+    assert all("ix_handoffs_purchase_id" in step for step in searches), searches
