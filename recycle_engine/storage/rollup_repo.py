@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 STATE_NAME: Final = "handoffs"
-# Each breakdown the report shows, keyed as breakdown_rows() computes it per hand-off.
+# The breakdowns rolled up, each keyed as rollup_selects() computes it per hand-off.
 BREAKDOWN_NAMES: Final = (
     "slot",
     "reason",
@@ -159,7 +159,10 @@ def _count_and_sum(amount: Any) -> list[Any]:
 def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple[Any, Any]:
     """(cohort rows, breakdown rows) of the hand-offs made on local days first..last, columns named as
     the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
-    computed keys with bound parameters otherwise."""
+    computed keys with bound parameters otherwise.
+
+    Declines are read as they are when the day is recomputed: a hand-off is made from a decline on
+    record, and a decline never changes once imported (no trigger watches `declines`)."""
     start, end = local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
     h, d = Handoff, Decline
     day = local_date(h.created_at, tz, start=start, end=end, dialect=dialect)
