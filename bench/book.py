@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, Table, insert
 
+from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Base
 
@@ -517,6 +518,9 @@ def build_book(url: str, shape: BookShape, *, night: datetime = NIGHT, migrate: 
             with engine.begin() as conn:
                 for table, columns, data in tables:
                     _sqlite_insert(conn, table, columns, data)
+        # A running system keeps the report rollups built: build them as `db rebuild-rollups` does, so
+        # that the first run on the book recomputes only the days it touches.
+        refresh_rollups(engine, ZoneInfo(TIMEZONE), now=night, rebuild=True)
     finally:
         engine.dispose()
     book = Book(shape, today, rows.due_flexfactor, rows.due_processor)

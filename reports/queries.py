@@ -1,19 +1,23 @@
-"""SQL aggregations for the daily report: GROUP BY runs in the database; each answer is a small DataFrame."""
+"""SQL for the daily report's own day, open hand-offs and exceptions; each answer is a small DataFrame.
+
+The month to date and the cohorts come from the daily rollups (rollup_queries.py): no statement here
+reads more than the day, the open hand-offs, or the exceptions of the cohort range (through indexes)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Connection, Select, case, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Select, func, literal, select
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
+from recycle_engine.storage.report_sql import days_between, local_midnight, submitted, whole_days, within
 from recycle_engine.storage.types import UTCDateTime
 
 if TYPE_CHECKING:
@@ -21,19 +25,14 @@ if TYPE_CHECKING:
 
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
-__all__ = ["BREAKDOWNS", "EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "breakdown_stmt"]
-__all__ += ["cohort_facts_stmt", "detail_chunks", "detail_stmt", "exception_stmt", "fetch", "job_runs_stmt"]
-__all__ += ["local_midnight", "nearing_expiry_stmt", "open_by_age_stmt", "webhooks_stmt"]
+__all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_chunks", "detail_stmt"]
+__all__ += ["exception_stmt", "fetch", "grouped", "job_runs_stmt", "local_midnight", "nearing_expiry_stmt"]
+__all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
 NEARING_EXPIRY_DAYS = 3
 STUCK_AFTER = timedelta(hours=1)
 _OPEN = [State.PENDING.value, State.SUBMITTED.value]
-
-
-def local_midnight(day: date, tz: ZoneInfo) -> datetime:
-    """The UTC instant at which local date `day` begins in `tz`."""
-    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,12 @@ class ReportBounds:
 def fetch(conn: Connection, stmt: Query) -> pd.DataFrame:
     """Run an aggregate statement and return its rows as a DataFrame (columns named by labels)."""
     result = conn.execute(stmt)
-    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    return _frame(result.fetchall(), list(result.keys()))
+
+
+def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
+    # Plain tuples: pandas builds a frame from Row objects five times slower (it inspects each one).
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
 
 # --- expressions ---------------------------------------------------------------------------------
@@ -82,49 +86,11 @@ def _cols(model: type[Any], names: str) -> list[Any]:
     return [getattr(model, n) for n in names.split()]
 
 
-def _within(column: Any, start: datetime, end: datetime) -> ColumnElement[bool]:
-    """start <= column < end: a half-open range an index on `column` can serve."""
-    return sa.and_(column >= start, column < end)
-
-
 def _at(value: datetime) -> ColumnElement[datetime]:
     return literal(value, UTCDateTime())
 
 
-def _submitted(h: type[Handoff] = Handoff) -> ColumnElement[datetime]:
-    # A hand-off is written just before it is sent; FAILED ones never get a submission time.
-    return func.coalesce(h.submitted_at, h.created_at)
-
-
-def _days_between(dialect: str, start: Any, end: Any) -> ColumnElement[Any]:
-    """Fractional days from `start` to `end`; SQLite has no interval type, so it counts Julian days."""
-    if dialect == "postgresql":
-        return sa.extract("epoch", end - start) / 86400.0
-    return func.julianday(end) - func.julianday(start)
-
-
-def _whole_days(dialect: str, days: ColumnElement[Any], *, up: bool) -> ColumnElement[Any]:
-    """Days rounded up (day N of the window) or down (age); PostgreSQL's CAST rounds, SQLite's truncates."""
-    if dialect == "postgresql":
-        return sa.cast(func.ceil(days) if up else func.floor(days), sa.Integer)
-    truncated = sa.cast(days, sa.Integer)
-    if not up:
-        return truncated
-    return truncated + case((days > truncated, 1), else_=0)
-
-
-def _local_day(column: Any, bounds: ReportBounds) -> ColumnElement[str]:
-    """The local date (ISO text) of an instant inside the cohort range, exact across DST changes."""
-    days = bounds.cohort_days
-    whens = [
-        (column < local_midnight(d + timedelta(days=1), bounds.tz), literal(d.isoformat())) for d in days[:-1]
-    ]
-    if not whens:
-        return literal(days[-1].isoformat())
-    return case(*whens, else_=literal(days[-1].isoformat()))
-
-
-def _grouped(inner: Query, keys: list[str], *, amount: str | None = "amount_minor") -> Query:
+def grouped(inner: Query, keys: list[str], *, amount: str | None = "amount_minor") -> Query:
     """GROUP BY the labelled columns of a subquery; PostgreSQL refuses to match computed keys otherwise."""
     sub = inner.subquery()
     cols: list[Any] = [sub.c[k] for k in keys]
@@ -138,76 +104,19 @@ def _grouped(inner: Query, keys: list[str], *, amount: str | None = "amount_mino
 # --- recovery ------------------------------------------------------------------------------------
 
 
-def cohort_facts_stmt(bounds: ReportBounds, dialect: str) -> Query:
-    """Hand-offs made in the cohort range by local creation date, state, currency and recovery day.
-
-    `recovery_day` is the day of the window an approval came on (rounded up: 0 at once, 1 within
-    24 hours); it is NULL for every other state."""
-    days = _days_between(dialect, _submitted(), Handoff.outcome_at)
-    flag = func.upper(Handoff.attention)  # a refund or chargeback on a recovery: shown, never subtracted
-    inner = select(
-        _local_day(Handoff.created_at, bounds).label("cohort"),
-        *_cols(Handoff, "state currency amount_minor"),
-        case((Handoff.state == State.APPROVED.value, _whole_days(dialect, days, up=True)), else_=None).label(
-            "recovery_day"
-        ),
-        case((flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None).label("reversal"),
-    ).where(_within(Handoff.created_at, bounds.cohort_start, bounds.day_end))
-    return _grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"])
-
-
-def _slot_key() -> ColumnElement[str]:
-    return case((Handoff.source == "RECYCLE", func.coalesce(Handoff.slot, "(none)")), else_=Handoff.source)
-
-
-def _reason_key() -> ColumnElement[str]:
-    # Display text after mapping wins over the processor's text; pandas case-folds it fully later.
-    return func.lower(func.coalesce(func.nullif(Decline.display_message, ""), Decline.response_text))
-
-
-BREAKDOWNS: dict[str, str] = {
-    "slot": "Slot",
-    "reason": "Decline reason",
-    "declining_gateway": "Declining gateway",
-    "flexfactor_gateway": "FlexFactor gateway",
-    "card_brand": "Card brand",
-    "card_bin": "Card BIN",
-}
-
-
-def breakdown_stmt(bounds: ReportBounds, name: str) -> Query:
-    """Month-to-date hand-offs grouped by one breakdown key (plus the response code for reasons)."""
-    key: dict[str, Any] = {
-        "slot": _slot_key(),
-        "reason": _reason_key(),
-        "declining_gateway": Handoff.declining_gateway_id,
-        "flexfactor_gateway": Handoff.gateway_id,
-        "card_brand": Decline.card_brand,
-        "card_bin": Decline.card_bin,
-    }
-    code = Decline.response_code if name == "reason" else literal(None)
-    inner = (
-        select(key[name].label("key"), code.label("code"), *_cols(Handoff, "state currency amount_minor"))
-        .select_from(Handoff)
-        .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)  # by primary key
-        .where(_within(Handoff.created_at, bounds.month_start, bounds.day_end))
-    )
-    return _grouped(inner, ["key", "code", "state", "currency"])
-
-
 def activity_stmt(bounds: ReportBounds) -> Query:
     """Outcomes reached during the day, whatever the hand-off's age: the money that came in that day."""
     inner = select(*_cols(Handoff, "state currency amount_minor"), Handoff.late_outcome.label("late"))
-    inner = inner.where(_within(Handoff.outcome_at, bounds.day_start, bounds.day_end))
-    return _grouped(inner, ["state", "currency", "late"])
+    inner = inner.where(within(Handoff.outcome_at, bounds.day_start, bounds.day_end))
+    return grouped(inner, ["state", "currency", "late"])
 
 
 def open_by_age_stmt(bounds: ReportBounds, dialect: str) -> Query:
     """Open hand-offs by whole days since submission at `now`, state and currency."""
-    age = _whole_days(dialect, _days_between(dialect, _submitted(), _at(bounds.now)), up=False)
+    age = whole_days(dialect, days_between(dialect, submitted(), _at(bounds.now)), up=False)
     inner = select(age.label("age_days"), *_cols(Handoff, "state currency amount_minor"))
     inner = inner.where(Handoff.state.in_(_OPEN))
-    return _grouped(inner, ["age_days", "state", "currency"])
+    return grouped(inner, ["age_days", "state", "currency"])
 
 
 def _row_columns() -> list[Any]:
@@ -228,41 +137,99 @@ def nearing_expiry_stmt(bounds: ReportBounds) -> Query:
 
 # --- reconciliation ------------------------------------------------------------------------------
 
-EXCEPTION_KINDS = ("PAST_EXPIRY", "FAILED", "ATTENTION", "LATE_APPROVAL", "STUCK_PENDING")
+EXCEPTION_KINDS = ("PAST_EXPIRY", "FAILED", "ATTENTION", "LATE_APPROVAL", "STUCK_PENDING", "AMOUNT_MISMATCH")
+AMOUNT_MISMATCH_EVENT = "AMOUNT_MISMATCH"  # handoff_events.kind reconcile records (services/reconcile.py)
 
 
 def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     """Hand-offs of one exception kind, oldest first, each with the full count of its kind (or flag).
 
-    FAILED hand-offs and late approvals are listed for the cohort range; the open ones and the
-    attention flags for as long as they last (flags are cleared when FlexFactor's status moves on)."""
+    FAILED hand-offs, late approvals and amount mismatches are listed for the cohort range; the open
+    ones and the attention flags for as long as they last (flags are cleared when FlexFactor's status
+    moves on)."""
+    if kind == "AMOUNT_MISMATCH":
+        return _amount_mismatch_stmt(bounds)
+    if kind == "ATTENTION":
+        return _flagged_stmt()
     detail: Any = literal(None)
-    partition: list[Any] = []
     if kind == "PAST_EXPIRY":
         where = [Handoff.state.in_(_OPEN), Handoff.expires_at < bounds.now]
     elif kind == "FAILED":
         where = [
             Handoff.state == State.FAILED.value,
-            _within(Handoff.created_at, bounds.cohort_start, bounds.day_end),
+            within(Handoff.created_at, bounds.cohort_start, bounds.day_end),
         ]
         detail = Handoff.last_error
-    elif kind == "ATTENTION":
-        where = [Handoff.attention.is_not(None)]
-        detail, partition = Handoff.attention, [Handoff.attention]
     elif kind == "LATE_APPROVAL":
         where = [
-            _within(Handoff.outcome_at, bounds.cohort_start, bounds.day_end),
-            Handoff.late_outcome.is_(True),
+            # "= true", not "IS true": only the former can use the (late_outcome, outcome_at) index.
+            Handoff.late_outcome == sa.true(),
+            within(Handoff.outcome_at, bounds.cohort_start, bounds.day_end),
         ]
     elif kind == "STUCK_PENDING":
         where = [Handoff.state == State.PENDING.value, Handoff.send_started_at < bounds.now - STUCK_AFTER]
         detail = Handoff.last_error
     else:
         raise ValueError(f"unknown exception kind {kind!r}")
-    total = func.count().over(partition_by=partition) if partition else func.count().over()
     return (
-        select(literal(kind).label("kind"), *_row_columns(), detail.label("detail"), total.label("total"))
+        select(
+            literal(kind).label("kind"),
+            *_row_columns(),
+            detail.label("detail"),
+            func.count().over().label("total"),
+        )
         .where(*where)
+        .order_by(Handoff.created_at, Handoff.id)
+        .limit(EXCEPTION_ROW_LIMIT)
+    )
+
+
+def _flagged_stmt() -> Query:
+    """Flagged hand-offs, oldest first, each with the count of its flag. Refunds and chargebacks stay
+    flagged for good, so they grow with the history: the rows come from the partial index of flagged
+    hand-offs in creation order (stopping at the limit), the counts from the attention index alone; a
+    window count would read every flagged row."""
+    flagged = Handoff.attention.is_not(None)
+    listed = (
+        select(*_row_columns(), Handoff.attention.label("detail"))
+        .where(flagged)
+        .order_by(Handoff.created_at, Handoff.id)
+        .limit(EXCEPTION_ROW_LIMIT)
+        .subquery("listed")
+    )
+    totals = (
+        select(Handoff.attention.label("flag"), func.count().label("total"))
+        .where(flagged)
+        .group_by(Handoff.attention)
+        .subquery("totals")
+    )
+    return (
+        select(literal("ATTENTION").label("kind"), *listed.c, totals.c.total)
+        .join(totals, totals.c.flag == listed.c.detail)
+        .order_by(listed.c.created_at, listed.c.handoff_id)
+    )
+
+
+def _amount_mismatch_stmt(bounds: ReportBounds) -> Query:
+    """Hand-offs whose FlexFactor order showed another amount than we handed off, found in the cohort
+    range; the detail is the latest finding (both amounts), from the event reconcile recorded."""
+    e = HandoffEvent
+    found = (
+        select(e.handoff_id, func.max(e.id).label("event_id"))
+        .where(e.kind == AMOUNT_MISMATCH_EVENT, within(e.occurred_at, bounds.cohort_start, bounds.day_end))
+        .group_by(e.handoff_id)
+        .subquery()
+    )
+    return (
+        select(
+            literal("AMOUNT_MISMATCH").label("kind"),
+            *_row_columns(),
+            e.detail.label("detail"),
+            func.count().over().label("total"),
+        )
+        .select_from(found)
+        .join(Handoff, Handoff.id == found.c.handoff_id)
+        .join(e, e.id == found.c.event_id)
         .order_by(Handoff.created_at, Handoff.id)
         .limit(EXCEPTION_ROW_LIMIT)
     )
@@ -274,15 +241,15 @@ def webhooks_stmt(bounds: ReportBounds) -> Query:
         *_cols(WebhookDelivery, "gateway_id accepted"),
         func.coalesce(WebhookDelivery.reason, "").label("reason"),
         WebhookDelivery.is_duplicate.label("duplicate"),
-    ).where(_within(WebhookDelivery.received_at, bounds.day_start, bounds.day_end))
-    return _grouped(inner, ["gateway_id", "accepted", "reason", "duplicate"], amount=None)
+    ).where(within(WebhookDelivery.received_at, bounds.day_start, bounds.day_end))
+    return grouped(inner, ["gateway_id", "accepted", "reason", "duplicate"], amount=None)
 
 
 def job_runs_stmt(bounds: ReportBounds, *, exclude_run: str | None = None) -> Query:
     """The day's job runs (a handful), in start order."""
     stmt: Query = (
         select(*_cols(JobRun, "id job started_at finished_at status counts error"))
-        .where(_within(JobRun.started_at, bounds.day_start, bounds.day_end))
+        .where(within(JobRun.started_at, bounds.day_start, bounds.day_end))
         .order_by(JobRun.started_at, JobRun.id)
     )
     if exclude_run is not None:
@@ -295,8 +262,9 @@ def job_runs_stmt(bounds: ReportBounds, *, exclude_run: str | None = None) -> Qu
 
 _DETAIL_COLUMNS = (
     "source order_id purchase_id transaction_id slot attempt gateway_id declining_gateway_id amount_minor "
-    "currency state outcome_source created_at submitted_at outcome_at expires_at"
+    "currency state outcome_source"
 )
+_DETAIL_TIMES = ("created_at", "submitted_at", "outcome_at", "expires_at")
 
 
 def detail_stmt(bounds: ReportBounds) -> Query:
@@ -305,14 +273,17 @@ def detail_stmt(bounds: ReportBounds) -> Query:
     The ids come from a UNION of three index range scans rather than one OR over three columns."""
     lo, hi = bounds.day_start, bounds.day_end
     touched = sa.union(
-        select(Handoff.id.label("id")).where(_within(Handoff.created_at, lo, hi)),
-        select(Handoff.id.label("id")).where(_within(Handoff.outcome_at, lo, hi)),
-        select(HandoffEvent.handoff_id.label("id")).where(_within(HandoffEvent.occurred_at, lo, hi)),
+        select(Handoff.id.label("id")).where(within(Handoff.created_at, lo, hi)),
+        select(Handoff.id.label("id")).where(within(Handoff.outcome_at, lo, hi)),
+        select(HandoffEvent.handoff_id.label("id")).where(within(HandoffEvent.occurred_at, lo, hi)),
     ).subquery()
     return (
         select(
             Handoff.id.label("submission_id"),
             *_cols(Handoff, _DETAIL_COLUMNS),
+            # As the driver returns them (UTC text on SQLite): the CSV formats them a column at a time,
+            # and the column type's conversion of each value cost more than the rest of the CSV.
+            *(sa.type_coerce(getattr(Handoff, c), sa.String).label(c) for c in _DETAIL_TIMES),
             Decline.response_code.label("decline_code"),
             func.coalesce(func.nullif(Decline.display_message, ""), Decline.response_text).label(
                 "decline_reason"
@@ -326,10 +297,10 @@ def detail_stmt(bounds: ReportBounds) -> Query:
 
 
 def detail_chunks(
-    conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 5000
+    conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000
 ) -> Iterator[pd.DataFrame]:
     """The detail rows in chunks, from a server-side cursor on PostgreSQL, so memory stays flat."""
     result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(detail_stmt(bounds))
     columns = list(result.keys())
     for part in result.partitions(chunk_rows):
-        yield pd.DataFrame(part, columns=columns)
+        yield _frame(part, columns)

@@ -22,6 +22,7 @@ KIND_TITLES: Final = {
     "PAST_EXPIRY": "Pending past expiry",
     "FAILED": "Submission failed (never accepted)",
     "ATTENTION": "FlexFactor flag",
+    "AMOUNT_MISMATCH": "Amount differs from what we handed off",
     "LATE_APPROVAL": "Late approval",
     "STUCK_PENDING": "Sent, no answer for over an hour",
     "WEBHOOK_UNKNOWN_ORDER": "Webhook for an unknown order",
@@ -34,6 +35,10 @@ KIND_ADVICE: Final = {
     "stays open afterwards, look the order up in the FlexFactor portal and settle it by hand.",
     "FAILED": "FlexFactor never accepted this hand-off. Fix the cause shown (order, customer or card "
     "data) and rerun the order, or let the subscription stay RECYCLE_FAILED.",
+    "AMOUNT_MISMATCH": "FlexFactor's order shows another amount (or currency) than the attempt we handed "
+    "off; the detail gives both. Open the order in the FlexFactor portal: if the customer was or will be "
+    "charged another amount, correct the order in the CRM or refund the difference, and tell FlexFactor "
+    "support with the order id. Recovery figures count the amount we handed off.",
     "LATE_APPROVAL": "Approved after we had settled it as failed; the approval was applied. Check in "
     "the CRM that the subscription is active again and that the customer was not billed twice.",
     "STUCK_PENDING": "The request left us but no answer came back. The next `run reconcile` looks it "

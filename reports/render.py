@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -79,8 +80,12 @@ def fmt_decimal(value: object) -> str:
     return DASH if _missing(value) else f"{float(value):.1f}"  # type: ignore[arg-type]
 
 
+@functools.lru_cache(maxsize=8)
 def environment(tz: ZoneInfo) -> Environment:
-    """The report's Jinja2 environment: autoescape everywhere, undefined names are errors."""
+    """The report's Jinja2 environment: autoescape everywhere, undefined names are errors.
+
+    One per timezone, kept: it caches the compiled templates (compiling the report's takes longer
+    than rendering it)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,

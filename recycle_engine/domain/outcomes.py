@@ -10,6 +10,7 @@ from typing import Final
 
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.states import Source
+from recycle_engine.money import Money, is_known_currency
 
 __all__ = [
     "OUTCOMES",
@@ -19,6 +20,7 @@ __all__ = [
     "OrderStatus",
     "OutcomeEffect",
     "PurchaseStatus",
+    "amount_mismatch",
     "effect_of",
     "leaves_no_payment_token",
     "next_bill_date",
@@ -179,3 +181,25 @@ def next_bill_date(approved_on: date, billing_interval_days: int) -> date:
 def price_after_approval(*, hold_recycle_price: bool, approved_minor: int, regular_minor: int) -> int:
     """The recurring price after an approval, minor units: the approved one if the profile holds it."""
     return approved_minor if hold_recycle_price else regular_minor
+
+
+def _shown(minor: int, currency: str) -> str:
+    # FlexFactor's currency is not ours to trust: an unknown code is shown as it came, in minor units.
+    if is_known_currency(currency):
+        return Money(minor, currency).format()
+    return f"{minor} minor units of {currency!r}"
+
+
+def amount_mismatch(
+    handed_off_minor: int, currency: str, vendor_minor: int | None, vendor_currency: str | None
+) -> str | None:
+    """A line for the billing team when FlexFactor's order shows another amount or currency than the
+    attempt we handed off; None when they agree, or when FlexFactor shows neither (nothing to compare)."""
+    theirs_currency = (vendor_currency or currency).strip().upper()
+    theirs_minor = handed_off_minor if vendor_minor is None else vendor_minor
+    if (theirs_minor, theirs_currency) == (handed_off_minor, currency.upper()):
+        return None
+    return (
+        f"FlexFactor shows {_shown(theirs_minor, theirs_currency)}; "
+        f"we handed off {_shown(handed_off_minor, currency)}"
+    )

@@ -12,21 +12,25 @@ from typing import Any
 
 from sqlalchemy import Engine, or_, select
 
+from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
 from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError
 from recycle_engine.ports import FlexFactorGateway, OrderSnapshot
 from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
-from recycle_engine.storage.models import Handoff
+from recycle_engine.storage.models import Handoff, HandoffEvent
+from recycle_engine.storage.upsert import insert_ignore
 
 __all__ = ["POLL_EVERY", "ReconcileResult", "run_reconcile"]
 
 log = logging.getLogger(__name__)
 
 POLL_EVERY = timedelta(days=1)  # after the first look (a day after submission), look daily
+AMOUNT_MISMATCH = "AMOUNT_MISMATCH"  # the event kind the report lists as a reconciliation exception
 
 
 @dataclass
@@ -43,19 +47,26 @@ class _Open:
     flexfactor_order_id: str | None
     expires_at: datetime | None
     poll_count: int
+    amount_minor: int
+    currency: str
+
+
+_OPEN_COLUMNS = (
+    Handoff.id,
+    Handoff.gateway_id,
+    Handoff.state,
+    Handoff.flexfactor_order_id,
+    Handoff.expires_at,
+    Handoff.poll_count,
+    Handoff.amount_minor,
+    Handoff.currency,
+)
 
 
 def _due_for_poll(engine: Engine, now: datetime, limit: int) -> list[_Open]:
     """Open hand-offs FlexFactor knows, whose next look is due or whose window has closed."""
     stmt = (
-        select(
-            Handoff.id,
-            Handoff.gateway_id,
-            Handoff.state,
-            Handoff.flexfactor_order_id,
-            Handoff.expires_at,
-            Handoff.poll_count,
-        )
+        select(*_OPEN_COLUMNS)
         .where(
             Handoff.state.in_([s.value for s in OPEN_STATES]),
             Handoff.flexfactor_order_id.is_not(None),
@@ -140,6 +151,35 @@ def _poll_updates(
     return [HandoffUpdate(h.id, values, "POLLED", OutcomeSource.POLL.value, snap.status_name)]
 
 
+def _mismatch_events(
+    h: _Open, snap: OrderSnapshot | Exception, updates: list[HandoffUpdate], now: datetime
+) -> list[dict[str, Any]]:
+    """An AMOUNT_MISMATCH event when the polled order shows another amount than we handed off.
+
+    Webhooks carry no amount, so the poll is where we learn FlexFactor's; the event keeps its amount
+    and both texts, once per amount seen (the dedupe key), for the report's exceptions."""
+    if isinstance(snap, Exception):
+        return []
+    detail = amount_mismatch(h.amount_minor, h.currency, snap.amount_minor, snap.currency)
+    if detail is None:
+        return []
+    state_after = next((u.values["state"] for u in updates if "state" in u.values), h.state)
+    return [
+        {
+            "handoff_id": h.id,
+            "kind": AMOUNT_MISMATCH,
+            "source": OutcomeSource.POLL.value,
+            "state_after": state_after,
+            "flexfactor_order_id": snap.flexfactor_order_id,
+            "vendor_status": snap.status_name,
+            "amount_minor": snap.amount_minor,
+            "detail": detail,
+            "dedupe_key": f"{AMOUNT_MISMATCH}:{h.id}:{snap.amount_minor}:{snap.currency}"[:200],
+            "occurred_at": now,
+        }
+    ]
+
+
 def _settle_expired(
     engine: Engine, clients: Mapping[str, FlexFactorGateway], now: datetime, counts: Counter[str]
 ) -> None:
@@ -159,14 +199,7 @@ def _settle_expired(
         )
     for handoff_id in ids:
         with engine.begin() as conn:
-            stmt = select(
-                Handoff.id,
-                Handoff.gateway_id,
-                Handoff.state,
-                Handoff.flexfactor_order_id,
-                Handoff.expires_at,
-                Handoff.poll_count,
-            ).where(
+            stmt = select(*_OPEN_COLUMNS).where(
                 Handoff.id == handoff_id,
                 Handoff.state.in_([s.value for s in OPEN_STATES]),
                 Handoff.expires_at <= now,
@@ -251,12 +284,21 @@ def run_reconcile(
         due = [h for h in _due_for_poll(engine, at, poll_limit) if h.gateway_id in clients]
         with ThreadPoolExecutor(max_workers=max(1, settings.batching.concurrency)) as pool:
             snaps = list(pool.map(lambda h: _poll_one(clients[h.gateway_id], h), due))
-        updates = [u for h, s in zip(due, snaps, strict=True) for u in _poll_updates(h, s, at, counts)]
+        updates: list[HandoffUpdate] = []
+        mismatches: list[dict[str, Any]] = []
+        for h, snap in zip(due, snaps, strict=True):
+            polled = _poll_updates(h, snap, at, counts)
+            updates += polled
+            mismatches += _mismatch_events(h, snap, polled, at)
         with engine.begin() as conn:
             apply_updates(conn, updates, now=at)
+            found = insert_ignore(conn, HandoffEvent, mismatches, ["dedupe_key"])
+        if found:
+            counts["amount_mismatches"] += found
         _settle_expired(engine, clients, at, counts)
         applied = apply_outcomes(settings, engine, now=at, run_id=run_id)
         counts.update({f"applied_{k}": v for k, v in applied.items()})
+        refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
     except Exception as exc:
         finish_run(engine, run_id, now=now, counts=dict(counts), error=f"{type(exc).__name__}: {exc}")
         raise

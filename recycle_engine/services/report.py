@@ -17,9 +17,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
-from reports import lift, lift_queries, queries, reconciliation, recovery, render, svg
+from reports import lift, lift_queries, queries, reconciliation, recovery, render, rollup_queries, saves, svg
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -50,6 +51,8 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
     csv_path = html_path.with_suffix(".csv")
     run_id = start_run(engine, "report", logical_at=bounds.day_start, now=now)
     try:
+        # Whatever the runs and webhooks wrote since the last refresh: the report reads current rollups.
+        refreshed = refresh_rollups(engine, settings.timezone, now=now)
         with _snapshot(engine) as conn:
             frames = _load(conn, bounds, run_id)
             chunks = (recovery.detail_rows(c, bounds.tz) for c in queries.detail_chunks(conn, bounds))
@@ -66,7 +69,7 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
         if isinstance(exc, OSError):
             raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
         raise
-    counts |= {"csv_rows": csv_rows}
+    counts |= {"csv_rows": csv_rows, "rollup_days": refreshed.days}
     finish_run(engine, run_id, now=now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
     return ReportResult(html_path, csv_path, index_path, run_id, counts)
@@ -86,7 +89,9 @@ def _snapshot(engine: Engine) -> Iterator[Connection]:
 def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, pd.DataFrame]:
     dialect = conn.dialect.name
     frames = {
-        "facts": queries.fetch(conn, queries.cohort_facts_stmt(b, dialect)),
+        "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
+        "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
+        "saves": queries.fetch(conn, rollup_queries.saves_by_cycle_stmt(b)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
@@ -97,8 +102,8 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
             ignore_index=True,
         ),
     }
-    for name in queries.BREAKDOWNS:
-        frames[f"by_{name}"] = queries.fetch(conn, queries.breakdown_stmt(b, name))
+    for name in rollup_queries.BREAKDOWNS:
+        frames[f"by_{name}"] = queries.fetch(conn, rollup_queries.breakdown_stmt(b, name))
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
     # The checks of the night that opened the day and of the night after it: the morning report of
     # day D is read after the check of night D+1, which is the one the billing team needs first.
@@ -129,7 +134,7 @@ def _context(
     present = set(render.existing_reports(settings.reports.output_dir))
 
     breakdowns = []
-    for name, title in queries.BREAKDOWNS.items():
+    for name, title in rollup_queries.BREAKDOWNS.items():
         part = recovery.breakdown(frames[f"by_{name}"], name)
         rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
         breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
@@ -149,6 +154,8 @@ def _context(
         "activity": render.records(recovery.activity_summary(frames["activity"])),
         "breakdowns": breakdowns,
         "cohorts": render.attach_amounts(cohorts, recovery.amount_summary(facts, ["cohort"]), ["cohort"]),
+        "decline_cohorts": _decline_cohorts(frames["decline_facts"]),
+        "saves": render.attach_amounts(*saves.saves_by_cycle(frames["saves"]), ["cycle"]),
         "checkpoint_days": recovery.CHECKPOINT_DAYS,
         "day10": render.records(recovery.checkpoint(facts, day=b.day, n_days=10)),
         "median_days": recovery.median_recovery_days(month),
@@ -190,6 +197,11 @@ def _context(
         "anomalies": len(frames["anomalies"]),
     }
     return context, counts
+
+
+def _decline_cohorts(facts: pd.DataFrame) -> list[dict[str, Any]]:
+    counts = recovery.count_summary(facts, ["cohort"]).sort_values("cohort", ascending=False)
+    return render.attach_amounts(counts, recovery.amount_summary(facts, ["cohort"]), ["cohort"])
 
 
 def _lift_context(facts: pd.DataFrame) -> dict[str, Any]:

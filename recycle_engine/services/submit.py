@@ -39,6 +39,7 @@ from recycle_engine.errors import InputError
 from recycle_engine.ports import ChargeRequest, ChargeResult, FlexFactorGateway, ProcessorGateway
 from recycle_engine.services.handoff_sending import SendReport, SendResult, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import insert_events
 from recycle_engine.storage.holdout_repo import assignment_row, record_assignments
@@ -630,6 +631,7 @@ def run_submit(
     result = SubmitResult(run_id)
     try:
         _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         finish_run(engine, run_id, now=now, counts=dict(result.counts), error=error)

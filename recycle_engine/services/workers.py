@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.services.submit import SubmitResult, run_submit
 from recycle_engine.settings import Settings
 
@@ -92,6 +93,8 @@ def run_submit_workers(
     except BaseException as exc:
         finish_run(engine, run_id, now=clock.now(), counts={}, error=f"{type(exc).__name__}: {exc}")
         raise
+    # Once for the whole night, not once per worker: the workers' notes are all in by now.
+    refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
     error = "; ".join(errors) if errors else None
     finish_run(engine, run_id, now=clock.now(), counts=dict(counts), error=error)
     if errors:

@@ -24,7 +24,9 @@ from recycle_engine.storage.types import UTCDateTime
 __all__ = [
     "Attempt",
     "Base",
+    "BreakdownRollup",
     "Change",
+    "CohortRollup",
     "Customer",
     "Decline",
     "Fulfillment",
@@ -35,6 +37,8 @@ __all__ = [
     "NightAnomaly",
     "Order",
     "RecycleProfileVersion",
+    "RollupChange",
+    "RollupState",
     "SchedulerLease",
     "Subscription",
     "WebhookDelivery",
@@ -246,6 +250,17 @@ class Handoff(Base):
     __table_args__ = (
         Index(None, "state", "next_poll_at"),
         Index(None, "created_at"),
+        # The report: FAILED hand-offs of its range, open ones by expiry, late approvals (migration 0005).
+        Index(None, "state", "created_at"),
+        Index(None, "state", "expires_at"),
+        Index(None, "late_outcome", "outcome_at"),
+        Index(
+            "ix_handoffs_flagged_created_at",
+            "created_at",
+            "id",
+            postgresql_where=text("attention IS NOT NULL"),
+            sqlite_where=text("attention IS NOT NULL"),
+        ),
         # Outcomes not yet applied to orders and subscriptions, oldest first (migration 0003).
         Index(
             "ix_handoffs_unapplied_outcome_at",
@@ -273,6 +288,8 @@ class HandoffEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # report: touched on a day
+    # The report's exceptions of one kind (amount mismatches) over its range (migration 0005).
+    __table_args__ = (Index(None, "kind", "occurred_at"),)
 
 
 class WebhookDelivery(Base):
@@ -409,3 +426,60 @@ class NightAnomaly(Base):
     alerted: Mapped[bool] = mapped_column(Boolean, default=False)  # the alert hook said it got it
     run_id: Mapped[str | None] = mapped_column(ID)
     detected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+# --- report rollups (migration 0005) -------------------------------------------------------------
+# Hand-offs aggregated per local day of creation (settings.timezone), so the report reads a few
+# thousand rows whatever the size of the history. Triggers on `handoffs` (in the migration) note the
+# creation instant of every hand-off written in `report_rollup_changes`; services/rollups.py recomputes
+# those days. The rows carry no natural key (several key columns may be NULL), hence the `id`.
+
+
+class CohortRollup(Base):
+    """Hand-offs made on one local day by decline day, state, currency, day of recovery and reversal."""
+
+    __tablename__ = "report_cohort_rollups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were made
+    decline_day: Mapped[date | None] = mapped_column(Date, index=True)  # local day of their decline
+    state: Mapped[str] = mapped_column(String(12))
+    currency: Mapped[str] = mapped_column(CCY)
+    recovery_day: Mapped[int | None] = mapped_column(Integer)  # day of the window approved on
+    reversal: Mapped[str | None] = mapped_column(String(12))  # REFUNDED or CHARGEBACK after approval
+    handoffs: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+
+
+class BreakdownRollup(Base):
+    """Hand-offs made on one local day by one breakdown's key (slot, reason, gateway, card, cycle)."""
+
+    __tablename__ = "report_breakdown_rollups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)
+    breakdown: Mapped[str] = mapped_column(String(24))
+    breakdown_key: Mapped[str | None] = mapped_column(Text)
+    code: Mapped[str | None] = mapped_column(String(64))  # the decline's response code (reasons only)
+    state: Mapped[str] = mapped_column(String(12))
+    currency: Mapped[str] = mapped_column(CCY)
+    handoffs: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index(None, "breakdown", "day"),)
+
+
+class RollupChange(Base):
+    """The creation instant of hand-offs written since the rollups were last refreshed (by trigger)."""
+
+    __tablename__ = "report_rollup_changes"
+    # One row per changed hand-off on PostgreSQL (its triggers cannot skip instants noted already).
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RollupState(Base):
+    """One row: the timezone the rollups' days are in, and when they were last rebuilt and refreshed."""
+
+    __tablename__ = "report_rollup_state"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    rebuilt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)

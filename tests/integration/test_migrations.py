@@ -29,3 +29,18 @@ def test_given_a_sqlite_database_then_it_runs_in_wal_mode(sqlite_url: str) -> No
         mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
     engine.dispose()
     assert mode == "wal"
+
+
+def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_url: str) -> None:
+    # given: a later migration that recreates `handoffs` (SQLite batch mode) would drop them silently
+    engine = make_engine(db_url)
+    # when
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            stmt = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'handoffs'::regclass"
+        else:
+            stmt = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'handoffs'"
+        names = set(conn.exec_driver_sql(stmt).scalars())
+    engine.dispose()
+    # then
+    assert names == {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}

@@ -30,7 +30,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -381,8 +381,11 @@ def wait_for_webhooks(sandbox: RunningSandbox, engine: Engine, played: Played) -
         time.sleep(0.02)
 
 
-def play(tmp_path: Path, db_url: str, engine: Engine) -> Played:
-    """Hand off the book, then live 23 nights: FlexFactor's day, submit, reconcile (twice)."""
+def play(
+    tmp_path: Path, db_url: str, engine: Engine, after_night: Callable[[int], None] | None = None
+) -> Played:
+    """Hand off the book, then live 23 nights: FlexFactor's day, submit, reconcile (twice); then
+    `after_night(n)`, if given, once FlexFactor's day after night n is over."""
     with ExitStack() as stack:
         sandbox = stack.enter_context(run_sandbox())
         admin(sandbox, "clock", {"now": iso(NIGHT0), "frozen": True})
@@ -437,6 +440,8 @@ def play(tmp_path: Path, db_url: str, engine: Engine) -> Played:
                 admin(sandbox, "faults", {"drop_webhook_rate": 0})
             if n == 21:
                 _late_news(sandbox, engine, played)
+            if after_night is not None:
+                after_night(n)
         played.sandbox_webhooks = admin(sandbox, "webhooks")["items"]
         return played
 

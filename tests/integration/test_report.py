@@ -21,7 +21,7 @@ from recycle_engine.services.report import run_report
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
-from reports import queries
+from reports import queries, rollup_queries
 
 DAY = date(2026, 6, 12)  # local day in America/New_York; it starts at 04:00 UTC
 NIGHT = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)  # 02:00 local: the nightly submit run
@@ -250,6 +250,12 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     assert "48.75 USD" in html
     assert "insufficient funds" in html
     assert "Insufficient Funds" not in html
+    # then: recycle saves per cycle (the rerun and the cascade are initial sales, left out)
+    saves = r'<th scope="row">2</th><td class="num">7</td><td class="num">3</td>\s*<td class="num">1</td><td class="num">2</td><td class="num">75.0 %</td>'
+    assert re.search(saves, html)
+    # then: the three hand-offs with a decline on record, in the cohort of their decline day
+    declined = r'<th scope="row">2026-05-31</th><td class="num">3</td><td class="num">2</td>\s*<td class="num">1</td><td class="num">0</td>'
+    assert re.search(declined, html)
     # then: exceptions with what to do, webhooks and job runs
     for text in (
         "Pending past expiry",
@@ -333,8 +339,10 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     seed(engine)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     statements = [
-        queries.cohort_facts_stmt(bounds, "postgresql"),
-        queries.breakdown_stmt(bounds, "reason"),
+        rollup_queries.cohort_facts_stmt(bounds),
+        rollup_queries.decline_cohort_stmt(bounds),
+        rollup_queries.breakdown_stmt(bounds, "reason"),
+        rollup_queries.saves_by_cycle_stmt(bounds),
         queries.activity_stmt(bounds),
         queries.open_by_age_stmt(bounds, "postgresql"),
         queries.nearing_expiry_stmt(bounds),
@@ -353,7 +361,8 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
             plans.append("\n".join(r[0] for r in rows))
     engine.dispose()
     # then
-    for table in ("handoffs", "handoff_events", "webhook_deliveries", "job_runs"):
+    tables = ("handoffs", "handoff_events", "webhook_deliveries", "job_runs")
+    for table in (*tables, "report_cohort_rollups", "report_breakdown_rollups"):
         assert not [p for p in plans if f"Seq Scan on {table}" in p], table
 
 
@@ -361,3 +370,24 @@ def load_tz() -> Any:
     from zoneinfo import ZoneInfo
 
     return ZoneInfo("America/New_York")
+
+
+def test_given_sqlite_then_the_holdout_query_finds_each_assignments_handoffs_by_purchase(
+    sqlite_url: str,
+) -> None:
+    # given: SQLite plans without statistics; "state = 'APPROVED'" once looked as selective as the
+    # purchase, and the query walked every approved hand-off for each assignment
+    from reports import lift_queries
+
+    engine = make_engine(sqlite_url)
+    bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
+    # when
+    with engine.connect() as conn:
+        stmt = lift_queries.lift_facts_stmt(bounds)
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    # then
+    searches = [step for step in plan if "SEARCH handoffs" in step]
+    assert searches
+    assert all("ix_handoffs_purchase_id" in step for step in searches), searches

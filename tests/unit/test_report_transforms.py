@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from reports import reconciliation, recovery, render, svg
+from recycle_engine.domain.outcomes import amount_mismatch
+from reports import reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
 NAN = float("nan")
@@ -364,6 +365,76 @@ def test_given_exceptions_then_each_kind_and_flag_has_its_full_count_and_what_to
     assert all(out["what_to_do"].str.len() > 20)
 
 
+def test_given_amount_mismatches_then_they_are_one_exception_with_both_amounts_and_what_to_do() -> None:
+    # given: as exception_stmt lists them, the latest finding per hand-off as the detail
+    found = "FlexFactor shows 25.00 USD; we handed off 27.49 USD"
+    rows = reconciliation.exception_rows(
+        exception_frame(("AMOUNT_MISMATCH", found, 2), ("AMOUNT_MISMATCH", "FlexFactor shows 9 JPY; we", 2))
+    )
+    # when
+    out = reconciliation.exception_summary(
+        rows, pd.DataFrame(columns=["gateway_id", "accepted", "reason", "duplicate", "n"])
+    )
+    # then
+    assert rows["title"].unique().tolist() == ["Amount differs from what we handed off"]
+    assert rows["detail"].tolist()[0] == found
+    assert out[["title", "count"]].values.tolist() == [["Amount differs from what we handed off", 2]]
+    assert "refund the difference" in out["what_to_do"].iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        pytest.param((2749, "USD"), (2749, "USD"), None, id="same"),
+        pytest.param((2749, "USD"), (None, None), None, id="flexfactor-shows-none"),
+        pytest.param((2749, "USD"), (2749, "usd"), None, id="case-of-the-code"),
+        pytest.param(
+            (2749, "USD"), (2500, "USD"), "FlexFactor shows 25.00 USD; we handed off 27.49 USD", id="amount"
+        ),
+        pytest.param(
+            (2749, "USD"), (None, "EUR"), "FlexFactor shows 27.49 EUR; we handed off 27.49 USD", id="currency"
+        ),
+        pytest.param(
+            (500, "JPY"),
+            (5, "XXY"),
+            "FlexFactor shows 5 minor units of 'XXY'; we handed off 500 JPY",
+            id="unknown",
+        ),
+    ],
+)
+def test_given_what_flexfactor_shows_then_a_mismatch_names_both_amounts(
+    ours: tuple[int, str], theirs: tuple[int | None, str | None], expected: str | None
+) -> None:
+    assert amount_mismatch(*ours, *theirs) == expected
+
+
+def test_given_recycle_handoffs_by_cycle_then_saves_are_counted_per_cycle_in_cycle_order() -> None:
+    # given: month-to-date rows of the "cycle" breakdown (the cycle as text)
+    frame = pd.DataFrame(
+        [
+            ("10", None, "APPROVED", "USD", 1, 1000),
+            ("2", None, "APPROVED", "USD", 3, 6000),
+            ("2", None, "APPROVED", "EUR", 1, 900),
+            ("2", None, "DECLINED", "USD", 1, 2000),
+            ("3", None, "SUBMITTED", "USD", 2, 4000),
+            ("3", None, "FAILED", "USD", 1, 2000),
+        ],
+        columns=["key", "code", "state", "currency", "n", "amount_minor"],
+    )
+    # when
+    counts, amounts = saves.saves_by_cycle(frame)
+    # then
+    table = counts.set_index("cycle")
+    assert counts["cycle"].tolist() == ["2", "3", "10"]
+    assert table.loc["2", ["handoffs", "recovered", "lost", "pending"]].tolist() == [5, 4, 1, 0]
+    assert table.loc["2", "rate_settled"] == pytest.approx(0.8)
+    assert table.loc["3", ["recovered", "pending", "failed"]].tolist() == [0, 2, 1]
+    by = amounts.set_index(["cycle", "currency"])
+    assert by.loc[("2", "USD"), "recovered_minor"] == 6000
+    assert by.loc[("2", "EUR"), "recovered_minor"] == 900
+    assert by.loc[("10", "USD"), "submitted_minor"] == 1000
+
+
 @pytest.mark.parametrize(
     ("accepted", "reason", "kind", "advice"),
     [
@@ -437,6 +508,30 @@ def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_of
     assert out["outcome_at"].iloc[0] == ""
     assert out["attempt"].tolist() == ["4", "", ""]
     assert out["decline_reason"].tolist() == ["", "'=HYPERLINK(1)", "Do Not Honor"]
+
+
+@pytest.mark.parametrize(
+    ("instant", "text"),
+    [
+        pytest.param("2026-11-01 05:30:00.000000", "2026-11-01T01:30:00-04:00", id="sqlite-text-before-fold"),
+        pytest.param(
+            datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "2026-11-01T01:30:00-05:00", id="repeated-hour"
+        ),
+        pytest.param(
+            datetime(2026, 3, 8, 7, 0, 59, 999999, tzinfo=UTC), "2026-03-08T03:00:59-04:00", id="spring"
+        ),
+    ],
+)
+def test_given_detail_times_as_either_database_returns_them_then_they_are_local_with_their_offset(
+    instant: object, text: str
+) -> None:
+    # given: SQLite returns the stored UTC text, PostgreSQL aware datetimes
+    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
+    chunk = pd.DataFrame([row | {"amount_minor": -1, "currency": "USD", "created_at": instant}])
+    # when
+    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York")).iloc[0]
+    # then: as datetime.isoformat(timespec="seconds") writes it
+    assert (out["created_at"], out["submitted_at"], out["amount"]) == (text, "", "-0.01")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,71 @@
+"""Keep the report's daily rollups current: recompute the local days whose hand-offs changed, or all."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from recycle_engine.errors import StorageError
+from recycle_engine.storage import rollup_repo
+
+__all__ = ["RollupRefresh", "refresh_after_run", "refresh_rollups"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RollupRefresh:
+    """What one refresh did: local days recomputed, whether it rebuilt everything, how long it took."""
+
+    days: int
+    rebuilt: bool
+    seconds: float
+
+
+def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: bool = False) -> RollupRefresh:
+    """Recompute the rollup rows of every local day (in `tz`) on which a hand-off was written since the
+    last refresh, in one transaction; rebuild every day when asked, when never built, or when `tz` is not
+    the timezone they were built in.
+
+    A refresh recomputes whole days with INSERT ... SELECT ... GROUP BY, so its rows always equal a
+    recomputation from scratch, and a crash leaves the previous rows and every note in place. Refreshes
+    run one at a time (the state row is locked). Raises StorageError when the database fails."""
+    started = time.perf_counter()
+    try:
+        with engine.begin() as conn:
+            built_in = rollup_repo.lock_state(conn, now=now)
+            rebuild = rebuild or built_in != tz.key
+            changed = rollup_repo.take_changes(conn)
+            if rebuild:
+                rollup_repo.clear_rollups(conn)
+                days = rollup_repo.handoff_days(conn, tz)
+            else:
+                days = sorted({at.astimezone(tz).date() for at in changed})
+            for first, last in rollup_repo.day_spans(days):
+                rollup_repo.recompute_days(conn, tz, first, last)
+            rollup_repo.save_state(conn, tz, now=now, rebuilt=rebuild)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot refresh the report rollups ({exc.__class__.__name__})") from exc
+    result = RollupRefresh(len(days), rebuild, time.perf_counter() - started)
+    log.info(
+        "report rollups refreshed",
+        extra={"days": result.days, "rebuilt": result.rebuilt, "seconds": round(result.seconds, 3)},
+    )
+    return result
+
+
+def refresh_after_run(engine: Engine, tz: ZoneInfo, *, now: datetime, run_id: str) -> RollupRefresh | None:
+    """Refresh after a nightly run, so the morning report finds little left to do. Best effort: the run's
+    work is committed already, and a failed refresh keeps its notes for the next one (the report's own
+    refresh fails loudly), so a failure is logged, never raised."""
+    try:
+        return refresh_rollups(engine, tz, now=now)
+    except StorageError as exc:
+        log.warning("report rollups not refreshed", extra={"run_id": run_id, "reason": str(exc)})
+        return None

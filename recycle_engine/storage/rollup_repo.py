@@ -1,0 +1,222 @@
+"""Report rollups: recompute the rollup rows of whole local days from hand-offs, set-based, and the
+notes of which days changed. The caller owns the transaction (see services/rollups.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, case, delete, func, insert, literal, select, union_all, update
+
+from recycle_engine.domain.states import Source, State
+from recycle_engine.storage.models import (
+    BreakdownRollup,
+    CohortRollup,
+    Decline,
+    Handoff,
+    RollupChange,
+    RollupState,
+)
+from recycle_engine.storage.report_sql import (
+    days_between,
+    local_date,
+    local_midnight,
+    reason_key,
+    slot_key,
+    submitted,
+    whole_days,
+    within,
+)
+from recycle_engine.storage.upsert import insert_ignore
+
+__all__ = [
+    "BREAKDOWN_NAMES",
+    "MAX_SPAN_DAYS",
+    "clear_rollups",
+    "day_spans",
+    "handoff_days",
+    "lock_state",
+    "recompute_days",
+    "rollup_rows_from_scratch",
+    "save_state",
+    "take_changes",
+]
+
+STATE_NAME: Final = "handoffs"
+# The breakdowns rolled up, each keyed as rollup_selects() computes it per hand-off.
+BREAKDOWN_NAMES: Final = (
+    "slot",
+    "reason",
+    "declining_gateway",
+    "flexfactor_gateway",
+    "card_brand",
+    "card_bin",
+    "cycle",
+)
+MAX_SPAN_DAYS: Final = 31  # days recomputed by one statement: bounds its sort, whatever the history
+# Declines are recycled within weeks and rerun within months; older ones are dated with the offset
+# their zone had this long before the hand-offs (exact unless the zone changed its rules since).
+DECLINE_LOOKBACK: Final = timedelta(days=5 * 366)
+REVERSAL_FLAGS: Final = ("REFUNDED", "CHARGEBACK")
+
+
+def lock_state(conn: Connection, *, now: datetime) -> str:
+    """Lock the rollups' state row until the caller's transaction ends (refreshes run one at a time) and
+    return the timezone their days are in; "" when never built (a missing row is created so)."""
+    insert_ignore(
+        conn,
+        RollupState,
+        [{"name": STATE_NAME, "timezone": "", "rebuilt_at": now, "refreshed_at": now}],
+        ["name"],
+    )
+    stmt = select(RollupState.timezone).where(RollupState.name == STATE_NAME)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the only write lock
+    return conn.execute(stmt).scalar_one()
+
+
+def save_state(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) -> None:
+    values: dict[str, Any] = {"timezone": tz.key, "refreshed_at": now}
+    if rebuilt:
+        values["rebuilt_at"] = now
+    conn.execute(update(RollupState).where(RollupState.name == STATE_NAME).values(values))
+
+
+def take_changes(conn: Connection) -> list[datetime]:
+    """Delete the noted creation instants and return exactly those deleted.
+
+    On PostgreSQL the DELETE sees only notes committed before it; a writer committing later keeps
+    its note for the next refresh, so no change is lost between the read and the recompute."""
+    return list(conn.execute(delete(RollupChange).returning(RollupChange.created_at)).scalars())
+
+
+def handoff_days(conn: Connection, tz: ZoneInfo) -> list[date]:
+    """Every local day from the first hand-off's to the last one's (an index answers both ends)."""
+    first, last = conn.execute(select(func.min(Handoff.created_at), func.max(Handoff.created_at))).one()
+    if first is None:
+        return []
+    start, end = first.astimezone(tz).date(), last.astimezone(tz).date()
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def day_spans(days: Iterable[date], *, max_days: int = MAX_SPAN_DAYS) -> Iterator[tuple[date, date]]:
+    """Runs of consecutive days as (first, last), each at most `max_days` long, in order."""
+    ordered = sorted(set(days))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while (
+            j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + timedelta(days=1) and j + 1 - i < max_days
+        ):
+            j += 1
+        yield ordered[i], ordered[j]
+        i = j + 1
+
+
+def clear_rollups(conn: Connection) -> None:
+    conn.execute(delete(CohortRollup))
+    conn.execute(delete(BreakdownRollup))
+
+
+def recompute_days(conn: Connection, tz: ZoneInfo, first: date, last: date) -> None:
+    """Replace the rollup rows of local days first..last with a fresh aggregation of their hand-offs."""
+    conn.execute(delete(CohortRollup).where(CohortRollup.day >= first, CohortRollup.day <= last))
+    conn.execute(
+        delete(BreakdownRollup).where(
+            BreakdownRollup.breakdown.in_(BREAKDOWN_NAMES),
+            BreakdownRollup.day >= first,
+            BreakdownRollup.day <= last,
+        )
+    )
+    cohorts, breakdowns = rollup_selects(conn.dialect.name, tz, first, last)
+    conn.execute(insert(CohortRollup).from_select(list(cohorts.selected_columns.keys()), cohorts))
+    conn.execute(insert(BreakdownRollup).from_select(list(breakdowns.selected_columns.keys()), breakdowns))
+
+
+def rollup_rows_from_scratch(conn: Connection, tz: ZoneInfo) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows a rebuild would write, by table, sorted; reads only (tests compare them with the tables)."""
+    found: dict[str, list[tuple[Any, ...]]] = {"cohorts": [], "breakdowns": []}
+    for first, last in day_spans(handoff_days(conn, tz)):
+        for name, stmt in zip(found, rollup_selects(conn.dialect.name, tz, first, last), strict=True):
+            found[name].extend(tuple(r) for r in conn.execute(stmt))
+    return {name: sorted(rows, key=repr) for name, rows in found.items()}
+
+
+# --- the aggregations ------------------------------------------------------------------------------
+
+
+def _count_and_sum(amount: Any) -> list[Any]:
+    # PostgreSQL sums BIGINT as NUMERIC; cast back so both databases store and return integers.
+    return [
+        sa.cast(func.count(), sa.BigInteger).label("handoffs"),
+        sa.cast(func.coalesce(func.sum(amount), 0), sa.BigInteger).label("amount_minor"),
+    ]
+
+
+def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple[Any, Any]:
+    """(cohort rows, breakdown rows) of the hand-offs made on local days first..last, columns named as
+    the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
+    computed keys with bound parameters otherwise.
+
+    Declines are read as they are when the day is recomputed: a hand-off is made from a decline on
+    record, and a decline never changes once imported (no trigger watches `declines`)."""
+    start, end = local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
+    h, d = Handoff, Decline
+    day = local_date(h.created_at, tz, start=start, end=end, dialect=dialect)
+    decline_day = local_date(d.declined_at, tz, start=start - DECLINE_LOOKBACK, end=end, dialect=dialect)
+    flag = func.upper(h.attention)  # a refund or chargeback on a recovery: shown, never subtracted
+    approved_on = whole_days(dialect, days_between(dialect, submitted(), h.outcome_at), up=True)
+    joined = select().select_from(h).outerjoin(d, d.transaction_id == h.transaction_id)
+    where = within(h.created_at, start, end)
+
+    facts = joined.add_columns(
+        day.label("day"),
+        decline_day.label("decline_day"),
+        h.state.label("state"),
+        h.currency.label("currency"),
+        case((h.state == State.APPROVED.value, approved_on), else_=None).label("recovery_day"),
+        case((flag.in_(REVERSAL_FLAGS), flag), else_=None).label("reversal"),
+        h.amount_minor.label("amount_minor"),
+    ).where(where)
+    f = facts.subquery("facts")
+    keys = [f.c[k] for k in ("day", "decline_day", "state", "currency", "recovery_day", "reversal")]
+    cohorts = select(*keys, *_count_and_sum(f.c.amount_minor)).group_by(*keys)
+
+    per_handoff = joined.add_columns(
+        day.label("day"),
+        slot_key().label("slot"),
+        reason_key().label("reason"),
+        d.response_code.label("code"),
+        h.declining_gateway_id.label("declining_gateway"),
+        h.gateway_id.label("flexfactor_gateway"),
+        d.card_brand.label("card_brand"),
+        d.card_bin.label("card_bin"),
+        # Recycle saves per billing cycle: reruns and cascades are initial sales, not recycling.
+        case((h.source == Source.RECYCLE.value, sa.cast(h.billing_cycle, sa.String)), else_=None).label(
+            "cycle"
+        ),
+        h.state.label("state"),
+        h.currency.label("currency"),
+        h.amount_minor.label("amount_minor"),
+    ).where(where)
+    # One pass over the days' hand-offs feeds every breakdown: both databases materialize a CTE that
+    # is read more than once.
+    r = per_handoff.cte("per_handoff")
+    parts = []
+    for name in BREAKDOWN_NAMES:
+        code = r.c.code if name == "reason" else sa.cast(sa.null(), sa.String(64))
+        group = [r.c.day, r.c[name], *([r.c.code] if name == "reason" else []), r.c.state, r.c.currency]
+        part = select(
+            r.c.day,
+            sa.cast(literal(name), sa.String(24)).label("breakdown"),
+            sa.cast(r.c[name], sa.Text).label("breakdown_key"),
+            code.label("code"),
+            r.c.state,
+            r.c.currency,
+            *_count_and_sum(r.c.amount_minor),
+        ).group_by(*group)
+        parts.append(part.where(r.c.cycle.is_not(None)) if name == "cycle" else part)
+    return cohorts, union_all(*parts)

@@ -1,0 +1,110 @@
+"""SQL over the daily rollups: the month to date, the breakdowns and the cohorts, a few thousand rows
+whatever the size of the history (services/rollups.py keeps them current)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy import Connection, func, select
+
+from recycle_engine.storage.models import BreakdownRollup, CohortRollup
+from reports.queries import ReportBounds, fetch
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from sqlalchemy import Select
+
+    Query: TypeAlias = Select[*tuple[Any, ...]]
+
+__all__ = [
+    "BREAKDOWNS",
+    "breakdown_stmt",
+    "cohort_facts_stmt",
+    "decline_cohort_stmt",
+    "fetch_cohorts",
+    "saves_by_cycle_stmt",
+]
+
+# The breakdown tables of the report, in order, with their titles (rollup_repo.BREAKDOWN_NAMES keys).
+BREAKDOWNS: Final = {
+    "slot": "Slot",
+    "reason": "Decline reason",
+    "declining_gateway": "Declining gateway",
+    "flexfactor_gateway": "FlexFactor gateway",
+    "card_brand": "Card brand",
+    "card_bin": "Card BIN",
+}
+
+
+def _totals(n: Any, amount: Any) -> list[Any]:
+    # PostgreSQL sums BIGINT as NUMERIC; cast back so pandas sees integers on both databases.
+    return [
+        sa.cast(func.sum(n), sa.BigInteger).label("n"),
+        sa.cast(func.sum(amount), sa.BigInteger).label("amount_minor"),
+    ]
+
+
+def cohort_facts_stmt(bounds: ReportBounds) -> Query:
+    """Hand-offs made in the cohort range by local creation day (`cohort`), state, currency, day of
+    the window recovered on (`recovery_day`, approvals only) and reversal (REFUNDED or CHARGEBACK)."""
+    c = CohortRollup
+    keys = [c.day.label("cohort"), c.state, c.currency, c.recovery_day, c.reversal]
+    return (
+        select(*keys, *_totals(c.handoffs, c.amount_minor))
+        .where(c.day >= bounds.first_cohort, c.day <= bounds.day)
+        .group_by(c.day, c.state, c.currency, c.recovery_day, c.reversal)
+        .order_by(c.day, c.state, c.currency, c.recovery_day, c.reversal)
+    )
+
+
+def decline_cohort_stmt(bounds: ReportBounds) -> Query:
+    """Hand-offs made up to the report day for the declines of the cohort range, by local decline day
+    (`cohort`), state, currency and reversal; hand-offs with no decline on record are left out."""
+    c = CohortRollup
+    return (
+        select(
+            c.decline_day.label("cohort"),
+            c.state,
+            c.currency,
+            c.reversal,
+            *_totals(c.handoffs, c.amount_minor),
+        )
+        .where(c.decline_day >= bounds.first_cohort, c.decline_day <= bounds.day, c.day <= bounds.day)
+        .group_by(c.decline_day, c.state, c.currency, c.reversal)
+        .order_by(c.decline_day, c.state, c.currency, c.reversal)
+    )
+
+
+def _by_key(bounds: ReportBounds, name: str) -> Query:
+    b = BreakdownRollup
+    keys = [b.breakdown_key, b.code, b.state, b.currency]
+    return (
+        select(
+            b.breakdown_key.label("key"), b.code, b.state, b.currency, *_totals(b.handoffs, b.amount_minor)
+        )
+        .where(b.breakdown == name, b.day >= bounds.month_first, b.day <= bounds.day)
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+
+
+def breakdown_stmt(bounds: ReportBounds, name: str) -> Query:
+    """Month-to-date hand-offs grouped by one breakdown key (plus the response code for reasons)."""
+    if name not in BREAKDOWNS:
+        raise ValueError(f"unknown breakdown {name!r}")
+    return _by_key(bounds, name)
+
+
+def saves_by_cycle_stmt(bounds: ReportBounds) -> Query:
+    """Month-to-date recycle hand-offs (no reruns or cascades) by billing cycle (as text), state, currency."""
+    return _by_key(bounds, "cycle")
+
+
+def fetch_cohorts(conn: Connection, stmt: Query) -> pd.DataFrame:
+    """Cohort rows with the day as ISO text, as the pandas transforms key and sort them."""
+    frame = fetch(conn, stmt)
+    frame["cohort"] = [d.isoformat() for d in frame["cohort"]]
+    return frame
