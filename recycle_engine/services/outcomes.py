@@ -22,7 +22,8 @@ from recycle_engine.domain.outcomes import (
 )
 from recycle_engine.domain.states import Source, State
 from recycle_engine.settings import Settings
-from recycle_engine.storage.models import Handoff, Order, Subscription
+from recycle_engine.storage import outcome_queue
+from recycle_engine.storage.models import Order, OutcomeQueue, Subscription
 from recycle_engine.storage.subscription_repo import (
     RecycleOutcome,
     apply_recycle_outcomes,
@@ -34,7 +35,6 @@ __all__ = ["apply_outcomes"]
 
 log = logging.getLogger(__name__)
 
-_OUTCOME_STATES = (State.APPROVED.value, State.DECLINED.value, State.EXPIRED.value, State.CANCELLED.value)
 # Change rows name how the outcome reached us (RESPONSE, WEBHOOK, POLL, EXPIRY); this only if unknown.
 _SOURCE = "FLEXFACTOR"
 
@@ -48,17 +48,16 @@ def apply_outcomes(
     run_id: str | None = None,
     chunk: int = 20_000,
 ) -> Counter[str]:
-    """Apply every final, not yet applied hand-off outcome; safe to run again and concurrently.
+    """Apply every queued hand-off outcome (storage.outcome_queue); safe to run again and concurrently.
 
     Up to `chunk` hand-offs a transaction: one statement reads them with their orders and purchases,
     the outcome table is applied in Python, and a fixed number of set-based statements writes the
     recycle outcomes (storage.subscription_repo.apply_recycle_outcomes); new sales, rare, row by row."""
     counts: Counter[str] = Counter()
     while True:
-        # One look for the work, oldest outcome first, then chunks by id: asking again per chunk would
-        # walk past every row already applied each time (no index covers "not yet applied").
+        # One look at the queue, oldest outcome first, then chunks by id.
         with engine.connect() as conn:
-            pending = _unapplied(conn, handoff_ids)
+            pending = outcome_queue.pending(conn, handoff_ids)
         applied = 0
         for start in range(0, len(pending), chunk):
             with engine.begin() as conn:
@@ -71,26 +70,15 @@ def apply_outcomes(
             return counts
 
 
-def _unapplied(conn: Connection, handoff_ids: Sequence[str] | None) -> list[str]:
-    stmt = (
-        select(Handoff.id)
-        .where(Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
-        .order_by(Handoff.outcome_at, Handoff.id)
-    )
-    if handoff_ids is not None:
-        stmt = stmt.where(Handoff.id.in_(list(handoff_ids)))
-    return list(conn.execute(stmt).scalars())
-
-
 def _one_of(conn: Connection, ids: Sequence[str]) -> ColumnElement[bool]:
-    """Handoff.id among `ids`, passed as one JSON array: a chunk may hold more ids than either
+    """A queued hand-off among `ids`, passed as one JSON array: a chunk may hold more ids than either
     database takes bound parameters (and binding each one costs more than the lookup)."""
     table = (
         func.json_array_elements_text(cast(literal(json.dumps(list(ids))), JSON))
         if conn.dialect.name == "postgresql"
         else func.json_each(literal(json.dumps(list(ids))))
     ).table_valued("value")
-    return Handoff.id.in_(select(table.c.value))
+    return OutcomeQueue.handoff_id.in_(select(table.c.value))
 
 
 class _Final(NamedTuple):
@@ -107,7 +95,6 @@ class _Final(NamedTuple):
     amount_minor: int
     outcome_at: datetime
     outcome_source: str | None
-    late_outcome: bool
     billing_cycle: int
     order_type: str | None
     completes_trial: bool | None
@@ -135,20 +122,19 @@ def _apply_chunk(
     run_id: str | None,
     counts: Counter[str],
 ) -> int:
-    """Apply the outcomes of `ids` still final and unapplied (re-checked under lock); how many."""
+    """Apply the outcomes of `ids` still queued (re-checked under lock) and dequeue them; how many."""
     stmt = (
         select(
-            Handoff.id,
-            Handoff.source,
-            Handoff.state,
-            Handoff.order_id,
-            Handoff.purchase_id,
-            Handoff.declining_gateway_id,
-            Handoff.amount_minor,
-            Handoff.outcome_at,
-            Handoff.outcome_source,
-            Handoff.late_outcome,
-            Handoff.billing_cycle,
+            OutcomeQueue.handoff_id,
+            OutcomeQueue.source,
+            OutcomeQueue.state,
+            OutcomeQueue.order_id,
+            OutcomeQueue.purchase_id,
+            OutcomeQueue.declining_gateway_id,
+            OutcomeQueue.amount_minor,
+            OutcomeQueue.outcome_at,
+            OutcomeQueue.outcome_source,
+            OutcomeQueue.billing_cycle,
             Order.order_type,
             Order.completes_trial,
             Order.recurring_product,
@@ -165,12 +151,14 @@ def _apply_chunk(
             Subscription.recycle_profile_id,
             Subscription.failure_cause,
         )
-        .outerjoin(Order, Order.id == Handoff.order_id)
-        .outerjoin(Subscription, Subscription.id == Handoff.purchase_id)
-        .where(_one_of(conn, ids), Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
+        .outerjoin(Order, Order.id == OutcomeQueue.order_id)
+        .outerjoin(Subscription, Subscription.id == OutcomeQueue.purchase_id)
+        .where(_one_of(conn, ids))
     )
     if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Handoff, skip_locked=True)
+        # The queue rows only: news queued for one of them meanwhile waits for this transaction, and
+        # the row read is the news as it stands (a late APPROVED that replaced EXPIRED, say).
+        stmt = stmt.with_for_update(of=OutcomeQueue, skip_locked=True)
     # Oldest outcome first, ordered here: an ORDER BY makes SQLite sort the whole chunk's wide rows
     # on disk once it outgrows the page cache.
     position = {handoff_id: n for n, handoff_id in enumerate(ids)}
@@ -221,7 +209,7 @@ def _apply_chunk(
                 .where(Subscription.id == r.purchase_id)
                 .values(has_payment_token=False, updated_at=now)
             )
-    # Marks every hand-off of the chunk applied, the new sales' too.
+    # Dequeues every hand-off of the chunk, the new sales' too.
     apply_recycle_outcomes(conn, staged, now=now, run_id=run_id)
     if order_updates:
         conn.execute(
@@ -270,7 +258,7 @@ def _token_change(
 
 
 def _no_recycle_effect(r: _Final, seq: int) -> RecycleOutcome:
-    """A staged row that only marks the hand-off applied (a new sale's writes are made row by row)."""
+    """A staged row that only dequeues the hand-off (a new sale's writes are made row by row)."""
     return _staged(r, seq, "N")
 
 

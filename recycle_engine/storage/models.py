@@ -15,7 +15,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,6 +33,7 @@ __all__ = [
     "JobRun",
     "NightAnomaly",
     "Order",
+    "OutcomeQueue",
     "RecycleProfileVersion",
     "SchedulerLease",
     "Subscription",
@@ -232,7 +232,6 @@ class Handoff(Base):
     vendor_status: Mapped[str | None] = mapped_column(String(24))
     outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome_source: Mapped[str | None] = mapped_column(String(8))
-    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
     attention: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -243,18 +242,31 @@ class Handoff(Base):
     claimed_by: Mapped[str | None] = mapped_column(ID)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (
-        Index(None, "state", "next_poll_at"),
-        Index(None, "created_at"),
-        # Outcomes not yet applied to orders and subscriptions, oldest first (migration 0003).
-        Index(
-            "ix_handoffs_unapplied_outcome_at",
-            "outcome_at",
-            "id",
-            postgresql_where=text("applied_at IS NULL"),
-            sqlite_where=text("applied_at IS NULL"),
-        ),
-    )
+    __table_args__ = (Index(None, "state", "next_poll_at"), Index(None, "created_at"))
+
+
+class OutcomeQueue(Base):
+    """A hand-off's final outcome waiting to be applied to its order and purchase (services.outcomes).
+
+    Written in the transaction that records the outcome, deleted in the one that applies it. "Not yet
+    applied" lives on this narrow row rather than on the wide, heavily indexed hand-off row, so applying
+    rewrites no hand-off: a hand-off in a final state with no row here has had its outcome applied.
+    The row carries the news and the hand-off's own facts that applying needs (copied from the hand-off,
+    which never changes them), so applying reads no hand-off either."""
+
+    __tablename__ = "outcome_queue"
+    handoff_id: Mapped[str] = mapped_column(ID, ForeignKey("handoffs.id"), primary_key=True)
+    # The news, as the hand-off records it; a late APPROVED replaces a queued EXPIRED.
+    state: Mapped[str] = mapped_column(String(12))
+    outcome_at: Mapped[datetime] = mapped_column(UTCDateTime)  # applied oldest first
+    outcome_source: Mapped[str | None] = mapped_column(String(8))
+    # The hand-off's facts.
+    source: Mapped[str] = mapped_column(String(8))
+    order_id: Mapped[str] = mapped_column(ID)
+    purchase_id: Mapped[str | None] = mapped_column(ID)
+    declining_gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
 
 
 class HandoffEvent(Base):

@@ -15,7 +15,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    ColumnElement,
     Connection,
     Date,
     Integer,
@@ -26,10 +25,10 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
+    delete,
     func,
     insert,
     literal,
-    literal_column,
     null,
     select,
     text,
@@ -38,7 +37,7 @@ from sqlalchemy import (
 )
 
 from recycle_engine.domain.outcomes import OrderStatus, PurchaseStatus
-from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, Subscription
+from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
 from recycle_engine.storage.types import UTCDateTime
 
 __all__ = [
@@ -392,13 +391,13 @@ def apply_recycle_outcomes(
     run_id: str | None,
     reasons: tuple[str, str] = ("FLEXFACTOR_APPROVED", "FLEXFACTOR_FAILED"),
 ) -> None:
-    """Write a chunk of recycle outcomes in a fixed number of set-based statements, and mark each
-    hand-off applied: the rows apply_approvals and apply_failures would write, in the same order.
+    """Write a chunk of recycle outcomes in a fixed number of set-based statements, and dequeue each
+    hand-off: the rows apply_approvals and apply_failures would write, in the same order.
 
     The outcomes go once into a temporary table; every purchase, order, fulfillment, change-row and
     hand-off write is then one UPDATE ... FROM or INSERT ... SELECT over it, where row-by-row
     executemany spent most of its time per row in the driver and the SQL layer. On error the caller's
-    transaction rolls back, the temporary table with it."""
+    transaction rolls back, the temporary table and the dequeue with it."""
     if not outcomes:
         return
     s = _STAGING
@@ -481,12 +480,8 @@ def apply_recycle_outcomes(
         reasons[1],
     )
     _insert_changes(conn, [failure.where(failed)], now=now, run_id=run_id)
-    conn.execute(
-        update(Handoff)
-        .where(_staged_handoffs(conn))
-        .values(applied_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    # Applied: out of the queue, in this transaction (the hand-off rows themselves are not written).
+    conn.execute(delete(OutcomeQueue).where(OutcomeQueue.handoff_id.in_(select(s.c.handoff_id))))
     # Apart: writing `attention` on every row would rewrite its index entry for each of them.
     conn.execute(
         update(Handoff)
@@ -495,18 +490,6 @@ def apply_recycle_outcomes(
         .execution_options(synchronize_session=False)
     )
     s.drop(conn)
-
-
-def _staged_handoffs(conn: Connection) -> ColumnElement[bool]:
-    """The hand-offs of the staged outcomes. On SQLite they are named by rowid, so that the update
-    walks the table in storage order: hand-off ids are random GUIDs, and in id order nearly every
-    row rewrites another page once the table outgrows the page cache (half the update's cost)."""
-    s = _STAGING
-    if conn.dialect.name != "sqlite":
-        return Handoff.id.in_(select(s.c.handoff_id))
-    h = Handoff.__table__.alias("h")
-    rowids: Select[Any] = select(literal_column("h.rowid")).select_from(s.join(h, h.c.id == s.c.handoff_id))
-    return literal_column("handoffs.rowid").in_(rowids)
 
 
 def _fill_staging(conn: Connection, outcomes: Sequence[RecycleOutcome]) -> None:
