@@ -7,14 +7,30 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from typing import NamedTuple
 
-from sqlalchemy import JSON, ColumnElement, Connection, Engine, bindparam, cast, func, literal, select, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    bindparam,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.orm import InstrumentedAttribute
 
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import (
     FailureCause,
+    OutcomeEffect,
     PurchaseStatus,
     effect_of,
     next_bill_date,
@@ -24,12 +40,9 @@ from recycle_engine.domain.states import Source, State
 from recycle_engine.settings import Settings
 from recycle_engine.storage import outcome_queue
 from recycle_engine.storage.models import Order, OutcomeQueue, Subscription
-from recycle_engine.storage.subscription_repo import (
-    RecycleOutcome,
-    apply_recycle_outcomes,
-    create_fulfillments,
-    record_changes,
-)
+from recycle_engine.storage.outcome_writes import RecycleOutcome, apply_recycle_outcomes
+from recycle_engine.storage.subscription_repo import create_fulfillments, record_changes
+from recycle_engine.storage.types import as_utc
 
 __all__ = ["apply_outcomes"]
 
@@ -52,7 +65,7 @@ def apply_outcomes(
 
     Up to `chunk` hand-offs a transaction: one statement reads them with their orders and purchases,
     the outcome table is applied in Python, and a fixed number of set-based statements writes the
-    recycle outcomes (storage.subscription_repo.apply_recycle_outcomes); new sales, rare, row by row."""
+    recycle outcomes and dequeues the chunk (storage.outcome_writes); new sales, rare, row by row."""
     counts: Counter[str] = Counter()
     while True:
         # One look at the queue, oldest outcome first, then chunks by id.
@@ -70,19 +83,19 @@ def apply_outcomes(
             return counts
 
 
-def _one_of(conn: Connection, ids: Sequence[str]) -> ColumnElement[bool]:
-    """A queued hand-off among `ids`, passed as one JSON array: a chunk may hold more ids than either
-    database takes bound parameters (and binding each one costs more than the lookup)."""
+def _one_of(conn: Connection, column: InstrumentedAttribute[str], ids: Sequence[str]) -> ColumnElement[bool]:
+    """`column` among `ids`, passed as one JSON array: a chunk may hold more ids than either database
+    takes bound parameters (and binding each one costs more than the lookup)."""
     table = (
         func.json_array_elements_text(cast(literal(json.dumps(list(ids))), JSON))
         if conn.dialect.name == "postgresql"
         else func.json_each(literal(json.dumps(list(ids))))
     ).table_valued("value")
-    return OutcomeQueue.handoff_id.in_(select(table.c.value))
+    return column.in_(select(table.c.value))
 
 
 class _Final(NamedTuple):
-    """One final hand-off with its order and purchase, as _apply_chunk selects them (same order).
+    """One queued outcome with its purchase, as _apply_chunk selects them (same order).
 
     A plain tuple per row: named access on the SQL layer's rows cost more than applying the outcome."""
 
@@ -93,15 +106,9 @@ class _Final(NamedTuple):
     purchase_id: str | None
     declining_gateway_id: str
     amount_minor: int
-    outcome_at: datetime
+    outcome_at: datetime  # as the driver returns it: see as_utc
     outcome_source: str | None
     billing_cycle: int
-    order_type: str | None
-    completes_trial: bool | None
-    recurring_product: bool | None
-    order_shippable: bool | None
-    order_product_id: str | None
-    order_status: str | None
     sub_status: str | None
     open_handoff_id: str | None
     sub_cycle: int | None
@@ -111,6 +118,17 @@ class _Final(NamedTuple):
     sub_product_id: str | None
     recycle_profile_id: str | None
     failure_cause: str | None
+
+
+class _Sale(NamedTuple):
+    """The order of a new-sale outcome (rerun or cascade): it carries the result."""
+
+    order_type: str | None = None
+    completes_trial: bool | None = None
+    recurring_product: bool | None = None
+    shippable: bool | None = None
+    product_id: str | None = None
+    status: str | None = None
 
 
 def _apply_chunk(
@@ -132,28 +150,22 @@ def _apply_chunk(
             OutcomeQueue.purchase_id,
             OutcomeQueue.declining_gateway_id,
             OutcomeQueue.amount_minor,
-            OutcomeQueue.outcome_at,
+            # Read as the driver gives it, made a UTC instant only where a date is needed (approvals).
+            type_coerce(OutcomeQueue.outcome_at, DateTime(timezone=True)),
             OutcomeQueue.outcome_source,
             OutcomeQueue.billing_cycle,
-            Order.order_type,
-            Order.completes_trial,
-            Order.recurring_product,
-            Order.shippable.label("order_shippable"),
-            Order.product_id.label("order_product_id"),
-            Order.status.label("order_status"),
-            Subscription.status.label("sub_status"),
+            Subscription.status,
             Subscription.open_handoff_id,
-            Subscription.billing_cycle.label("sub_cycle"),
+            Subscription.billing_cycle,
             Subscription.billing_interval_days,
             Subscription.price_minor,
-            Subscription.shippable.label("sub_shippable"),
-            Subscription.product_id.label("sub_product_id"),
+            Subscription.shippable,
+            Subscription.product_id,
             Subscription.recycle_profile_id,
             Subscription.failure_cause,
         )
-        .outerjoin(Order, Order.id == OutcomeQueue.order_id)
         .outerjoin(Subscription, Subscription.id == OutcomeQueue.purchase_id)
-        .where(_one_of(conn, ids))
+        .where(_one_of(conn, OutcomeQueue.handoff_id, ids))
     )
     if conn.dialect.name == "postgresql":
         # The queue rows only: news queued for one of them meanwhile waits for this transaction, and
@@ -162,28 +174,25 @@ def _apply_chunk(
     # Oldest outcome first, ordered here: an ORDER BY makes SQLite sort the whole chunk's wide rows
     # on disk once it outgrows the page cache.
     position = {handoff_id: n for n, handoff_id in enumerate(ids)}
-    rows = sorted(map(_Final._make, conn.execute(stmt)), key=lambda r: position[r.id])
+    rows = sorted(map(_Final._make, conn.execute(stmt).all()), key=lambda r: position[r.id])
+    recycle = Source.RECYCLE.value
+    sales = _sales(conn, [r.order_id for r in rows if r.source != recycle])
     staged: list[RecycleOutcome] = []
     order_updates: list[dict[str, object]] = []
     fulfil: dict[str, list[tuple[str | None, str | None, int, str | None, str | None]]] = {}
     changes: list[dict[str, object]] = []
-    for seq, r in enumerate(rows):
-        success = r.state == State.APPROVED.value
-        order_type = OrderType(r.order_type) if r.order_type else OrderType.REBILL
-        effect = effect_of(
-            order_type=order_type,
-            completes_trial=bool(r.completes_trial),
-            success=success,
-            recurring_product=bool(r.recurring_product),
-            source=Source(r.source),
-        )
+    approved = State.APPROVED.value
+    for r in rows:
+        success = r.state == approved
         counts["approved" if success else "failed_outcome"] += 1
-        if r.source == "RECYCLE":
-            staged.append(_recurring(settings, r, seq, success, counts))
+        if r.source == recycle:
+            staged.append(_recurring(settings, r, success, counts))
             continue
-        staged.append(_no_recycle_effect(r, seq))
+        staged.append(_staged(r, "N"))
         # New sale (rerun or cascade): the order row carries the result.
-        if effect.order_status is not None and effect.order_status.value != r.order_status:
+        o = sales.get(r.order_id, _Sale())
+        effect = _effect(o.order_type, bool(o.completes_trial), success, bool(o.recurring_product), r.source)
+        if effect.order_status is not None and effect.order_status.value != o.status:
             order_updates.append(
                 {
                     "b_id": r.order_id,
@@ -191,12 +200,12 @@ def _apply_chunk(
                     "b_token": not effect.no_payment_token,
                 }
             )
-            changes.append(_order_change(r, effect.order_status.value, now, run_id))
+            changes.append(_order_change(r, o.status, effect.order_status.value, now, run_id))
         elif effect.no_payment_token:
-            order_updates.append({"b_id": r.order_id, "b_status": r.order_status, "b_token": False})
-        if effect.create_fulfillments and r.order_shippable:
+            order_updates.append({"b_id": r.order_id, "b_status": o.status, "b_token": False})
+        if effect.create_fulfillments and o.shippable:
             fulfil.setdefault(r.outcome_source or _SOURCE, []).append(
-                (r.order_id, r.purchase_id, r.billing_cycle, r.order_product_id, r.id)
+                (r.order_id, r.purchase_id, r.billing_cycle, o.product_id, r.id)
             )
         if effect.no_payment_token:
             # The CRM must learn it too: its next rebill runs without a stored token.
@@ -225,12 +234,24 @@ def _apply_chunk(
     return len(rows)
 
 
-def _order_change(r: _Final, new_status: str, now: datetime, run_id: str | None) -> dict[str, object]:
+def _sales(conn: Connection, order_ids: Sequence[str]) -> dict[str, _Sale]:
+    """The orders of the chunk's new-sale outcomes (a recycle outcome's effect is its purchase's)."""
+    if not order_ids:
+        return {}
+    stmt = select(Order.id, *(getattr(Order, name) for name in _Sale._fields)).where(
+        _one_of(conn, Order.id, order_ids)
+    )
+    return {row[0]: _Sale._make(row[1:]) for row in conn.execute(stmt)}
+
+
+def _order_change(
+    r: _Final, old_status: str | None, new_status: str, now: datetime, run_id: str | None
+) -> dict[str, object]:
     return {
         "entity": "ORDER",
         "entity_id": r.order_id,
         "field": "status",
-        "old_value": r.order_status,
+        "old_value": old_status,
         "new_value": new_status,
         "reason": "FLEXFACTOR_OUTCOME",
         "source": r.outcome_source or _SOURCE,
@@ -257,14 +278,22 @@ def _token_change(
     }
 
 
-def _no_recycle_effect(r: _Final, seq: int) -> RecycleOutcome:
-    """A staged row that only dequeues the hand-off (a new sale's writes are made row by row)."""
-    return _staged(r, seq, "N")
+@cache
+def _effect(
+    order_type: str | None, completes_trial: bool, success: bool, recurring_product: bool, source: str
+) -> OutcomeEffect:
+    """effect_of for the values a row holds; a chunk has only a handful of distinct ones."""
+    return effect_of(
+        order_type=OrderType(order_type) if order_type else OrderType.REBILL,
+        completes_trial=completes_trial,
+        success=success,
+        recurring_product=recurring_product,
+        source=Source(source),
+    )
 
 
 def _staged(
     r: _Final,
-    seq: int,
     kind: str,
     *,
     product_id: str | None = None,
@@ -275,28 +304,25 @@ def _staged(
     cause: str | None = None,
     shippable: bool = False,
 ) -> RecycleOutcome:
-    return {
-        "seq": seq,
-        "handoff_id": r.id,
-        "kind": kind,
-        "subscription_id": r.purchase_id,
-        "order_id": r.order_id,
-        "product_id": product_id,
-        "paid_cycle": paid_cycle,
-        "next_bill_on": next_bill_on,
-        "next_bill_text": next_bill_on,
-        "price_minor": price_minor,
-        "gateway_id": gateway_id,
-        "old_status": r.sub_status,
-        "cause": cause,
-        "source": r.outcome_source or _SOURCE,
-        "shippable": shippable,
-    }
+    return RecycleOutcome(
+        r.id,
+        kind,
+        r.purchase_id,
+        r.order_id,
+        product_id,
+        paid_cycle,
+        next_bill_on,
+        next_bill_on,
+        price_minor,
+        gateway_id,
+        r.sub_status,
+        cause,
+        r.outcome_source or _SOURCE,
+        shippable,
+    )
 
 
-def _recurring(
-    settings: Settings, r: _Final, seq: int, success: bool, counts: Counter[str]
-) -> RecycleOutcome:
+def _recurring(settings: Settings, r: _Final, success: bool, counts: Counter[str]) -> RecycleOutcome:
     """Recycle hand-off: the subscription moves on or fails, if it is still waiting on this hand-off."""
     row = r
     sub_status = row.sub_status
@@ -310,14 +336,12 @@ def _recurring(
         if failed_by_us:
             counts["late_approvals_applied"] += 1
         profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
-        outcome_at: datetime = row.outcome_at
-        approved_on = local_date(outcome_at, settings.timezone)
+        approved_on = local_date(as_utc(row.outcome_at), settings.timezone)
         interval = row.billing_interval_days
         # The purchase row exists: it waits on this hand-off, or this hand-off failed it.
         assert row.price_minor is not None
         return _staged(
             row,
-            seq,
             "A",
             product_id=row.sub_product_id,
             paid_cycle=row.sub_cycle,
@@ -332,7 +356,7 @@ def _recurring(
             shippable=bool(row.sub_shippable),
         )
     if not success and waiting:
-        return _staged(row, seq, "F", cause=FailureCause.FLEXFACTOR_FAILED.value)
+        return _staged(row, "F", cause=FailureCause.FLEXFACTOR_FAILED.value)
     if success:
         # Money was collected but the subscription has moved on: the billing team must act.
         counts["late_approvals_unapplied"] += 1
@@ -340,6 +364,6 @@ def _recurring(
             "late approval not applied",
             extra={"handoff": row.id, "subscription_status": sub_status},
         )
-        return _staged(row, seq, "L")
+        return _staged(row, "L")
     counts["outcome_no_effect"] += 1
-    return _staged(row, seq, "N")
+    return _staged(row, "N")

@@ -84,7 +84,7 @@ def pending(conn: Connection, handoff_ids: Sequence[str] | None = None) -> list[
     stmt = select(OutcomeQueue.handoff_id).order_by(OutcomeQueue.outcome_at, OutcomeQueue.handoff_id)
     if handoff_ids is not None:
         stmt = stmt.where(OutcomeQueue.handoff_id.in_(list(handoff_ids)))
-    return list(conn.execute(stmt).scalars())
+    return list(conn.execute(stmt).scalars().all())
 
 
 def queued(conn: Connection, handoff_ids: Sequence[str]) -> set[str]:
