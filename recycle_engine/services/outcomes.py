@@ -41,6 +41,7 @@ from recycle_engine.settings import Settings
 from recycle_engine.storage import outcome_queue
 from recycle_engine.storage.models import Order, OutcomeQueue, Subscription
 from recycle_engine.storage.outcome_writes import RecycleOutcome, apply_recycle_outcomes
+from recycle_engine.storage.profile_versions import ProfileBook
 from recycle_engine.storage.subscription_repo import create_fulfillments, record_changes
 from recycle_engine.storage.types import as_utc
 
@@ -117,6 +118,7 @@ class _Final(NamedTuple):
     sub_shippable: bool | None
     sub_product_id: str | None
     recycle_profile_id: str | None
+    recycle_profile_version: str | None
     failure_cause: str | None
 
 
@@ -162,6 +164,7 @@ def _apply_chunk(
             Subscription.shippable,
             Subscription.product_id,
             Subscription.recycle_profile_id,
+            Subscription.recycle_profile_version,
             Subscription.failure_cause,
         )
         .outerjoin(Subscription, Subscription.id == OutcomeQueue.purchase_id)
@@ -176,6 +179,8 @@ def _apply_chunk(
     position = {handoff_id: n for n, handoff_id in enumerate(ids)}
     rows = sorted(map(_Final._make, conn.execute(stmt).all()), key=lambda r: position[r.id])
     recycle = Source.RECYCLE.value
+    # The ladder version each purchase entered with decides what an approval does to its price.
+    book = ProfileBook(conn, settings.recycle_profiles)
     sales = _sales(conn, [r.order_id for r in rows if r.source != recycle])
     staged: list[RecycleOutcome] = []
     order_updates: list[dict[str, object]] = []
@@ -186,7 +191,7 @@ def _apply_chunk(
         success = r.state == approved
         counts["approved" if success else "failed_outcome"] += 1
         if r.source == recycle:
-            staged.append(_recurring(settings, r, success, counts))
+            staged.append(_recurring(settings, book, r, success, counts))
             continue
         staged.append(_staged(r, "N"))
         # New sale (rerun or cascade): the order row carries the result.
@@ -322,7 +327,9 @@ def _staged(
     )
 
 
-def _recurring(settings: Settings, r: _Final, success: bool, counts: Counter[str]) -> RecycleOutcome:
+def _recurring(
+    settings: Settings, book: ProfileBook, r: _Final, success: bool, counts: Counter[str]
+) -> RecycleOutcome:
     """Recycle hand-off: the subscription moves on or fails, if it is still waiting on this hand-off."""
     row = r
     sub_status = row.sub_status
@@ -335,7 +342,7 @@ def _recurring(settings: Settings, r: _Final, success: bool, counts: Counter[str
     if success and (waiting or failed_by_us):
         if failed_by_us:
             counts["late_approvals_applied"] += 1
-        profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
+        profile = book.profile(row.recycle_profile_id, row.recycle_profile_version)
         approved_on = local_date(as_utc(row.outcome_at), settings.timezone)
         interval = row.billing_interval_days
         # The purchase row exists: it waits on this hand-off, or this hand-off failed it.

@@ -7,7 +7,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
 from recycle_engine.storage.outcome_queue import QueuedNews, enqueue
+from recycle_engine.storage.profile_versions import record_profile_versions
 from tests.factories import (
     a_decline,
     a_settings_file,
@@ -302,3 +303,32 @@ def test_given_an_applier_holding_a_queued_expiry_when_a_rescue_is_recorded_then
     assert recorded.is_set()
     assert world.queued() == [(handoff_id, "APPROVED")]
     engine.dispose()
+
+
+# --- the ladder version a purchase entered with ------------------------------------------------------
+
+
+def test_given_purchases_on_different_ladder_versions_when_approved_then_each_price_follows_the_version_it_entered_with(
+    world: World,
+) -> None:
+    # given: settings.yaml no longer holds the recycle price, but sub-1 entered when it did
+    current = world.settings.recycle_profiles["default"]
+    with world.engine.begin() as conn:
+        versions = record_profile_versions(
+            conn, [replace(current, hold_recycle_price=True)], now=SENT - timedelta(days=30)
+        )
+        versions_now = record_profile_versions(conn, [current], now=SENT)
+    ids = [hand_off(world, n) for n in (1, 2, 3)]
+    with world.engine.begin() as conn:
+        for n, version in ((1, versions["default"]), (2, versions_now["default"]), (3, None)):
+            conn.execute(
+                update(Subscription)
+                .where(Subscription.id == f"sub-{n}")
+                .values(recycle_profile_version=version)
+            )
+    # when: each is rescued at 47.49, its regular price being 49.99
+    for handoff_id in ids:
+        settle(world, handoff_id, "APPROVED", SENT + timedelta(days=1))
+    world.apply(SENT + timedelta(days=1, hours=1))
+    # then: the held price only where the recorded version holds it; no version: settings.yaml
+    assert [world.subscription(n).price_minor for n in (1, 2, 3)] == [4749, 4999, 4999]
