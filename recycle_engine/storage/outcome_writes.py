@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     case,
     cast,
     delete,
@@ -112,7 +113,6 @@ def apply_recycle_outcomes(
     approved = s.c.kind == "A"
     if kinds & {"A", "F"}:
         _write_purchases(conn, now=now)
-        _insert_changes(conn, reasons, now=now, run_id=run_id)
     if "A" in kinds:
         conn.execute(
             update(Order)
@@ -121,6 +121,9 @@ def apply_recycle_outcomes(
             .execution_options(synchronize_session=False)
         )
         _insert_fulfillments(conn, now=now)
+    if kinds & {"A", "F"}:
+        # After the fulfillments: a HOLD change row names a record this chunk created.
+        _insert_changes(conn, reasons, now=now, run_id=run_id)
     if "L" in kinds:
         conn.execute(
             update(Handoff)
@@ -168,6 +171,18 @@ def _held() -> tuple[ColumnElement[bool], ...]:
         s.c.shippable.is_(True),
         func.coalesce(s.c.order_id, "") != "",
         func.coalesce(s.c.product_id, "") != "",
+    )
+
+
+def _created_here(now: datetime) -> ColumnElement[bool]:
+    """The HOLD record a staged approval created in this chunk: its unique key, hand-off and time."""
+    s = _STAGING
+    return and_(
+        Fulfillment.order_id == s.c.order_id,
+        Fulfillment.product_id == s.c.product_id,
+        Fulfillment.billing_cycle == s.c.paid_cycle,
+        Fulfillment.handoff_id == s.c.handoff_id,
+        Fulfillment.created_at == literal(now, UTCDateTime()),
     )
 
 
@@ -247,10 +262,10 @@ def _insert_changes(conn: Connection, reasons: tuple[str, str], *, now: datetime
             literal("COMPLETE"),
             reasons[0],
         ).where(approved, func.coalesce(s.c.order_id, "") != ""),
-        # As create_fulfillments does: a change row per shippable item handed in.
-        _changes_of(
-            "FULFILLMENT", s.c.order_id, "status", null(), literal("HOLD"), "FULFILLMENT_CREATED"
-        ).where(*_held()),
+        # As create_fulfillments does: a change row per HOLD record created, none for one already there.
+        _changes_of("FULFILLMENT", s.c.order_id, "status", null(), literal("HOLD"), "FULFILLMENT_CREATED")
+        .join(Fulfillment, _created_here(now))
+        .where(*_held()),
         _changes_of(
             "SUBSCRIPTION",
             sub,

@@ -266,8 +266,9 @@ def create_fulfillments(
     run_id: str | None,
     source: str,
 ) -> int:
-    """One HOLD record per shippable item and cycle, never twice (the unique key holds the line)."""
-    from recycle_engine.storage.upsert import insert_ignore
+    """One HOLD record per shippable item and cycle, never twice (the unique key holds the line), with
+    a change row for each record created; returns how many were created."""
+    from recycle_engine.storage.upsert import inserted_keys
 
     rows = [
         {
@@ -282,12 +283,15 @@ def create_fulfillments(
         for order_id, purchase_id, cycle, product_id, handoff_id in items
         if order_id and product_id
     ]
-    if not rows:
-        return 0
-    created = insert_ignore(conn, Fulfillment, rows, ["order_id", "product_id", "billing_cycle"])
-    record_changes(
-        conn,
-        [
+    key = ("order_id", "product_id", "billing_cycle")
+    created = inserted_keys(conn, Fulfillment, rows, key)
+    changes = []
+    for r in rows:
+        # An item the unique key skipped has its record already, and its change row with it.
+        if (r["order_id"], r["product_id"], r["billing_cycle"]) not in created:
+            continue
+        created.discard((r["order_id"], r["product_id"], r["billing_cycle"]))
+        changes.append(
             _change(
                 "FULFILLMENT",
                 str(r["order_id"]),
@@ -300,7 +304,6 @@ def create_fulfillments(
                 run_id=run_id,
                 handoff_id=r["handoff_id"],  # type: ignore[arg-type]
             )
-            for r in rows
-        ],
-    )
-    return created
+        )
+    record_changes(conn, changes)
+    return len(changes)
