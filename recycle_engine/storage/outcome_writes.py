@@ -131,8 +131,13 @@ def apply_recycle_outcomes(
             .values(attention=LATE_APPROVAL_UNAPPLIED)
             .execution_options(synchronize_session=False)
         )
-    # Applied: out of the queue in this transaction (no hand-off row is written for it).
-    conn.execute(delete(OutcomeQueue).where(OutcomeQueue.handoff_id.in_(select(s.c.handoff_id))))
+    # Applied: out of the queue in this transaction (no hand-off row is written for it). A join on
+    # PostgreSQL (DELETE ... USING, sized by the chunk's row count), a semi-join where SQLite lacks one.
+    queued = OutcomeQueue.handoff_id
+    dequeued = (
+        queued == s.c.handoff_id if conn.dialect.name == "postgresql" else queued.in_(select(s.c.handoff_id))
+    )
+    conn.execute(delete(OutcomeQueue).where(dequeued))
     s.drop(conn)
 
 
@@ -218,7 +223,9 @@ def _fill_staging(conn: Connection, outcomes: Sequence[RecycleOutcome]) -> None:
             with cursor.copy(f"COPY outcome_staging ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
-            cursor.execute("ANALYZE outcome_staging")
+            # The chunk's size and mix for the planner (hash joins where it is large against a table),
+            # sampled on one column: statistics of every column cost more than the statement they help.
+            cursor.execute("ANALYZE outcome_staging (kind)")
         return
     marks = ", ".join("?" for _ in RecycleOutcome._fields)
     conn.exec_driver_sql(f"INSERT INTO outcome_staging ({columns}) VALUES ({marks})", rows)
