@@ -17,7 +17,7 @@ from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, OutcomeQueue
 from recycle_engine.storage.types import UTCDateTime
 
-__all__ = ["OUTCOME_STATES", "QueuedNews", "enqueue", "news_of", "pending", "queued"]
+__all__ = ["OUTCOME_STATES", "Pending", "QueuedNews", "enqueue", "news_of", "pending", "queued"]
 
 # The final states whose outcome reaches orders and purchases (FAILED: never accepted, nothing to apply).
 OUTCOME_STATES: Final = (
@@ -79,15 +79,22 @@ def enqueue(conn: Connection, outcomes: Iterable[QueuedNews]) -> None:
     conn.execute(stmt, params)
 
 
-def pending(conn: Connection, handoff_ids: Sequence[str] | None = None) -> list[str]:
-    """Queued hand-off ids (among `handoff_ids`, if given), oldest outcome first."""
-    stmt = select(OutcomeQueue.handoff_id).order_by(OutcomeQueue.outcome_at, OutcomeQueue.handoff_id)
+class Pending(NamedTuple):
+    handoff_id: str
+    purchase_id: str | None
+    order_id: str
+
+
+def pending(conn: Connection, handoff_ids: Sequence[str] | None = None) -> list[Pending]:
+    """Queued outcomes (of `handoff_ids`, if given), oldest first."""
+    q = OutcomeQueue
+    stmt = select(q.handoff_id, q.purchase_id, q.order_id).order_by(q.outcome_at, q.handoff_id)
     if handoff_ids is not None:
-        stmt = stmt.where(OutcomeQueue.handoff_id.in_(list(handoff_ids)))
-    return list(conn.execute(stmt).scalars().all())
+        stmt = stmt.where(q.handoff_id.in_(list(handoff_ids)))
+    return list(map(Pending._make, conn.execute(stmt).all()))
 
 
 def queued(conn: Connection, handoff_ids: Sequence[str]) -> set[str]:
     """Those of `handoff_ids` whose outcome is still to apply (readers: a final hand-off not queued
     has had its outcome applied)."""
-    return set(pending(conn, handoff_ids))
+    return {p.handoff_id for p in pending(conn, handoff_ids)}

@@ -16,13 +16,13 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select, text, update
 
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
-from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.services.outcomes import _chunks, apply_outcomes
 from recycle_engine.services.webhook_events import store_delivery
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
-from recycle_engine.storage.outcome_queue import QueuedNews, enqueue
+from recycle_engine.storage.outcome_queue import Pending, QueuedNews, enqueue
 from recycle_engine.storage.profile_versions import record_profile_versions
 from tests.factories import (
     a_decline,
@@ -54,8 +54,10 @@ class World:
         with self.engine.connect() as conn:
             return [(r.handoff_id, r.state) for r in conn.execute(select(OutcomeQueue))]
 
-    def apply(self, at: datetime, handoff_ids: list[str] | None = None) -> Counter[str]:
-        return apply_outcomes(self.settings, self.engine, now=at, run_id="test", handoff_ids=handoff_ids)
+    def apply(self, at: datetime, handoff_ids: list[str] | None = None, chunk: int = 20_000) -> Counter[str]:
+        return apply_outcomes(
+            self.settings, self.engine, now=at, run_id="test", handoff_ids=handoff_ids, chunk=chunk
+        )
 
 
 @pytest.fixture
@@ -332,3 +334,64 @@ def test_given_purchases_on_different_ladder_versions_when_approved_then_each_pr
     world.apply(SENT + timedelta(days=1, hours=1))
     # then: the held price only where the recorded version holds it; no version: settings.yaml
     assert [world.subscription(n).price_minor for n in (1, 2, 3)] == [4749, 4999, 4999]
+
+
+# --- chunks --------------------------------------------------------------------------------------------
+
+
+def test_given_outcomes_of_one_purchase_apart_in_the_queue_then_they_share_a_chunk() -> None:
+    pending = [
+        Pending("a", "P1", "o1"),
+        Pending("b", "P2", "o2"),
+        Pending("c", "P3", "o3"),
+        Pending("d", "P1", "o4"),  # P1 again: with a, though a's chunk is full
+        Pending("e", None, "o5"),  # new sales without a purchase go by order
+        Pending("f", None, "o5"),
+    ]
+    assert _chunks(pending, 2) == [["a", "b", "d"], ["c", "e", "f"]]
+
+
+def test_given_more_outcomes_than_a_chunk_holds_then_every_one_is_applied_once(world: World) -> None:
+    # given: seven outcomes, applied two (or so) a transaction
+    ids = [hand_off(world, n) for n in range(1, 8)]
+    for n, handoff_id in enumerate(ids):
+        settle(world, handoff_id, "APPROVED" if n % 2 == 0 else "DECLINED", SENT + timedelta(hours=n))
+    # when
+    counts = world.apply(SENT + timedelta(days=1), chunk=2)
+    again = world.apply(SENT + timedelta(days=1, hours=1), chunk=2)
+    # then
+    assert (counts["approved"], counts["failed_outcome"], again) == (4, 3, Counter())
+    assert [world.subscription(n).status for n in range(1, 8)] == ["ACTIVE", "RECYCLE_FAILED"] * 3 + [
+        "ACTIVE"
+    ]
+    assert (world.count(Change), world.count(Fulfillment), world.queued()) == (4 * 6 + 3, 4, [])
+
+
+def test_given_a_crash_in_a_later_chunk_then_earlier_chunks_stay_applied_and_the_next_run_applies_the_rest_once(
+    world: World,
+) -> None:
+    # given: seven approvals queued, two a chunk
+    ids = [hand_off(world, n) for n in range(1, 8)]
+    for n, handoff_id in enumerate(ids):
+        settle(world, handoff_id, "APPROVED", SENT + timedelta(hours=n))
+    deletes = []
+
+    def crash(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("DELETE FROM outcome_queue"):
+            deletes.append(statement)
+            if len(deletes) == 2:
+                raise RuntimeError("power cut")
+
+    # when: the process dies while writing the second chunk (the third may be read already)
+    event.listen(world.engine, "before_cursor_execute", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        world.apply(SENT + timedelta(days=1), chunk=2)
+    event.remove(world.engine, "before_cursor_execute", crash)
+    # then: the first chunk is applied, nothing else is
+    assert [world.subscription(n).status for n in range(1, 8)] == ["ACTIVE"] * 2 + ["RECYCLE_BILLING"] * 5
+    assert (world.count(Change), len(world.queued())) == (2 * 6, 5)
+    # and when the next run comes, it applies the rest once
+    counts = world.apply(SENT + timedelta(days=1, hours=1), chunk=2)
+    assert counts["approved"] == 5
+    assert [world.subscription(n).status for n in range(1, 8)] == ["ACTIVE"] * 7
+    assert (world.count(Change), world.count(Fulfillment), world.queued()) == (7 * 6, 7, [])
