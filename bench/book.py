@@ -177,7 +177,7 @@ _HANDOFF_COLUMNS: Final = (
     "id source order_id purchase_id transaction_id gateway_id declining_gateway_id slot attempt "
     "billing_cycle amount_minor currency idempotency_key request_body dedupe_key state created_at "
     "send_started_at submitted_at expires_at flexfactor_order_id vendor_status outcome_at outcome_source "
-    "applied_at late_outcome last_error attention next_poll_at poll_count resend_count run_id claimed_by "
+    "late_outcome last_error attention next_poll_at poll_count resend_count run_id claimed_by "
     "claimed_until updated_at"
 ).split()
 
@@ -477,7 +477,6 @@ class _Rows:
             "Submitted" if is_open else state.title(),
             outcome_at,
             None if is_open else "POLL",
-            outcome_at,
             False,
             None,
             None,

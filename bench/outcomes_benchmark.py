@@ -3,11 +3,13 @@
 Run: .venv/bin/python bench/outcomes_benchmark.py [--rows 50000] [--db sqlite|postgres|both] [--repeat 3]
 
 Both sides start from identical copies of one database holding `--rows` RECYCLE hand-offs in a final
-state but not yet applied (45 % APPROVED, the rest DECLINED, EXPIRED or CANCELLED), each with its
-RECYCLE_BILLING subscription waiting on it and its DECLINED, shippable rebill order.
+state whose outcome is queued but not yet applied (45 % APPROVED, the rest DECLINED, EXPIRED or
+CANCELLED), each with its RECYCLE_BILLING subscription waiting on it and its DECLINED, shippable rebill
+order. (The queue row is written when the outcome is recorded, by the poll, webhook or answer that
+brings it, so it is part of the book, not of the work measured.)
 
 - outcomes: services.outcomes.apply_outcomes over all of them (purchases moved on or failed, orders
-  paid, HOLD fulfillments, change rows, applied_at), as reconcile runs it.
+  paid, HOLD fulfillments, change rows, dequeued), as reconcile runs it.
 - bare UPDATE: one executemany `UPDATE subscriptions SET status = :status, updated_at = :now WHERE
   id = :id` over the same subscriptions, in the order apply_outcomes visits them (oldest outcome
   first), in one transaction, through the same SQLAlchemy Core path: the least any outcome
@@ -46,7 +48,7 @@ from recycle_engine.config import load_settings
 from recycle_engine.services.outcomes import apply_outcomes
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine, upgrade
-from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, Subscription
+from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_ENV = {
@@ -62,6 +64,8 @@ PG_HOST_URL = os.environ.get("RECYCLE_ENGINE_TEST_PG_URL", "postgresql+psycopg:/
 SUBMITTED_AT = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
 NOW = datetime(2026, 6, 22, 7, 30, tzinfo=UTC)  # the reconcile that applies them
 INSERT_CHUNK = 10_000
+# What recording an outcome queues (storage.outcome_queue): the news and the hand-off's facts.
+_QUEUED = [c.name for c in OutcomeQueue.__table__.columns]
 
 
 # --- the book ------------------------------------------------------------------------------------------
@@ -169,7 +173,11 @@ def book(rows: int, seed: int = 5) -> tuple[list[dict[str, Any]], list[dict[str,
 def load(
     engine: Engine, handoffs: list[dict[str, Any]], subs: list[dict[str, Any]], orders: list[dict[str, Any]]
 ) -> None:
-    for model, rows in ((Handoff, handoffs), (Subscription, subs), (Order, orders)):
+    queue = [
+        {"handoff_id": h["id"], **{name: h[name] for name in _QUEUED if name != "handoff_id"}}
+        for h in handoffs
+    ]
+    for model, rows in ((Handoff, handoffs), (Subscription, subs), (Order, orders), (OutcomeQueue, queue)):
         for start in range(0, len(rows), INSERT_CHUNK):
             with engine.begin() as conn:
                 conn.execute(insert(model), rows[start : start + INSERT_CHUNK])
@@ -269,9 +277,7 @@ def run_bare_update(engine: Engine, subs: list[dict[str, Any]], states: dict[str
 def check_applied(engine: Engine, rows: int, approved: int) -> None:
     """Guard against measuring a no-op: every outcome applied, each save with its records."""
     with engine.connect() as conn:
-        unapplied = conn.execute(
-            select(func.count()).select_from(Handoff).where(Handoff.applied_at.is_(None))
-        ).scalar_one()
+        unapplied = conn.execute(select(func.count()).select_from(OutcomeQueue)).scalar_one()
         active = conn.execute(
             select(func.count()).select_from(Subscription).where(Subscription.status == "ACTIVE")
         ).scalar_one()

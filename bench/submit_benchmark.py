@@ -333,7 +333,7 @@ def print_outcome_plan(url: str, settings_path: Path) -> None:
 
     settings = load_settings(settings_path, env=SANDBOX_ENV)
     engine = make_engine(url)
-    plans = plans_of(engine, "applied_at IS NULL ORDER BY")
+    plans = plans_of(engine, "FROM outcome_queue LEFT OUTER JOIN subscriptions")
     try:
         started = time.perf_counter()
         counts = apply_outcomes(settings, engine, now=NIGHT)

@@ -7,12 +7,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, select
 
 from recycle_engine.config import load_settings
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig
 from recycle_engine.settings import Settings
-from recycle_engine.storage.models import Customer, Decline, Order, Subscription
+from recycle_engine.storage.models import Customer, Decline, Handoff, Order, Subscription
+from recycle_engine.storage.outcome_queue import OUTCOME_STATES, queued
 from recycle_engine.storage.upsert import insert_ignore
 
 SANDBOX_ENV = {
@@ -282,3 +283,10 @@ def insert_recycling_many(
         conn.execute(insert(Order), orders)
         conn.execute(insert(Subscription), subs)
     return [s["id"] for s in subs]
+
+
+def outcome_applied(engine: Engine, handoff_id: str) -> bool:
+    """True once the hand-off's final outcome has reached its order and purchase (no longer queued)."""
+    with engine.connect() as conn:
+        state = conn.execute(select(Handoff.state).where(Handoff.id == handoff_id)).scalar_one()
+        return state in OUTCOME_STATES and not queued(conn, [handoff_id])

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
 
-from sqlalchemy import JSON, ColumnElement, Connection, Engine, bindparam, cast, func, literal, select, update
+from sqlalchemy import Connection, Engine, RootTransaction
 
-from recycle_engine.domain.declines import OrderType
-from recycle_engine.domain.ladder import local_date
-from recycle_engine.domain.outcomes import (
-    FailureCause,
-    PurchaseStatus,
-    effect_of,
-    next_bill_date,
-    price_after_approval,
-)
-from recycle_engine.domain.states import Source, State
+from recycle_engine.services.outcome_chunk import Prepared, prepare_chunk, write_chunk
 from recycle_engine.settings import Settings
-from recycle_engine.storage.models import Handoff, Order, Subscription
-from recycle_engine.storage.subscription_repo import (
-    RecycleOutcome,
-    apply_recycle_outcomes,
-    create_fulfillments,
-    record_changes,
-)
+from recycle_engine.storage import outcome_queue
 
 __all__ = ["apply_outcomes"]
-
-log = logging.getLogger(__name__)
-
-_OUTCOME_STATES = (State.APPROVED.value, State.DECLINED.value, State.EXPIRED.value, State.CANCELLED.value)
-# Change rows name how the outcome reached us (RESPONSE, WEBHOOK, POLL, EXPIRY); this only if unknown.
-_SOURCE = "FLEXFACTOR"
 
 
 def apply_outcomes(
@@ -48,310 +26,111 @@ def apply_outcomes(
     run_id: str | None = None,
     chunk: int = 20_000,
 ) -> Counter[str]:
-    """Apply every final, not yet applied hand-off outcome; safe to run again and concurrently.
+    """Apply every queued hand-off outcome (storage.outcome_queue); safe to run again and concurrently.
 
-    Up to `chunk` hand-offs a transaction: one statement reads them with their orders and purchases,
-    the outcome table is applied in Python, and a fixed number of set-based statements writes the
-    recycle outcomes (storage.subscription_repo.apply_recycle_outcomes); new sales, rare, row by row."""
+    Up to `chunk` outcomes a transaction: one statement reads them with their purchases, the outcome
+    table is applied in Python, and a fixed number of set-based statements writes them and dequeues
+    them (services.outcome_chunk, storage.outcome_writes); new sales, rare, row by row."""
     counts: Counter[str] = Counter()
     while True:
-        # One look for the work, oldest outcome first, then chunks by id: asking again per chunk would
-        # walk past every row already applied each time (no index covers "not yet applied").
+        # One look at the queue, oldest outcome first, then chunks by id.
         with engine.connect() as conn:
-            pending = _unapplied(conn, handoff_ids)
-        applied = 0
-        for start in range(0, len(pending), chunk):
-            with engine.begin() as conn:
-                applied += _apply_chunk(
-                    settings, conn, now=now, ids=pending[start : start + chunk], run_id=run_id, counts=counts
-                )
+            chunks = _chunks(outcome_queue.pending(conn, handoff_ids), chunk)
+        if engine.dialect.name == "postgresql" and len(chunks) > 1:
+            applied = _apply_ahead(settings, engine, chunks, now=now, run_id=run_id, counts=counts)
+        else:
+            applied = 0
+            for ids in chunks:
+                with engine.begin() as conn:
+                    prepared = prepare_chunk(settings, conn, now=now, ids=ids, run_id=run_id)
+                    write_chunk(conn, prepared, now=now, run_id=run_id)
+                counts.update(prepared.counts)
+                applied += prepared.applied
         # Look again for outcomes that became final meanwhile; stop once a look brings nothing to
         # apply (rows another process holds locked are its to apply).
         if applied == 0:
             return counts
 
 
-def _unapplied(conn: Connection, handoff_ids: Sequence[str] | None) -> list[str]:
-    stmt = (
-        select(Handoff.id)
-        .where(Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
-        .order_by(Handoff.outcome_at, Handoff.id)
-    )
-    if handoff_ids is not None:
-        stmt = stmt.where(Handoff.id.in_(list(handoff_ids)))
-    return list(conn.execute(stmt).scalars())
+def _chunks(pending: Sequence[outcome_queue.Pending], size: int) -> list[list[str]]:
+    """Hand-off ids in chunks of about `size`, in queue order, with every outcome of one purchase (of
+    one order, for a new sale without one) in the same chunk: no chunk reads what another writes."""
+    chunks: list[list[str]] = []
+    chunk_of: dict[str, int] = {}
+    for p in pending:
+        key = p.purchase_id or f"order:{p.order_id}"
+        n = chunk_of.get(key)
+        if n is None:
+            if not chunks or len(chunks[-1]) >= size:
+                chunks.append([])
+            n = chunk_of[key] = len(chunks) - 1
+        chunks[n].append(p.handoff_id)
+    return chunks
 
 
-def _one_of(conn: Connection, ids: Sequence[str]) -> ColumnElement[bool]:
-    """Handoff.id among `ids`, passed as one JSON array: a chunk may hold more ids than either
-    database takes bound parameters (and binding each one costs more than the lookup)."""
-    table = (
-        func.json_array_elements_text(cast(literal(json.dumps(list(ids))), JSON))
-        if conn.dialect.name == "postgresql"
-        else func.json_each(literal(json.dumps(list(ids))))
-    ).table_valued("value")
-    return Handoff.id.in_(select(table.c.value))
+@dataclass
+class _Open:
+    """A chunk prepared in its own transaction, not yet written."""
+
+    conn: Connection
+    tx: RootTransaction
+    prepared: Prepared
+
+    def close(self, *, commit: bool) -> None:
+        try:
+            if commit:
+                self.tx.commit()
+            else:
+                self.tx.rollback()
+        finally:
+            self.conn.close()
 
 
-class _Final(NamedTuple):
-    """One final hand-off with its order and purchase, as _apply_chunk selects them (same order).
-
-    A plain tuple per row: named access on the SQL layer's rows cost more than applying the outcome."""
-
-    id: str
-    source: str
-    state: str
-    order_id: str
-    purchase_id: str | None
-    declining_gateway_id: str
-    amount_minor: int
-    outcome_at: datetime
-    outcome_source: str | None
-    late_outcome: bool
-    billing_cycle: int
-    order_type: str | None
-    completes_trial: bool | None
-    recurring_product: bool | None
-    order_shippable: bool | None
-    order_product_id: str | None
-    order_status: str | None
-    sub_status: str | None
-    open_handoff_id: str | None
-    sub_cycle: int | None
-    billing_interval_days: int | None
-    price_minor: int | None
-    sub_shippable: bool | None
-    sub_product_id: str | None
-    recycle_profile_id: str | None
-    failure_cause: str | None
+def _prepare_apart(
+    settings: Settings, engine: Engine, ids: Sequence[str], now: datetime, run_id: str | None
+) -> _Open:
+    conn = engine.connect()
+    try:
+        tx = conn.begin()
+        return _Open(conn, tx, prepare_chunk(settings, conn, now=now, ids=ids, run_id=run_id))
+    except BaseException:
+        conn.close()
+        raise
 
 
-def _apply_chunk(
+def _apply_ahead(
     settings: Settings,
-    conn: Connection,
+    engine: Engine,
+    chunks: Sequence[Sequence[str]],
     *,
     now: datetime,
-    ids: Sequence[str],
     run_id: str | None,
     counts: Counter[str],
 ) -> int:
-    """Apply the outcomes of `ids` still final and unapplied (re-checked under lock); how many."""
-    stmt = (
-        select(
-            Handoff.id,
-            Handoff.source,
-            Handoff.state,
-            Handoff.order_id,
-            Handoff.purchase_id,
-            Handoff.declining_gateway_id,
-            Handoff.amount_minor,
-            Handoff.outcome_at,
-            Handoff.outcome_source,
-            Handoff.late_outcome,
-            Handoff.billing_cycle,
-            Order.order_type,
-            Order.completes_trial,
-            Order.recurring_product,
-            Order.shippable.label("order_shippable"),
-            Order.product_id.label("order_product_id"),
-            Order.status.label("order_status"),
-            Subscription.status.label("sub_status"),
-            Subscription.open_handoff_id,
-            Subscription.billing_cycle.label("sub_cycle"),
-            Subscription.billing_interval_days,
-            Subscription.price_minor,
-            Subscription.shippable.label("sub_shippable"),
-            Subscription.product_id.label("sub_product_id"),
-            Subscription.recycle_profile_id,
-            Subscription.failure_cause,
-        )
-        .outerjoin(Order, Order.id == Handoff.order_id)
-        .outerjoin(Subscription, Subscription.id == Handoff.purchase_id)
-        .where(_one_of(conn, ids), Handoff.state.in_(_OUTCOME_STATES), Handoff.applied_at.is_(None))
-    )
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Handoff, skip_locked=True)
-    # Oldest outcome first, ordered here: an ORDER BY makes SQLite sort the whole chunk's wide rows
-    # on disk once it outgrows the page cache.
-    position = {handoff_id: n for n, handoff_id in enumerate(ids)}
-    rows = sorted(map(_Final._make, conn.execute(stmt)), key=lambda r: position[r.id])
-    staged: list[RecycleOutcome] = []
-    order_updates: list[dict[str, object]] = []
-    fulfil: dict[str, list[tuple[str | None, str | None, int, str | None, str | None]]] = {}
-    changes: list[dict[str, object]] = []
-    for seq, r in enumerate(rows):
-        success = r.state == State.APPROVED.value
-        order_type = OrderType(r.order_type) if r.order_type else OrderType.REBILL
-        effect = effect_of(
-            order_type=order_type,
-            completes_trial=bool(r.completes_trial),
-            success=success,
-            recurring_product=bool(r.recurring_product),
-            source=Source(r.source),
-        )
-        counts["approved" if success else "failed_outcome"] += 1
-        if r.source == "RECYCLE":
-            staged.append(_recurring(settings, r, seq, success, counts))
-            continue
-        staged.append(_no_recycle_effect(r, seq))
-        # New sale (rerun or cascade): the order row carries the result.
-        if effect.order_status is not None and effect.order_status.value != r.order_status:
-            order_updates.append(
-                {
-                    "b_id": r.order_id,
-                    "b_status": effect.order_status.value,
-                    "b_token": not effect.no_payment_token,
-                }
-            )
-            changes.append(_order_change(r, effect.order_status.value, now, run_id))
-        elif effect.no_payment_token:
-            order_updates.append({"b_id": r.order_id, "b_status": r.order_status, "b_token": False})
-        if effect.create_fulfillments and r.order_shippable:
-            fulfil.setdefault(r.outcome_source or _SOURCE, []).append(
-                (r.order_id, r.purchase_id, r.billing_cycle, r.order_product_id, r.id)
-            )
-        if effect.no_payment_token:
-            # The CRM must learn it too: its next rebill runs without a stored token.
-            changes.append(_token_change(r, "ORDER", r.order_id, now, run_id))
-        if effect.no_payment_token and r.purchase_id:
-            counts["no_payment_token"] += 1
-            changes.append(_token_change(r, "SUBSCRIPTION", r.purchase_id, now, run_id))
-            conn.execute(
-                update(Subscription)
-                .where(Subscription.id == r.purchase_id)
-                .values(has_payment_token=False, updated_at=now)
-            )
-    # Marks every hand-off of the chunk applied, the new sales' too.
-    apply_recycle_outcomes(conn, staged, now=now, run_id=run_id)
-    if order_updates:
-        conn.execute(
-            update(Order)
-            .where(Order.id == bindparam("b_id"))
-            .values(status=bindparam("b_status"), has_payment_token=bindparam("b_token"), updated_at=now)
-            .execution_options(synchronize_session=False),
-            order_updates,
-        )
-    for source, items in fulfil.items():
-        counts["fulfillments"] += create_fulfillments(conn, items, now=now, run_id=run_id, source=source)
-    record_changes(conn, changes)
-    return len(rows)
-
-
-def _order_change(r: _Final, new_status: str, now: datetime, run_id: str | None) -> dict[str, object]:
-    return {
-        "entity": "ORDER",
-        "entity_id": r.order_id,
-        "field": "status",
-        "old_value": r.order_status,
-        "new_value": new_status,
-        "reason": "FLEXFACTOR_OUTCOME",
-        "source": r.outcome_source or _SOURCE,
-        "handoff_id": r.id,
-        "run_id": run_id,
-        "occurred_at": now,
-    }
-
-
-def _token_change(
-    r: _Final, entity: str, entity_id: str, now: datetime, run_id: str | None
-) -> dict[str, object]:
-    return {
-        "entity": entity,
-        "entity_id": entity_id,
-        "field": "has_payment_token",
-        "old_value": None,
-        "new_value": "False",
-        "reason": "FLEXFACTOR_KEEPS_CARD",
-        "source": r.outcome_source or _SOURCE,
-        "handoff_id": r.id,
-        "run_id": run_id,
-        "occurred_at": now,
-    }
-
-
-def _no_recycle_effect(r: _Final, seq: int) -> RecycleOutcome:
-    """A staged row that only marks the hand-off applied (a new sale's writes are made row by row)."""
-    return _staged(r, seq, "N")
-
-
-def _staged(
-    r: _Final,
-    seq: int,
-    kind: str,
-    *,
-    product_id: str | None = None,
-    paid_cycle: int | None = None,
-    next_bill_on: str | None = None,
-    price_minor: int | None = None,
-    gateway_id: str | None = None,
-    cause: str | None = None,
-    shippable: bool = False,
-) -> RecycleOutcome:
-    return {
-        "seq": seq,
-        "handoff_id": r.id,
-        "kind": kind,
-        "subscription_id": r.purchase_id,
-        "order_id": r.order_id,
-        "product_id": product_id,
-        "paid_cycle": paid_cycle,
-        "next_bill_on": next_bill_on,
-        "next_bill_text": next_bill_on,
-        "price_minor": price_minor,
-        "gateway_id": gateway_id,
-        "old_status": r.sub_status,
-        "cause": cause,
-        "source": r.outcome_source or _SOURCE,
-        "shippable": shippable,
-    }
-
-
-def _recurring(
-    settings: Settings, r: _Final, seq: int, success: bool, counts: Counter[str]
-) -> RecycleOutcome:
-    """Recycle hand-off: the subscription moves on or fails, if it is still waiting on this hand-off."""
-    row = r
-    sub_status = row.sub_status
-    waiting = row.open_handoff_id == row.id
-    failed_by_us = (
-        sub_status == PurchaseStatus.RECYCLE_FAILED.value
-        and row.failure_cause == FailureCause.FLEXFACTOR_FAILED.value
-        and row.sub_cycle == row.billing_cycle
-    )
-    if success and (waiting or failed_by_us):
-        if failed_by_us:
-            counts["late_approvals_applied"] += 1
-        profile = settings.recycle_profiles.get(row.recycle_profile_id or "")
-        outcome_at: datetime = row.outcome_at
-        approved_on = local_date(outcome_at, settings.timezone)
-        interval = row.billing_interval_days
-        # The purchase row exists: it waits on this hand-off, or this hand-off failed it.
-        assert row.price_minor is not None
-        return _staged(
-            row,
-            seq,
-            "A",
-            product_id=row.sub_product_id,
-            paid_cycle=row.sub_cycle,
-            next_bill_on=next_bill_date(approved_on, interval).isoformat() if interval else None,
-            price_minor=price_after_approval(
-                hold_recycle_price=bool(profile and profile.hold_recycle_price),
-                approved_minor=row.amount_minor,
-                regular_minor=row.price_minor,
-            ),
-            # The next scheduled rebill goes back to the gateway that declined.
-            gateway_id=row.declining_gateway_id,
-            shippable=bool(row.sub_shippable),
-        )
-    if not success and waiting:
-        return _staged(row, seq, "F", cause=FailureCause.FLEXFACTOR_FAILED.value)
-    if success:
-        # Money was collected but the subscription has moved on: the billing team must act.
-        counts["late_approvals_unapplied"] += 1
-        log.warning(
-            "late approval not applied",
-            extra={"handoff": row.id, "subscription_status": sub_status},
-        )
-        return _staged(row, seq, "L")
-    counts["outcome_no_effect"] += 1
-    return _staged(row, seq, "N")
+    """PostgreSQL: while one chunk's writes run on the server, the next chunk is read and worked out on
+    a second connection, in its own transaction (its queue rows locked), so that the Python work and
+    the reads hide behind the writes instead of adding to them. Chunks share no purchase (_chunks):
+    the next chunk's reads cannot depend on this one's writes. Each chunk still commits on its own,
+    its writes and its dequeue together; on an error the prepared next chunk is rolled back unwritten."""
+    applied = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outcomes-ahead") as pool:
+        ahead: Future[_Open] | None = pool.submit(_prepare_apart, settings, engine, chunks[0], now, run_id)
+        try:
+            for n in range(len(chunks)):
+                assert ahead is not None
+                current = ahead.result()
+                ahead = None
+                if n + 1 < len(chunks):
+                    ahead = pool.submit(_prepare_apart, settings, engine, chunks[n + 1], now, run_id)
+                try:
+                    write_chunk(current.conn, current.prepared, now=now, run_id=run_id)
+                except BaseException:
+                    current.close(commit=False)
+                    raise
+                current.close(commit=True)
+                counts.update(current.prepared.counts)
+                applied += current.prepared.applied
+        finally:
+            if ahead is not None and ahead.exception() is None:
+                ahead.result().close(commit=False)
+    return applied

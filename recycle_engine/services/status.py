@@ -1,4 +1,5 @@
-"""What `recycle-engine status` shows: last job runs, open hand-offs by age, schedule, scheduler roles."""
+"""What `recycle-engine status` shows: last job runs, open hand-offs by age, outcomes waiting to be
+applied, schedule, scheduler roles."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
-from recycle_engine.storage.models import Handoff, JobRun, SchedulerLease
+from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, SchedulerLease
 
 __all__ = [
     "ACTIVE_LEASE",
@@ -77,6 +78,9 @@ class Status:
     pending_by_age: dict[str, int]  # every AGE_BUCKETS label, in order
     schedule: list[JobSchedule]
     schedulers: list[SchedulerRole]  # live leases only: the active one first, then standbys
+    # Final outcomes recorded but not yet applied to orders and subscriptions, and the oldest one's time.
+    outcomes_to_apply: int = 0
+    oldest_outcome_at: datetime | None = None
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -98,10 +102,11 @@ def gather_status(
         pending = _pending_by_age(conn, now)
         stored = _stored_next_runs(conn)
         schedulers = _live_leases(conn, now)
+        queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
-    return Status(now, last_runs, recent_runs, pending, schedule, schedulers)
+    return Status(now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest)
 
 
 def _summary(row: Any) -> RunSummary:
@@ -195,6 +200,8 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
         lines.append("  none")
     lines.append("pending hand-offs by age (days):")
     lines.append("  " + "  ".join(f"{label}: {n}" for label, n in status.pending_by_age.items()))
+    oldest = f" (oldest {at(status.oldest_outcome_at)})" if status.oldest_outcome_at else ""
+    lines.append(f"outcomes waiting to be applied: {status.outcomes_to_apply}{oldest}")
     return lines
 
 

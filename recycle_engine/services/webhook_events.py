@@ -111,13 +111,8 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
     elif attention is not None:
         kind = attention
     if new_state != state:
-        values.update(
-            state=new_state.value,
-            outcome_at=now,
-            outcome_source=OutcomeSource.WEBHOOK.value,
-            # The new final state has not reached orders and subscriptions yet.
-            applied_at=None,
-        )
+        # Writing a final state queues the outcome for orders and subscriptions (storage.outcome_queue).
+        values.update(state=new_state.value, outcome_at=now, outcome_source=OutcomeSource.WEBHOOK.value)
         if state is State.EXPIRED and new_state is State.APPROVED:
             values["late_outcome"] = True
     if attention is not None and _ATTENTION_RANK.get(ref.attention or "", 0) <= _ATTENTION_RANK[attention]:

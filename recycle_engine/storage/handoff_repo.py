@@ -11,6 +11,7 @@ from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, HandoffEvent
+from recycle_engine.storage.outcome_queue import enqueue, news_of
 
 __all__ = [
     "HandoffUpdate",
@@ -150,7 +151,10 @@ def claim_unanswered(
 
 
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
-    """Write new hand-off values and append their events; grouped by column set for executemany."""
+    """Write new hand-off values and append their events; grouped by column set for executemany.
+
+    A move into a final outcome state queues the outcome for applying, in the same transaction."""
+    enqueue(conn, [n for u in updates if (n := news_of(u.id, u.values, now)) is not None])
     groups: dict[tuple[str, ...], list[HandoffUpdate]] = {}
     for u in updates:
         groups.setdefault(tuple(sorted(u.values)), []).append(u)

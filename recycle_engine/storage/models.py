@@ -36,6 +36,7 @@ __all__ = [
     "JobRun",
     "NightAnomaly",
     "Order",
+    "OutcomeQueue",
     "RecycleProfileVersion",
     "RollupChange",
     "RollupState",
@@ -236,7 +237,6 @@ class Handoff(Base):
     vendor_status: Mapped[str | None] = mapped_column(String(24))
     outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome_source: Mapped[str | None] = mapped_column(String(8))
-    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
     attention: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -250,7 +250,7 @@ class Handoff(Base):
     __table_args__ = (
         Index(None, "state", "next_poll_at"),
         Index(None, "created_at"),
-        # The report: FAILED hand-offs of its range, open ones by expiry, late approvals (migration 0005).
+        # The report: FAILED hand-offs of its range, open ones by expiry, late approvals (migration 0006).
         Index(None, "state", "created_at"),
         Index(None, "state", "expires_at"),
         Index(None, "late_outcome", "outcome_at"),
@@ -261,15 +261,31 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
-        # Outcomes not yet applied to orders and subscriptions, oldest first (migration 0003).
-        Index(
-            "ix_handoffs_unapplied_outcome_at",
-            "outcome_at",
-            "id",
-            postgresql_where=text("applied_at IS NULL"),
-            sqlite_where=text("applied_at IS NULL"),
-        ),
     )
+
+
+class OutcomeQueue(Base):
+    """A hand-off's final outcome waiting to be applied to its order and purchase (services.outcomes).
+
+    Written in the transaction that records the outcome, deleted in the one that applies it. "Not yet
+    applied" lives on this narrow row rather than on the wide, heavily indexed hand-off row, so applying
+    rewrites no hand-off: a hand-off in a final state with no row here has had its outcome applied.
+    The row carries the news and the hand-off's own facts that applying needs (copied from the hand-off,
+    which never changes them), so applying reads no hand-off either."""
+
+    __tablename__ = "outcome_queue"
+    handoff_id: Mapped[str] = mapped_column(ID, ForeignKey("handoffs.id"), primary_key=True)
+    # The news, as the hand-off records it; a late APPROVED replaces a queued EXPIRED.
+    state: Mapped[str] = mapped_column(String(12))
+    outcome_at: Mapped[datetime] = mapped_column(UTCDateTime)  # applied oldest first
+    outcome_source: Mapped[str | None] = mapped_column(String(8))
+    # The hand-off's facts.
+    source: Mapped[str] = mapped_column(String(8))
+    order_id: Mapped[str] = mapped_column(ID)
+    purchase_id: Mapped[str | None] = mapped_column(ID)
+    declining_gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    billing_cycle: Mapped[int] = mapped_column(Integer)
 
 
 class HandoffEvent(Base):
@@ -288,7 +304,7 @@ class HandoffEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # report: touched on a day
-    # The report's exceptions of one kind (amount mismatches) over its range (migration 0005).
+    # The report's exceptions of one kind (amount mismatches) over its range (migration 0006).
     __table_args__ = (Index(None, "kind", "occurred_at"),)
 
 
@@ -428,7 +444,7 @@ class NightAnomaly(Base):
     detected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-# --- report rollups (migration 0005) -------------------------------------------------------------
+# --- report rollups (migration 0006) -------------------------------------------------------------
 # Hand-offs aggregated per local day of creation (settings.timezone), so the report reads a few
 # thousand rows whatever the size of the history. Triggers on `handoffs` (in the migration) note the
 # creation instant of every hand-off written in `report_rollup_changes`; services/rollups.py recomputes

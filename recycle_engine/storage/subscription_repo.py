@@ -1,56 +1,30 @@
-"""Subscription and order state writes: ladder steps, failures, approvals and recycle outcomes in bulk,
-each with its change rows."""
+"""Subscription and order state writes: ladder steps, failures and approvals in bulk, each with its
+change rows (recycle outcomes set-based: storage.outcome_writes)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import partial
-from operator import itemgetter
-from typing import Any, TypedDict
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    ColumnElement,
     Connection,
-    Date,
-    Integer,
-    MetaData,
-    Select,
-    String,
-    Table,
-    Text,
     bindparam,
-    cast,
-    func,
     insert,
-    literal,
-    literal_column,
-    null,
-    select,
-    text,
-    union_all,
     update,
 )
 
 from recycle_engine.domain.outcomes import OrderStatus, PurchaseStatus
-from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, Subscription
-from recycle_engine.storage.types import UTCDateTime
+from recycle_engine.storage.models import Change, Fulfillment, Order, Subscription
 
 __all__ = [
     "Approval",
-    "LATE_APPROVAL_UNAPPLIED",
     "LadderStep",
     "RecycleFailure",
-    "RecycleOutcome",
     "apply_approvals",
     "apply_failures",
     "apply_ladder_steps",
-    "apply_recycle_outcomes",
     "record_changes",
 ]
 
@@ -292,8 +266,9 @@ def create_fulfillments(
     run_id: str | None,
     source: str,
 ) -> int:
-    """One HOLD record per shippable item and cycle, never twice (the unique key holds the line)."""
-    from recycle_engine.storage.upsert import insert_ignore
+    """One HOLD record per shippable item and cycle, never twice (the unique key holds the line), with
+    a change row for each record created; returns how many were created."""
+    from recycle_engine.storage.upsert import inserted_keys
 
     rows = [
         {
@@ -308,12 +283,15 @@ def create_fulfillments(
         for order_id, purchase_id, cycle, product_id, handoff_id in items
         if order_id and product_id
     ]
-    if not rows:
-        return 0
-    created = insert_ignore(conn, Fulfillment, rows, ["order_id", "product_id", "billing_cycle"])
-    record_changes(
-        conn,
-        [
+    key = ("order_id", "product_id", "billing_cycle")
+    created = inserted_keys(conn, Fulfillment, rows, key)
+    changes = []
+    for r in rows:
+        # An item the unique key skipped has its record already, and its change row with it.
+        if (r["order_id"], r["product_id"], r["billing_cycle"]) not in created:
+            continue
+        created.discard((r["order_id"], r["product_id"], r["billing_cycle"]))
+        changes.append(
             _change(
                 "FULFILLMENT",
                 str(r["order_id"]),
@@ -326,292 +304,6 @@ def create_fulfillments(
                 run_id=run_id,
                 handoff_id=r["handoff_id"],  # type: ignore[arg-type]
             )
-            for r in rows
-        ],
-    )
-    return created
-
-
-# --- recycle outcomes, set-based ---------------------------------------------------------------------
-
-
-class RecycleOutcome(TypedDict):
-    """What one final RECYCLE hand-off does, as staged for apply_recycle_outcomes.
-
-    `kind`: A = approved, the purchase moves on; F = failed, RECYCLE_FAILED; L = late approval the
-    purchase cannot take (flagged on the hand-off); N = no effect. Only A and F use the purchase fields."""
-
-    seq: int  # order within the chunk: change rows keep it
-    handoff_id: str
-    kind: str
-    subscription_id: str | None
-    order_id: str | None
-    product_id: str | None
-    paid_cycle: int | None  # the cycle the approval paid
-    next_bill_on: str | None  # ISO date
-    next_bill_text: str | None  # the same, for the change row (a date column reads back per dialect)
-    price_minor: int | None  # recurring price from now on
-    gateway_id: str | None  # gateway of the next scheduled rebill
-    old_status: str | None
-    cause: str | None  # RECYCLE_FAILED cause
-    source: str  # how the outcome reached us: the change rows' source
-    shippable: bool
-
-
-LATE_APPROVAL_UNAPPLIED = "LATE_APPROVAL_UNAPPLIED"
-
-_STAGING = Table(
-    "outcome_staging",
-    MetaData(),
-    # No primary key: rows keep the order they are inserted in (SQLite's rowid), which
-    # _fill_staging makes the purchase-id order, so that updates walk each index in key order.
-    Column("seq", Integer),
-    Column("handoff_id", String(64)),
-    Column("kind", String(1)),
-    Column("subscription_id", String(64)),
-    Column("order_id", String(64)),
-    Column("product_id", String(64)),
-    Column("paid_cycle", Integer),
-    Column("next_bill_on", Date),
-    Column("next_bill_text", String(10)),
-    Column("price_minor", BigInteger),
-    Column("gateway_id", String(64)),
-    Column("old_status", String(32)),
-    Column("cause", String(32)),
-    Column("source", String(16)),
-    Column("shippable", Boolean),
-    prefixes=["TEMPORARY"],
-)
-
-
-def apply_recycle_outcomes(
-    conn: Connection,
-    outcomes: Sequence[RecycleOutcome],
-    *,
-    now: datetime,
-    run_id: str | None,
-    reasons: tuple[str, str] = ("FLEXFACTOR_APPROVED", "FLEXFACTOR_FAILED"),
-) -> None:
-    """Write a chunk of recycle outcomes in a fixed number of set-based statements, and mark each
-    hand-off applied: the rows apply_approvals and apply_failures would write, in the same order.
-
-    The outcomes go once into a temporary table; every purchase, order, fulfillment, change-row and
-    hand-off write is then one UPDATE ... FROM or INSERT ... SELECT over it, where row-by-row
-    executemany spent most of its time per row in the driver and the SQL layer. On error the caller's
-    transaction rolls back, the temporary table with it."""
-    if not outcomes:
-        return
-    s = _STAGING
-    s.create(conn)
-    _fill_staging(conn, outcomes)
-    approved, failed = s.c.kind == "A", s.c.kind == "F"
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id == s.c.subscription_id, approved)
-        .values(
-            status=PurchaseStatus.ACTIVE.value,
-            billing_cycle=s.c.paid_cycle + 1,
-            next_bill_on=s.c.next_bill_on,
-            price_minor=s.c.price_minor,
-            gateway_id=s.c.gateway_id,
-            failure_cause=None,
-            next_attempt=None,
-            next_attempt_on=None,
-            open_handoff_id=None,
-            updated_at=now,
         )
-        .execution_options(synchronize_session=False)
-    )
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id == s.c.subscription_id, failed)
-        .values(
-            status=PurchaseStatus.RECYCLE_FAILED.value,
-            failure_cause=s.c.cause,
-            next_attempt=None,
-            next_attempt_on=None,
-            open_handoff_id=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    conn.execute(
-        update(Order)
-        .where(Order.id == s.c.order_id, approved)
-        .values(status=OrderStatus.COMPLETE.value, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    _insert_changes(conn, _approval_changes(reasons[0]), now=now, run_id=run_id)
-    # As create_fulfillments: a record needs both an order and a product.
-    held = (
-        approved,
-        s.c.shippable.is_(True),
-        func.coalesce(s.c.order_id, "") != "",
-        func.coalesce(s.c.product_id, "") != "",
-    )
-    # Imported here, as create_fulfillments does: every command imports this module, few apply outcomes.
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    upsert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
-    conn.execute(
-        upsert(Fulfillment)
-        .from_select(
-            ["order_id", "purchase_id", "billing_cycle", "product_id", "status", "handoff_id", "created_at"],
-            select(
-                s.c.order_id,
-                s.c.subscription_id,
-                s.c.paid_cycle,
-                s.c.product_id,
-                literal("HOLD"),
-                s.c.handoff_id,
-                literal(now, UTCDateTime()),
-            ).where(*held),
-        )
-        .on_conflict_do_nothing(index_elements=["order_id", "product_id", "billing_cycle"])
-    )
-    # As create_fulfillments does: a change row per shippable item handed in.
-    hold = _changes_of("FULFILLMENT", s.c.order_id, "status", null(), literal("HOLD"), "FULFILLMENT_CREATED")
-    _insert_changes(conn, [hold.where(*held)], now=now, run_id=run_id)
-    failure = _changes_of(
-        "SUBSCRIPTION",
-        s.c.subscription_id,
-        "status",
-        s.c.old_status,
-        literal(f"{PurchaseStatus.RECYCLE_FAILED}:") + s.c.cause,
-        reasons[1],
-    )
-    _insert_changes(conn, [failure.where(failed)], now=now, run_id=run_id)
-    conn.execute(
-        update(Handoff)
-        .where(_staged_handoffs(conn))
-        .values(applied_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    # Apart: writing `attention` on every row would rewrite its index entry for each of them.
-    conn.execute(
-        update(Handoff)
-        .where(Handoff.id == s.c.handoff_id, s.c.kind == "L")
-        .values(attention=LATE_APPROVAL_UNAPPLIED)
-        .execution_options(synchronize_session=False)
-    )
-    s.drop(conn)
-
-
-def _staged_handoffs(conn: Connection) -> ColumnElement[bool]:
-    """The hand-offs of the staged outcomes. On SQLite they are named by rowid, so that the update
-    walks the table in storage order: hand-off ids are random GUIDs, and in id order nearly every
-    row rewrites another page once the table outgrows the page cache (half the update's cost)."""
-    s = _STAGING
-    if conn.dialect.name != "sqlite":
-        return Handoff.id.in_(select(s.c.handoff_id))
-    h = Handoff.__table__.alias("h")
-    rowids: Select[Any] = select(literal_column("h.rowid")).select_from(s.join(h, h.c.id == s.c.handoff_id))
-    return literal_column("handoffs.rowid").in_(rowids)
-
-
-def _fill_staging(conn: Connection, outcomes: Sequence[RecycleOutcome]) -> None:
-    """The outcomes into the staging table, at the lowest cost per row each database offers.
-
-    Binding a dozen values per row through the SQL layer cost more than the chunk's other writes
-    together: PostgreSQL takes the chunk as one JSON document, SQLite's driver takes plain tuples."""
-    columns = [c.name for c in _STAGING.columns]
-    outcomes = sorted(outcomes, key=lambda o: o["subscription_id"] or "")
-    if conn.dialect.name == "postgresql":
-        # The staging table's own row type names and converts each field (ISO dates to date).
-        conn.execute(
-            text(
-                "INSERT INTO outcome_staging SELECT * FROM json_populate_recordset(NULL::outcome_staging, :rows)"
-            ),
-            {"rows": json.dumps(outcomes, separators=(",", ":"))},
-        )
-        return
-    marks = ", ".join("?" for _ in columns)
-    values = itemgetter(*columns)
-    conn.exec_driver_sql(
-        f"INSERT INTO outcome_staging ({', '.join(columns)}) VALUES ({marks})", [values(o) for o in outcomes]
-    )
-
-
-def _changes_of(
-    entity: str, entity_id: Any, field: str, old: Any, new: Any, reason: str, order: int = 0
-) -> Select[Any]:
-    """Change rows from the staged outcomes (plus seq and order, to keep apply_approvals' row order)."""
-    s = _STAGING
-    return select(
-        literal(entity).label("entity"),
-        entity_id.label("entity_id"),
-        literal(field).label("field"),
-        old.label("old_value"),
-        new.label("new_value"),
-        literal(reason).label("reason"),
-        s.c.source.label("source"),
-        s.c.handoff_id.label("handoff_id"),
-        s.c.seq.label("seq"),
-        literal(order).label("ord"),
-    )
-
-
-def _approval_changes(reason: str) -> list[Select[Any]]:
-    s, approved = _STAGING, _STAGING.c.kind == "A"
-    sub = s.c.subscription_id
-    return [
-        _changes_of("SUBSCRIPTION", sub, "status", s.c.old_status, literal("ACTIVE"), reason, 0).where(
-            approved
-        ),
-        _changes_of(
-            "SUBSCRIPTION",
-            sub,
-            "billing_cycle",
-            cast(s.c.paid_cycle, Text),
-            cast(s.c.paid_cycle + 1, Text),
-            reason,
-            1,
-        ).where(approved),
-        _changes_of("SUBSCRIPTION", sub, "next_bill_on", null(), s.c.next_bill_text, reason, 2).where(
-            approved
-        ),
-        _changes_of("SUBSCRIPTION", sub, "gateway_id", null(), s.c.gateway_id, reason, 3).where(approved),
-        _changes_of(
-            "ORDER",
-            s.c.order_id,
-            "status",
-            literal(str(OrderStatus.DECLINED)),
-            literal("COMPLETE"),
-            reason,
-            4,
-        ).where(approved, func.coalesce(s.c.order_id, "") != ""),
-    ]
-
-
-def _insert_changes(
-    conn: Connection, parts: Sequence[Select[Any]], *, now: datetime, run_id: str | None
-) -> None:
-    rows = union_all(*parts).subquery() if len(parts) > 1 else parts[0].subquery()
-    conn.execute(
-        insert(Change).from_select(
-            [
-                "entity",
-                "entity_id",
-                "field",
-                "old_value",
-                "new_value",
-                "reason",
-                "source",
-                "handoff_id",
-                "run_id",
-                "occurred_at",
-            ],
-            select(
-                rows.c.entity,
-                rows.c.entity_id,
-                rows.c.field,
-                rows.c.old_value,
-                rows.c.new_value,
-                rows.c.reason,
-                rows.c.source,
-                rows.c.handoff_id,
-                literal(run_id, String()),
-                literal(now, UTCDateTime()),
-            ),
-        )
-    )
+    record_changes(conn, changes)
+    return len(changes)

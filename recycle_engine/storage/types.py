@@ -9,7 +9,16 @@ from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["UTCDateTime", "sqlite_utc_text"]
+__all__ = ["UTCDateTime", "as_utc", "sqlite_utc_text"]
+
+
+def as_utc(value: Any) -> datetime:
+    """An aware UTC datetime from what a driver returns for a UTCDateTime column read without its
+    type (SQLite: naive UTC, or its text; PostgreSQL: aware, in the session's zone)."""
+    instant = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if instant.tzinfo is None:
+        return instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -28,12 +37,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        instant = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-        if instant.tzinfo is None:
-            return instant.replace(tzinfo=UTC)
-        return instant.astimezone(UTC)
+        return None if value is None else as_utc(value)
 
 
 def sqlite_utc_text(value: datetime | None) -> str | None:

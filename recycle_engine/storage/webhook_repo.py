@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import StorageError
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery, WebhookNonce
+from recycle_engine.storage.outcome_queue import enqueue, news_of
 
 __all__ = [
     "DbNonceCache",
@@ -153,6 +154,10 @@ def find_handoff(
 
 
 def update_handoff(conn: Connection, handoff_id: str, values: dict[str, Any], *, now: datetime) -> None:
+    """Write new hand-off values; a move into a final outcome state queues the outcome for applying."""
+    news = news_of(handoff_id, values, now)
+    if news is not None:
+        enqueue(conn, [news])
     conn.execute(update(Handoff).where(Handoff.id == handoff_id).values({**values, "updated_at": now}))
 
 

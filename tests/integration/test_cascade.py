@@ -27,6 +27,7 @@ from recycle_engine.services.webhook_events import store_delivery
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Fulfillment, Handoff, Order
+from tests.factories import outcome_applied
 from tests.factories_sales import (
     API_KEY,
     NIGHT,
@@ -98,7 +99,7 @@ def test_given_a_soft_declined_sale_with_an_ip_address_when_it_cascades_then_the
     h = one(world.engine, select(Handoff))
     assert (h.id, h.source, h.gateway_id, h.state) == (answer.handoff_id, "CASCADE", "ff", "APPROVED")
     assert (h.outcome_source, h.expires_at, h.dedupe_key) == ("RESPONSE", None, "CASCADE:ord-s1:txn-s1")
-    assert h.applied_at is not None
+    assert outcome_applied(world.engine, h.id)
     body = json.loads(h.request_body)
     assert (body["isMIT"], "expiryDateUtc" in body, body["customerIp"]) == (False, False, "203.0.113.9")
     assert one(world.engine, select(Order.status)).status == "COMPLETE"
@@ -191,7 +192,7 @@ def test_given_a_card_flexfactor_declines_when_it_cascades_then_the_caller_hears
     assert answer.result.value == "declined"
     h = one(world.engine, select(Handoff))
     assert (h.state, h.outcome_source) == ("DECLINED", "RESPONSE")
-    assert h.applied_at is not None
+    assert outcome_applied(world.engine, h.id)
     assert one(world.engine, select(Order.status)).status == "DECLINED"
 
 
@@ -229,7 +230,11 @@ def test_given_flexfactor_loses_the_answer_when_a_sale_cascades_then_the_caller_
     # then
     assert answer.result.value == "unknown"
     h = one(world.engine, select(Handoff))
-    assert (h.state, h.send_started_at is not None, h.applied_at) == ("PENDING", True, None)
+    assert (h.state, h.send_started_at is not None, outcome_applied(world.engine, h.id)) == (
+        "PENDING",
+        True,
+        False,
+    )
     assert one(world.engine, select(Order.status)).status == "DECLINED"
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.db import alembic_config, make_engine
 from recycle_engine.storage.models import Base
 
 
@@ -44,3 +45,58 @@ def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_ur
     engine.dispose()
     # then
     assert names == {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}
+
+
+def test_given_outcomes_recorded_before_the_queue_when_migrated_then_the_unapplied_ones_are_queued_and_a_downgrade_restores_applied_at(
+    db_url: str,
+) -> None:
+    # given: the schema before the outcome queue, with an applied, an unapplied and an open hand-off
+    command.downgrade(alembic_config(db_url), "0004")
+    engine = make_engine(db_url)
+    columns = (
+        "id, source, order_id, purchase_id, transaction_id, gateway_id, declining_gateway_id, billing_cycle, "
+        "amount_minor, currency, idempotency_key, request_body, dedupe_key, state, created_at, outcome_at, "
+        "outcome_source, applied_at, late_outcome, poll_count, resend_count, updated_at"
+    )
+    rows = [
+        ("ho-applied", "APPROVED", "2026-06-11 06:00:00", "2026-06-11 07:00:00"),
+        ("ho-waiting", "EXPIRED", "2026-06-12 06:00:00", None),
+        ("ho-open", "SUBMITTED", None, None),
+    ]
+    with engine.begin() as conn:
+        for n, (handoff_id, state, outcome_at, applied_at) in enumerate(rows):
+            conn.execute(
+                text(
+                    f"INSERT INTO handoffs ({columns}) VALUES (:id, 'RECYCLE', :o, :p, :t, 'ff', 'nmi', 3, 4749, "
+                    "'USD', :key, '{}', :dedupe, :state, '2026-06-10 06:00:00', :outcome_at, 'POLL', :applied_at, "
+                    "false, 0, 0, '2026-06-12 06:00:00')"
+                ),
+                {
+                    "id": handoff_id,
+                    "o": f"ord-{n}",
+                    "p": f"sub-{n}",
+                    "t": f"txn-{n}",
+                    "key": f"key-{n}",
+                    "dedupe": f"RECYCLE:{handoff_id}",
+                    "state": state,
+                    "outcome_at": outcome_at,
+                    "applied_at": applied_at,
+                },
+            )
+    # when
+    command.upgrade(alembic_config(db_url), "head")
+    with engine.connect() as conn:
+        queued = conn.execute(
+            text("SELECT handoff_id, state, order_id, amount_minor FROM outcome_queue")
+        ).all()
+    command.downgrade(alembic_config(db_url), "0004")
+    with engine.connect() as conn:
+        applied = dict(conn.execute(text("SELECT id, applied_at IS NOT NULL FROM handoffs")).all())
+    engine.dispose()
+    # then
+    assert [tuple(r) for r in queued] == [("ho-waiting", "EXPIRED", "ord-1", 4749)]
+    assert {k: bool(v) for k, v in applied.items()} == {
+        "ho-applied": True,
+        "ho-waiting": False,
+        "ho-open": False,
+    }

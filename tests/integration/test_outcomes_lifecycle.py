@@ -46,7 +46,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.bootstrap import flexfactor_clients, processors
-from recycle_engine.domain.states import FINAL_STATES, Source
+from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
 from recycle_engine.services.outcomes import apply_outcomes
@@ -61,11 +61,12 @@ from recycle_engine.storage.models import (
     HandoffEvent,
     JobRun,
     Order,
+    OutcomeQueue,
     Subscription,
     WebhookDelivery,
 )
 from tests.conftest import _fresh_pg, _fresh_sqlite
-from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings, outcome_applied
 
 NEW_YORK = ZoneInfo("America/New_York")
 NIGHT0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 02:00 in New York: the first submit
@@ -353,7 +354,6 @@ def world_snapshot(engine: Engine) -> dict[str, Any]:
 def wait_for_webhooks(sandbox: RunningSandbox, engine: Engine, played: Played) -> None:
     """Until every webhook the sandbox sent is journaled and every outcome it brought is applied."""
     deadline = time.monotonic() + 15
-    final = [s.value for s in FINAL_STATES]
     while True:
         hooks = admin(sandbox, "webhooks")["items"]
         pending = [h for h in hooks if h["state"] == "pending"]
@@ -364,12 +364,9 @@ def wait_for_webhooks(sandbox: RunningSandbox, engine: Engine, played: Played) -
             ).scalar_one()
             unapplied = conn.execute(
                 select(func.count())
-                .select_from(Handoff)
-                .where(
-                    Handoff.outcome_source == "WEBHOOK",
-                    Handoff.state.in_(final),
-                    Handoff.applied_at.is_(None),
-                )
+                .select_from(OutcomeQueue)
+                .join(Handoff, Handoff.id == OutcomeQueue.handoff_id)
+                .where(Handoff.outcome_source == "WEBHOOK")
             ).scalar_one()
         if not pending and journaled == posted and unapplied == 0:
             return
@@ -510,7 +507,7 @@ def test_given_the_book_when_22_nights_pass_then_each_handoff_ends_in_its_state_
     # given / when: the book played over 23 nights
     # then
     finals = {
-        name: (h.state, h.outcome_source, h.outcome_at, h.applied_at is not None)
+        name: (h.state, h.outcome_source, h.outcome_at, outcome_applied(played.engine, h.id))
         for name in EXPECTED_FINAL
         for h in [played.handoff(name)]
     }

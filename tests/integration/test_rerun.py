@@ -24,6 +24,7 @@ from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Fulfillment, Handoff, Order, Subscription
+from tests.factories import outcome_applied
 from tests.factories_sales import (
     NIGHT,
     SALES_ENV,
@@ -233,7 +234,7 @@ def test_given_a_card_flexfactor_approves_when_rerun_now_then_the_order_is_compl
         # The next rebill runs without a stored token: FlexFactor kept the card (domain.md 8).
         assert one(world.engine, select(Subscription.has_payment_token)).has_payment_token is False
     h = one(world.engine, select(Handoff))
-    assert h.applied_at is not None
+    assert outcome_applied(world.engine, h.id)
 
 
 @pytest.mark.parametrize(("completes_trial", "status_after"), [(True, "PENDING"), (False, "DECLINED")])

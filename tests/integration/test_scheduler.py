@@ -35,7 +35,7 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.status import ACTIVE_LEASE, gather_status, render_status
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
-from recycle_engine.storage.models import Handoff, JobRun, SchedulerLease
+from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, SchedulerLease
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW_YORK = ZoneInfo("America/New_York")
@@ -659,6 +659,20 @@ def test_given_runs_hand_offs_and_a_lease_when_status_is_read_then_it_shows_last
                 insert(Handoff).values(**_handoff(n, "SUBMITTED" if n % 2 else "PENDING", now - age))
             )
         conn.execute(insert(Handoff).values(**_handoff(99, "APPROVED", now)))  # settled: not pending
+        # Its outcome, news of two hours ago, waits to be applied.
+        conn.execute(
+            insert(OutcomeQueue).values(
+                handoff_id="h-99",
+                state="APPROVED",
+                outcome_at=now - timedelta(hours=2),
+                outcome_source="WEBHOOK",
+                source="RECYCLE",
+                order_id="o-99",
+                declining_gateway_id="nmi-main",
+                amount_minor=2999,
+                billing_cycle=2,
+            )
+        )
     for job, error in (("submit", None), ("reconcile", "RuntimeError: boom")):
         for hours in (30, 6):
             at = now - timedelta(hours=hours)
@@ -681,6 +695,7 @@ def test_given_runs_hand_offs_and_a_lease_when_status_is_read_then_it_shows_last
     assert status.active.holder == lease.holder
     assert [s.next_fire_at for s in status.schedule] == [fires["submit"], fires["report"]]
     assert "  0-3: 2  4-7: 2  8-14: 1  15-21: 1  >21: 1" in lines
+    assert lines[-1] == "outcomes waiting to be applied: 1 (oldest 2026-06-10T06:00:00-04:00)"
     assert any("report" in line and "never ran" in lines[i + 1] for i, line in enumerate(lines[:-1]))
     assert any("error: RuntimeError: boom" in line for line in lines)
     engine.dispose()
