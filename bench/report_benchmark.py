@@ -74,7 +74,7 @@ ENV: Final = {
 HANDOFF_COLUMNS: Final = (
     "id source order_id purchase_id transaction_id gateway_id declining_gateway_id slot attempt billing_cycle "
     "amount_minor currency idempotency_key request_body dedupe_key state created_at send_started_at "
-    "submitted_at expires_at flexfactor_order_id outcome_at outcome_source applied_at late_outcome "
+    "submitted_at expires_at flexfactor_order_id outcome_at outcome_source late_outcome "
     "attention next_poll_at poll_count resend_count updated_at"
 ).split()
 DECLINE_COLUMNS: Final = (
@@ -168,7 +168,6 @@ def generate(rows: int, days: int, seed: int = 7) -> Iterator[tuple[dict[str, An
             "flexfactor_order_id": None if state == "FAILED" else f"F{i:09d}",
             "outcome_at": outcome,
             "outcome_source": None if outcome is None else ("POLL" if state == "EXPIRED" else "WEBHOOK"),
-            "applied_at": outcome,
             "late_outcome": late,
             "attention": attention,
             "next_poll_at": created + timedelta(days=age + 1) if state == "SUBMITTED" else None,
@@ -360,7 +359,7 @@ def write_night(url: str, rows: int, days: int) -> str:
         for key in ("created_at", "send_started_at", "submitted_at", "expires_at", "updated_at"):
             handoff[key] = handoff[key] and handoff[key] + shift
         handoff |= {"idempotency_key": f"00000000-0000-4000-9000-{n:012d}", "state": "SUBMITTED"}
-        handoff |= {"outcome_at": None, "outcome_source": None, "applied_at": None, "attention": None}
+        handoff |= {"outcome_at": None, "outcome_source": None, "attention": None}
         handoff |= {"late_outcome": False, "flexfactor_order_id": f"FN{n:09d}", "next_poll_at": None}
         handoffs.append(handoff)
         declines.append(
