@@ -40,13 +40,14 @@ from typing import Any, Final
 import psutil
 import psycopg
 import requests
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event
 
 from bench.book import NIGHT, Book, BookShape, build_book, write_settings
 from bench.client_throughput import baseline_arm, body_template
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig
 from recycle_engine.services.submit import due_rows
-from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.db import alembic_config, make_engine
 
 PG_ADMIN: Final = os.environ.get(
     "RECYCLE_ENGINE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -82,15 +83,16 @@ def _admin(sql: str) -> None:
 
 
 def book_template(shape: BookShape, *, rebuild: bool) -> tuple[str, Book]:
-    """A template database holding the book; reused when one of the same shape exists."""
+    """A template database holding the book; reused when one of the same shape and schema exists."""
     name = f"re_bench_book_{shape.subscriptions}_{shape.due}_{shape.seed}"
+    head = ScriptDirectory.from_config(alembic_config(f"{PG_URL}/{name}")).get_current_head()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         row = conn.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (name,)
         ).fetchone()
     if row and row[0] and not rebuild:
         saved = json.loads(row[0])
-        if saved.get("shape") == asdict(shape):
+        if saved.get("shape") == asdict(shape) and saved.get("schema") == head:
             book = Book(
                 shape, date.fromisoformat(saved["today"]), saved["due_flexfactor"], saved["due_processor"]
             )
@@ -101,6 +103,7 @@ def book_template(shape: BookShape, *, rebuild: bool) -> tuple[str, Book]:
     book = build_book(f"{PG_URL}/{name}", shape)
     tag = {
         "shape": asdict(shape),
+        "schema": head,
         "today": book.today.isoformat(),
         "due_flexfactor": book.due_flexfactor,
         "due_processor": book.due_processor,
