@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-import psutil
-from sqlalchemy import event, text
+from outcomes_benchmark import CpuMeter  # a sibling script: bench/ is on sys.path
+from sqlalchemy import text
 
 from recycle_engine.storage.db import make_engine, upgrade
 
@@ -426,36 +426,6 @@ recycle_profiles:
     slots: {{"4-6": flexfactor-main}}
 reports: {{output_dir: "{out}"}}
 """
-
-
-class CpuMeter:
-    """CPU seconds of this process and, on PostgreSQL, of the server backends it used, while active: on a
-    shared machine the wall time adds whatever waiting for a CPU the run met, the CPU time does not."""
-
-    def __init__(self, engine: Any) -> None:
-        self.backends: dict[int, float] = {}
-        if engine.dialect.name == "postgresql":
-            event.listen(engine, "connect", self._on_connect)
-
-    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
-        with dbapi_conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            pid = int(cur.fetchone()[0])
-        self.backends[pid] = _cpu_of(pid)
-
-    def __enter__(self) -> CpuMeter:
-        self.started = time.process_time()
-        self.at_start = {pid: _cpu_of(pid) for pid in self.backends}
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        server = sum(_cpu_of(pid) - self.at_start.get(pid, base) for pid, base in self.backends.items())
-        self.cpu_s = time.process_time() - self.started + server
-
-
-def _cpu_of(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 def _peak_mb() -> float:
