@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,7 +17,31 @@ import pytest
 from recycle_engine.adapters.clock import FixedClock
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+
+
+def _shared_folder() -> Path:
+    """The read-only `shared` folder: $RECYCLE_ENGINE_SHARED, else beside this checkout, else beside the
+    local repository it was cloned from (a scratch clone such as /tmp/ci-check has none beside it)."""
+    named = os.environ.get("RECYCLE_ENGINE_SHARED")
+    if named:
+        return Path(named)
+    beside = ROOT.parent / "shared"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        cloned_from = Path(origin).resolve().parent / "shared"
+        if cloned_from.is_dir():
+            return cloned_from
+    return beside
+
+
+SHARED = _shared_folder()
 FIXTURES = SHARED / "fixtures" / "flexfactor"
 
 
