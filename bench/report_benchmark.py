@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from outcomes_benchmark import CpuMeter  # a sibling script: bench/ is on sys.path
+from outcomes_benchmark import FAKE_ENV as ENV  # sibling scripts: bench/ is on sys.path
+from outcomes_benchmark import CpuMeter
 from sqlalchemy import text
 
 from recycle_engine.storage.db import make_engine, upgrade
@@ -63,14 +64,6 @@ PG_HOST_URL: Final = os.environ.get(
 )
 CHUNK: Final = 100_000
 EVENT_DAYS: Final = 45
-ENV: Final = {
-    "FLEXFACTOR_APP_KEY": "bench",
-    "FLEXFACTOR_APP_SECRET": "bench",
-    "FLEXFACTOR_MID": "bench",
-    "FLEXFACTOR_SITE_ID": "bench",
-    "FLEXFACTOR_ENVIRONMENT_KEY": "bench",
-    "FLEXFACTOR_HMAC_SIGNING_KEY": "YmVuY2gtc2lnbmluZy1rZXk=",
-}
 HANDOFF_COLUMNS: Final = (
     "id source order_id purchase_id transaction_id gateway_id declining_gateway_id slot attempt billing_cycle "
     "amount_minor currency idempotency_key request_body dedupe_key state created_at send_started_at "
