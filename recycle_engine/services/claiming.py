@@ -48,11 +48,11 @@ from recycle_engine.storage.subscription_repo import (
     record_changes,
 )
 
-__all__ = ["claim_all"]
+__all__ = ["Progress", "claim_all"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, int], None]  # (what, how many so far)
 
 
 def _handoff_request(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -17,9 +17,9 @@ from sqlalchemy import (
 
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.ports import FlexFactorGateway, ProcessorGateway
-from recycle_engine.services.claiming import claim_all
+from recycle_engine.services.claiming import Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
-from recycle_engine.services.handoff_sending import SendReport, resolve_unanswered, send_pending
+from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.settings import Settings
@@ -28,8 +28,6 @@ from recycle_engine.storage.profile_versions import ProfileBook
 __all__ = ["DuePlan", "SubmitResult", "due_rows", "run_submit"]
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int], None]
 
 
 @dataclass
@@ -90,7 +88,8 @@ def _night(
     result: SubmitResult,
     progress: Progress | None,
 ) -> None:
-    """Settle lost answers, claim every due attempt (processor attempts run in the claim), then send."""
+    """Settle lost answers, then claim every due attempt (processor attempts run in the claim) while a
+    second thread sends the hand-offs already claimed."""
     run_id = result.run_id
     assert run_id is not None
     counts = result.counts
@@ -108,7 +107,6 @@ def _night(
     # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.
     claiming = threading.Event()
     claiming.set()
-    sending: Future[SendReport]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send") as sender:
         sending = sender.submit(
             send_pending,
