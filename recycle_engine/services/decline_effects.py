@@ -20,7 +20,7 @@ from recycle_engine.settings import Settings
 from recycle_engine.storage import decline_repo as repo
 from recycle_engine.storage.profile_versions import record_profile_versions
 
-__all__ = ["ImportSession", "RecycleEntry", "recycle_entry"]
+__all__ = ["ImportSession", "PreparedChunk", "RecycleEntry", "recycle_entry"]
 
 _REASON: Final = "DECLINE_IMPORTED"
 _SOURCE: Final = "IMPORT"
@@ -39,11 +39,17 @@ class RecycleEntry:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    record: dict[str, Any]  # a declines row
-    line: int
-    declined_on: date | None  # local date in the settings timezone; rebills only
-    entry: RecycleEntry | None  # rebills only
+class PreparedChunk:
+    """A chunk's good rows ready to store: declines-table columns (one list each, classified and
+    stamped), and per row its file line and, for rebills, the local decline date and recycle entry."""
+
+    columns: dict[str, list[Any]]
+    lines: list[int]
+    declined_on: list[date | None]  # local date in the settings timezone; rebills only
+    entries: list[RecycleEntry | None]  # rebills only
+
+    def value(self, column: str, position: int) -> Any:
+        return self.columns[column][position]
 
 
 def recycle_entry(
@@ -89,7 +95,7 @@ class ImportSession:
         # The schedule each new entrant follows until it leaves the ladder or `ladder migrate` moves it.
         self.versions = {p.id: profile_version(p) for p in settings.recycle_profiles.values()}
 
-    def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, list[_Prepared]]:
+    def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, PreparedChunk]:
         checked = check_chunk(
             frame,
             first_line=first_line,
@@ -99,65 +105,91 @@ class ImportSession:
         )
         return checked, self.prepare(checked)
 
-    def prepare(self, checked: CheckedChunk) -> list[_Prepared]:
+    def prepare(self, checked: CheckedChunk) -> PreparedChunk:
         """Classify each good row after decline mapping and plan rebills; a rebill its profile cannot
         price is rejected here."""
-        prepared: list[_Prepared] = []
-        tz = self.settings.timezone
-        for record, line in zip(checked.records, checked.lines, strict=True):
-            decline_type, record["mapping_rule"], record["display_message"] = self._classify(record)
-            record["decline_type"], record["imported_at"] = decline_type.value, self.now
-            if record["order_type"] != _REBILL:
-                prepared.append(_Prepared(record, line, None, None))
+        tz, columns = self.settings.timezone, checked.columns
+        classes = [
+            self._classify(key)
+            for key in zip(
+                columns["response_type"],
+                columns["response_text"],
+                columns["order_type"],
+                columns["gateway_id"],
+                strict=True,
+            )
+        ]
+        declined_on: list[date | None] = []
+        entries: list[RecycleEntry | None] = []
+        keep: list[int] = []
+        rows = zip(
+            checked.lines, classes, columns["order_type"], columns["declined_at"], columns["campaign_id"],
+            columns["gateway_id"], columns["amount_minor"], columns["currency"], strict=True,
+        )  # fmt: skip
+        for position, (line, found, order_type, declined_at, *priced) in enumerate(rows):
+            if order_type != _REBILL:
+                keep.append(position)
+                declined_on.append(None)
+                entries.append(None)
                 continue
-            declined_on = local_date(record["declined_at"], tz)
-            entry = self._entry(record, decline_type, declined_on)
+            day = local_date(declined_at, tz)
+            entry = self._entry(found[0], day, *priced)
             if isinstance(entry, str):
                 checked.reject(line, entry)
                 continue
-            prepared.append(_Prepared(record, line, declined_on, entry))
-        return prepared
+            keep.append(position)
+            declined_on.append(day)
+            entries.append(entry)
+        if len(keep) < len(classes):
+            columns = {key: [values[p] for p in keep] for key, values in columns.items()}
+            classes = [classes[p] for p in keep]
+        columns["decline_type"] = [found[0].value for found in classes]
+        columns["mapping_rule"] = [found[1] for found in classes]
+        columns["display_message"] = [found[2] for found in classes]
+        columns["imported_at"] = [self.now] * len(classes)
+        return PreparedChunk(columns, [checked.lines[p] for p in keep], declined_on, entries)
 
-    def write(self, conn: Connection, prepared: Sequence[_Prepared]) -> None:
+    def write(self, conn: Connection, prepared: PreparedChunk) -> None:
         repo.lock_for_import(conn)
-        inserted = repo.insert_new_declines(conn, [p.record for p in prepared])
-        fresh = [p for p in prepared if p.record["transaction_id"] in inserted]
-        self.counts["accepted"] += len(inserted)
-        self.counts["duplicates"] += len(prepared) - len(inserted)
-        customers = _latest(fresh, "customer_id").values()
-        repo.upsert_customers(conn, [repo.customer_from_decline(p.record) for p in customers])
-        changes = self._write_orders(conn, fresh) + self._write_subscriptions(conn, fresh)
+        fresh = repo.insert_new_declines(conn, prepared.columns)
+        self.counts["accepted"] += len(fresh)
+        self.counts["duplicates"] += len(prepared.lines) - len(fresh)
+        customers = _latest(prepared, fresh, "customer_id")
+        repo.upsert_customers(conn, [prepared.value("transaction_id", p) for p in customers.values()])
+        changes = self._write_orders(conn, prepared, fresh) + self._write_subscriptions(conn, prepared, fresh)
         repo.append_changes(conn, changes)
 
-    def _write_orders(self, conn: Connection, fresh: Sequence[_Prepared]) -> list[dict[str, object]]:
-        latest = _latest(fresh, "order_id")
+    def _write_orders(
+        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int]
+    ) -> list[dict[str, object]]:
+        latest = _latest(prepared, fresh, "order_id")
         known = repo.known_orders(conn, list(latest))
-        rows, changes = [], []
-        for order_id, p in latest.items():
+        transactions, changes = [], []
+        declined_at = prepared.columns["declined_at"]
+        for order_id, position in latest.items():
             old = known.get(order_id)
-            if (
-                old is not None
-                and old.latest_declined_at
-                and old.latest_declined_at > p.record["declined_at"]
-            ):
+            if old is not None and old.latest_declined_at and old.latest_declined_at > declined_at[position]:
                 continue  # a newer decline of this order is already applied
-            rows.append(repo.order_from_decline(p.record, now=self.now))
+            transactions.append(prepared.value("transaction_id", position))
             if old is None or old.status != _DECLINED:
                 changes.append(self._change("ORDER", order_id, old.status if old else None, _DECLINED))
-        repo.upsert_orders(conn, rows)
+        repo.upsert_orders(conn, transactions, now=self.now)
         return changes
 
-    def _write_subscriptions(self, conn: Connection, fresh: Sequence[_Prepared]) -> list[dict[str, object]]:
-        latest = _latest([p for p in fresh if p.entry is not None], "purchase_id")
+    def _write_subscriptions(
+        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int]
+    ) -> list[dict[str, object]]:
+        rebills = [p for p in fresh if prepared.entries[p] is not None]
+        latest = _latest(prepared, rebills, "purchase_id")
         known = repo.known_subscriptions(conn, list(latest))
         rows, changes = [], []
-        for purchase_id, p in latest.items():
-            old, entry = known.get(purchase_id), p.entry
+        for purchase_id, position in latest.items():
+            old, entry = known.get(purchase_id), prepared.entries[position]
             if entry is None:
                 continue
-            if old is not None and _is_older_than(p, old):
+            if old is not None and _is_older_than(prepared, position, old):
                 continue  # an older decline never overrides what a newer one (or a later cycle) set
-            rows.append(self._subscription_row(p, entry))
+            rows.append(self._subscription_row(prepared, position, entry))
             if old is None or old.status != entry.status:
                 changes.append(
                     self._change("SUBSCRIPTION", purchase_id, old.status if old else None, entry.status)
@@ -173,14 +205,15 @@ class ImportSession:
             entity, entity_id, old, new, reason=_REASON, source=_SOURCE, run_id=self.run_id, now=self.now
         )
 
-    def _classify(self, record: dict[str, Any]) -> tuple[DeclineType, str | None, str | None]:
-        key = (record["response_type"], record["response_text"], record["order_type"], record["gateway_id"])
+    def _classify(self, key: tuple[str, str | None, str, str]) -> tuple[DeclineType, str | None, str | None]:
+        """(response_type, response_text, order_type, gateway_id) -> type, mapping rule, display text."""
         if key not in self._classified:
-            gateway = self.settings.gateways[record["gateway_id"]]
+            response_type, response_text, order_type, gateway_id = key
+            gateway = self.settings.gateways[gateway_id]
             found = classify(
-                response_type=DeclineType.HARD if key[0] == "HARD_DECLINE" else DeclineType.SOFT,
-                response_text=record["response_text"] or "",
-                order_type=OrderType(record["order_type"]),
+                response_type=DeclineType.HARD if response_type == "HARD_DECLINE" else DeclineType.SOFT,
+                response_text=response_text or "",
+                order_type=OrderType(order_type),
                 gateway_id=gateway.id,
                 gateway_type=gateway.type.value,
                 rules=self.settings.decline_mapping,
@@ -190,42 +223,55 @@ class ImportSession:
         return self._classified[key]
 
     def _entry(
-        self, record: dict[str, Any], decline_type: DeclineType, declined_on: date
+        self,
+        decline_type: DeclineType,
+        declined_on: date,
+        campaign_id: str | None,
+        gateway_id: str,
+        amount_minor: int,
+        currency: str,
     ) -> RecycleEntry | str:
         """The purchase's recycle entry, or the reject reason when its profile cannot price it."""
-        args = (decline_type, record["campaign_id"], record["gateway_id"], declined_on)
-        key = (*args, record["amount_minor"], record["currency"])
+        key = (decline_type, declined_on, campaign_id, gateway_id, amount_minor, currency)
         if key not in self._entries:
             try:
                 self._entries[key] = recycle_entry(
                     self.settings,
                     decline_type=decline_type,
-                    campaign_id=record["campaign_id"],
-                    gateway_id=record["gateway_id"],
+                    campaign_id=campaign_id,
+                    gateway_id=gateway_id,
                     declined_on=declined_on,
-                    amount_minor=record["amount_minor"],
-                    currency=record["currency"],
+                    amount_minor=amount_minor,
+                    currency=currency,
                 )
             except ValueError as exc:
                 self._entries[key] = f"amount: the recycle profile cannot price it ({exc})"
         return self._entries[key]
 
-    def _subscription_row(self, p: _Prepared, entry: RecycleEntry) -> dict[str, object]:
-        r, planned = p.record, entry.planned
-        copied = ("customer_id", "order_id", "campaign_id", "product_id", "billing_cycle")
+    def _subscription_row(
+        self, prepared: PreparedChunk, position: int, entry: RecycleEntry
+    ) -> dict[str, object]:
+        def r(column: str) -> Any:
+            return prepared.columns[column][position]
+
+        planned = entry.planned
+        copied = (
+            "customer_id", "order_id", "campaign_id", "product_id", "billing_cycle", "billing_interval_days",
+            "shippable", "currency", "gateway_id",
+        )  # fmt: skip
         return {
-            "id": r["purchase_id"],
-            **{c: r[c] for c in (*copied, "billing_interval_days", "shippable", "currency", "gateway_id")},
+            "id": r("purchase_id"),
+            **{c: r(c) for c in copied},
             "status": entry.status.value,
-            "price_minor": r["amount_minor"],
+            "price_minor": r("amount_minor"),
             "has_payment_token": True,
             "recycle_profile_id": entry.profile_id,
             "recycle_profile_version": self.versions.get(entry.profile_id or ""),
-            "recycle_transaction_id": r["transaction_id"],
-            "recycle_declined_gateway_id": r["gateway_id"],
-            "recycle_original_minor": r["amount_minor"],
+            "recycle_transaction_id": r("transaction_id"),
+            "recycle_declined_gateway_id": r("gateway_id"),
+            "recycle_original_minor": r("amount_minor"),
             "recycle_last_attempt": 0,
-            "recycle_last_ran_on": p.declined_on,
+            "recycle_last_ran_on": prepared.declined_on[position],
             "next_attempt": planned.attempt if planned else None,
             "next_attempt_on": planned.due_on if planned else None,
             "failure_cause": entry.failure_cause.value if entry.failure_cause else None,
@@ -233,18 +279,20 @@ class ImportSession:
         }
 
 
-def _is_older_than(p: _Prepared, old: repo.KnownSubscription) -> bool:
-    if old.billing_cycle > p.record["billing_cycle"]:
+def _is_older_than(prepared: PreparedChunk, position: int, old: repo.KnownSubscription) -> bool:
+    if old.billing_cycle > prepared.value("billing_cycle", position):
         return True
-    return old.recycle_declined_at is not None and old.recycle_declined_at >= p.record["declined_at"]
+    declined_at = prepared.value("declined_at", position)
+    return old.recycle_declined_at is not None and old.recycle_declined_at >= declined_at
 
 
-def _latest(prepared: Sequence[_Prepared], key: str) -> dict[str, _Prepared]:
-    """Per non-empty `key`, the row of the latest decline (the later line on a tie): latest data wins."""
-    latest: dict[str, _Prepared] = {}
-    for p in prepared:
-        value = p.record[key]
-        if value and (value not in latest or p.record["declined_at"] >= latest[value].record["declined_at"]):
+def _latest(prepared: PreparedChunk, positions: Sequence[int], key: str) -> dict[str, int]:
+    """Per non-empty `key`, the position of the latest decline (the later line on a tie): latest data wins."""
+    keys, declined_at = prepared.columns[key], prepared.columns["declined_at"]
+    latest: dict[str, int] = {}
+    for p in positions:
+        value = keys[p]
+        if value and (value not in latest or declined_at[p] >= declined_at[latest[value]]):
             latest[value] = p
     return latest
 

@@ -21,7 +21,7 @@ from recycle_engine.services.feed_values import (
     member,
     parse_amounts,
     parse_timestamps,
-    typed_records,
+    typed_columns,
 )
 from recycle_engine.storage.models import Decline
 
@@ -102,18 +102,24 @@ def check_header(columns: Sequence[str]) -> HeaderCheck:
 
 @dataclass
 class CheckedChunk:
-    """One chunk after the checks: typed records of the good rows and the reasons of the bad ones.
+    """One chunk after the checks: the good rows, column by column, and the reasons of the bad ones.
 
-    `records` hold the declines-table columns (amount as `amount_minor`, `declined_at` aware UTC);
-    `lines[i]` is the file line of `records[i]`. `original` is the chunk as read, indexed by line, with
+    `columns` are declines-table columns (amount as `amount_minor`, `declined_at` aware UTC), each a
+    list with one value per good row; `lines[i]` is the file line of good row i. `original` is the chunk as read, indexed by line, with
     every cell that looks like a card number replaced by PAN_MARKER: the only form safe to write out.
     """
 
-    records: list[dict[str, Any]]
+    columns: dict[str, list[Any]]
     lines: list[int]
     reasons: dict[int, list[str]]  # line -> reasons, for rejected rows
     original: pd.DataFrame
     blank_lines: int = 0
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The good rows as one dict each (for reading; the import itself stays with columns)."""
+        names = list(self.columns)
+        return [dict(zip(names, row, strict=True)) for row in zip(*self.columns.values(), strict=True)]
 
     def reject(self, line: int, reason: str) -> None:
         """Reject a row that passed the checks, e.g. when a later step cannot use it."""
@@ -215,7 +221,7 @@ def check_chunk(
     reasons_by_position = problems.by_row(pan_columns)
     good = [p for p in range(size) if p not in reasons_by_position and not blank[p]]
     return CheckedChunk(
-        records=typed_records(cells, declined_at, offsets, amounts, good, booleans=_BOOLEANS, ints=_INTS),
+        columns=typed_columns(cells, declined_at, offsets, amounts, good, booleans=_BOOLEANS, ints=_INTS),
         lines=[lines[p] for p in good],
         reasons={lines[p]: r for p, r in reasons_by_position.items() if not blank[p]},
         original=original,

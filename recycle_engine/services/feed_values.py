@@ -20,7 +20,7 @@ __all__ = [
     "member",
     "parse_amounts",
     "parse_timestamps",
-    "typed_records",
+    "typed_columns",
 ]
 
 Flags = np.ndarray[Any, np.dtype[np.bool_]]
@@ -123,7 +123,7 @@ def duplicates(
     return flags, messages
 
 
-def typed_records(
+def typed_columns(
     cells: dict[str, list[str]],
     declined_at: list[Any],
     offsets: list[int],
@@ -132,8 +132,8 @@ def typed_records(
     *,
     booleans: Collection[str],
     ints: Collection[str],
-) -> list[dict[str, Any]]:
-    """Row dicts of the `good` rows, keyed by declines-table columns: `booleans` and `ints` converted,
+) -> dict[str, list[Any]]:
+    """The `good` rows, column by column under declines-table names: `booleans` and `ints` converted,
     empty text as None, `amount` replaced by `amount_minor`, the instant and its UTC offset."""
     columns: dict[str, list[Any]] = {}
     take = (
@@ -149,8 +149,7 @@ def typed_records(
             columns[column] = [int(v) if v else None for v in values]
         elif column not in ("amount", "declined_at"):
             columns[column] = [v or None for v in values]
-    columns["declined_at"] = [declined_at[p] for p in good]
-    columns["utc_offset_minutes"] = [offsets[p] for p in good]
-    columns["amount_minor"] = [amounts[p] for p in good]
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    columns["declined_at"] = take(declined_at)
+    columns["utc_offset_minutes"] = take(offsets)
+    columns["amount_minor"] = take(amounts)
+    return columns

@@ -14,13 +14,16 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     MetaData,
+    Select,
     String,
     Table,
     any_,
     bindparam,
     func,
+    literal,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
@@ -33,13 +36,12 @@ __all__ = [
     "KnownOrder",
     "KnownSubscription",
     "append_changes",
-    "customer_from_decline",
     "bulk_insert",
+    "insert_columns",
     "insert_new_declines",
     "known_orders",
     "known_subscriptions",
     "lock_for_import",
-    "order_from_decline",
     "status_change",
     "upsert_customers",
     "upsert_orders",
@@ -68,9 +70,7 @@ _CUSTOMER_SOURCES: Final = {
     )},
 }  # fmt: skip
 _ORDER_COLUMNS: Final = tuple(_ORDER_SOURCES)
-_order_values: Final = itemgetter(*_ORDER_SOURCES.values())
 _CUSTOMER_COLUMNS: Final = tuple(_CUSTOMER_SOURCES)
-_customer_values: Final = itemgetter(*_CUSTOMER_SOURCES.values())
 
 
 @dataclass(frozen=True)
@@ -88,18 +88,6 @@ class KnownSubscription:
     status: str
     billing_cycle: int
     recycle_declined_at: datetime | None
-
-
-def order_from_decline(decline: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
-    """The orders row a feed decline implies: DECLINED, with the decline's amount, gateway and id."""
-    row = dict(zip(_ORDER_COLUMNS, _order_values(decline), strict=True))
-    row.update(status=_DECLINED, has_payment_token=True, updated_at=now)
-    return row
-
-
-def customer_from_decline(decline: Mapping[str, Any]) -> dict[str, Any]:
-    """The customers row of a feed decline; `updated_at` is when the CRM saw this data (the decline)."""
-    return dict(zip(_CUSTOMER_COLUMNS, _customer_values(decline), strict=True))
 
 
 def status_change(
@@ -137,19 +125,23 @@ def lock_for_import(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
 
 
-def insert_new_declines(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert declines whose transaction id is not stored yet; returns the ids inserted.
+def insert_new_declines(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> list[int]:
+    """Insert the declines (declines-table columns, one list each) whose transaction id is not stored
+    yet; returns their positions.
 
     Call after lock_for_import: with importers serialised, the ids read here stay true until commit.
     """
+    ids = columns["transaction_id"]
     known: set[str] = set()
-    for among in _among(conn, Decline.transaction_id, [row["transaction_id"] for row in rows]):
+    for among in _among(conn, Decline.transaction_id, ids):
         known.update(conn.execute(select(Decline.transaction_id).where(among)).scalars())
-    new = [row for row in rows if row["transaction_id"] not in known]
-    bulk_insert(
-        conn, Decline, new, lambda stmt: stmt.on_conflict_do_nothing(index_elements=["transaction_id"])
+    new = [position for position, value in enumerate(ids) if value not in known]
+    if len(new) < len(ids):
+        columns = {key: [values[p] for p in new] for key, values in columns.items()}
+    insert_columns(
+        conn, Decline, columns, lambda stmt: stmt.on_conflict_do_nothing(index_elements=["transaction_id"])
     )
-    return {row["transaction_id"] for row in new}
+    return new
 
 
 def append_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -157,16 +149,18 @@ def append_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     bulk_insert(conn, Change, rows)
 
 
-def upsert_customers(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert or update customers. `updated_at` is the instant the data was true at the CRM (the
-    decline's time), so data from an older decline never overwrites data from a newer one."""
+def upsert_customers(conn: Connection, transaction_ids: Sequence[str]) -> None:
+    """Insert or update the customers of these stored declines, copied in SQL. `updated_at` is the
+    instant the data was true at the CRM (the decline's time), so data from an older decline never
+    overwrites data from a newer one. At most one decline per customer."""
+    source = select(*(Decline.__table__.c[c] for c in _CUSTOMER_SOURCES.values()))
 
     def newer_wins(stmt: Any) -> Any:
         changed = {c: stmt.excluded[c] for c in _CUSTOMER_COLUMNS if c != "id"}
         newer = Customer.updated_at <= stmt.excluded.updated_at
         return stmt.on_conflict_do_update(index_elements=["id"], set_=changed, where=newer)
 
-    bulk_insert(conn, Customer, rows, newer_wins)
+    _copy_from_declines(conn, Customer, _CUSTOMER_COLUMNS, source, transaction_ids, newer_wins)
 
 
 def known_orders(conn: Connection, ids: Sequence[str]) -> dict[str, KnownOrder]:
@@ -185,9 +179,35 @@ def known_orders(conn: Connection, ids: Sequence[str]) -> dict[str, KnownOrder]:
     return found
 
 
-def upsert_orders(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert or overwrite orders with the given columns; `has_payment_token` is set only on insert."""
-    _upsert(conn, Order, rows, keep=("has_payment_token",))
+def upsert_orders(conn: Connection, transaction_ids: Sequence[str], *, now: datetime) -> None:
+    """Insert or overwrite the orders of these stored declines, copied in SQL: DECLINED, with the
+    decline's amount, gateway and id; `has_payment_token` is set only on insert. At most one decline
+    per order."""
+    copied = (Decline.__table__.c[c] for c in _ORDER_SOURCES.values())
+    source = select(*copied, literal(_DECLINED), true(), literal(now, UTCDateTime()))
+    keys = (*_ORDER_COLUMNS, "status", "has_payment_token", "updated_at")
+
+    def overwrite(stmt: Any) -> Any:
+        changed = {c: stmt.excluded[c] for c in keys if c not in ("id", "has_payment_token")}
+        return stmt.on_conflict_do_update(index_elements=["id"], set_=changed)
+
+    _copy_from_declines(conn, Order, keys, source, transaction_ids, overwrite)
+
+
+def _copy_from_declines(
+    conn: Connection,
+    model: Any,
+    keys: Sequence[str],
+    source: Select[Any],
+    transaction_ids: Sequence[str],
+    on_conflict: OnConflict,
+) -> None:
+    """INSERT INTO model (keys) `source` for the declines of `transaction_ids`: the values never make
+    the round trip through Python and the driver."""
+    for among in _among(conn, Decline.transaction_id, transaction_ids):
+        # The WHERE also settles SQLite's parsing ambiguity between a join's ON and ON CONFLICT.
+        stmt = _dialect(conn).insert(model).from_select(list(keys), source.where(among))
+        conn.execute(on_conflict(stmt))
 
 
 def known_subscriptions(conn: Connection, ids: Sequence[str]) -> dict[str, KnownSubscription]:
@@ -224,20 +244,32 @@ def _upsert(conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], kee
 def bulk_insert(
     conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], on_conflict: OnConflict | None = None
 ) -> None:
-    """INSERT `rows` (all with the same keys) as one set, with the ON CONFLICT clause `on_conflict` adds.
+    """INSERT `rows` (all with the same keys) as one set; see insert_columns."""
+    if rows:
+        insert_columns(conn, model, {key: list(map(itemgetter(key), rows)) for key in rows[0]}, on_conflict)
+
+
+def insert_columns(
+    conn: Connection,
+    model: Any,
+    columns: Mapping[str, Sequence[Any]],
+    on_conflict: OnConflict | None = None,
+) -> None:
+    """INSERT rows given column by column (equal-length lists) as one set, with the ON CONFLICT clause
+    `on_conflict` adds.
 
     Rows must not repeat a conflict key. SQLAlchemy's per-row parameter handling costs more than the
     database's own insert (bench/import_benchmark.py), so each value goes through its column type's
     bind processor once, then: PostgreSQL (psycopg) COPYs the rows into a temporary table and inserts
     from it; SQLite runs the statement, compiled once, through the driver's executemany.
     """
-    if not rows:
+    keys = list(columns)
+    if not keys or not columns[keys[0]]:
         return
-    keys = list(rows[0])
     insert_into = _dialect(conn).insert(model)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         staged = _copy_to_temporary_table(
-            conn, model.__table__, keys, _processed_rows(conn, model.__table__, keys, rows)
+            conn, model.__table__, keys, _processed_rows(conn, model.__table__, keys, columns)
         )
         stmt = insert_into.from_select(keys, select(*staged.columns))
         conn.execute(on_conflict(stmt) if on_conflict else stmt)
@@ -245,25 +277,32 @@ def bulk_insert(
     stmt = on_conflict(insert_into) if on_conflict else insert_into
     compiled = stmt.compile(dialect=conn.dialect, column_keys=keys)
     if compiled.insert_prefetch or compiled.positiontup is None:  # defaults to fill, or a named paramstyle
-        conn.execute(stmt, list(rows))
+        names = list(columns)
+        conn.execute(
+            stmt, [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+        )
         return
-    conn.exec_driver_sql(compiled.string, _processed_rows(conn, model.__table__, compiled.positiontup, rows))
+    conn.exec_driver_sql(
+        compiled.string, _processed_rows(conn, model.__table__, compiled.positiontup, columns)
+    )
 
 
 def _processed_rows(
-    conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]
+    conn: Connection, table: Table, keys: Sequence[str], columns: Mapping[str, Sequence[Any]]
 ) -> list[tuple[Any, ...]]:
     """The rows as tuples of `keys`' values, each through its column type's bind processor."""
-    columns = []
+    processed = []
     for key in keys:
-        values = list(map(itemgetter(key), rows))
+        values = columns[key]
         process = _bind_processor(conn, table.c[key].type)
-        if process is not None:
-            # Feeds repeat values (imported_at, updated_at, flags): convert each distinct value once.
+        if process is not None and values.count(values[0]) == len(values):
+            values = [process(values[0])] * len(values)  # a constant, such as imported_at
+        elif process is not None:
+            # Feeds repeat values (dates, flags): convert each distinct value once.
             converted: dict[Any, Any] = {}
             values = [converted[v] if v in converted else converted.setdefault(v, process(v)) for v in values]
-        columns.append(values)
-    return list(zip(*columns, strict=True))
+        processed.append(values)
+    return list(zip(*processed, strict=True))
 
 
 def _bind_processor(conn: Connection, column_type: Any) -> Callable[[Any], Any] | None:
