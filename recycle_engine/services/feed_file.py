@@ -55,8 +55,12 @@ def _shown(name: str) -> str:
     return PAN_MARKER if contains_pan(name) else name
 
 
-def read_chunks(path: Path, header: Sequence[str], chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+def read_chunks(
+    path: Path, header: Sequence[str], chunk_rows: int, *, first_rows: int | None = None
+) -> Iterator[tuple[pd.DataFrame, int]]:
     """Chunks of at most `chunk_rows` rows, all cells text, each with the file line of its first row.
+    With `first_rows`, the first chunk has that many rows and each next one twice as many, up to
+    `chunk_rows`.
 
     Lines are counted as records: a quoted field spanning several lines shifts the numbers after it.
     """
@@ -73,12 +77,18 @@ def read_chunks(path: Path, header: Sequence[str], chunk_rows: int) -> Iterator[
             na_filter=False,
             skip_blank_lines=False,  # blank lines still count, so line numbers stay true
             encoding="utf-8-sig",
-            chunksize=chunk_rows,
+            iterator=True,
         )
         with reader:
-            for frame in reader:
+            size = first_rows or chunk_rows
+            while True:
+                try:
+                    frame = reader.get_chunk(size)
+                except StopIteration:
+                    return
                 yield frame, first_line
                 first_line += len(frame)
+                size = min(2 * size, chunk_rows)
     except pd.errors.EmptyDataError:
         return
     except pd.errors.ParserError as exc:

@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.services.decline_effects import ImportSession
-from recycle_engine.services.feed_file import RejectsFile, read_chunks, read_header, rejects_path_for
+from recycle_engine.services.feed_file import RejectsFile, read_header, rejects_path_for
+from recycle_engine.services.feed_stage import staged_chunks
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
 
@@ -37,13 +38,20 @@ class ImportResult:
 
 
 def import_declines(
-    path: Path, *, settings: Settings, engine: Engine, clock: Clock, chunk_rows: int = CHUNK_ROWS
+    path: Path,
+    *,
+    settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    chunk_rows: int = CHUNK_ROWS,
+    ahead: bool = True,
 ) -> ImportResult:
     """Load a declines feed (SPEC section 5), writing rejected rows with line and reason beside it.
 
     Good rows are kept whatever the bad ones; a known transaction_id changes nothing. Raises InputError
     when the file cannot be read or its header lacks a contract column, StorageError when the database
-    fails. Each chunk of `chunk_rows` rows is one transaction.
+    fails. Each chunk of `chunk_rows` rows is one transaction. With `ahead`, the next chunk is read and
+    checked in a child process while this one is written (feed_stage).
     """
     now = clock.now()
     target = rejects_path_for(path)
@@ -54,14 +62,12 @@ def import_declines(
     importer = ImportSession(settings, run_id=run_id, now=now)
     try:
         header = read_header(path)
-        chunks = read_chunks(path, header, chunk_rows)
         with RejectsFile(target, header) as rejects:
-            for frame, first_line in chunks:
-                checked, prepared = importer.check_and_prepare(frame, first_line)
+            for staged in staged_chunks(path, header, chunk_rows, importer, ahead=ahead):
                 with engine.begin() as conn:
-                    importer.write(conn, prepared)
-                rejects.write(checked.rejects_frame())
-                importer.counts["rejected"] += len(checked.reasons)
+                    importer.write(conn, staged.prepared)
+                rejects.write(staged.rejects)
+                importer.counts["rejected"] += staged.rejected
     except SQLAlchemyError as exc:
         _finish_failed(engine, run_id, now, importer.counts, _storage_message(exc))
         raise StorageError(_storage_message(exc)) from None
