@@ -133,6 +133,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def twin_db_url(db_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A second fresh database of the same kind as `db_url`, for comparing two ways of doing one thing."""
+    if db_url.startswith("sqlite"):
+        folder = tmp_path / "twin"
+        folder.mkdir()
+        yield _fresh_sqlite(request.getfixturevalue("sqlite_template"), folder)
+    else:
+        yield from _fresh_pg(request.getfixturevalue("pg_template"))
+
+
+@pytest.fixture
 def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     """A freshly migrated SQLite database only (for tests that need no PostgreSQL variant)."""
     return _fresh_sqlite(sqlite_template, tmp_path)

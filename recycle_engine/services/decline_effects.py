@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import pandas as pd
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Dialect
 
 from recycle_engine.domain.declines import DeclineType, MappingRule, OrderType, classify
 from recycle_engine.domain.ladder import PlannedAttempt, local_date, next_attempt
@@ -18,6 +18,7 @@ from recycle_engine.domain.profile_versions import profile_version
 from recycle_engine.services.feed_rows import CheckedChunk, check_chunk
 from recycle_engine.settings import Settings
 from recycle_engine.storage import decline_repo as repo
+from recycle_engine.storage.bulk_rows import BoundRows
 from recycle_engine.storage.profile_versions import record_profile_versions
 
 __all__ = ["ImportSession", "PreparedChunk", "RecycleEntry", "recycle_entry"]
@@ -26,6 +27,13 @@ _REASON: Final = "DECLINE_IMPORTED"
 _SOURCE: Final = "IMPORT"
 _REBILL: Final = OrderType.REBILL.value
 _DECLINED: Final = OrderStatus.DECLINED.value
+# Subscription columns copied from the decline
+_COPIED: Final = (
+    "customer_id", "order_id", "campaign_id", "product_id", "billing_cycle", "billing_interval_days",
+    "shippable", "currency", "gateway_id",
+)  # fmt: skip
+# What the writes read besides the bound declines rows: keys, decline times, subscription columns
+_KEPT: Final = frozenset({*_COPIED, "transaction_id", "purchase_id", "declined_at", "amount_minor"})
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,11 @@ class RecycleEntry:
 
 @dataclass(frozen=True)
 class PreparedChunk:
-    """A chunk's good rows ready to store: declines-table columns (one list each, classified and
-    stamped), and per row its file line and, for rebills, the local decline date and recycle entry."""
+    """A chunk's good rows ready to store: the declines rows bound for the database, the columns the
+    writes still read (_KEPT), and per row its file line and, for rebills, the local decline date and
+    recycle entry."""
 
+    declines: BoundRows
     columns: dict[str, list[Any]]
     lines: list[int]
     declined_on: list[date | None]  # local date in the settings timezone; rebills only
@@ -83,8 +93,8 @@ def recycle_entry(
 class ImportSession:
     """The steps of one import, sharing settings, caches, the seen transaction ids and the counts."""
 
-    def __init__(self, settings: Settings, *, run_id: str, now: datetime) -> None:
-        self.settings, self.run_id, self.now = settings, run_id, now
+    def __init__(self, settings: Settings, *, dialect: Dialect, run_id: str, now: datetime) -> None:
+        self.settings, self.dialect, self.run_id, self.now = settings, dialect, run_id, now
         self.counts = {"accepted": 0, "rejected": 0, "duplicates": 0}
         self.seen: dict[str, int] = {}
         self.ordinary = [g.id for g in settings.gateways.values() if not g.is_flexfactor]
@@ -94,6 +104,7 @@ class ImportSession:
         self._entries: dict[tuple[Any, ...], RecycleEntry | str] = {}
         # The schedule each new entrant follows until it leaves the ladder or `ladder migrate` moves it.
         self.versions = {p.id: profile_version(p) for p in settings.recycle_profiles.values()}
+        self.stamp = repo.ChangeStamp(_REASON, _SOURCE, run_id, now)
 
     def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, PreparedChunk]:
         checked = check_chunk(
@@ -147,63 +158,68 @@ class ImportSession:
         columns["mapping_rule"] = [found[1] for found in classes]
         columns["display_message"] = [found[2] for found in classes]
         columns["imported_at"] = [self.now] * len(classes)
-        return PreparedChunk(columns, [checked.lines[p] for p in keep], declined_on, entries)
+        return PreparedChunk(
+            repo.bind_declines(self.dialect, columns),
+            {key: values for key, values in columns.items() if key in _KEPT},
+            [checked.lines[p] for p in keep],
+            declined_on,
+            entries,
+        )
 
     def write(self, conn: Connection, prepared: PreparedChunk) -> None:
         repo.lock_for_import(conn)
-        fresh = repo.insert_new_declines(conn, prepared.columns)
+        fresh = repo.insert_new_declines(conn, prepared.columns["transaction_id"], prepared.declines)
         self.counts["accepted"] += len(fresh)
         self.counts["duplicates"] += len(prepared.lines) - len(fresh)
         customers = _latest(prepared, fresh, "customer_id")
         repo.upsert_customers(conn, [prepared.value("transaction_id", p) for p in customers.values()])
-        changes = self._write_orders(conn, prepared, fresh) + self._write_subscriptions(conn, prepared, fresh)
-        repo.append_changes(conn, changes)
+        changes = repo.StatusChanges()
+        created = self._write_orders(conn, prepared, fresh, changes)
+        self._write_subscriptions(conn, prepared, fresh, changes)
+        repo.append_orders_created(conn, created, self.stamp)
+        repo.append_status_changes(conn, changes, self.stamp)
 
     def _write_orders(
-        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int]
-    ) -> list[dict[str, object]]:
+        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int], changes: repo.StatusChanges
+    ) -> list[str]:
+        """Upsert the orders of the fresh declines, noting status moves of known orders in `changes`;
+        returns the transaction ids of the orders created."""
         latest = _latest(prepared, fresh, "order_id")
         known = repo.known_orders(conn, list(latest))
-        transactions, changes = [], []
-        declined_at = prepared.columns["declined_at"]
+        transactions, created = [], []
+        declined_at, transaction_id = prepared.columns["declined_at"], prepared.columns["transaction_id"]
         for order_id, position in latest.items():
             old = known.get(order_id)
-            if old is not None and old.latest_declined_at and old.latest_declined_at > declined_at[position]:
+            if old is None:
+                created.append(transaction_id[position])
+            elif old.latest_declined_at and old.latest_declined_at > declined_at[position]:
                 continue  # a newer decline of this order is already applied
-            transactions.append(prepared.value("transaction_id", position))
-            if old is None or old.status != _DECLINED:
-                changes.append(self._change("ORDER", order_id, old.status if old else None, _DECLINED))
+            elif old.status != _DECLINED:
+                changes.add("ORDER", order_id, old.status, _DECLINED)
+            transactions.append(transaction_id[position])
         repo.upsert_orders(conn, transactions, now=self.now)
-        return changes
+        return created
 
     def _write_subscriptions(
-        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int]
-    ) -> list[dict[str, object]]:
+        self, conn: Connection, prepared: PreparedChunk, fresh: Sequence[int], changes: repo.StatusChanges
+    ) -> None:
         rebills = [p for p in fresh if prepared.entries[p] is not None]
         latest = _latest(prepared, rebills, "purchase_id")
         known = repo.known_subscriptions(conn, list(latest))
-        rows, changes = [], []
+        chosen: list[int] = []
         for purchase_id, position in latest.items():
             old, entry = known.get(purchase_id), prepared.entries[position]
             if entry is None:
                 continue
             if old is not None and _is_older_than(prepared, position, old):
                 continue  # an older decline never overrides what a newer one (or a later cycle) set
-            rows.append(self._subscription_row(prepared, position, entry))
+            chosen.append(position)
             if old is None or old.status != entry.status:
-                changes.append(
-                    self._change("SUBSCRIPTION", purchase_id, old.status if old else None, entry.status)
-                )
-        if rows:
+                changes.add("SUBSCRIPTION", purchase_id, old.status if old else None, entry.status)
+        if chosen:
             # In the same transaction as the subscriptions that name them: a version is never missing.
             record_profile_versions(conn, self.settings.recycle_profiles.values(), now=self.now)
-        repo.upsert_subscriptions(conn, rows)
-        return changes
-
-    def _change(self, entity: str, entity_id: str, old: str | None, new: str) -> dict[str, object]:
-        return repo.status_change(
-            entity, entity_id, old, new, reason=_REASON, source=_SOURCE, run_id=self.run_id, now=self.now
-        )
+            repo.upsert_subscriptions(conn, self._subscription_columns(prepared, chosen))
 
     def _classify(self, key: tuple[str, str | None, str, str]) -> tuple[DeclineType, str | None, str | None]:
         """(response_type, response_text, order_type, gateway_id) -> type, mapping rule, display text."""
@@ -248,34 +264,33 @@ class ImportSession:
                 self._entries[key] = f"amount: the recycle profile cannot price it ({exc})"
         return self._entries[key]
 
-    def _subscription_row(
-        self, prepared: PreparedChunk, position: int, entry: RecycleEntry
-    ) -> dict[str, object]:
-        def r(column: str) -> Any:
-            return prepared.columns[column][position]
+    def _subscription_columns(self, prepared: PreparedChunk, chosen: Sequence[int]) -> dict[str, list[Any]]:
+        """The subscriptions rows, column by column, of the rebill declines at `chosen` positions."""
 
-        planned = entry.planned
-        copied = (
-            "customer_id", "order_id", "campaign_id", "product_id", "billing_cycle", "billing_interval_days",
-            "shippable", "currency", "gateway_id",
-        )  # fmt: skip
+        def take(column: str) -> list[Any]:
+            values = prepared.columns[column]
+            return [values[p] for p in chosen]
+
+        entries = [cast(RecycleEntry, prepared.entries[p]) for p in chosen]  # rebills: never None
+        planned = [e.planned for e in entries]
+        n = len(chosen)
         return {
-            "id": r("purchase_id"),
-            **{c: r(c) for c in copied},
-            "status": entry.status.value,
-            "price_minor": r("amount_minor"),
-            "has_payment_token": True,
-            "recycle_profile_id": entry.profile_id,
-            "recycle_profile_version": self.versions.get(entry.profile_id or ""),
-            "recycle_transaction_id": r("transaction_id"),
-            "recycle_declined_gateway_id": r("gateway_id"),
-            "recycle_original_minor": r("amount_minor"),
-            "recycle_last_attempt": 0,
-            "recycle_last_ran_on": prepared.declined_on[position],
-            "next_attempt": planned.attempt if planned else None,
-            "next_attempt_on": planned.due_on if planned else None,
-            "failure_cause": entry.failure_cause.value if entry.failure_cause else None,
-            "updated_at": self.now,
+            "id": take("purchase_id"),
+            **{c: take(c) for c in _COPIED},
+            "status": [e.status.value for e in entries],
+            "price_minor": take("amount_minor"),
+            "has_payment_token": [True] * n,
+            "recycle_profile_id": [e.profile_id for e in entries],
+            "recycle_profile_version": [self.versions.get(e.profile_id or "") for e in entries],
+            "recycle_transaction_id": take("transaction_id"),
+            "recycle_declined_gateway_id": take("gateway_id"),
+            "recycle_original_minor": take("amount_minor"),
+            "recycle_last_attempt": [0] * n,
+            "recycle_last_ran_on": [prepared.declined_on[p] for p in chosen],
+            "next_attempt": [p.attempt if p else None for p in planned],
+            "next_attempt_on": [p.due_on if p else None for p in planned],
+            "failure_cause": [e.failure_cause.value if e.failure_cause else None for e in entries],
+            "updated_at": [self.now] * n,
         }
 
 

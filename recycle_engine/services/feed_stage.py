@@ -26,7 +26,7 @@ __all__ = ["StagedChunk", "staged_chunks"]
 
 _DONE: Final = "done"
 # The writer waits idle for the first chunk: small chunks, doubling, get both stages busy sooner.
-_FIRST_ROWS: Final = 1_000
+_RAMP: Final = 16  # the first chunk is this fraction of a full one
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _run_child(
     sender: Connection, path: Path, header: Sequence[str], chunk_rows: int, importer: ImportSession
 ) -> None:
     try:
-        for staged in _stage(path, header, chunk_rows, importer, min(chunk_rows, _FIRST_ROWS)):
+        for staged in _stage(path, header, chunk_rows, importer, max(1, chunk_rows // _RAMP)):
             sender.send(("chunk", staged))
         sender.send((_DONE, None))
     except InputError as exc:

@@ -59,7 +59,7 @@ def import_declines(
         run_id = start_run(engine, "import", logical_at=now, now=now)
     except SQLAlchemyError as exc:
         raise StorageError(_storage_message(exc)) from None
-    importer = ImportSession(settings, run_id=run_id, now=now)
+    importer = ImportSession(settings, dialect=engine.dialect, run_id=run_id, now=now)
     try:
         header = read_header(path)
         with RejectsFile(target, header) as rejects:

@@ -3,46 +3,53 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from operator import itemgetter
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from sqlalchemy import (
-    Column,
     ColumnElement,
     Connection,
-    MetaData,
+    Dialect,
     Select,
     String,
-    Table,
     any_,
     bindparam,
     func,
     literal,
+    null,
     select,
     text,
     true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import InstrumentedAttribute
 
 from recycle_engine.domain.outcomes import OrderStatus
+from recycle_engine.storage.bulk_rows import (
+    BoundRows,
+    OnConflict,
+    bind_rows,
+    dialect_insert,
+    insert_bound,
+    insert_columns,
+)
 from recycle_engine.storage.models import Change, Customer, Decline, Order, Subscription
-from recycle_engine.storage.types import UTCDateTime, sqlite_utc_text
+from recycle_engine.storage.types import UTCDateTime
 
 __all__ = [
+    "ChangeStamp",
     "KnownOrder",
     "KnownSubscription",
-    "append_changes",
-    "bulk_insert",
-    "insert_columns",
+    "StatusChanges",
+    "append_orders_created",
+    "append_status_changes",
+    "bind_declines",
     "insert_new_declines",
     "known_orders",
     "known_subscriptions",
     "lock_for_import",
-    "status_change",
     "upsert_customers",
     "upsert_orders",
     "upsert_subscriptions",
@@ -50,7 +57,6 @@ __all__ = [
 
 # Ids per lookup statement: keeps each JSON or array parameter, and the rows it returns, modest.
 _IN_BATCH: Final = 20_000
-OnConflict = Callable[[Any], Any]  # a dialect insert -> the same insert with its ON CONFLICT clause
 # Any constant shared by every importer: PostgreSQL advisory lock key for "a declines import writes".
 _IMPORT_LOCK_KEY: Final = 0x5EC1_DEC1
 _DECLINED: Final = OrderStatus.DECLINED.value
@@ -90,30 +96,31 @@ class KnownSubscription:
     recycle_declined_at: datetime | None
 
 
-def status_change(
-    entity: str,
-    entity_id: str,
-    old: str | None,
-    new: str,
-    *,
-    reason: str,
-    source: str,
-    run_id: str,
-    now: datetime,
-) -> dict[str, Any]:
-    """A `changes` row recording a status move of an ORDER or a SUBSCRIPTION (old None: created)."""
-    return {
-        "entity": entity,
-        "entity_id": entity_id,
-        "field": "status",
-        "old_value": old,
-        "new_value": str(new),
-        "reason": reason,
-        "source": source,
-        "handoff_id": None,
-        "run_id": run_id,
-        "occurred_at": now,
-    }
+@dataclass
+class StatusChanges:
+    """Status moves of orders and subscriptions, gathered column by column for `changes`."""
+
+    entity: list[str] = field(default_factory=list)
+    entity_id: list[str] = field(default_factory=list)
+    old_value: list[str | None] = field(default_factory=list)
+    new_value: list[str] = field(default_factory=list)
+
+    def add(self, entity: str, entity_id: str, old: str | None, new: str) -> None:
+        """A move of ORDER or SUBSCRIPTION `entity_id` from `old` (None: created) to `new`."""
+        self.entity.append(entity)
+        self.entity_id.append(entity_id)
+        self.old_value.append(old)
+        self.new_value.append(new)
+
+
+@dataclass(frozen=True)
+class ChangeStamp:
+    """What every change of one import shares: why, from where, in which run, when."""
+
+    reason: str
+    source: str
+    run_id: str
+    now: datetime
 
 
 def lock_for_import(conn: Connection) -> None:
@@ -125,28 +132,65 @@ def lock_for_import(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
 
 
-def insert_new_declines(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> list[int]:
-    """Insert the declines (declines-table columns, one list each) whose transaction id is not stored
+def bind_declines(dialect: Dialect, columns: Mapping[str, Sequence[Any]]) -> BoundRows:
+    """Declines rows (declines-table columns, one list each) bound for `dialect`, ready to insert."""
+    return bind_rows(dialect, Decline, columns)
+
+
+def insert_new_declines(conn: Connection, transaction_ids: Sequence[str], declines: BoundRows) -> list[int]:
+    """Insert the bound declines whose transaction id (`transaction_ids`, row by row) is not stored
     yet; returns their positions.
 
     Call after lock_for_import: with importers serialised, the ids read here stay true until commit.
     """
-    ids = columns["transaction_id"]
     known: set[str] = set()
-    for among in _among(conn, Decline.transaction_id, ids):
+    for among in _among(conn, Decline.transaction_id, transaction_ids):
         known.update(conn.execute(select(Decline.transaction_id).where(among)).scalars())
-    new = [position for position, value in enumerate(ids) if value not in known]
-    if len(new) < len(ids):
-        columns = {key: [values[p] for p in new] for key, values in columns.items()}
-    insert_columns(
-        conn, Decline, columns, lambda stmt: stmt.on_conflict_do_nothing(index_elements=["transaction_id"])
+    new = [position for position, value in enumerate(transaction_ids) if value not in known]
+    insert_bound(
+        conn,
+        Decline,
+        declines.take(new),
+        lambda stmt: stmt.on_conflict_do_nothing(index_elements=["transaction_id"]),
     )
     return new
 
 
-def append_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append `changes` rows (the history and the CRM outbox)."""
-    bulk_insert(conn, Change, rows)
+def append_status_changes(conn: Connection, changes: StatusChanges, stamp: ChangeStamp) -> None:
+    """Append status moves to `changes` (the history and the CRM outbox)."""
+    n = len(changes.entity)
+    columns: dict[str, Sequence[Any]] = {
+        "entity": changes.entity,
+        "entity_id": changes.entity_id,
+        "field": ["status"] * n,
+        "old_value": changes.old_value,
+        "new_value": changes.new_value,
+        **{key: [value] * n for key, value in _stamp_values(stamp).items()},
+    }
+    insert_columns(conn, Change, columns)
+
+
+def append_orders_created(conn: Connection, transaction_ids: Sequence[str], stamp: ChangeStamp) -> None:
+    """Append to `changes` the creation, as DECLINED, of the orders of these stored declines (copied
+    in SQL, like the orders themselves)."""
+    stamped = {
+        key: literal(value, Change.__table__.c[key].type) for key, value in _stamp_values(stamp).items()
+    }
+    source = select(
+        literal("ORDER"), Decline.order_id, literal("status"), null(), literal(_DECLINED), *stamped.values()
+    )
+    keys = ("entity", "entity_id", "field", "old_value", "new_value", *stamped)
+    _copy_from_declines(conn, Change, keys, source, transaction_ids)
+
+
+def _stamp_values(stamp: ChangeStamp) -> dict[str, Any]:
+    return {
+        "reason": stamp.reason,
+        "source": stamp.source,
+        "handoff_id": None,
+        "run_id": stamp.run_id,
+        "occurred_at": stamp.now,
+    }
 
 
 def upsert_customers(conn: Connection, transaction_ids: Sequence[str]) -> None:
@@ -200,14 +244,14 @@ def _copy_from_declines(
     keys: Sequence[str],
     source: Select[Any],
     transaction_ids: Sequence[str],
-    on_conflict: OnConflict,
+    on_conflict: OnConflict | None = None,
 ) -> None:
     """INSERT INTO model (keys) `source` for the declines of `transaction_ids`: the values never make
     the round trip through Python and the driver."""
     for among in _among(conn, Decline.transaction_id, transaction_ids):
         # The WHERE also settles SQLite's parsing ambiguity between a join's ON and ON CONFLICT.
-        stmt = _dialect(conn).insert(model).from_select(list(keys), source.where(among))
-        conn.execute(on_conflict(stmt))
+        stmt = dialect_insert(conn, model).from_select(list(keys), source.where(among))
+        conn.execute(on_conflict(stmt) if on_conflict else stmt)
 
 
 def known_subscriptions(conn: Connection, ids: Sequence[str]) -> dict[str, KnownSubscription]:
@@ -228,112 +272,14 @@ def known_subscriptions(conn: Connection, ids: Sequence[str]) -> dict[str, Known
     return found
 
 
-def upsert_subscriptions(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert or overwrite subscriptions with the given columns (other columns keep their values)."""
-    _upsert(conn, Subscription, rows, keep=())
+def upsert_subscriptions(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> None:
+    """Insert or overwrite subscriptions, given column by column (other columns keep their values)."""
 
-
-def _upsert(conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], keep: Sequence[str]) -> None:
     def overwrite(stmt: Any) -> Any:
-        changed = {c: stmt.excluded[c] for c in rows[0] if c != "id" and c not in keep}
+        changed = {c: stmt.excluded[c] for c in columns if c != "id"}
         return stmt.on_conflict_do_update(index_elements=["id"], set_=changed)
 
-    bulk_insert(conn, model, rows, overwrite)
-
-
-def bulk_insert(
-    conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], on_conflict: OnConflict | None = None
-) -> None:
-    """INSERT `rows` (all with the same keys) as one set; see insert_columns."""
-    if rows:
-        insert_columns(conn, model, {key: list(map(itemgetter(key), rows)) for key in rows[0]}, on_conflict)
-
-
-def insert_columns(
-    conn: Connection,
-    model: Any,
-    columns: Mapping[str, Sequence[Any]],
-    on_conflict: OnConflict | None = None,
-) -> None:
-    """INSERT rows given column by column (equal-length lists) as one set, with the ON CONFLICT clause
-    `on_conflict` adds.
-
-    Rows must not repeat a conflict key. SQLAlchemy's per-row parameter handling costs more than the
-    database's own insert (bench/import_benchmark.py), so each value goes through its column type's
-    bind processor once, then: PostgreSQL (psycopg) COPYs the rows into a temporary table and inserts
-    from it; SQLite runs the statement, compiled once, through the driver's executemany.
-    """
-    keys = list(columns)
-    if not keys or not columns[keys[0]]:
-        return
-    insert_into = _dialect(conn).insert(model)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        staged = _copy_to_temporary_table(
-            conn, model.__table__, keys, _processed_rows(conn, model.__table__, keys, columns)
-        )
-        stmt = insert_into.from_select(keys, select(*staged.columns))
-        conn.execute(on_conflict(stmt) if on_conflict else stmt)
-        return
-    stmt = on_conflict(insert_into) if on_conflict else insert_into
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=keys)
-    if compiled.insert_prefetch or compiled.positiontup is None:  # defaults to fill, or a named paramstyle
-        names = list(columns)
-        conn.execute(
-            stmt, [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-        )
-        return
-    conn.exec_driver_sql(
-        compiled.string, _processed_rows(conn, model.__table__, compiled.positiontup, columns)
-    )
-
-
-def _processed_rows(
-    conn: Connection, table: Table, keys: Sequence[str], columns: Mapping[str, Sequence[Any]]
-) -> list[tuple[Any, ...]]:
-    """The rows as tuples of `keys`' values, each through its column type's bind processor."""
-    processed = []
-    for key in keys:
-        values = columns[key]
-        process = _bind_processor(conn, table.c[key].type)
-        if process is not None and values.count(values[0]) == len(values):
-            values = [process(values[0])] * len(values)  # a constant, such as imported_at
-        elif process is not None:
-            # Feeds repeat values (dates, flags): convert each distinct value once.
-            converted: dict[Any, Any] = {}
-            values = [converted[v] if v in converted else converted.setdefault(v, process(v)) for v in values]
-        processed.append(values)
-    return list(zip(*processed, strict=True))
-
-
-def _bind_processor(conn: Connection, column_type: Any) -> Callable[[Any], Any] | None:
-    if conn.dialect.name == "sqlite" and isinstance(column_type, UTCDateTime):
-        return sqlite_utc_text  # SQLAlchemy's own formatter runs in Python, several times slower
-    return cast(
-        Callable[[Any], Any] | None, column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    )
-
-
-def _copy_to_temporary_table(
-    conn: Connection, table: Table, keys: Sequence[str], rows: list[tuple[Any, ...]]
-) -> Table:
-    """A temporary table (dropped at commit) of `keys`' columns, filled by COPY."""
-    staged = Table(f"staged_{table.name}", MetaData(), *(Column(key, table.c[key].type) for key in keys))
-    names = ", ".join(f'"{key}"' for key in keys)
-    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{staged.name}"')
-    conn.exec_driver_sql(
-        f'CREATE TEMPORARY TABLE "{staged.name}" ON COMMIT DROP AS SELECT {names} FROM "{table.name}" WITH NO DATA'
-    )
-    import psycopg  # only PostgreSQL comes here, and only through psycopg
-
-    driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
-    with driver.cursor() as cursor, cursor.copy(f'COPY "{staged.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row(row)
-    return staged
-
-
-def _dialect(conn: Connection) -> Any:
-    return postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert_columns(conn, Subscription, columns, overwrite)
 
 
 def _among(
