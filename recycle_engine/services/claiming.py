@@ -14,9 +14,6 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    bindparam,
-    insert,
-    update,
 )
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
@@ -34,6 +31,7 @@ from recycle_engine.services.due_attempts import (
     plan_due,
 )
 from recycle_engine.settings import Settings
+from recycle_engine.storage.bulk_rows import insert_rows, update_columns
 from recycle_engine.storage.handoff_repo import insert_events
 from recycle_engine.storage.holdout_repo import assignment_row, record_assignments
 from recycle_engine.storage.models import Attempt, Handoff, Subscription
@@ -157,37 +155,17 @@ def _claim_chunk(
             # One bad subscription never stops the night: book it for tomorrow and report it.
             counts["errors"] += 1
             log.error("attempt not run", extra={"subscription": row.id, "reason": str(exc)})
-            c.moved.append({"b_id": row.id, "b_next": row.next_attempt, "b_on": today + timedelta(days=1)})
-            c.errors.append((row.id, f"{type(exc).__name__}: {exc}"))
-    if c.handoffs:
-        conn.execute(insert(Handoff), c.handoffs)
-        insert_events(conn, c.events)
-    if c.handed:
-        conn.execute(
-            update(Subscription)
-            .where(Subscription.id == bindparam("b_id"))
-            .values(
-                open_handoff_id=bindparam("b_handoff"),
-                recycle_last_attempt=bindparam("b_attempt"),
-                recycle_last_ran_on=today,
-                next_attempt=None,
-                next_attempt_on=None,
-                updated_at=now,
+            c.moved.append(
+                {"id": row.id, "next_attempt": row.next_attempt, "next_attempt_on": today + timedelta(days=1)}
             )
-            .execution_options(synchronize_session=False),
-            c.handed,
-        )
-    if c.attempts:
-        conn.execute(insert(Attempt), c.attempts)
+            c.errors.append((row.id, f"{type(exc).__name__}: {exc}"))
+    insert_rows(conn, Handoff, c.handoffs)
+    insert_events(conn, c.events)
+    handed = {"recycle_last_ran_on": today, "next_attempt": None, "next_attempt_on": None, "updated_at": now}
+    update_columns(conn, Subscription, "id", _columns(c.handed), handed)
+    insert_rows(conn, Attempt, c.attempts)
     record_assignments(conn, c.assignments)
-    if c.moved:
-        conn.execute(
-            update(Subscription)
-            .where(Subscription.id == bindparam("b_id"))
-            .values(next_attempt=bindparam("b_next"), next_attempt_on=bindparam("b_on"), updated_at=now)
-            .execution_options(synchronize_session=False),
-            c.moved,
-        )
+    update_columns(conn, Subscription, "id", _columns(c.moved), {"updated_at": now})
     apply_ladder_steps(conn, c.steps, now=now, run_id=run_id)
     apply_failures(conn, c.failures, now=now, run_id=run_id, reason="RECYCLE_ENDED", source="SUBMIT")
     record_changes(
@@ -214,6 +192,11 @@ def _claim_chunk(
     return len(rows)
 
 
+def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Rows of the same keys, column by column."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
 def _plan_one(
     settings: Settings,
     processors: Mapping[str, ProcessorGateway],
@@ -237,7 +220,7 @@ def _plan_one(
         return
     if planned.due_on > today:
         # Settings changed since the date was booked: keep the ladder's own date.
-        c.moved.append({"b_id": row.id, "b_next": planned.attempt, "b_on": planned.due_on})
+        c.moved.append({"id": row.id, "next_attempt": planned.attempt, "next_attempt_on": planned.due_on})
         counts["rescheduled"] += 1
         return
     gateway = settings.gateways.get(plan.gateway_id or "")
@@ -391,7 +374,9 @@ def _plan_handoff(
     )
     if error is None:
         counts["handoffs_created"] += 1
-        c.handed.append({"b_id": row.id, "b_handoff": handoff_id, "b_attempt": planned.attempt})
+        c.handed.append(
+            {"id": row.id, "open_handoff_id": handoff_id, "recycle_last_attempt": planned.attempt}
+        )
         return
     counts["handoffs_invalid"] += 1
     log.warning("hand-off not built", extra={"subscription": row.id, "reason": error})

@@ -1,10 +1,10 @@
-"""Set-based inserts of many rows: values bound once per column, then one driver-level statement.
+"""Set-based writes of many rows: values bound once per column, then one driver-level statement.
 
-SQLAlchemy's per-row parameter handling costs more than the database's own insert
-(bench/import_benchmark.py). Here each value goes through its column type's bind processor once,
-ahead of time if wanted (BoundRows can be built in another process), then: PostgreSQL (psycopg) COPYs
-the rows into a temporary table and inserts from it; SQLite runs the statement, compiled once,
-through the driver's executemany.
+SQLAlchemy's per-row parameter handling costs more than the database's own work
+(bench/import_benchmark.py, bench/submit_benchmark.py). Here each value goes through its column
+type's bind processor once, ahead of time if wanted (BoundRows can be built in another process),
+then: on PostgreSQL one statement reads every row from unnest() over one array per column; on
+SQLite the statement, compiled once, runs through the driver's executemany.
 """
 
 from __future__ import annotations
@@ -13,12 +13,25 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Column, Connection, Dialect, MetaData, Table, select
+from sqlalchemy import Connection, Dialect, Table, bindparam, func, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeDecorator
 
 from recycle_engine.storage.types import UTCDateTime, sqlite_utc_text
 
-__all__ = ["BoundRows", "OnConflict", "bind_rows", "dialect_insert", "insert_bound", "insert_columns"]
+__all__ = [
+    "BoundRows",
+    "OnConflict",
+    "bind_rows",
+    "dialect_insert",
+    "insert_bound",
+    "insert_columns",
+    "insert_returning",
+    "insert_rows",
+    "update_columns",
+]
 
 OnConflict = Callable[[Any], Any]  # a dialect insert -> the same insert with its ON CONFLICT clause
 
@@ -67,6 +80,14 @@ def insert_columns(
     insert_bound(conn, model, bind_rows(conn.dialect, model, columns), on_conflict)
 
 
+def insert_rows(
+    conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], on_conflict: OnConflict | None = None
+) -> None:
+    """INSERT rows given as dicts (all with the same keys) as one set; see insert_bound."""
+    if rows:
+        insert_columns(conn, model, {key: [row[key] for row in rows] for key in rows[0]}, on_conflict)
+
+
 def insert_bound(
     conn: Connection, model: Any, bound: BoundRows, on_conflict: OnConflict | None = None
 ) -> None:
@@ -74,24 +95,92 @@ def insert_bound(
     repeat a conflict key."""
     if not bound.rows:
         return
+    table = _checked_table(conn, model, bound)
+    if conn.dialect.name == "postgresql":
+        stmt = dialect_insert(conn, model).from_select(list(bound.keys), select(*_unnest(table, bound).c))
+        conn.execute(on_conflict(stmt) if on_conflict else stmt)
+        return
+    stmt = on_conflict(dialect_insert(conn, model)) if on_conflict else dialect_insert(conn, model)
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(bound.keys))
+    if compiled.insert_prefetch or tuple(compiled.positiontup or ()) != bound.keys:
+        # Python-side defaults to fill, or parameters out of column order: not for bound rows.
+        raise ValueError(f"{table.name}: the insert's parameters do not line up with the bound rows")
+    conn.exec_driver_sql(compiled.string, bound.rows)
+
+
+def insert_returning(
+    conn: Connection,
+    model: Any,
+    rows: Sequence[Mapping[str, Any]],
+    on_conflict: OnConflict,
+    returning: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """INSERT rows given as dicts, with `on_conflict`; the `returning` columns of the rows inserted."""
+    if not rows:
+        return []
+    table: Table = model.__table__
+    stmt = on_conflict(dialect_insert(conn, model))
+    if conn.dialect.name == "postgresql":
+        bound = bind_rows(conn.dialect, model, {key: [row[key] for row in rows] for key in rows[0]})
+        source = select(*_unnest(table, bound).c)
+        stmt = on_conflict(dialect_insert(conn, model).from_select(list(bound.keys), source))
+        return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)))]
+    # SQLite's executemany returns no rows: SQLAlchemy batches the rows into multi-row statements.
+    return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)), list(rows))]
+
+
+def update_columns(
+    conn: Connection,
+    model: Any,
+    key: str,
+    columns: Mapping[str, Sequence[Any]],
+    constants: Mapping[str, Any] | None = None,
+) -> None:
+    """UPDATE the rows whose `key` is in columns[key]: each gets its own values of the other columns,
+    and all get the same `constants`."""
+    bound = bind_rows(conn.dialect, model, columns)
+    if not bound.rows:
+        return
+    table = _checked_table(conn, model, bound)
+    fixed = dict(constants or {})
+    if conn.dialect.name == "postgresql":
+        source = _unnest(table, bound)
+        changed = {c: source.c[c] for c in bound.keys if c != key}
+        conn.execute(update(table).where(table.c[key] == source.c[key]).values({**changed, **fixed}))
+        return
+    names = [c for c in bound.keys if c != key]
+    fixed_values = bind_rows(conn.dialect, model, {c: [v] for c, v in fixed.items()}).rows[0] if fixed else ()
+    sets = ", ".join(f'"{c}" = ?' for c in (*names, *fixed))
+    sql = f'UPDATE "{table.name}" SET {sets} WHERE "{key}" = ?'
+    at = {c: i for i, c in enumerate(bound.keys)}
+    order = [at[c] for c in names]
+    conn.exec_driver_sql(sql, [(*(row[i] for i in order), *fixed_values, row[at[key]]) for row in bound.rows])
+
+
+def _checked_table(conn: Connection, model: Any, bound: BoundRows) -> Table:
     table: Table = model.__table__
     if (bound.table, bound.dialect_name) != (table.name, conn.dialect.name):
         raise ValueError(
             f"rows bound for {bound.dialect_name} {bound.table}, not {conn.dialect.name} {table.name}"
         )
-    keys = list(bound.keys)
-    insert_into = dialect_insert(conn, model)
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        staged = _copy_to_temporary_table(conn, table, keys, bound.rows)
-        stmt = insert_into.from_select(keys, select(*staged.columns))
-        conn.execute(on_conflict(stmt) if on_conflict else stmt)
-        return
-    stmt = on_conflict(insert_into) if on_conflict else insert_into
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=keys)
-    if compiled.insert_prefetch or list(compiled.positiontup or ()) != keys:
-        # Python-side defaults to fill, or parameters out of column order: not for bound rows.
-        raise ValueError(f"{table.name}: the insert's parameters do not line up with the bound rows")
-    conn.exec_driver_sql(compiled.string, bound.rows)
+    return table
+
+
+def _unnest(table: Table, bound: BoundRows) -> Any:
+    """PostgreSQL: the bound rows as a derived table unnest(array per column) AS (keys)."""
+    arrays = [
+        sql_cast(
+            bindparam(None, list(values), type_=ARRAY(_plain(table.c[k].type))),
+            ARRAY(_plain(table.c[k].type)),
+        )
+        for k, values in zip(bound.keys, zip(*bound.rows, strict=True), strict=True)
+    ]
+    return func.unnest(*arrays).table_valued(*bound.keys).render_derived()
+
+
+def _plain(column_type: Any) -> Any:
+    """The type the driver sees: values in bound rows are already through the decorator's processing."""
+    return column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
 
 
 def dialect_insert(conn: Connection, model: Any) -> Any:
@@ -103,22 +192,3 @@ def _bind_processor(dialect: Dialect, column_type: Any) -> Callable[[Any], Any] 
     if dialect.name == "sqlite" and isinstance(column_type, UTCDateTime):
         return sqlite_utc_text  # SQLAlchemy's own formatter runs in Python, several times slower
     return cast(Callable[[Any], Any] | None, column_type.dialect_impl(dialect).bind_processor(dialect))
-
-
-def _copy_to_temporary_table(
-    conn: Connection, table: Table, keys: Sequence[str], rows: list[tuple[Any, ...]]
-) -> Table:
-    """A temporary table (dropped at commit) of `keys`' columns, filled by COPY."""
-    staged = Table(f"staged_{table.name}", MetaData(), *(Column(key, table.c[key].type) for key in keys))
-    names = ", ".join(f'"{key}"' for key in keys)
-    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{staged.name}"')
-    conn.exec_driver_sql(
-        f'CREATE TEMPORARY TABLE "{staged.name}" ON COMMIT DROP AS SELECT {names} FROM "{table.name}" WITH NO DATA'
-    )
-    import psycopg  # only PostgreSQL comes here, and only through psycopg
-
-    driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
-    with driver.cursor() as cursor, cursor.copy(f'COPY "{staged.name}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row(row)
-    return staged

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from recycle_engine.domain.states import State
+from recycle_engine.storage.bulk_rows import insert_rows
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from recycle_engine.storage.outcome_queue import enqueue, news_of
 
@@ -51,8 +52,7 @@ class HandoffUpdate:
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        conn.execute(insert(HandoffEvent), list(rows))
+    insert_rows(conn, HandoffEvent, rows)
 
 
 def lease_unsent(

@@ -16,6 +16,7 @@ from sqlalchemy import (
 )
 
 from recycle_engine.domain.outcomes import OrderStatus, PurchaseStatus
+from recycle_engine.storage.bulk_rows import update_columns
 from recycle_engine.storage.models import Change, Fulfillment, Order, Subscription
 
 __all__ = [
@@ -102,30 +103,18 @@ def _change(
 def apply_ladder_steps(
     conn: Connection, steps: Sequence[LadderStep], *, now: datetime, run_id: str | None
 ) -> None:
-    if not steps:
-        return
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id == bindparam("b_id"))
-        .values(
-            recycle_last_attempt=bindparam("b_attempt"),
-            recycle_last_ran_on=bindparam("b_ran_on"),
-            next_attempt=bindparam("b_next"),
-            next_attempt_on=bindparam("b_next_on"),
-            open_handoff_id=None,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False),
-        [
-            {
-                "b_id": s.subscription_id,
-                "b_attempt": s.attempt,
-                "b_ran_on": s.ran_on,
-                "b_next": s.next_attempt,
-                "b_next_on": s.next_attempt_on,
-            }
-            for s in steps
-        ],
+    update_columns(
+        conn,
+        Subscription,
+        "id",
+        {
+            "id": [s.subscription_id for s in steps],
+            "recycle_last_attempt": [s.attempt for s in steps],
+            "recycle_last_ran_on": [s.ran_on for s in steps],
+            "next_attempt": [s.next_attempt for s in steps],
+            "next_attempt_on": [s.next_attempt_on for s in steps],
+        },
+        {"open_handoff_id": None, "updated_at": now},
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
+
+from recycle_engine.storage.bulk_rows import insert_returning
 
 __all__ = ["insert_ignore", "inserted_keys"]
 
@@ -23,11 +25,10 @@ def inserted_keys(
 ) -> set[tuple[Any, ...]]:
     """Insert rows, skipping those that collide on `conflict_cols`; the `conflict_cols` values of the
     rows really inserted."""
-    if not rows:
-        return set()
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(model).on_conflict_do_nothing(index_elements=list(conflict_cols))
     # rowcount is not reliable for executemany on every driver; RETURNING names the rows really inserted.
-    keys = [getattr(model, name) for name in conflict_cols]
-    result = conn.execute(stmt.returning(*keys), list(rows))
-    return {tuple(row) for row in result}
+    ignore = functools.partial(_do_nothing, conflict_cols=list(conflict_cols))
+    return set(insert_returning(conn, model, rows, ignore, conflict_cols))
+
+
+def _do_nothing(stmt: Any, *, conflict_cols: list[str]) -> Any:
+    return stmt.on_conflict_do_nothing(index_elements=conflict_cols)
