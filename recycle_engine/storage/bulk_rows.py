@@ -3,8 +3,10 @@
 SQLAlchemy's per-row parameter handling costs more than the database's own work
 (bench/import_benchmark.py, bench/submit_benchmark.py). Here each value goes through its column
 type's bind processor once, ahead of time if wanted (BoundRows can be built in another process),
-then: on PostgreSQL one statement reads every row from unnest() over one array per column; on
-SQLite the statement, compiled once, runs through the driver's executemany.
+then: on PostgreSQL (psycopg) the rows are COPYed, straight into the table for a plain insert, or into
+a temporary table that one INSERT ... SELECT or UPDATE ... FROM reads; on SQLite the statement,
+compiled once, runs through the driver's executemany. (Arrays through unnest() were tried: psycopg
+dumps array parameters element by element in Python, which cost more than the rows' own insert.)
 """
 
 from __future__ import annotations
@@ -13,11 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, func, select, update
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import Column, Connection, Dialect, MetaData, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import TypeDecorator
 
 from recycle_engine.storage.types import UTCDateTime, sqlite_utc_text
 
@@ -97,8 +96,13 @@ def insert_bound(
         return
     table = _checked_table(conn, model, bound)
     if conn.dialect.name == "postgresql":
-        stmt = dialect_insert(conn, model).from_select(list(bound.keys), select(*_unnest(table, bound).c))
-        conn.execute(on_conflict(stmt) if on_conflict else stmt)
+        if on_conflict is None:
+            _copy(conn, table.name, bound.keys, bound.rows)
+            return
+        staged = _staged(conn, table, bound)
+        conn.execute(
+            on_conflict(dialect_insert(conn, model).from_select(list(bound.keys), select(*staged.c)))
+        )
         return
     stmt = on_conflict(dialect_insert(conn, model)) if on_conflict else dialect_insert(conn, model)
     compiled = stmt.compile(dialect=conn.dialect, column_keys=list(bound.keys))
@@ -122,8 +126,8 @@ def insert_returning(
     stmt = on_conflict(dialect_insert(conn, model))
     if conn.dialect.name == "postgresql":
         bound = bind_rows(conn.dialect, model, {key: [row[key] for row in rows] for key in rows[0]})
-        source = select(*_unnest(table, bound).c)
-        stmt = on_conflict(dialect_insert(conn, model).from_select(list(bound.keys), source))
+        staged = _staged(conn, table, bound)
+        stmt = on_conflict(dialect_insert(conn, model).from_select(list(bound.keys), select(*staged.c)))
         return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)))]
     # SQLite's executemany returns no rows: SQLAlchemy batches the rows into multi-row statements.
     return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)), list(rows))]
@@ -144,7 +148,7 @@ def update_columns(
     table = _checked_table(conn, model, bound)
     fixed = dict(constants or {})
     if conn.dialect.name == "postgresql":
-        source = _unnest(table, bound)
+        source = _staged(conn, table, bound)
         changed = {c: source.c[c] for c in bound.keys if c != key}
         conn.execute(update(table).where(table.c[key] == source.c[key]).values({**changed, **fixed}))
         return
@@ -166,23 +170,6 @@ def _checked_table(conn: Connection, model: Any, bound: BoundRows) -> Table:
     return table
 
 
-def _unnest(table: Table, bound: BoundRows) -> Any:
-    """PostgreSQL: the bound rows as a derived table unnest(array per column) AS (keys)."""
-    arrays = [
-        sql_cast(
-            bindparam(None, list(values), type_=ARRAY(_plain(table.c[k].type))),
-            ARRAY(_plain(table.c[k].type)),
-        )
-        for k, values in zip(bound.keys, zip(*bound.rows, strict=True), strict=True)
-    ]
-    return func.unnest(*arrays).table_valued(*bound.keys).render_derived()
-
-
-def _plain(column_type: Any) -> Any:
-    """The type the driver sees: values in bound rows are already through the decorator's processing."""
-    return column_type.impl_instance if isinstance(column_type, TypeDecorator) else column_type
-
-
 def dialect_insert(conn: Connection, model: Any) -> Any:
     """The dialect's INSERT (which knows ON CONFLICT) for `model`."""
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert(model)
@@ -192,3 +179,25 @@ def _bind_processor(dialect: Dialect, column_type: Any) -> Callable[[Any], Any] 
     if dialect.name == "sqlite" and isinstance(column_type, UTCDateTime):
         return sqlite_utc_text  # SQLAlchemy's own formatter runs in Python, several times slower
     return cast(Callable[[Any], Any] | None, column_type.dialect_impl(dialect).bind_processor(dialect))
+
+
+def _staged(conn: Connection, table: Table, bound: BoundRows) -> Table:
+    """A temporary table (dropped at commit) of the bound rows' columns, filled by COPY."""
+    staged = Table(f"staged_{table.name}", MetaData(), *(Column(k, table.c[k].type) for k in bound.keys))
+    names = ", ".join(f'"{k}"' for k in bound.keys)
+    conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{staged.name}"')
+    conn.exec_driver_sql(
+        f'CREATE TEMPORARY TABLE "{staged.name}" ON COMMIT DROP AS SELECT {names} FROM "{table.name}" WITH NO DATA'
+    )
+    _copy(conn, staged.name, bound.keys, bound.rows)
+    return staged
+
+
+def _copy(conn: Connection, table_name: str, keys: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    import psycopg  # only PostgreSQL comes here, and only through psycopg
+
+    names = ", ".join(f'"{k}"' for k in keys)
+    driver = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+    with driver.cursor() as cursor, cursor.copy(f'COPY "{table_name}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row(row)
