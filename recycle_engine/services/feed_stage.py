@@ -7,10 +7,12 @@ row it steps, and would then wait a full switch interval to get it back from a b
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -22,7 +24,7 @@ from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.services.decline_effects import ImportSession, PreparedChunk
 from recycle_engine.services.feed_file import read_chunks
 
-__all__ = ["StagedChunk", "staged_chunks"]
+__all__ = ["StagedChunk", "collection_deferred", "staged_chunks"]
 
 _DONE: Final = "done"
 # The writer waits idle for the first chunk: small chunks, doubling, get both stages busy sooner.
@@ -61,7 +63,8 @@ def staged_chunks(
     try:
         while True:
             try:
-                kind, payload = receiver.recv()
+                with collection_deferred():
+                    kind, payload = receiver.recv()
             except EOFError:
                 raise RecycleEngineError(
                     f"{path}: the feed checker stopped unexpectedly (exit code {child.exitcode}); "
@@ -82,12 +85,28 @@ def staged_chunks(
         child.join()
 
 
+@contextmanager
+def collection_deferred() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one chunk. A chunk is a few hundred thousand fresh
+    tuples and strings, none in a cycle, that it would otherwise walk again and again (a tenth of the
+    import's time); it runs once, at the next allocation after the chunk."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
 def _stage(
     path: Path, header: Sequence[str], chunk_rows: int, importer: ImportSession, first_rows: int | None = None
 ) -> Iterator[StagedChunk]:
     for frame, first_line in read_chunks(path, header, chunk_rows, first_rows=first_rows):
-        checked, prepared = importer.check_and_prepare(frame, first_line)
-        yield StagedChunk(checked.rejects_frame(), len(checked.reasons), prepared)
+        with collection_deferred():
+            checked, prepared = importer.check_and_prepare(frame, first_line)
+            staged = StagedChunk(checked.rejects_frame(), len(checked.reasons), prepared)
+        yield staged
 
 
 def _run_child(

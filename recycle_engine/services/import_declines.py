@@ -15,7 +15,7 @@ from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.services.decline_effects import ImportSession
 from recycle_engine.services.feed_file import RejectsFile, read_header, rejects_path_for
-from recycle_engine.services.feed_stage import staged_chunks
+from recycle_engine.services.feed_stage import collection_deferred, staged_chunks
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.settings import Settings
 
@@ -64,7 +64,7 @@ def import_declines(
         header = read_header(path)
         with RejectsFile(target, header) as rejects:
             for staged in staged_chunks(path, header, chunk_rows, importer, ahead=ahead):
-                with engine.begin() as conn:
+                with collection_deferred(), engine.begin() as conn:
                     importer.write(conn, staged.prepared)
                 rejects.write(staged.rejects)
                 importer.counts["rejected"] += staged.rejected
