@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, select, update
 
@@ -79,6 +78,12 @@ class SendReport:
             "failed": self.failed,
             "not_sent": self.not_sent,
         }
+
+
+class StillClaiming(Protocol):
+    """Set while hand-offs are still being claimed (a threading.Event, or the claim's process)."""
+
+    def is_set(self) -> bool: ...
 
 
 def _send_one(client: FlexFactorGateway, item: SendItem) -> SendResult:
@@ -155,7 +160,7 @@ def send_pending(
     on_batch: Callable[[SendReport, list[SendResult]], None] | None = None,
     after_record: Callable[[Any, list[SendResult]], None] | None = None,
     only_ids: Sequence[str] | None = None,
-    claiming: threading.Event | None = None,
+    claiming: StillClaiming | None = None,
     skip_gateways: Iterable[str] = (),
 ) -> SendReport:
     """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a batch, commit the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +18,10 @@ from sqlalchemy import (
 
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.ports import FlexFactorGateway, ProcessorGateway
+from recycle_engine.services.claim_process import ClaimProcess, can_claim_in_process
 from recycle_engine.services.claiming import Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
-from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
+from recycle_engine.services.handoff_sending import SendReport, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.settings import Settings
@@ -105,8 +107,23 @@ def _night(
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
     # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.
-    claiming = threading.Event()
-    claiming.set()
+    claim = (
+        ClaimProcess(settings, engine, processors, at=at, today=today, run_id=run_id)
+        if can_claim_in_process(engine)
+        else None
+    )
+    claiming_here = threading.Event()
+    if claim is None:
+        claiming_here.set()
+    log.info("claiming due attempts", extra={"in": "a process of its own" if claim else "a thread"})
+
+    def on_batch(report: SendReport, _results: object) -> None:
+        if progress:
+            progress("sent", report.sent)
+            if claim is not None:
+                progress("claimed", claim.claimed)
+
+    started = time.monotonic()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="send") as sender:
         sending = sender.submit(
             send_pending,
@@ -117,25 +134,40 @@ def _night(
             batch_size=batch,
             concurrency=settings.batching.concurrency,
             lease=lease,
-            on_batch=(lambda rep, _res: progress("sent", rep.sent)) if progress else None,
+            on_batch=on_batch if progress else None,
             after_record=continue_ladders_after(settings, today, run_id, at),
-            claiming=claiming,
+            claiming=claim if claim is not None else claiming_here,
             skip_gateways={g.id for g in settings.flexfactor_gateways()} - set(clients),
         )
         try:
-            claim_all(
-                settings,
-                engine,
-                processors,
-                at=at,
-                today=today,
-                run_id=run_id,
-                counts=counts,
-                progress=progress,
-            )
+            if claim is not None:
+                counts.update(claim.result())
+            else:
+                claim_all(
+                    settings,
+                    engine,
+                    processors,
+                    at=at,
+                    today=today,
+                    run_id=run_id,
+                    counts=counts,
+                    progress=progress,
+                )
+        except BaseException:
+            if claim is not None:
+                claim.stop()
+            raise
         finally:
-            claiming.clear()
+            claiming_here.clear()
+        claimed_s = time.monotonic() - started
+        log.info(
+            "due attempts claimed", extra={"selected": counts["selected"], "seconds": round(claimed_s, 1)}
+        )
         report = sending.result()
+        log.info(
+            "hand-offs sent",
+            extra={"sent": report.sent, "seconds": round(time.monotonic() - started, 1)},
+        )
     counts.update(report.as_counts())
     if report.skipped_gateways:
         counts["skipped_gateways"] = len(report.skipped_gateways)

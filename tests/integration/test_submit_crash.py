@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -111,3 +112,54 @@ def test_given_a_run_killed_at_several_points_when_it_runs_again_then_every_atte
     assert max(accepted.values()) == 1
     assert len(orders) == HANDOFFS
     assert {o["id"] for o in orders} == {r.flexfactor_order_id for r in rows}
+
+
+def test_given_a_night_when_run_from_the_command_line_then_postgresql_claims_in_a_process_of_its_own(
+    tmp_path: Path, db_url: str, sandbox_process: int
+) -> None:
+    # given: 300 attempts due tonight on a FlexFactor slot
+    port = sandbox_process
+    settings_path = a_settings_file(
+        tmp_path, db_url=db_url, base_url=f"http://127.0.0.1:{port}/v1", batch_size=50, concurrency=8
+    )
+    engine = make_engine(db_url)
+    ids = insert_recycling_many(engine, 300, due_on=date(2026, 6, 10))
+    env = os.environ | SANDBOX_ENV | {"RECYCLE_ENGINE_CONFIG": str(settings_path)}
+    # when
+    run = _cli("--log-level", "INFO", "run", "submit", "--at", NIGHT.isoformat(), env=env, capture=True)
+    _out, err = run.communicate(timeout=120)
+    # then: PostgreSQL claims in a forked process, SQLite in a thread; either way each attempt once
+    assert run.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    where = {line["in"] for line in lines if line["msg"] == "claiming due attempts"}
+    assert where == {"a process of its own" if db_url.startswith("postgresql") else "a thread"}
+    log = requests.get(f"http://127.0.0.1:{port}/_sandbox/requests?path=/evaluate", timeout=10).json()[
+        "items"
+    ]
+    with engine.connect() as conn:
+        handed = conn.execute(select(Handoff.id, Handoff.purchase_id)).all()
+    engine.dispose()
+    assert sorted(h.purchase_id for h in handed) == sorted(ids)
+    assert sorted(item["order_id"] for item in log if item["status"] == 200) == sorted(h.id for h in handed)
+
+
+@pytest.mark.postgres
+def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error_names_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # given: a claim process on a database that does not exist
+    from recycle_engine.config import load_settings
+    from recycle_engine.errors import RecycleEngineError
+    from recycle_engine.services.claim_process import ClaimProcess
+
+    settings = load_settings(
+        a_settings_file(tmp_path, db_url=pg_url, base_url="http://127.0.0.1:9/v1"), SANDBOX_ENV
+    )
+    missing = make_engine(pg_url.rsplit("/", 1)[0] + "/re_no_such_database")
+    # when
+    claim = ClaimProcess(settings, missing, {}, at=NIGHT, today=date(2026, 6, 10), run_id="r")
+    # then
+    with pytest.raises(RecycleEngineError, match="claiming failed: OperationalError"):
+        claim.result()
+    assert not claim.is_set()
+    missing.dispose()
