@@ -38,6 +38,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    if "options" not in parsed.query:
+        # Sessions in UTC, whatever the server's default: psycopg then returns instants already in
+        # datetime.UTC, which UTCDateTime passes through instead of converting each one.
+        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
     return create_engine(url, **kwargs)
 
 

@@ -16,6 +16,8 @@ def as_utc(value: Any) -> datetime:
     """An aware UTC datetime from what a driver returns for a UTCDateTime column read without its
     type (SQLite: naive UTC, or its text; PostgreSQL: aware, in the session's zone)."""
     instant = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    if instant.tzinfo is UTC:
+        return instant  # PostgreSQL sessions run in UTC (storage.db)
     if instant.tzinfo is None:
         return instant.replace(tzinfo=UTC)
     return instant.astimezone(UTC)
