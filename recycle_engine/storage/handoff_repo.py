@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, or_, select, update
 
 from recycle_engine.domain.states import State
-from recycle_engine.storage.bulk_rows import insert_rows
+from recycle_engine.storage.bulk_rows import insert_rows, update_columns
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from recycle_engine.storage.outcome_queue import enqueue, news_of
 
@@ -151,21 +151,17 @@ def claim_unanswered(
 
 
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
-    """Write new hand-off values and append their events; grouped by column set for executemany.
+    """Write new hand-off values and append their events; one set-based update per column set.
 
     A move into a final outcome state queues the outcome for applying, in the same transaction."""
     enqueue(conn, [n for u in updates if (n := news_of(u.id, u.values, now)) is not None])
     groups: dict[tuple[str, ...], list[HandoffUpdate]] = {}
     for u in updates:
         groups.setdefault(tuple(sorted(u.values)), []).append(u)
-    for cols, members in groups.items():
-        stmt = (
-            update(Handoff)
-            .where(Handoff.id == bindparam("b_id"))
-            .values({c: bindparam(f"b_{c}") for c in cols} | {"updated_at": now})
-            .execution_options(synchronize_session=False)
-        )
-        conn.execute(stmt, [{"b_id": u.id} | {f"b_{c}": u.values[c] for c in cols} for u in members])
+    for cols, group in groups.items():
+        members = list({u.id: u for u in group}.values())  # one row per hand-off: the last update wins
+        columns = {"id": [u.id for u in members], **{c: [u.values[c] for u in members] for c in cols}}
+        update_columns(conn, Handoff, "id", columns, {"updated_at": now})
     insert_events(
         conn,
         [
