@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Connection, Select, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Row, Select, func, literal, select
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
-__all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_chunks", "detail_stmt"]
+__all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_stmt", "fetch_detail"]
 __all__ += ["exception_stmt", "fetch", "grouped", "job_runs_stmt", "local_midnight", "nearing_expiry_stmt"]
 __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
@@ -296,11 +296,9 @@ def detail_stmt(bounds: ReportBounds) -> Query:
     )
 
 
-def detail_chunks(
-    conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000
-) -> Iterator[pd.DataFrame]:
-    """The detail rows in chunks, from a server-side cursor on PostgreSQL, so memory stays flat."""
+def fetch_detail(conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000) -> Iterator[Row[Any]]:
+    """The detail rows, fetched `chunk_rows` at a time (a server-side cursor on PostgreSQL), so memory
+    stays flat however busy the day."""
     result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(detail_stmt(bounds))
-    columns = list(result.keys())
     for part in result.partitions(chunk_rows):
-        yield _frame(part, columns)
+        yield from part

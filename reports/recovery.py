@@ -1,4 +1,4 @@
-"""Pure pandas for the recovery report: state groups, rates, breakdowns, cohorts, pending ages, detail rows."""
+"""Pure pandas for the recovery report: state groups, rates, breakdowns, cohorts, pending ages."""
 
 from __future__ import annotations
 
@@ -6,23 +6,21 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from recycle_engine.money import Money, currency_exponent
+from recycle_engine.money import Money
 
 __all__ = [
     "AGE_BUCKETS",
     "CHECKPOINT_DAYS",
-    "DETAIL_COLUMNS",
     "STATE_GROUPS",
     "Breakdown",
     "activity_summary",
 ]
 __all__ += ["age_bucket", "amount_summary", "breakdown", "checkpoint", "cohort_table", "count_summary"]
-__all__ += ["detail_rows", "median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
+__all__ += ["median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
 __all__ += ["with_periods"]
 
 # domain.md section 10: the unit is the hand-off, and FAILED (never accepted) stays outside every rate.
@@ -278,61 +276,3 @@ def pending_by_age(frame: pd.DataFrame) -> pd.DataFrame:
     out["order"] = out["bucket"].map({b: i for i, b in enumerate(AGE_BUCKETS)})
     out["overdue"] = out["bucket"] == AGE_BUCKETS[-1]
     return out.sort_values(["order", "currency"]).drop(columns="order").reset_index(drop=True)
-
-
-# --- detail rows ---------------------------------------------------------------------------------
-
-DETAIL_COLUMNS: Final = (
-    "submission_id source order_id purchase_id transaction_id slot attempt gateway_id declining_gateway_id "
-    "amount currency state outcome_source created_at submitted_at outcome_at expires_at decline_code "
-    "decline_reason"
-).split()
-
-
-def _decimal_texts(minor: pd.Series[int], currency: pd.Series[str]) -> pd.Series[str]:
-    """Minor units as decimal text in each row's currency ("40.00", "5000" for JPY), vectorised."""
-    out = pd.Series("", index=minor.index, dtype="object")
-    for code in currency.unique():
-        rows = currency == code
-        exp = currency_exponent(str(code))
-        m = minor[rows].astype("int64")
-        sign = m.lt(0).map({True: "-", False: ""})
-        whole = (m.abs() // 10**exp).astype(str)
-        out[rows] = sign + whole + ("." + (m.abs() % 10**exp).astype(str).str.zfill(exp) if exp else "")
-    return out
-
-
-def _offset_text(minutes: float) -> str:
-    whole = int(minutes)
-    sign = "+" if whole >= 0 else "-"
-    return f"{sign}{abs(whole) // 60:02d}:{abs(whole) % 60:02d}"
-
-
-def _local_isos(values: pd.Series[Any], tz: ZoneInfo) -> pd.Series[str]:
-    """Instants as local ISO 8601 with offset to the second ("2026-06-12T02:00:00-04:00"); "" when none.
-
-    Vectorised: the wall time is numpy's ISO text, the offset one of the zone's few texts per row."""
-    instants = pd.to_datetime(values, utc=True)
-    wall = instants.dt.tz_convert(tz).dt.tz_localize(None)
-    minutes = (wall - instants.dt.tz_localize(None)) / pd.Timedelta(minutes=1)
-    offsets = minutes.map({m: _offset_text(m) for m in minutes.dropna().unique()})
-    stamps = pd.Series(np.datetime_as_string(wall.to_numpy("datetime64[s]"), unit="s"), index=values.index)
-    return (stamps + offsets).where(instants.notna(), "")
-
-
-def _spreadsheet_safe(text: object) -> str:
-    # Decline texts come from processors; a leading = + - @ would run as a formula in a spreadsheet.
-    if not isinstance(text, str):
-        return ""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-def detail_rows(chunk: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
-    """One chunk of detail rows for the CSV: decimal amounts, local ISO times with offset."""
-    out = chunk.copy()
-    out["amount"] = _decimal_texts(out["amount_minor"], out["currency"])
-    for col in ("created_at", "submitted_at", "outcome_at", "expires_at"):
-        out[col] = _local_isos(out[col], tz)
-    out["attempt"] = [("" if pd.isna(a) else str(int(a))) for a in out["attempt"]]
-    out["decline_reason"] = [_spreadsheet_safe(t) for t in out["decline_reason"]]
-    return out[list(DETAIL_COLUMNS)]

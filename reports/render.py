@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 import os
@@ -152,15 +153,18 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-def write_csv(path: Path, chunks: Iterable[pd.DataFrame], columns: Sequence[str]) -> int:
-    """Write chunks as one CSV (header once, even with no rows); returns the number of rows."""
-    rows = 0
+def write_csv(path: Path, rows: Iterable[Sequence[object]], columns: Sequence[str]) -> int:
+    """Write rows as one CSV (header first, even with no rows; None as an empty cell, "\\n" line ends);
+    returns the number of rows."""
+    count = 0
     with _atomic(path, newline="") as fh:
-        pd.DataFrame(columns=list(columns)).to_csv(fh, index=False, lineterminator="\n")
-        for chunk in chunks:
-            chunk.to_csv(fh, index=False, header=False, lineterminator="\n")
-            rows += len(chunk)
-    return rows
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        write = writer.writerow
+        for row in rows:
+            write(row)
+            count += 1
+    return count
 
 
 def existing_reports(output_dir: Path) -> list[date]:

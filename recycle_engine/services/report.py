@@ -20,7 +20,18 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
-from reports import lift, lift_queries, queries, reconciliation, recovery, render, rollup_queries, saves, svg
+from reports import (
+    detail,
+    lift,
+    lift_queries,
+    queries,
+    reconciliation,
+    recovery,
+    render,
+    rollup_queries,
+    saves,
+    svg,
+)
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -55,8 +66,8 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
         refreshed = refresh_rollups(engine, settings.timezone, now=now)
         with _snapshot(engine) as conn:
             frames = _load(conn, bounds, run_id)
-            chunks = (recovery.detail_rows(c, bounds.tz) for c in queries.detail_chunks(conn, bounds))
-            csv_rows = render.write_csv(csv_path, chunks, recovery.DETAIL_COLUMNS)
+            rows = detail.detail_rows(queries.fetch_detail(conn, bounds), bounds.tz)
+            csv_rows = render.write_csv(csv_path, rows, detail.DETAIL_COLUMNS)
         context, counts = _context(frames, settings, bounds)
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))

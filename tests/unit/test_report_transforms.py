@@ -10,11 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recycle_engine.domain.outcomes import amount_mismatch
-from reports import reconciliation, recovery, render, saves, svg
+from reports import detail, queries, reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
+NEW_YORK = ZoneInfo("America/New_York")
 NAN = float("nan")
 
 
@@ -486,39 +489,50 @@ def test_given_job_runs_then_durations_and_counts_are_readable() -> None:
 # --- detail rows, formatting, charts ---------------------------------------------------------------
 
 
+def a_detail_row(**values: Any) -> tuple[Any, ...]:
+    """A row as queries.detail_stmt returns it: None where not given."""
+    return tuple(values.get(c) for c in detail.SOURCE_COLUMNS)
+
+
+def test_given_the_detail_statement_then_its_columns_are_the_ones_the_csv_rows_unpack() -> None:
+    bounds = queries.ReportBounds.for_day(DAY, NEW_YORK, datetime(2026, 6, 13, 10, tzinfo=UTC))
+    assert list(queries.detail_stmt(bounds).selected_columns.keys()) == detail.SOURCE_COLUMNS
+
+
 def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_offset() -> None:
     # given
     at = datetime(2026, 6, 12, 6, tzinfo=UTC)
-    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
-    chunk = pd.DataFrame(
-        [
-            row | {"amount_minor": 2999, "currency": "USD", "created_at": at, "attempt": 4.0},
-            row
-            | {"amount_minor": 5000, "currency": "JPY", "created_at": at, "decline_reason": "=HYPERLINK(1)"},
-            row
-            | {"amount_minor": 1234, "currency": "BHD", "created_at": at, "decline_reason": "Do Not Honor"},
-        ]
-    )
+    rows = [
+        a_detail_row(amount_minor=2999, currency="USD", created_at=at, attempt=4),
+        a_detail_row(amount_minor=5000, currency="JPY", created_at=at, decline_reason="=HYPERLINK(1)"),
+        a_detail_row(amount_minor=1234, currency="BHD", created_at=at, decline_reason="Do Not Honor"),
+    ]
     # when
-    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York"))
+    out = [dict(zip(detail.DETAIL_COLUMNS, r, strict=True)) for r in detail.detail_rows(rows, NEW_YORK)]
     # then
-    assert list(out.columns) == recovery.DETAIL_COLUMNS
-    assert out["amount"].tolist() == ["29.99", "5000", "1.234"]
-    assert out["created_at"].iloc[0] == "2026-06-12T02:00:00-04:00"
-    assert out["outcome_at"].iloc[0] == ""
-    assert out["attempt"].tolist() == ["4", "", ""]
-    assert out["decline_reason"].tolist() == ["", "'=HYPERLINK(1)", "Do Not Honor"]
+    assert [r["amount"] for r in out] == ["29.99", "5000", "1.234"]
+    assert out[0]["created_at"] == "2026-06-12T02:00:00-04:00"
+    assert out[0]["outcome_at"] == ""
+    assert [r["attempt"] for r in out] == ["4", "", ""]
+    assert [r["decline_reason"] for r in out] == ["", "'=HYPERLINK(1)", "Do Not Honor"]
 
 
 @pytest.mark.parametrize(
     ("instant", "text"),
     [
         pytest.param("2026-11-01 05:30:00.000000", "2026-11-01T01:30:00-04:00", id="sqlite-text-before-fold"),
+        pytest.param("2026-11-01 06:30:59.999999", "2026-11-01T01:30:59-05:00", id="sqlite-text-in-fold"),
+        pytest.param("2026-06-12 06:00:05", "2026-06-12T02:00:05-04:00", id="sqlite-text-no-fraction"),
+        pytest.param("2026-06-12T06:00:05+00:00", "2026-06-12T02:00:05-04:00", id="other-text"),
         pytest.param(
             datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "2026-11-01T01:30:00-05:00", id="repeated-hour"
         ),
         pytest.param(
             datetime(2026, 3, 8, 7, 0, 59, 999999, tzinfo=UTC), "2026-03-08T03:00:59-04:00", id="spring"
+        ),
+        pytest.param(datetime(2026, 3, 8, 6, 59, 59), "2026-03-08T01:59:59-05:00", id="naive-utc"),
+        pytest.param(
+            datetime(1850, 1, 1, 12, 0, 30, tzinfo=UTC), "1850-01-01T07:04:28-04:56:02", id="local-mean-time"
         ),
     ],
 )
@@ -526,12 +540,29 @@ def test_given_detail_times_as_either_database_returns_them_then_they_are_local_
     instant: object, text: str
 ) -> None:
     # given: SQLite returns the stored UTC text, PostgreSQL aware datetimes
-    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
-    chunk = pd.DataFrame([row | {"amount_minor": -1, "currency": "USD", "created_at": instant}])
+    row = a_detail_row(amount_minor=-1, currency="USD", created_at=instant)
     # when
-    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York")).iloc[0]
+    out = dict(zip(detail.DETAIL_COLUMNS, next(detail.detail_rows([row], NEW_YORK)), strict=True))
     # then: as datetime.isoformat(timespec="seconds") writes it
     assert (out["created_at"], out["submitted_at"], out["amount"]) == (text, "", "-0.01")
+
+
+@given(
+    seconds=st.integers(min_value=-2_500_000_000, max_value=4_000_000_000),
+    zone=st.sampled_from(["America/New_York", "Europe/London", "Asia/Kathmandu", "Australia/Lord_Howe"]),
+    as_text=st.booleans(),
+)
+def test_given_any_instant_then_its_local_text_is_what_datetime_writes(
+    seconds: int, zone: str, as_text: bool
+) -> None:
+    # given: instants near one another share the cache of their minute
+    tz = ZoneInfo(zone)
+    times = detail.LocalTimes(tz)
+    for step in (0, 1, 59, 60, 1799, 3600):
+        instant = datetime.fromtimestamp(seconds + step, UTC).replace(microsecond=250_000)
+        value: object = instant.replace(tzinfo=None).isoformat(" ") if as_text else instant
+        # when, then
+        assert times.text(value) == instant.astimezone(tz).isoformat(timespec="seconds")
 
 
 @pytest.mark.parametrize(
