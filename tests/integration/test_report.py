@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import re
 import uuid
@@ -307,6 +308,21 @@ def test_given_settings_when_run_report_is_called_from_the_cli_then_it_prints_th
     assert path == tmp_path / "out" / "recovery-2026-06-12.html"
     assert path.is_file()
     assert (tmp_path / "out" / "recovery-2026-06-12.csv").is_file()
+
+
+def test_given_a_report_when_it_runs_then_the_garbage_collector_is_left_as_it_was(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # given: objects the report keeps out of the collector while it runs
+    settings = settings_for(tmp_path, sqlite_url)
+    engine = make_engine(sqlite_url)
+    seed(engine)
+    # when
+    run_report(settings, engine, day=DAY, now=NOW)
+    engine.dispose()
+    # then
+    assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
 
 
 def test_given_a_bad_date_when_run_report_is_called_then_it_exits_with_a_usage_error(tmp_path: Path) -> None:
