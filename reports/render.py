@@ -111,8 +111,20 @@ def render_template(name: str, tz: ZoneInfo, context: Mapping[str, Any]) -> str:
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts for a template (NaN stays NaN; the filters show it as a dash)."""
-    return [{str(k): v for k, v in row.items()} for row in frame.to_dict("records")]
+    """DataFrame rows as dicts of Python values for a template (NaN stays NaN, NaT stays NaT: the filters
+    show them as a dash); instants as datetime, which converts to local time five times faster than
+    pandas' Timestamp. Built a column at a time: DataFrame.to_dict boxes every value on its own."""
+    names = [str(c) for c in frame.columns]
+    if not names:
+        return [{} for _ in range(len(frame))]
+    columns = [_python_values(frame.iloc[:, i]) for i in range(len(names))]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def _python_values(column: pd.Series[Any]) -> list[Any]:
+    if isinstance(column.array, pd.arrays.DatetimeArray):
+        return list(column.array.to_pydatetime())
+    return column.tolist()
 
 
 def attach_amounts(counts: pd.DataFrame, amounts: pd.DataFrame, keys: Sequence[str]) -> list[dict[str, Any]]:

@@ -580,6 +580,32 @@ def test_given_minor_units_then_money_is_shown_in_its_currency(
     assert render.fmt_money(minor, currency) == text
 
 
+def test_given_a_frame_then_its_records_hold_the_values_to_dict_gives_with_instants_as_datetime() -> None:
+    # given: every kind of column the report's frames have, with missing values
+    at = datetime(2026, 6, 12, 6, 30, tzinfo=UTC)
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2],
+            "share": [0.5, NAN],
+            "late": [True, False],
+            "text": ["a", None],
+            "day": [date(2026, 6, 12), None],
+            "at": [at, None],
+        }
+    )
+    # when
+    rows = render.records(frame)
+    # then
+    expected = frame.to_dict("records")
+    assert [list(r) for r in rows] == [list(r) for r in expected]
+    for row, want in zip(rows, expected, strict=True):
+        for name, value in row.items():
+            assert type(value) is (datetime if name == "at" and value is not pd.NaT else type(want[name]))
+            assert value == want[name] or (pd.isna(value) and pd.isna(want[name]))
+    assert rows[0]["at"] == at
+    assert render.records(frame.iloc[:0]) == []
+
+
 def test_given_an_undefined_rate_then_it_shows_a_dash() -> None:
     assert (render.fmt_pct(NAN), render.fmt_pct(0.4286)) == ("—", "42.9 %")
 
