@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
 __all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_stmt", "fetch_detail"]
-__all__ += ["exception_stmt", "fetch", "grouped", "job_runs_stmt", "local_midnight", "nearing_expiry_stmt"]
+__all__ += [
+    "exception_stmt",
+    "fetch",
+    "fetch_all",
+    "grouped",
+    "job_runs_stmt",
+    "local_midnight",
+    "nearing_expiry_stmt",
+]
 __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
@@ -72,6 +80,19 @@ def fetch(conn: Connection, stmt: Query) -> pd.DataFrame:
     """Run an aggregate statement and return its rows as a DataFrame (columns named by labels)."""
     result = conn.execute(stmt)
     return _frame(result.fetchall(), list(result.keys()))
+
+
+def fetch_all(conn: Connection, stmts: Sequence[Query]) -> pd.DataFrame:
+    """Run statements with the same labelled columns and return their rows as one DataFrame, so each
+    column's type comes from all the rows (concatenating per-statement frames, some of them empty,
+    left every column of type object)."""
+    rows: list[Any] = []
+    columns: list[str] = []
+    for stmt in stmts:
+        result = conn.execute(stmt)
+        columns = list(result.keys())
+        rows += result.fetchall()
+    return _frame(rows, columns)
 
 
 def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:

@@ -130,9 +130,8 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
         "webhooks": queries.fetch(conn, queries.webhooks_stmt(b)),
         "jobs": queries.fetch(conn, queries.job_runs_stmt(b, exclude_run=run_id)),
-        "exceptions": pd.concat(
-            [queries.fetch(conn, queries.exception_stmt(b, k)) for k in queries.EXCEPTION_KINDS],
-            ignore_index=True,
+        "exceptions": queries.fetch_all(
+            conn, [queries.exception_stmt(b, k) for k in queries.EXCEPTION_KINDS]
         ),
     }
     for name in rollup_queries.BREAKDOWNS:
