@@ -52,9 +52,12 @@ def _grouped_sum(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.
     return frame.groupby(keys, dropna=False, sort=True)[values].sum().reset_index()
 
 
-def _rates(recovered: pd.Series[int], denominator: pd.Series[int]) -> pd.Series[float]:
-    # NaN where there is nothing to divide by, as rate() does.
-    return recovered.astype("float64") / denominator.where(denominator > 0).astype("float64")
+def _rates(recovered: Any, denominator: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+    # NaN where there is nothing to divide by, as rate() does; numpy, as in _split().
+    numerator, divisor = np.asarray(recovered, dtype="float64"), np.asarray(denominator, dtype="float64")
+    out = np.full(len(numerator), np.nan)
+    np.divide(numerator, divisor, out=out, where=divisor > 0)
+    return out
 
 
 def _split(values: pd.Series[int], by: pd.Series[Any], labels: dict[str, str]) -> dict[str, Any]:
@@ -90,8 +93,9 @@ def count_summary(facts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         | _split(n, _reversals(facts), REVERSALS)
     )
     out = wide.groupby(by, dropna=False, sort=True)[columns[len(by) : -2]].sum().reset_index()
-    out["rate_to_date"] = _rates(out["recovered"], out["recovered"] + out["lost"] + out["pending"])
-    out["rate_settled"] = _rates(out["recovered"], out["recovered"] + out["lost"])
+    recovered, lost, pending = (out[c].to_numpy() for c in ("recovered", "lost", "pending"))
+    out["rate_to_date"] = _rates(recovered, recovered + lost + pending)
+    out["rate_settled"] = _rates(recovered, recovered + lost)
     return out[columns]
 
 
@@ -113,7 +117,7 @@ def amount_summary(facts: pd.DataFrame, by: list[str], *, fee_percent: Decimal |
     out.insert(
         len(keys) + 3, "submitted_minor", out["recovered_minor"] + out["lost_minor"] + out["pending_minor"]
     )
-    out["rate_by_amount"] = _rates(out["recovered_minor"], out["submitted_minor"])
+    out["rate_by_amount"] = _rates(out["recovered_minor"].to_numpy(), out["submitted_minor"].to_numpy())
     if fee_percent is not None:
         out["fee_minor"] = [
             Money(int(m), str(c)).percent_of(fee_percent)
