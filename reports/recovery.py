@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -19,7 +20,15 @@ __all__ = [
     "Breakdown",
     "activity_summary",
 ]
-__all__ += ["age_bucket", "amount_summary", "breakdown", "checkpoint", "cohort_table", "count_summary"]
+__all__ += [
+    "age_bucket",
+    "amount_summary",
+    "breakdown",
+    "breakdowns",
+    "checkpoint",
+    "cohort_table",
+    "count_summary",
+]
 __all__ += ["median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
 __all__ += ["with_periods"]
 
@@ -153,7 +162,8 @@ def reason_key(text: object) -> str:
 
 @dataclass(frozen=True)
 class Breakdown:
-    """One breakdown table: count rows per key (top `limit`), their amounts, and how many keys are hidden."""
+    """One breakdown table: count rows per key (top `limit`), the amounts of those keys, and how many
+    keys are hidden."""
 
     name: str
     counts: pd.DataFrame
@@ -161,25 +171,66 @@ class Breakdown:
     hidden: int
 
 
+def _missing_key(key: object) -> bool:
+    return key is None or key != key  # None or NaN, as fillna() sees them
+
+
+def breakdowns(frame: pd.DataFrame, names: Sequence[str], *, limit: int = 20) -> dict[str, Breakdown]:
+    """Counts and amounts per key of each breakdown in `names`, from rows `breakdown, key, code, state,
+    currency, n, amount_minor`; slots in ladder order, the rest by hand-offs. Reasons are keyed by
+    reason_key() and their response code, other keys as text ("(unknown)" when missing).
+
+    One count per key for every breakdown at once (their count_summary() calls cost more than their
+    rows), and amounts only for the keys listed."""
+    rows = frame[frame["breakdown"].isin(list(names))]
+    is_reason = (rows["breakdown"] == "reason").to_numpy()
+    keys, codes = rows["key"].tolist(), rows["code"].tolist()
+    f = rows.assign(
+        key=[
+            reason_key(k) if reason else (UNKNOWN_KEY if _missing_key(k) else str(k))
+            for k, reason in zip(keys, is_reason, strict=True)
+        ],
+        code=[
+            ("" if _missing_key(c) else str(c)) if reason else ""
+            for c, reason in zip(codes, is_reason, strict=True)
+        ],
+    )
+    by = ["breakdown", "key", "code"]
+    every_count = count_summary(f, by)
+    listed: dict[str, pd.DataFrame] = {}
+    hidden: dict[str, int] = {}
+    for name, counts in every_count.groupby("breakdown", sort=False):
+        counts = counts.drop(columns="breakdown")
+        if name == "slot":
+            order = {s: i for i, s in enumerate(SLOT_ORDER)}
+            counts = counts.assign(_o=counts["key"].map(order).fillna(len(order)))
+            counts = counts.sort_values(["_o", "key"]).drop(columns="_o")
+        else:
+            counts = counts.sort_values(["handoffs", "key", "code"], ascending=[False, True, True])
+        hidden[str(name)] = max(0, len(counts) - limit)
+        listed[str(name)] = counts.head(limit).reset_index(drop=True)
+    if listed:
+        shown = [c[["key", "code"]].assign(breakdown=n) for n, c in listed.items()]
+        f = f.merge(pd.concat(shown, ignore_index=True), on=by)
+    every_amount = amount_summary(f, by)
+    amounts = dict(iter(every_amount.groupby("breakdown", sort=False)))
+    out = {}
+    for name in names:
+        if name not in listed:  # no hand-off this month: the empty tables, with their columns
+            empty = f.iloc[:0]
+            out[name] = Breakdown(
+                name, count_summary(empty, ["key", "code"]), amount_summary(empty, ["key", "code"]), 0
+            )
+            continue
+        part = amounts[name].drop(columns="breakdown").reset_index(drop=True)
+        out[name] = Breakdown(name, listed[name], part, hidden[name])
+    return out
+
+
 def breakdown(frame: pd.DataFrame, name: str, *, limit: int = 20) -> Breakdown:
-    """Counts and amounts per key of one breakdown; slots in ladder order, the rest by hand-offs."""
-    f = frame.copy()
-    if name == "reason":
-        f["key"] = f["key"].map(reason_key)
-        f["code"] = f["code"].fillna("").astype(str)
-    else:
-        f["key"] = f["key"].fillna(UNKNOWN_KEY).astype(str)
-        f["code"] = ""
-    counts = count_summary(f, ["key", "code"])
-    if name == "slot":
-        order = {s: i for i, s in enumerate(SLOT_ORDER)}
-        counts = counts.assign(_o=counts["key"].map(order).fillna(len(order))).sort_values(["_o", "key"])
-        counts = counts.drop(columns="_o")
-    else:
-        counts = counts.sort_values(["handoffs", "key", "code"], ascending=[False, True, True])
-    hidden = max(0, len(counts) - limit)
-    counts = counts.head(limit).reset_index(drop=True)
-    return Breakdown(name, counts, amount_summary(f, ["key", "code"]), hidden)
+    """Counts and amounts per key of one breakdown, from rows `key, code, state, currency, n,
+    amount_minor` (see breakdowns())."""
+    return breakdowns(frame.assign(breakdown=name), [name], limit=limit)[name]
 
 
 # --- cohorts -------------------------------------------------------------------------------------

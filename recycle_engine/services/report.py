@@ -124,7 +124,7 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
     frames = {
         "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
         "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
-        "saves": queries.fetch(conn, rollup_queries.saves_by_cycle_stmt(b)),
+        "breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
@@ -134,8 +134,6 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
             conn, [queries.exception_stmt(b, k) for k in queries.EXCEPTION_KINDS]
         ),
     }
-    for name in rollup_queries.BREAKDOWNS:
-        frames[f"by_{name}"] = queries.fetch(conn, rollup_queries.breakdown_stmt(b, name))
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
     # The checks of the night that opened the day and of the night after it: the morning report of
     # day D is read after the check of night D+1, which is the one the billing team needs first.
@@ -165,11 +163,13 @@ def _context(
     prev_day, next_day = b.day - timedelta(days=1), b.day + timedelta(days=1)
     present = set(render.existing_reports(settings.reports.output_dir))
 
+    by_key = frames["breakdowns"]
     breakdowns = []
-    for name, title in rollup_queries.BREAKDOWNS.items():
-        part = recovery.breakdown(frames[f"by_{name}"], name)
+    for name, part in recovery.breakdowns(by_key, list(rollup_queries.BREAKDOWNS)).items():
         rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
+        title = rollup_queries.BREAKDOWNS[name]
         breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
+    cycles = by_key[by_key["breakdown"] == rollup_queries.SAVES].drop(columns="breakdown")
 
     context: dict[str, Any] = {
         "day": b.day,
@@ -187,7 +187,7 @@ def _context(
         "breakdowns": breakdowns,
         "cohorts": render.attach_amounts(cohorts, recovery.amount_summary(facts, ["cohort"]), ["cohort"]),
         "decline_cohorts": _decline_cohorts(frames["decline_facts"]),
-        "saves": render.attach_amounts(*saves.saves_by_cycle(frames["saves"]), ["cycle"]),
+        "saves": render.attach_amounts(*saves.saves_by_cycle(cycles), ["cycle"]),
         "checkpoint_days": recovery.CHECKPOINT_DAYS,
         "day10": render.records(recovery.checkpoint(facts, day=b.day, n_days=10)),
         "median_days": recovery.median_recovery_days(month),

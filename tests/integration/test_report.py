@@ -357,8 +357,7 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     statements = [
         rollup_queries.cohort_facts_stmt(bounds),
         rollup_queries.decline_cohort_stmt(bounds),
-        rollup_queries.breakdown_stmt(bounds, "reason"),
-        rollup_queries.saves_by_cycle_stmt(bounds),
+        rollup_queries.breakdowns_stmt(bounds),
         queries.activity_stmt(bounds),
         queries.open_by_age_stmt(bounds, "postgresql"),
         queries.nearing_expiry_stmt(bounds),

@@ -297,6 +297,47 @@ def test_given_many_keys_then_the_breakdown_keeps_the_largest_and_counts_the_res
     assert out.hidden == 3
 
 
+def test_given_several_breakdowns_in_one_frame_then_each_table_is_the_one_it_would_be_alone() -> None:
+    # given: the rows of three breakdowns as breakdowns_stmt returns them, one with no rows
+    slots = breakdown_rows(
+        ("4-6", None, "APPROVED", "USD", 2, 200), ("final", None, "DECLINED", "EUR", 1, 50)
+    )
+    reasons = breakdown_rows(
+        ("Do Not Honor", "05", "APPROVED", "USD", 1, 100), ("do not honor", "05", "PENDING", "JPY", 4, 900)
+    )
+    gateways = breakdown_rows(*[(f"gw-{i}", None, "APPROVED", "USD", i, 10 * i) for i in range(1, 5)])
+    frame = pd.concat(
+        [
+            slots.assign(breakdown="slot"),
+            reasons.assign(breakdown="reason"),
+            gateways.assign(breakdown="declining_gateway"),
+        ],
+        ignore_index=True,
+    )
+    # when
+    out = recovery.breakdowns(frame, ["slot", "reason", "declining_gateway", "card_bin"], limit=2)
+    # then
+    alone = {
+        "slot": recovery.breakdown(slots, "slot", limit=2),
+        "reason": recovery.breakdown(reasons, "reason", limit=2),
+        "declining_gateway": recovery.breakdown(gateways, "declining_gateway", limit=2),
+    }
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(out[name].counts, table.counts)
+        pd.testing.assert_frame_equal(out[name].amounts, table.amounts)
+        assert out[name].hidden == table.hidden
+    assert out["declining_gateway"].amounts["key"].tolist() == ["gw-3", "gw-4"]  # the listed keys only
+    assert out["card_bin"].counts.empty
+    assert out["card_bin"].amounts.empty
+    assert list(out["card_bin"].counts.columns) == list(out["slot"].counts.columns)
+
+
+def test_given_no_hand_off_this_month_then_every_breakdown_is_an_empty_table() -> None:
+    frame = breakdown_rows().assign(breakdown=[])
+    out = recovery.breakdowns(frame, ["slot", "reason"])
+    assert [(t.counts.empty, t.amounts.empty, t.hidden) for t in out.values()] == [(True, True, 0)] * 2
+
+
 # --- reconciliation --------------------------------------------------------------------------------
 
 
