@@ -117,7 +117,7 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     names = [str(c) for c in frame.columns]
     if not names:
         return [{} for _ in range(len(frame))]
-    columns = [_python_values(frame.iloc[:, i]) for i in range(len(names))]
+    columns = [_python_values(column) for _, column in frame.items()]
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
