@@ -240,12 +240,16 @@ def _age(cohort: str, day: date) -> int:
     return (day - date.fromisoformat(cohort)).days
 
 
-def _ages(facts: pd.DataFrame, day: date) -> pd.Series[int]:
-    return pd.Series([_age(str(c), day) for c in facts["cohort"]], index=facts.index, dtype="int64")
+def _ages(facts: pd.DataFrame, day: date) -> np.ndarray[Any, np.dtype[np.int64]]:
+    ages = {c: _age(c, day) for c in set(facts["cohort"].astype(str))}
+    return np.array([ages[str(c)] for c in facts["cohort"]], dtype="int64")
 
 
-def _recovered_by(facts: pd.DataFrame, n_days: int) -> pd.Series[bool]:
-    return (facts["state"] == "APPROVED") & (facts["recovery_day"].fillna(10**6).clip(lower=0) <= n_days)
+def _recovered_on(facts: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Per row: the day of the window its hand-offs were approved on (0 when before it opened), or
+    infinity when they were not; a row is recovered by day N when this is at most N."""
+    window_day = facts["recovery_day"].fillna(10**6).clip(lower=0).to_numpy(dtype="float64")
+    return np.where((facts["state"] == "APPROVED").to_numpy(), window_day, np.inf)
 
 
 def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd.DataFrame:
@@ -258,12 +262,16 @@ def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd
     if table.empty:
         return table.assign(age_days=[], status=[], **{f"share_d{n}": [] for n in CHECKPOINT_DAYS})
     table["age_days"] = [_age(c, day) for c in table["cohort"]]
-    denominators = table.set_index("cohort")[["recovered", "lost", "pending"]].sum(axis=1)
-    for n in CHECKPOINT_DAYS:
-        hits = facts[_recovered_by(facts, n)].groupby("cohort")["n"].sum()
-        table[f"share_d{n}"] = [
-            rate(int(hits.get(c, 0)), int(denominators[c])) if age >= n else float("nan")
-            for c, age in zip(table["cohort"], table["age_days"], strict=True)
+    row_of = {c: i for i, c in enumerate(table["cohort"])}
+    rows = np.array([row_of[c] for c in facts["cohort"]], dtype="int64")
+    n, recovered_on = facts["n"].to_numpy(dtype="int64"), _recovered_on(facts)
+    denominators = table[["recovered", "lost", "pending"]].to_numpy().sum(axis=1)
+    ages = table["age_days"].to_numpy()
+    for day_n in CHECKPOINT_DAYS:
+        hits = np.bincount(rows, weights=np.where(recovered_on <= day_n, n, 0), minlength=len(table))
+        table[f"share_d{day_n}"] = [
+            rate(int(h), int(d)) if age >= day_n else float("nan")
+            for h, d, age in zip(hits, denominators, ages, strict=True)
         ]
     table["status"] = [
         "final" if pending == 0 else ("in progress" if age <= window_days else "window closed")
@@ -276,7 +284,7 @@ def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFr
     """The day-N checkpoint per cohort (at least N days old) and currency: share recovered within N days."""
     f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
     f = f[_ages(f, day) >= n_days]
-    hit = _recovered_by(f, n_days)
+    hit = _recovered_on(f) <= n_days
     f = f.assign(hit_n=f["n"].where(hit, 0), hit_minor=f["amount_minor"].where(hit, 0))
     out = _grouped_sum(f, ["cohort", "currency"], ["n", "amount_minor", "hit_n", "hit_minor"])
     out["share_count"] = [rate(h, n) for h, n in zip(out["hit_n"], out["n"], strict=True)]
@@ -287,13 +295,13 @@ def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFr
 def recovery_curve(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> list[tuple[int, float]]:
     """Pooled share recovered by day N of the window, N = 0..window, over cohorts at least N days old."""
     f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
-    ages = _ages(f, day)
+    n, ages, recovered_on = f["n"].to_numpy(dtype="int64"), _ages(f, day), _recovered_on(f)
     points: list[tuple[int, float]] = []
-    for n in range(window_days + 1):
-        eligible = f[ages >= n]
-        total = int(eligible["n"].sum())
+    for day_n in range(window_days + 1):
+        eligible = ages >= day_n
+        total = int(n[eligible].sum())
         if total:
-            points.append((n, rate(int(eligible[_recovered_by(eligible, n)]["n"].sum()), total)))
+            points.append((day_n, rate(int(n[eligible & (recovered_on <= day_n)].sum()), total)))
     return points
 
 
