@@ -41,6 +41,7 @@ __all__ = [
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 _REPORT_RE = re.compile(r"^recovery-(\d{4}-\d{2}-\d{2})\.html$")
 DASH = "—"
+_MUST_QUOTE = re.compile(r'["\r\n]')  # with a comma inside a field, what the csv module quotes
 
 
 def _missing(value: object) -> bool:
@@ -166,16 +167,25 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_csv(path: Path, rows: Iterable[Sequence[object]], columns: Sequence[str]) -> int:
-    """Write rows as one CSV (header first, even with no rows; None as an empty cell, "\\n" line ends);
-    returns the number of rows."""
+    """Write rows as one CSV, as the csv module writes it (header first, even with no rows; None as an
+    empty cell, "\\n" line ends, fields quoted only when they must be); returns the number of rows."""
     count = 0
     with _atomic(path, newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(columns)
-        write = writer.writerow
+        write, width = fh.write, len(columns)
         for row in rows:
-            write(row)
             count += 1
+            # Most rows are plain text with nothing to quote: joined, they are exactly what the csv
+            # module writes, at a quarter of its cost. Anything else goes through it.
+            try:
+                line = ",".join(["" if cell is None else cell for cell in row])  # type: ignore[misc]
+            except TypeError:  # a cell that is not text
+                line = None
+            if line is None or width < 2 or line.count(",") != width - 1 or _MUST_QUOTE.search(line):
+                writer.writerow(row)
+            else:
+                write(line + "\n")
     return count
 
 

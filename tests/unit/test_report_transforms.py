@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -619,6 +621,34 @@ def test_given_minor_units_then_money_is_shown_in_its_currency(
     minor: int | None, currency: str, text: str
 ) -> None:
     assert render.fmt_money(minor, currency) == text
+
+
+@given(
+    rows=st.lists(
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.text(alphabet=st.sampled_from(list("ab ,\"\r\n'=é"))),
+                st.integers(-5, 5),
+            ),
+            min_size=3,
+            max_size=3,
+        ),
+        max_size=6,
+    )
+)
+def test_given_any_cells_then_the_csv_is_what_the_csv_module_writes(
+    tmp_path_factory: Any, rows: list[Any]
+) -> None:
+    # given
+    path = tmp_path_factory.mktemp("csv") / "rows.csv"
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\n").writerows([["a", "b", "c"], *rows])
+    # when
+    count = render.write_csv(path, rows, ["a", "b", "c"])
+    # then
+    assert path.read_bytes().decode("utf-8") == expected.getvalue()
+    assert count == len(rows)
 
 
 def test_given_a_frame_then_its_records_hold_the_values_to_dict_gives_with_instants_as_datetime() -> None:
