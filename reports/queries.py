@@ -288,16 +288,31 @@ _DETAIL_COLUMNS = (
 _DETAIL_TIMES = ("created_at", "submitted_at", "outcome_at", "expires_at")
 
 
-def detail_stmt(bounds: ReportBounds) -> Query:
+def detail_stmt(bounds: ReportBounds, dialect: str) -> Query:
     """Every hand-off touched on the day (created, settled, or any event), with its decline reason.
 
-    The ids come from a UNION of three index range scans rather than one OR over three columns."""
+    The hand-offs come from a UNION of three index range scans rather than one OR over three columns.
+    On SQLite the union is of rowids, which the creation and outcome indexes hold: those two scans
+    never read the table, and each hand-off's row is read once, by rowid, not found again by its id."""
     lo, hi = bounds.day_start, bounds.day_end
-    touched = sa.union(
-        select(Handoff.id.label("id")).where(within(Handoff.created_at, lo, hi)),
-        select(Handoff.id.label("id")).where(within(Handoff.outcome_at, lo, hi)),
-        select(HandoffEvent.handoff_id.label("id")).where(within(HandoffEvent.occurred_at, lo, hi)),
-    ).subquery()
+    if dialect == "sqlite":
+        rowid: ColumnElement[int] = sa.literal_column(f"{Handoff.__tablename__}.rowid")
+        touched = sa.union(
+            select(rowid.label("id")).select_from(Handoff).where(within(Handoff.created_at, lo, hi)),
+            select(rowid.label("id")).select_from(Handoff).where(within(Handoff.outcome_at, lo, hi)),
+            select(rowid.label("id"))
+            .select_from(HandoffEvent)
+            .join(Handoff, Handoff.id == HandoffEvent.handoff_id)
+            .where(within(HandoffEvent.occurred_at, lo, hi)),
+        ).subquery()
+        key: Any = rowid
+    else:
+        touched = sa.union(
+            select(Handoff.id.label("id")).where(within(Handoff.created_at, lo, hi)),
+            select(Handoff.id.label("id")).where(within(Handoff.outcome_at, lo, hi)),
+            select(HandoffEvent.handoff_id.label("id")).where(within(HandoffEvent.occurred_at, lo, hi)),
+        ).subquery()
+        key = Handoff.id
     return (
         select(
             Handoff.id.label("submission_id"),
@@ -310,8 +325,8 @@ def detail_stmt(bounds: ReportBounds) -> Query:
                 "decline_reason"
             ),
         )
-        .select_from(Handoff)
-        .join(touched, touched.c.id == Handoff.id)
+        .select_from(touched)
+        .join(Handoff, key == touched.c.id)
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)
         .order_by(Handoff.created_at, Handoff.id)
     )
@@ -320,6 +335,8 @@ def detail_stmt(bounds: ReportBounds) -> Query:
 def fetch_detail(conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000) -> Iterator[Row[Any]]:
     """The detail rows, fetched `chunk_rows` at a time (a server-side cursor on PostgreSQL), so memory
     stays flat however busy the day."""
-    result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(detail_stmt(bounds))
+    result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+        detail_stmt(bounds, conn.dialect.name)
+    )
     for part in result.partitions(chunk_rows):
         yield from part

@@ -363,7 +363,7 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
         queries.nearing_expiry_stmt(bounds),
         queries.webhooks_stmt(bounds),
         queries.job_runs_stmt(bounds),
-        queries.detail_stmt(bounds),
+        queries.detail_stmt(bounds, "postgresql"),
         *(queries.exception_stmt(bounds, k) for k in queries.EXCEPTION_KINDS),
     ]
     # when: sequential scans are priced out, a usable index is always taken

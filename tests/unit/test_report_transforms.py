@@ -537,9 +537,10 @@ def a_detail_row(**values: Any) -> tuple[Any, ...]:
     return tuple(values.get(c) for c in detail.SOURCE_COLUMNS)
 
 
-def test_given_the_detail_statement_then_its_columns_are_the_ones_the_csv_rows_unpack() -> None:
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_given_the_detail_statement_then_its_columns_are_the_ones_the_csv_rows_unpack(dialect: str) -> None:
     bounds = queries.ReportBounds.for_day(DAY, NEW_YORK, datetime(2026, 6, 13, 10, tzinfo=UTC))
-    assert list(queries.detail_stmt(bounds).selected_columns.keys()) == detail.SOURCE_COLUMNS
+    assert list(queries.detail_stmt(bounds, dialect).selected_columns.keys()) == detail.SOURCE_COLUMNS
 
 
 def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_offset() -> None:
