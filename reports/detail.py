@@ -33,6 +33,7 @@ DETAIL_COLUMNS: Final = (
 SOURCE_COLUMNS: Final = ["amount_minor" if c == "amount" else c for c in DETAIL_COLUMNS]
 
 _LAST_SECOND: Final = timedelta(seconds=59)
+_UNSEEN: Final = ("", "")  # a minute not worked out yet (a kept minute's texts are never empty)
 
 
 def decimal_text(minor: int, exponent: int) -> str:
@@ -72,24 +73,21 @@ class LocalTimes:
         if isinstance(value, str):
             # "YYYY-MM-DD HH:MM:SS[.ffffff]": the minute is the key, its seconds are added to its text.
             if len(value) in (19, 26) and value[10] == " ":
-                parts = self._parts(value[:16])
+                minute = value[:16]
+                parts = self._minutes.get(minute, _UNSEEN)
+                if parts is _UNSEEN:
+                    parts = self._minutes[minute] = self._minute(as_utc(minute + ":00"))
                 if parts is not None:
                     return parts[0] + value[16:19] + parts[1]
             return self._exact(as_utc(value))
         instant = as_utc(value)
-        parts = self._parts(instant.replace(second=0, microsecond=0))
+        start = instant.replace(second=0, microsecond=0)
+        parts = self._minutes.get(start, _UNSEEN)
+        if parts is _UNSEEN:
+            parts = self._minutes[start] = self._minute(start)
         if parts is not None:
             return f"{parts[0]}:{instant.second:02d}{parts[1]}"
         return self._exact(instant)
-
-    def _parts(self, minute: str | datetime) -> tuple[str, str] | None:
-        """The minute's local text to the minute and its offset text, or None when not kept."""
-        try:
-            return self._minutes[minute]
-        except KeyError:
-            start = as_utc(minute + ":00") if isinstance(minute, str) else minute
-            parts = self._minutes[minute] = self._minute(start)
-            return parts
 
     def _minute(self, start: datetime) -> tuple[str, str] | None:
         local = start.astimezone(self.tz)
