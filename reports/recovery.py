@@ -171,8 +171,14 @@ class Breakdown:
     hidden: int
 
 
-def _missing_key(key: object) -> bool:
-    return key is None or key != key  # None or NaN, as fillna() sees them
+def _text(value: object, missing: str) -> str:
+    """A key as text, `missing` when there is none (as fillna(missing).astype(str) makes it)."""
+    if isinstance(value, str):
+        return value
+    absent = (
+        value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+    )
+    return missing if absent else str(value)
 
 
 def breakdowns(frame: pd.DataFrame, names: Sequence[str], *, limit: int = 20) -> dict[str, Breakdown]:
@@ -187,13 +193,10 @@ def breakdowns(frame: pd.DataFrame, names: Sequence[str], *, limit: int = 20) ->
     keys, codes = rows["key"].tolist(), rows["code"].tolist()
     f = rows.assign(
         key=[
-            reason_key(k) if reason else (UNKNOWN_KEY if _missing_key(k) else str(k))
+            reason_key(k) if reason else _text(k, UNKNOWN_KEY)
             for k, reason in zip(keys, is_reason, strict=True)
         ],
-        code=[
-            ("" if _missing_key(c) else str(c)) if reason else ""
-            for c, reason in zip(codes, is_reason, strict=True)
-        ],
+        code=[_text(c, "") if reason else "" for c, reason in zip(codes, is_reason, strict=True)],
     )
     by = ["breakdown", "key", "code"]
     every_count = count_summary(f, by)
