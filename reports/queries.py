@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Connection, Select, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Row, Select, func, literal, select
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
@@ -25,8 +25,16 @@ if TYPE_CHECKING:
 
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
-__all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_chunks", "detail_stmt"]
-__all__ += ["exception_stmt", "fetch", "grouped", "job_runs_stmt", "local_midnight", "nearing_expiry_stmt"]
+__all__ = ["EXCEPTION_KINDS", "ReportBounds", "activity_stmt", "detail_stmt", "fetch_detail"]
+__all__ += [
+    "exception_stmt",
+    "fetch",
+    "fetch_all",
+    "grouped",
+    "job_runs_stmt",
+    "local_midnight",
+    "nearing_expiry_stmt",
+]
 __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
@@ -72,6 +80,19 @@ def fetch(conn: Connection, stmt: Query) -> pd.DataFrame:
     """Run an aggregate statement and return its rows as a DataFrame (columns named by labels)."""
     result = conn.execute(stmt)
     return _frame(result.fetchall(), list(result.keys()))
+
+
+def fetch_all(conn: Connection, stmts: Sequence[Query]) -> pd.DataFrame:
+    """Run statements with the same labelled columns and return their rows as one DataFrame, so each
+    column's type comes from all the rows (concatenating per-statement frames, some of them empty,
+    left every column of type object)."""
+    rows: list[Any] = []
+    columns: list[str] = []
+    for stmt in stmts:
+        result = conn.execute(stmt)
+        columns = list(result.keys())
+        rows += result.fetchall()
+    return _frame(rows, columns)
 
 
 def _frame(rows: Sequence[Any], columns: list[str]) -> pd.DataFrame:
@@ -267,16 +288,31 @@ _DETAIL_COLUMNS = (
 _DETAIL_TIMES = ("created_at", "submitted_at", "outcome_at", "expires_at")
 
 
-def detail_stmt(bounds: ReportBounds) -> Query:
+def detail_stmt(bounds: ReportBounds, dialect: str) -> Query:
     """Every hand-off touched on the day (created, settled, or any event), with its decline reason.
 
-    The ids come from a UNION of three index range scans rather than one OR over three columns."""
+    The hand-offs come from a UNION of three index range scans rather than one OR over three columns.
+    On SQLite the union is of rowids, which the creation and outcome indexes hold: those two scans
+    never read the table, and each hand-off's row is read once, by rowid, not found again by its id."""
     lo, hi = bounds.day_start, bounds.day_end
-    touched = sa.union(
-        select(Handoff.id.label("id")).where(within(Handoff.created_at, lo, hi)),
-        select(Handoff.id.label("id")).where(within(Handoff.outcome_at, lo, hi)),
-        select(HandoffEvent.handoff_id.label("id")).where(within(HandoffEvent.occurred_at, lo, hi)),
-    ).subquery()
+    if dialect == "sqlite":
+        rowid: ColumnElement[int] = sa.literal_column(f"{Handoff.__tablename__}.rowid")
+        touched = sa.union(
+            select(rowid.label("id")).select_from(Handoff).where(within(Handoff.created_at, lo, hi)),
+            select(rowid.label("id")).select_from(Handoff).where(within(Handoff.outcome_at, lo, hi)),
+            select(rowid.label("id"))
+            .select_from(HandoffEvent)
+            .join(Handoff, Handoff.id == HandoffEvent.handoff_id)
+            .where(within(HandoffEvent.occurred_at, lo, hi)),
+        ).subquery()
+        key: Any = rowid
+    else:
+        touched = sa.union(
+            select(Handoff.id.label("id")).where(within(Handoff.created_at, lo, hi)),
+            select(Handoff.id.label("id")).where(within(Handoff.outcome_at, lo, hi)),
+            select(HandoffEvent.handoff_id.label("id")).where(within(HandoffEvent.occurred_at, lo, hi)),
+        ).subquery()
+        key = Handoff.id
     return (
         select(
             Handoff.id.label("submission_id"),
@@ -289,18 +325,18 @@ def detail_stmt(bounds: ReportBounds) -> Query:
                 "decline_reason"
             ),
         )
-        .select_from(Handoff)
-        .join(touched, touched.c.id == Handoff.id)
+        .select_from(touched)
+        .join(Handoff, key == touched.c.id)
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)
         .order_by(Handoff.created_at, Handoff.id)
     )
 
 
-def detail_chunks(
-    conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000
-) -> Iterator[pd.DataFrame]:
-    """The detail rows in chunks, from a server-side cursor on PostgreSQL, so memory stays flat."""
-    result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(detail_stmt(bounds))
-    columns = list(result.keys())
+def fetch_detail(conn: Connection, bounds: ReportBounds, *, chunk_rows: int = 20_000) -> Iterator[Row[Any]]:
+    """The detail rows, fetched `chunk_rows` at a time (a server-side cursor on PostgreSQL), so memory
+    stays flat however busy the day."""
+    result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(
+        detail_stmt(bounds, conn.dialect.name)
+    )
     for part in result.partitions(chunk_rows):
-        yield _frame(part, columns)
+        yield from part

@@ -1,28 +1,35 @@
-"""Pure pandas for the recovery report: state groups, rates, breakdowns, cohorts, pending ages, detail rows."""
+"""Pure pandas for the recovery report: state groups, rates, breakdowns, cohorts, pending ages."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from recycle_engine.money import Money, currency_exponent
+from recycle_engine.money import Money
 
 __all__ = [
     "AGE_BUCKETS",
     "CHECKPOINT_DAYS",
-    "DETAIL_COLUMNS",
     "STATE_GROUPS",
     "Breakdown",
     "activity_summary",
 ]
-__all__ += ["age_bucket", "amount_summary", "breakdown", "checkpoint", "cohort_table", "count_summary"]
-__all__ += ["detail_rows", "median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
+__all__ += [
+    "age_bucket",
+    "amount_summary",
+    "breakdown",
+    "breakdowns",
+    "checkpoint",
+    "cohort_table",
+    "count_summary",
+]
+__all__ += ["median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
 __all__ += ["with_periods"]
 
 # domain.md section 10: the unit is the hand-off, and FAILED (never accepted) stays outside every rate.
@@ -54,9 +61,12 @@ def _grouped_sum(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.
     return frame.groupby(keys, dropna=False, sort=True)[values].sum().reset_index()
 
 
-def _rates(recovered: pd.Series[int], denominator: pd.Series[int]) -> pd.Series[float]:
-    # NaN where there is nothing to divide by, as rate() does.
-    return recovered.astype("float64") / denominator.where(denominator > 0).astype("float64")
+def _rates(recovered: Any, denominator: Any) -> np.ndarray[Any, np.dtype[np.float64]]:
+    # NaN where there is nothing to divide by, as rate() does; numpy, as in _split().
+    numerator, divisor = np.asarray(recovered, dtype="float64"), np.asarray(denominator, dtype="float64")
+    out = np.full(len(numerator), np.nan)
+    np.divide(numerator, divisor, out=out, where=divisor > 0)
+    return out
 
 
 def _split(values: pd.Series[int], by: pd.Series[Any], labels: dict[str, str]) -> dict[str, Any]:
@@ -92,8 +102,9 @@ def count_summary(facts: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         | _split(n, _reversals(facts), REVERSALS)
     )
     out = wide.groupby(by, dropna=False, sort=True)[columns[len(by) : -2]].sum().reset_index()
-    out["rate_to_date"] = _rates(out["recovered"], out["recovered"] + out["lost"] + out["pending"])
-    out["rate_settled"] = _rates(out["recovered"], out["recovered"] + out["lost"])
+    recovered, lost, pending = (out[c].to_numpy() for c in ("recovered", "lost", "pending"))
+    out["rate_to_date"] = _rates(recovered, recovered + lost + pending)
+    out["rate_settled"] = _rates(recovered, recovered + lost)
     return out[columns]
 
 
@@ -115,7 +126,7 @@ def amount_summary(facts: pd.DataFrame, by: list[str], *, fee_percent: Decimal |
     out.insert(
         len(keys) + 3, "submitted_minor", out["recovered_minor"] + out["lost_minor"] + out["pending_minor"]
     )
-    out["rate_by_amount"] = _rates(out["recovered_minor"], out["submitted_minor"])
+    out["rate_by_amount"] = _rates(out["recovered_minor"].to_numpy(), out["submitted_minor"].to_numpy())
     if fee_percent is not None:
         out["fee_minor"] = [
             Money(int(m), str(c)).percent_of(fee_percent)
@@ -151,7 +162,8 @@ def reason_key(text: object) -> str:
 
 @dataclass(frozen=True)
 class Breakdown:
-    """One breakdown table: count rows per key (top `limit`), their amounts, and how many keys are hidden."""
+    """One breakdown table: count rows per key (top `limit`), the amounts of those keys, and how many
+    keys are hidden."""
 
     name: str
     counts: pd.DataFrame
@@ -159,25 +171,69 @@ class Breakdown:
     hidden: int
 
 
+def _text(value: object, missing: str) -> str:
+    """A key as text, `missing` when there is none (as fillna(missing).astype(str) makes it)."""
+    if isinstance(value, str):
+        return value
+    absent = (
+        value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+    )
+    return missing if absent else str(value)
+
+
+def breakdowns(frame: pd.DataFrame, names: Sequence[str], *, limit: int = 20) -> dict[str, Breakdown]:
+    """Counts and amounts per key of each breakdown in `names`, from rows `breakdown, key, code, state,
+    currency, n, amount_minor`; slots in ladder order, the rest by hand-offs. Reasons are keyed by
+    reason_key() and their response code, other keys as text ("(unknown)" when missing).
+
+    One count per key for every breakdown at once (their count_summary() calls cost more than their
+    rows), and amounts only for the keys listed."""
+    rows = frame[frame["breakdown"].isin(list(names))]
+    is_reason = (rows["breakdown"] == "reason").to_numpy()
+    keys, codes = rows["key"].tolist(), rows["code"].tolist()
+    f = rows.assign(
+        key=[
+            reason_key(k) if reason else _text(k, UNKNOWN_KEY)
+            for k, reason in zip(keys, is_reason, strict=True)
+        ],
+        code=[_text(c, "") if reason else "" for c, reason in zip(codes, is_reason, strict=True)],
+    )
+    by = ["breakdown", "key", "code"]
+    every_count = count_summary(f, by)
+    listed: dict[str, pd.DataFrame] = {}
+    hidden: dict[str, int] = {}
+    for name, counts in every_count.groupby("breakdown", sort=False):
+        counts = counts.drop(columns="breakdown")
+        if name == "slot":
+            order = {s: i for i, s in enumerate(SLOT_ORDER)}
+            counts = counts.assign(_o=counts["key"].map(order).fillna(len(order)))
+            counts = counts.sort_values(["_o", "key"]).drop(columns="_o")
+        else:
+            counts = counts.sort_values(["handoffs", "key", "code"], ascending=[False, True, True])
+        hidden[str(name)] = max(0, len(counts) - limit)
+        listed[str(name)] = counts.head(limit).reset_index(drop=True)
+    if listed:
+        shown = [c[["key", "code"]].assign(breakdown=n) for n, c in listed.items()]
+        f = f.merge(pd.concat(shown, ignore_index=True), on=by)
+    every_amount = amount_summary(f, by)
+    amounts = dict(iter(every_amount.groupby("breakdown", sort=False)))
+    out = {}
+    for name in names:
+        if name not in listed:  # no hand-off this month: the empty tables, with their columns
+            empty = f.iloc[:0]
+            out[name] = Breakdown(
+                name, count_summary(empty, ["key", "code"]), amount_summary(empty, ["key", "code"]), 0
+            )
+            continue
+        part = amounts[name].drop(columns="breakdown").reset_index(drop=True)
+        out[name] = Breakdown(name, listed[name], part, hidden[name])
+    return out
+
+
 def breakdown(frame: pd.DataFrame, name: str, *, limit: int = 20) -> Breakdown:
-    """Counts and amounts per key of one breakdown; slots in ladder order, the rest by hand-offs."""
-    f = frame.copy()
-    if name == "reason":
-        f["key"] = f["key"].map(reason_key)
-        f["code"] = f["code"].fillna("").astype(str)
-    else:
-        f["key"] = f["key"].fillna(UNKNOWN_KEY).astype(str)
-        f["code"] = ""
-    counts = count_summary(f, ["key", "code"])
-    if name == "slot":
-        order = {s: i for i, s in enumerate(SLOT_ORDER)}
-        counts = counts.assign(_o=counts["key"].map(order).fillna(len(order))).sort_values(["_o", "key"])
-        counts = counts.drop(columns="_o")
-    else:
-        counts = counts.sort_values(["handoffs", "key", "code"], ascending=[False, True, True])
-    hidden = max(0, len(counts) - limit)
-    counts = counts.head(limit).reset_index(drop=True)
-    return Breakdown(name, counts, amount_summary(f, ["key", "code"]), hidden)
+    """Counts and amounts per key of one breakdown, from rows `key, code, state, currency, n,
+    amount_minor` (see breakdowns())."""
+    return breakdowns(frame.assign(breakdown=name), [name], limit=limit)[name]
 
 
 # --- cohorts -------------------------------------------------------------------------------------
@@ -187,12 +243,16 @@ def _age(cohort: str, day: date) -> int:
     return (day - date.fromisoformat(cohort)).days
 
 
-def _ages(facts: pd.DataFrame, day: date) -> pd.Series[int]:
-    return pd.Series([_age(str(c), day) for c in facts["cohort"]], index=facts.index, dtype="int64")
+def _ages(facts: pd.DataFrame, day: date) -> np.ndarray[Any, np.dtype[np.int64]]:
+    ages = {c: _age(c, day) for c in set(facts["cohort"].astype(str))}
+    return np.array([ages[str(c)] for c in facts["cohort"]], dtype="int64")
 
 
-def _recovered_by(facts: pd.DataFrame, n_days: int) -> pd.Series[bool]:
-    return (facts["state"] == "APPROVED") & (facts["recovery_day"].fillna(10**6).clip(lower=0) <= n_days)
+def _recovered_on(facts: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Per row: the day of the window its hand-offs were approved on (0 when before it opened), or
+    infinity when they were not; a row is recovered by day N when this is at most N."""
+    window_day = facts["recovery_day"].fillna(10**6).clip(lower=0).to_numpy(dtype="float64")
+    return np.where((facts["state"] == "APPROVED").to_numpy(), window_day, np.inf)
 
 
 def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd.DataFrame:
@@ -205,12 +265,16 @@ def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd
     if table.empty:
         return table.assign(age_days=[], status=[], **{f"share_d{n}": [] for n in CHECKPOINT_DAYS})
     table["age_days"] = [_age(c, day) for c in table["cohort"]]
-    denominators = table.set_index("cohort")[["recovered", "lost", "pending"]].sum(axis=1)
-    for n in CHECKPOINT_DAYS:
-        hits = facts[_recovered_by(facts, n)].groupby("cohort")["n"].sum()
-        table[f"share_d{n}"] = [
-            rate(int(hits.get(c, 0)), int(denominators[c])) if age >= n else float("nan")
-            for c, age in zip(table["cohort"], table["age_days"], strict=True)
+    row_of = {c: i for i, c in enumerate(table["cohort"])}
+    rows = np.array([row_of[c] for c in facts["cohort"]], dtype="int64")
+    n, recovered_on = facts["n"].to_numpy(dtype="int64"), _recovered_on(facts)
+    denominators = table[["recovered", "lost", "pending"]].to_numpy().sum(axis=1)
+    ages = table["age_days"].to_numpy()
+    for day_n in CHECKPOINT_DAYS:
+        hits = np.bincount(rows, weights=np.where(recovered_on <= day_n, n, 0), minlength=len(table))
+        table[f"share_d{day_n}"] = [
+            rate(int(h), int(d)) if age >= day_n else float("nan")
+            for h, d, age in zip(hits, denominators, ages, strict=True)
         ]
     table["status"] = [
         "final" if pending == 0 else ("in progress" if age <= window_days else "window closed")
@@ -223,7 +287,7 @@ def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFr
     """The day-N checkpoint per cohort (at least N days old) and currency: share recovered within N days."""
     f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
     f = f[_ages(f, day) >= n_days]
-    hit = _recovered_by(f, n_days)
+    hit = _recovered_on(f) <= n_days
     f = f.assign(hit_n=f["n"].where(hit, 0), hit_minor=f["amount_minor"].where(hit, 0))
     out = _grouped_sum(f, ["cohort", "currency"], ["n", "amount_minor", "hit_n", "hit_minor"])
     out["share_count"] = [rate(h, n) for h, n in zip(out["hit_n"], out["n"], strict=True)]
@@ -234,13 +298,13 @@ def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFr
 def recovery_curve(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> list[tuple[int, float]]:
     """Pooled share recovered by day N of the window, N = 0..window, over cohorts at least N days old."""
     f = facts[facts["state"].map(STATE_GROUPS) != "failed"]
-    ages = _ages(f, day)
+    n, ages, recovered_on = f["n"].to_numpy(dtype="int64"), _ages(f, day), _recovered_on(f)
     points: list[tuple[int, float]] = []
-    for n in range(window_days + 1):
-        eligible = f[ages >= n]
-        total = int(eligible["n"].sum())
+    for day_n in range(window_days + 1):
+        eligible = ages >= day_n
+        total = int(n[eligible].sum())
         if total:
-            points.append((n, rate(int(eligible[_recovered_by(eligible, n)]["n"].sum()), total)))
+            points.append((day_n, rate(int(n[eligible & (recovered_on <= day_n)].sum()), total)))
     return points
 
 
@@ -278,61 +342,3 @@ def pending_by_age(frame: pd.DataFrame) -> pd.DataFrame:
     out["order"] = out["bucket"].map({b: i for i, b in enumerate(AGE_BUCKETS)})
     out["overdue"] = out["bucket"] == AGE_BUCKETS[-1]
     return out.sort_values(["order", "currency"]).drop(columns="order").reset_index(drop=True)
-
-
-# --- detail rows ---------------------------------------------------------------------------------
-
-DETAIL_COLUMNS: Final = (
-    "submission_id source order_id purchase_id transaction_id slot attempt gateway_id declining_gateway_id "
-    "amount currency state outcome_source created_at submitted_at outcome_at expires_at decline_code "
-    "decline_reason"
-).split()
-
-
-def _decimal_texts(minor: pd.Series[int], currency: pd.Series[str]) -> pd.Series[str]:
-    """Minor units as decimal text in each row's currency ("40.00", "5000" for JPY), vectorised."""
-    out = pd.Series("", index=minor.index, dtype="object")
-    for code in currency.unique():
-        rows = currency == code
-        exp = currency_exponent(str(code))
-        m = minor[rows].astype("int64")
-        sign = m.lt(0).map({True: "-", False: ""})
-        whole = (m.abs() // 10**exp).astype(str)
-        out[rows] = sign + whole + ("." + (m.abs() % 10**exp).astype(str).str.zfill(exp) if exp else "")
-    return out
-
-
-def _offset_text(minutes: float) -> str:
-    whole = int(minutes)
-    sign = "+" if whole >= 0 else "-"
-    return f"{sign}{abs(whole) // 60:02d}:{abs(whole) % 60:02d}"
-
-
-def _local_isos(values: pd.Series[Any], tz: ZoneInfo) -> pd.Series[str]:
-    """Instants as local ISO 8601 with offset to the second ("2026-06-12T02:00:00-04:00"); "" when none.
-
-    Vectorised: the wall time is numpy's ISO text, the offset one of the zone's few texts per row."""
-    instants = pd.to_datetime(values, utc=True)
-    wall = instants.dt.tz_convert(tz).dt.tz_localize(None)
-    minutes = (wall - instants.dt.tz_localize(None)) / pd.Timedelta(minutes=1)
-    offsets = minutes.map({m: _offset_text(m) for m in minutes.dropna().unique()})
-    stamps = pd.Series(np.datetime_as_string(wall.to_numpy("datetime64[s]"), unit="s"), index=values.index)
-    return (stamps + offsets).where(instants.notna(), "")
-
-
-def _spreadsheet_safe(text: object) -> str:
-    # Decline texts come from processors; a leading = + - @ would run as a formula in a spreadsheet.
-    if not isinstance(text, str):
-        return ""
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-def detail_rows(chunk: pd.DataFrame, tz: ZoneInfo) -> pd.DataFrame:
-    """One chunk of detail rows for the CSV: decimal amounts, local ISO times with offset."""
-    out = chunk.copy()
-    out["amount"] = _decimal_texts(out["amount_minor"], out["currency"])
-    for col in ("created_at", "submitted_at", "outcome_at", "expires_at"):
-        out[col] = _local_isos(out[col], tz)
-    out["attempt"] = [("" if pd.isna(a) else str(int(a))) for a in out["attempt"]]
-    out["decline_reason"] = [_spreadsheet_safe(t) for t in out["decline_reason"]]
-    return out[list(DETAIL_COLUMNS)]

@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BREAKDOWNS",
-    "breakdown_stmt",
+    "SAVES",
+    "breakdowns_stmt",
     "cohort_facts_stmt",
     "decline_cohort_stmt",
     "fetch_cohorts",
-    "saves_by_cycle_stmt",
 ]
 
 # The breakdown tables of the report, in order, with their titles (rollup_repo.BREAKDOWN_NAMES keys).
@@ -37,6 +37,7 @@ BREAKDOWNS: Final = {
     "card_brand": "Card brand",
     "card_bin": "Card BIN",
 }
+SAVES: Final = "cycle"  # the rollups' breakdown of recycle hand-offs by billing cycle: the saves table
 
 
 def _totals(n: Any, amount: Any) -> list[Any]:
@@ -78,29 +79,25 @@ def decline_cohort_stmt(bounds: ReportBounds) -> Query:
     )
 
 
-def _by_key(bounds: ReportBounds, name: str) -> Query:
+def breakdowns_stmt(bounds: ReportBounds) -> Query:
+    """Month-to-date hand-offs of every breakdown of the report (BREAKDOWNS) and of the recycle saves
+    ("cycle": recycle hand-offs only, no reruns or cascades, by billing cycle as text), by breakdown,
+    key (`key`, plus the response code for reasons), state and currency: one statement for all seven."""
     b = BreakdownRollup
-    keys = [b.breakdown_key, b.code, b.state, b.currency]
+    keys = [b.breakdown, b.breakdown_key, b.code, b.state, b.currency]
     return (
         select(
-            b.breakdown_key.label("key"), b.code, b.state, b.currency, *_totals(b.handoffs, b.amount_minor)
+            b.breakdown,
+            b.breakdown_key.label("key"),
+            b.code,
+            b.state,
+            b.currency,
+            *_totals(b.handoffs, b.amount_minor),
         )
-        .where(b.breakdown == name, b.day >= bounds.month_first, b.day <= bounds.day)
+        .where(b.breakdown.in_([*BREAKDOWNS, SAVES]), b.day >= bounds.month_first, b.day <= bounds.day)
         .group_by(*keys)
         .order_by(*keys)
     )
-
-
-def breakdown_stmt(bounds: ReportBounds, name: str) -> Query:
-    """Month-to-date hand-offs grouped by one breakdown key (plus the response code for reasons)."""
-    if name not in BREAKDOWNS:
-        raise ValueError(f"unknown breakdown {name!r}")
-    return _by_key(bounds, name)
-
-
-def saves_by_cycle_stmt(bounds: ReportBounds) -> Query:
-    """Month-to-date recycle hand-offs (no reruns or cascades) by billing cycle (as text), state, currency."""
-    return _by_key(bounds, "cycle")
 
 
 def fetch_cohorts(conn: Connection, stmt: Query) -> pd.DataFrame:

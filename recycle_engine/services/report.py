@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,18 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
-from reports import lift, lift_queries, queries, reconciliation, recovery, render, rollup_queries, saves, svg
+from reports import (
+    detail,
+    lift,
+    lift_queries,
+    queries,
+    reconciliation,
+    recovery,
+    render,
+    rollup_queries,
+    saves,
+    svg,
+)
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -43,6 +55,27 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
 
     Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
     when the database fails and RecycleEngineError when the files cannot be written."""
+    with _long_lived_objects_frozen():
+        return _run_report(settings, engine, day=day, now=now)
+
+
+@contextmanager
+def _long_lived_objects_frozen() -> Iterator[None]:
+    # A report allocates a few hundred thousand short-lived rows, frames and strings; each full
+    # collection they trigger would also walk every object of the imported libraries (some 100,000,
+    # a tenth of the report's time). Those are kept out of the collector until the report is done,
+    # unless the process froze objects of its own already.
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) -> ReportResult:
     windows = [g.flexfactor.expiry_days for g in settings.flexfactor_gateways() if g.flexfactor]
     window = max(windows, default=21)
     bounds = queries.ReportBounds.for_day(day, settings.timezone, now, window_days=window)
@@ -55,8 +88,8 @@ def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) 
         refreshed = refresh_rollups(engine, settings.timezone, now=now)
         with _snapshot(engine) as conn:
             frames = _load(conn, bounds, run_id)
-            chunks = (recovery.detail_rows(c, bounds.tz) for c in queries.detail_chunks(conn, bounds))
-            csv_rows = render.write_csv(csv_path, chunks, recovery.DETAIL_COLUMNS)
+            rows = detail.detail_rows(queries.fetch_detail(conn, bounds), bounds.tz)
+            csv_rows = render.write_csv(csv_path, rows, detail.DETAIL_COLUMNS)
         context, counts = _context(frames, settings, bounds)
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
@@ -91,19 +124,16 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
     frames = {
         "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
         "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
-        "saves": queries.fetch(conn, rollup_queries.saves_by_cycle_stmt(b)),
+        "breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
         "webhooks": queries.fetch(conn, queries.webhooks_stmt(b)),
         "jobs": queries.fetch(conn, queries.job_runs_stmt(b, exclude_run=run_id)),
-        "exceptions": pd.concat(
-            [queries.fetch(conn, queries.exception_stmt(b, k)) for k in queries.EXCEPTION_KINDS],
-            ignore_index=True,
+        "exceptions": queries.fetch_all(
+            conn, [queries.exception_stmt(b, k) for k in queries.EXCEPTION_KINDS]
         ),
     }
-    for name in rollup_queries.BREAKDOWNS:
-        frames[f"by_{name}"] = queries.fetch(conn, rollup_queries.breakdown_stmt(b, name))
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
     # The checks of the night that opened the day and of the night after it: the morning report of
     # day D is read after the check of night D+1, which is the one the billing team needs first.
@@ -133,11 +163,13 @@ def _context(
     prev_day, next_day = b.day - timedelta(days=1), b.day + timedelta(days=1)
     present = set(render.existing_reports(settings.reports.output_dir))
 
+    by_key = frames["breakdowns"]
     breakdowns = []
-    for name, title in rollup_queries.BREAKDOWNS.items():
-        part = recovery.breakdown(frames[f"by_{name}"], name)
+    for name, part in recovery.breakdowns(by_key, list(rollup_queries.BREAKDOWNS)).items():
         rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
+        title = rollup_queries.BREAKDOWNS[name]
         breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
+    cycles = by_key[by_key["breakdown"] == rollup_queries.SAVES].drop(columns="breakdown")
 
     context: dict[str, Any] = {
         "day": b.day,
@@ -155,7 +187,7 @@ def _context(
         "breakdowns": breakdowns,
         "cohorts": render.attach_amounts(cohorts, recovery.amount_summary(facts, ["cohort"]), ["cohort"]),
         "decline_cohorts": _decline_cohorts(frames["decline_facts"]),
-        "saves": render.attach_amounts(*saves.saves_by_cycle(frames["saves"]), ["cycle"]),
+        "saves": render.attach_amounts(*saves.saves_by_cycle(cycles), ["cycle"]),
         "checkpoint_days": recovery.CHECKPOINT_DAYS,
         "day10": render.records(recovery.checkpoint(facts, day=b.day, n_days=10)),
         "median_days": recovery.median_recovery_days(month),

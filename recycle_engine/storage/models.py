@@ -235,7 +235,7 @@ class Handoff(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     flexfactor_order_id: Mapped[str | None] = mapped_column(String(64), index=True)
     vendor_status: Mapped[str | None] = mapped_column(String(24))
-    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    outcome_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     outcome_source: Mapped[str | None] = mapped_column(String(8))
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -252,8 +252,22 @@ class Handoff(Base):
         Index(None, "created_at"),
         # The report: FAILED hand-offs of its range, open ones by expiry, late approvals (migration 0006).
         Index(None, "state", "created_at"),
-        Index(None, "state", "expires_at"),
         Index(None, "late_outcome", "outcome_at"),
+        # The report's open hand-offs by age and the day's outcomes read these indexes alone, not the
+        # table: each holds every column those statements read (migration 0007). Reconcile's open
+        # hand-offs past expiry and the report's nearing expiry use the first two columns.
+        Index(
+            "ix_handoffs_state_expires_at_cover",
+            "state",
+            "expires_at",
+            "submitted_at",
+            "created_at",
+            "currency",
+            "amount_minor",
+        ),
+        Index(
+            "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
+        ),
         Index(
             "ix_handoffs_flagged_created_at",
             "created_at",
@@ -303,9 +317,13 @@ class HandoffEvent(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[str | None] = mapped_column(Text)
     dedupe_key: Mapped[str | None] = mapped_column(String(200), unique=True)
-    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)  # report: touched on a day
-    # The report's exceptions of one kind (amount mismatches) over its range (migration 0006).
-    __table_args__ = (Index(None, "kind", "occurred_at"),)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        # The report's exceptions of one kind (amount mismatches) over its range (migration 0006).
+        Index(None, "kind", "occurred_at"),
+        # The report's hand-offs touched on a day, from this index alone (migration 0007).
+        Index(None, "occurred_at", "handoff_id"),
+    )
 
 
 class WebhookDelivery(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import re
 import uuid
@@ -309,6 +310,21 @@ def test_given_settings_when_run_report_is_called_from_the_cli_then_it_prints_th
     assert (tmp_path / "out" / "recovery-2026-06-12.csv").is_file()
 
 
+def test_given_a_report_when_it_runs_then_the_garbage_collector_is_left_as_it_was(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # given: objects the report keeps out of the collector while it runs
+    settings = settings_for(tmp_path, sqlite_url)
+    engine = make_engine(sqlite_url)
+    seed(engine)
+    # when
+    run_report(settings, engine, day=DAY, now=NOW)
+    engine.dispose()
+    # then
+    assert gc.get_freeze_count() == 0
+    assert gc.isenabled()
+
+
 def test_given_a_bad_date_when_run_report_is_called_then_it_exits_with_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "report", "--date", "12/06/2026", "--config", "x.yaml"])
     assert result.exit_code == 2
@@ -341,14 +357,13 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     statements = [
         rollup_queries.cohort_facts_stmt(bounds),
         rollup_queries.decline_cohort_stmt(bounds),
-        rollup_queries.breakdown_stmt(bounds, "reason"),
-        rollup_queries.saves_by_cycle_stmt(bounds),
+        rollup_queries.breakdowns_stmt(bounds),
         queries.activity_stmt(bounds),
         queries.open_by_age_stmt(bounds, "postgresql"),
         queries.nearing_expiry_stmt(bounds),
         queries.webhooks_stmt(bounds),
         queries.job_runs_stmt(bounds),
-        queries.detail_stmt(bounds),
+        queries.detail_stmt(bounds, "postgresql"),
         *(queries.exception_stmt(bounds, k) for k in queries.EXCEPTION_KINDS),
     ]
     # when: sequential scans are priced out, a usable index is always taken

@@ -75,16 +75,11 @@ def differences(conn: Connection, tz: ZoneInfo, bounds: ReportBounds) -> list[st
             rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(bounds)),
             direct.decline_cohort_facts(conn, bounds),
         ),
-        "cycles": (
-            fetch(conn, rollup_queries.saves_by_cycle_stmt(bounds)),
-            direct.breakdown(conn, bounds, "cycle"),
-        ),
     }
-    for name in rollup_queries.BREAKDOWNS:
-        pairs[name] = (
-            fetch(conn, rollup_queries.breakdown_stmt(bounds, name)),
-            direct.breakdown(conn, bounds, name),
-        )
+    by_key = fetch(conn, rollup_queries.breakdowns_stmt(bounds))
+    for name in [*rollup_queries.BREAKDOWNS, rollup_queries.SAVES]:
+        ours = by_key[by_key["breakdown"] == name].drop(columns="breakdown").reset_index(drop=True)
+        pairs[name] = (ours, direct.breakdown(conn, bounds, name))
     found += [name for name, (ours, theirs) in pairs.items() if rows_of(ours) != rows_of(theirs)]
     return found
 

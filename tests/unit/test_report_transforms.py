@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -10,11 +12,14 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from recycle_engine.domain.outcomes import amount_mismatch
-from reports import reconciliation, recovery, render, saves, svg
+from reports import detail, queries, reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
+NEW_YORK = ZoneInfo("America/New_York")
 NAN = float("nan")
 
 
@@ -294,6 +299,47 @@ def test_given_many_keys_then_the_breakdown_keeps_the_largest_and_counts_the_res
     assert out.hidden == 3
 
 
+def test_given_several_breakdowns_in_one_frame_then_each_table_is_the_one_it_would_be_alone() -> None:
+    # given: the rows of three breakdowns as breakdowns_stmt returns them, one with no rows
+    slots = breakdown_rows(
+        ("4-6", None, "APPROVED", "USD", 2, 200), ("final", None, "DECLINED", "EUR", 1, 50)
+    )
+    reasons = breakdown_rows(
+        ("Do Not Honor", "05", "APPROVED", "USD", 1, 100), ("do not honor", "05", "PENDING", "JPY", 4, 900)
+    )
+    gateways = breakdown_rows(*[(f"gw-{i}", None, "APPROVED", "USD", i, 10 * i) for i in range(1, 5)])
+    frame = pd.concat(
+        [
+            slots.assign(breakdown="slot"),
+            reasons.assign(breakdown="reason"),
+            gateways.assign(breakdown="declining_gateway"),
+        ],
+        ignore_index=True,
+    )
+    # when
+    out = recovery.breakdowns(frame, ["slot", "reason", "declining_gateway", "card_bin"], limit=2)
+    # then
+    alone = {
+        "slot": recovery.breakdown(slots, "slot", limit=2),
+        "reason": recovery.breakdown(reasons, "reason", limit=2),
+        "declining_gateway": recovery.breakdown(gateways, "declining_gateway", limit=2),
+    }
+    for name, table in alone.items():
+        pd.testing.assert_frame_equal(out[name].counts, table.counts)
+        pd.testing.assert_frame_equal(out[name].amounts, table.amounts)
+        assert out[name].hidden == table.hidden
+    assert out["declining_gateway"].amounts["key"].tolist() == ["gw-3", "gw-4"]  # the listed keys only
+    assert out["card_bin"].counts.empty
+    assert out["card_bin"].amounts.empty
+    assert list(out["card_bin"].counts.columns) == list(out["slot"].counts.columns)
+
+
+def test_given_no_hand_off_this_month_then_every_breakdown_is_an_empty_table() -> None:
+    frame = breakdown_rows().assign(breakdown=[])
+    out = recovery.breakdowns(frame, ["slot", "reason"])
+    assert [(t.counts.empty, t.amounts.empty, t.hidden) for t in out.values()] == [(True, True, 0)] * 2
+
+
 # --- reconciliation --------------------------------------------------------------------------------
 
 
@@ -486,39 +532,51 @@ def test_given_job_runs_then_durations_and_counts_are_readable() -> None:
 # --- detail rows, formatting, charts ---------------------------------------------------------------
 
 
+def a_detail_row(**values: Any) -> tuple[Any, ...]:
+    """A row as queries.detail_stmt returns it: None where not given."""
+    return tuple(values.get(c) for c in detail.SOURCE_COLUMNS)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_given_the_detail_statement_then_its_columns_are_the_ones_the_csv_rows_unpack(dialect: str) -> None:
+    bounds = queries.ReportBounds.for_day(DAY, NEW_YORK, datetime(2026, 6, 13, 10, tzinfo=UTC))
+    assert list(queries.detail_stmt(bounds, dialect).selected_columns.keys()) == detail.SOURCE_COLUMNS
+
+
 def test_given_detail_rows_then_amounts_are_decimal_text_and_times_local_with_offset() -> None:
     # given
     at = datetime(2026, 6, 12, 6, tzinfo=UTC)
-    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
-    chunk = pd.DataFrame(
-        [
-            row | {"amount_minor": 2999, "currency": "USD", "created_at": at, "attempt": 4.0},
-            row
-            | {"amount_minor": 5000, "currency": "JPY", "created_at": at, "decline_reason": "=HYPERLINK(1)"},
-            row
-            | {"amount_minor": 1234, "currency": "BHD", "created_at": at, "decline_reason": "Do Not Honor"},
-        ]
-    )
+    rows = [
+        a_detail_row(amount_minor=2999, currency="USD", created_at=at, attempt=4),
+        a_detail_row(amount_minor=5000, currency="JPY", created_at=at, decline_reason="=HYPERLINK(1)"),
+        a_detail_row(amount_minor=1234, currency="BHD", created_at=at, decline_reason="Do Not Honor"),
+    ]
     # when
-    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York"))
+    out = [dict(zip(detail.DETAIL_COLUMNS, r, strict=True)) for r in detail.detail_rows(rows, NEW_YORK)]
     # then
-    assert list(out.columns) == recovery.DETAIL_COLUMNS
-    assert out["amount"].tolist() == ["29.99", "5000", "1.234"]
-    assert out["created_at"].iloc[0] == "2026-06-12T02:00:00-04:00"
-    assert out["outcome_at"].iloc[0] == ""
-    assert out["attempt"].tolist() == ["4", "", ""]
-    assert out["decline_reason"].tolist() == ["", "'=HYPERLINK(1)", "Do Not Honor"]
+    assert [r["amount"] for r in out] == ["29.99", "5000", "1.234"]
+    assert out[0]["created_at"] == "2026-06-12T02:00:00-04:00"
+    assert out[0]["outcome_at"] == ""
+    assert [r["attempt"] for r in out] == ["4", "", ""]
+    assert [r["decline_reason"] for r in out] == ["", "'=HYPERLINK(1)", "Do Not Honor"]
 
 
 @pytest.mark.parametrize(
     ("instant", "text"),
     [
         pytest.param("2026-11-01 05:30:00.000000", "2026-11-01T01:30:00-04:00", id="sqlite-text-before-fold"),
+        pytest.param("2026-11-01 06:30:59.999999", "2026-11-01T01:30:59-05:00", id="sqlite-text-in-fold"),
+        pytest.param("2026-06-12 06:00:05", "2026-06-12T02:00:05-04:00", id="sqlite-text-no-fraction"),
+        pytest.param("2026-06-12T06:00:05+00:00", "2026-06-12T02:00:05-04:00", id="other-text"),
         pytest.param(
             datetime(2026, 11, 1, 6, 30, tzinfo=UTC), "2026-11-01T01:30:00-05:00", id="repeated-hour"
         ),
         pytest.param(
             datetime(2026, 3, 8, 7, 0, 59, 999999, tzinfo=UTC), "2026-03-08T03:00:59-04:00", id="spring"
+        ),
+        pytest.param(datetime(2026, 3, 8, 6, 59, 59), "2026-03-08T01:59:59-05:00", id="naive-utc"),
+        pytest.param(
+            datetime(1850, 1, 1, 12, 0, 30, tzinfo=UTC), "1850-01-01T07:04:28-04:56:02", id="local-mean-time"
         ),
     ],
 )
@@ -526,12 +584,29 @@ def test_given_detail_times_as_either_database_returns_them_then_they_are_local_
     instant: object, text: str
 ) -> None:
     # given: SQLite returns the stored UTC text, PostgreSQL aware datetimes
-    row = {c: None for c in recovery.DETAIL_COLUMNS if c != "amount"}
-    chunk = pd.DataFrame([row | {"amount_minor": -1, "currency": "USD", "created_at": instant}])
+    row = a_detail_row(amount_minor=-1, currency="USD", created_at=instant)
     # when
-    out = recovery.detail_rows(chunk, ZoneInfo("America/New_York")).iloc[0]
+    out = dict(zip(detail.DETAIL_COLUMNS, next(detail.detail_rows([row], NEW_YORK)), strict=True))
     # then: as datetime.isoformat(timespec="seconds") writes it
     assert (out["created_at"], out["submitted_at"], out["amount"]) == (text, "", "-0.01")
+
+
+@given(
+    seconds=st.integers(min_value=-2_500_000_000, max_value=4_000_000_000),
+    zone=st.sampled_from(["America/New_York", "Europe/London", "Asia/Kathmandu", "Australia/Lord_Howe"]),
+    as_text=st.booleans(),
+)
+def test_given_any_instant_then_its_local_text_is_what_datetime_writes(
+    seconds: int, zone: str, as_text: bool
+) -> None:
+    # given: instants near one another share the cache of their minute
+    tz = ZoneInfo(zone)
+    times = detail.LocalTimes(tz)
+    for step in (0, 1, 59, 60, 1799, 3600):
+        instant = datetime.fromtimestamp(seconds + step, UTC).replace(microsecond=250_000)
+        value: object = instant.replace(tzinfo=None).isoformat(" ") if as_text else instant
+        # when, then
+        assert times.text(value) == instant.astimezone(tz).isoformat(timespec="seconds")
 
 
 @pytest.mark.parametrize(
@@ -547,6 +622,60 @@ def test_given_minor_units_then_money_is_shown_in_its_currency(
     minor: int | None, currency: str, text: str
 ) -> None:
     assert render.fmt_money(minor, currency) == text
+
+
+@given(
+    rows=st.lists(
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.text(alphabet=st.sampled_from(list("ab ,\"\r\n'=é"))),
+                st.integers(-5, 5),
+            ),
+            min_size=3,
+            max_size=3,
+        ),
+        max_size=6,
+    )
+)
+def test_given_any_cells_then_the_csv_is_what_the_csv_module_writes(
+    tmp_path_factory: Any, rows: list[Any]
+) -> None:
+    # given
+    path = tmp_path_factory.mktemp("csv") / "rows.csv"
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\n").writerows([["a", "b", "c"], *rows])
+    # when
+    count = render.write_csv(path, rows, ["a", "b", "c"])
+    # then
+    assert path.read_bytes().decode("utf-8") == expected.getvalue()
+    assert count == len(rows)
+
+
+def test_given_a_frame_then_its_records_hold_the_values_to_dict_gives_with_instants_as_datetime() -> None:
+    # given: every kind of column the report's frames have, with missing values
+    at = datetime(2026, 6, 12, 6, 30, tzinfo=UTC)
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2],
+            "share": [0.5, NAN],
+            "late": [True, False],
+            "text": ["a", None],
+            "day": [date(2026, 6, 12), None],
+            "at": [at, None],
+        }
+    )
+    # when
+    rows = render.records(frame)
+    # then
+    expected = frame.to_dict("records")
+    assert [list(r) for r in rows] == [list(r) for r in expected]
+    for row, want in zip(rows, expected, strict=True):
+        for name, value in row.items():
+            assert type(value) is (datetime if name == "at" and value is not pd.NaT else type(want[name]))
+            assert value == want[name] or (pd.isna(value) and pd.isna(want[name]))
+    assert rows[0]["at"] == at
+    assert render.records(frame.iloc[:0]) == []
 
 
 def test_given_an_undefined_rate_then_it_shows_a_dash() -> None:
