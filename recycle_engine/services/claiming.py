@@ -31,7 +31,7 @@ from recycle_engine.services.due_attempts import (
     plan_due,
 )
 from recycle_engine.settings import Settings
-from recycle_engine.storage.bulk_rows import insert_rows, update_columns
+from recycle_engine.storage.bulk_rows import columns_of, insert_rows, update_columns
 from recycle_engine.storage.handoff_repo import insert_events
 from recycle_engine.storage.holdout_repo import assignment_row, record_assignments
 from recycle_engine.storage.models import Attempt, Handoff, Subscription
@@ -162,10 +162,10 @@ def _claim_chunk(
     insert_rows(conn, Handoff, c.handoffs)
     insert_events(conn, c.events)
     handed = {"recycle_last_ran_on": today, "next_attempt": None, "next_attempt_on": None, "updated_at": now}
-    update_columns(conn, Subscription, "id", _columns(c.handed), handed)
+    update_columns(conn, Subscription, "id", columns_of(c.handed), handed)
     insert_rows(conn, Attempt, c.attempts)
     record_assignments(conn, c.assignments)
-    update_columns(conn, Subscription, "id", _columns(c.moved), {"updated_at": now})
+    update_columns(conn, Subscription, "id", columns_of(c.moved), {"updated_at": now})
     apply_ladder_steps(conn, c.steps, now=now, run_id=run_id)
     apply_failures(conn, c.failures, now=now, run_id=run_id, reason="RECYCLE_ENDED", source="SUBMIT")
     record_changes(
@@ -190,11 +190,6 @@ def _claim_chunk(
         conn, c.approvals, now=now, run_id=run_id, reason="RECYCLE_APPROVED", source="SUBMIT"
     )
     return len(rows)
-
-
-def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Rows of the same keys, column by column."""
-    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
 def _plan_one(

@@ -66,6 +66,7 @@ def staged_chunks(
                 with collection_deferred():
                     kind, payload = receiver.recv()
             except EOFError:
+                child.join()  # its end of the pipe closes as it exits: wait for its exit code
                 raise RecycleEngineError(
                     f"{path}: the feed checker stopped unexpectedly (exit code {child.exitcode}); "
                     "nothing after the chunks already written was stored"

@@ -24,6 +24,7 @@ __all__ = [
     "BoundRows",
     "OnConflict",
     "bind_rows",
+    "columns_of",
     "dialect_insert",
     "insert_bound",
     "insert_columns",
@@ -79,12 +80,17 @@ def insert_columns(
     insert_bound(conn, model, bind_rows(conn.dialect, model, columns), on_conflict)
 
 
+def columns_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows given as dicts (all with the same keys), column by column."""
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
 def insert_rows(
     conn: Connection, model: Any, rows: Sequence[Mapping[str, Any]], on_conflict: OnConflict | None = None
 ) -> None:
     """INSERT rows given as dicts (all with the same keys) as one set; see insert_bound."""
     if rows:
-        insert_columns(conn, model, {key: [row[key] for row in rows] for key in rows[0]}, on_conflict)
+        insert_columns(conn, model, columns_of(rows), on_conflict)
 
 
 def insert_bound(
@@ -123,14 +129,15 @@ def insert_returning(
     if not rows:
         return []
     table: Table = model.__table__
-    stmt = on_conflict(dialect_insert(conn, model))
+    keys = [table.c[k] for k in returning]
     if conn.dialect.name == "postgresql":
-        bound = bind_rows(conn.dialect, model, {key: [row[key] for row in rows] for key in rows[0]})
+        bound = bind_rows(conn.dialect, model, columns_of(rows))
         staged = _staged(conn, table, bound)
         stmt = on_conflict(dialect_insert(conn, model).from_select(list(bound.keys), select(*staged.c)))
-        return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)))]
+        return [tuple(row) for row in conn.execute(stmt.returning(*keys))]
     # SQLite's executemany returns no rows: SQLAlchemy batches the rows into multi-row statements.
-    return [tuple(row) for row in conn.execute(stmt.returning(*(table.c[k] for k in returning)), list(rows))]
+    stmt = on_conflict(dialect_insert(conn, model))
+    return [tuple(row) for row in conn.execute(stmt.returning(*keys), list(rows))]
 
 
 def update_columns(

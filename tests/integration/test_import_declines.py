@@ -105,11 +105,16 @@ def rejects_of(result: ImportResult) -> dict[int, str]:
         return {int(row["line"]): row["reason"] for row in csv.DictReader(handle)}
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def feed_settings(tmp_path: Path) -> Settings:
+    """SETTINGS_YAML loaded (its database URL unused: tests pass their own engine)."""
     path = tmp_path / "settings.yaml"
     path.write_text(SETTINGS_YAML.format(db_url=f"sqlite:///{tmp_path / 'unused.db'}"), encoding="utf-8")
     return load_settings(path, FLEXFACTOR_ENV)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return feed_settings(tmp_path)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ checker that fails or dies mid-file loses nothing (what was written stays, a rer
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,6 @@ import pytest
 from sqlalchemy import Engine, select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.config import load_settings
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.services import decline_effects
 from recycle_engine.services.decline_effects import ImportSession
@@ -23,13 +23,7 @@ from recycle_engine.services.import_declines import import_declines
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Change, Customer, Decline, JobRun, Order, Subscription
-from tests.integration.test_import_declines import (
-    FLEXFACTOR_ENV,
-    SETTINGS_YAML,
-    a_decline,
-    a_new_sale,
-    write_feed,
-)
+from tests.integration.test_import_declines import a_decline, a_new_sale, feed_settings, write_feed
 
 CHUNK = 8  # rows per transaction: a 60-row feed spans chunks of 1, 2, 4 and then 8 rows
 
@@ -81,9 +75,7 @@ def snapshot(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    path = tmp_path / "settings.yaml"
-    path.write_text(SETTINGS_YAML.format(db_url=f"sqlite:///{tmp_path / 'unused.db'}"), encoding="utf-8")
-    return load_settings(path, FLEXFACTOR_ENV)
+    return feed_settings(tmp_path)
 
 
 @pytest.fixture
@@ -186,5 +178,8 @@ def test_given_a_feed_unreadable_midway_when_checked_ahead_then_the_input_error_
     lines[39] = lines[39].replace("Insufficient", '"Insufficient', 1)
     feed.write_text("".join(lines), encoding="utf-8")
     # when
-    with pytest.raises(InputError, match="unreadable CSV after line"):
+    with pytest.raises(InputError, match=r"unreadable CSV after line (\d+)") as raised:
         import_declines(feed, settings=settings, engine=engine, clock=clock, chunk_rows=CHUNK)
+    # then: the line named is before the broken one, at the start of the chunk that could not be read
+    named = int(re.search(r"after line (\d+)", str(raised.value)).group(1))  # type: ignore[union-attr]
+    assert 1 <= named < 40
