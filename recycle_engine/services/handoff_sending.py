@@ -41,6 +41,8 @@ MAX_RESENDS = 3
 LOOKUP_LEASE = timedelta(minutes=10)  # a lookup pass holds its hand-offs this long at most
 LOOKUP_CHUNK = 100  # unanswered hand-offs claimed for lookup at once
 _WAIT_FOR_CLAIMS_S = 0.05  # nothing to send yet while a claim is being written
+_POOLS_PER_LEASE = 4  # a lease holds this many pool-fulls of hand-offs (at most batch_size)
+_MIN_LEASE = 32
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,9 @@ def send_pending(
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
     then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
     report = SendReport()
+    # Leased a few pool-fulls at a time, not a whole batch: when the night runs out each worker holds
+    # at most two leases, so workers finish together instead of one sending its last thousand alone.
+    lease_size = min(batch_size, max(_POOLS_PER_LEASE * concurrency, _MIN_LEASE))
     skip: set[str] = {g for g in _gateways_pending(engine) if g not in clients} | set(skip_gateways)
     report.skipped_gateways |= skip
     inflight: list[tuple[list[SendItem], list[Future[SendResult]]]] = []
@@ -184,7 +189,7 @@ def send_pending(
                     now=now,
                     lease_until=now + lease,
                     run_id=run_id,
-                    limit=batch_size,
+                    limit=lease_size,
                     exclude_gateways=skip,
                     only_ids=only_ids,
                 )
