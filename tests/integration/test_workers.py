@@ -188,12 +188,24 @@ def test_given_a_worker_killed_mid_run_when_the_night_runs_again_after_its_lease
 def _a_worker_once_sending(proc: subprocess.Popen[bytes], sandbox: Sandbox) -> psutil.Process:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+        workers = _workers_of(psutil.Process(proc.pid))
         if len(workers) == 4 and len(sandbox.evaluates()) > 300:
             return workers[0]
         assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
         time.sleep(0.2)
     raise AssertionError("the workers never started sending")
+
+
+def _workers_of(command: psutil.Process) -> list[psutil.Process]:
+    # Forked by the command's fork server (or, where there is none, spawned by the command itself).
+    workers = []
+    for child in command.children():
+        line = " ".join(child.cmdline())
+        if "forkserver" in line:
+            workers += child.children()
+        elif "spawn_main" in line:
+            workers.append(child)
+    return workers
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
