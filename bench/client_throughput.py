@@ -16,6 +16,7 @@ CPU is time.process_time() of this process (the sandbox runs in its own). Prints
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import subprocess
 import sys
@@ -188,6 +189,30 @@ def baseline_arm(base_url: str, workers: int, seconds: float, template: dict[str
             session.post(url, json=fresh(template), headers=headers, timeout=(5, 30)).raise_for_status()
 
         return drive(call, workers, seconds)
+
+
+def baseline_processes(
+    base_url: str, processes: int, workers: int, seconds: float, template: dict[str, Any]
+) -> Run:
+    """baseline_arm in `processes` processes at once (as many as a run has workers), summed: what bare
+    clients get from the same sandbox at the same total concurrency. CPU is the processes' own."""
+    start_at = time.time() + 1.0 + 0.3 * processes  # past every process's start-up
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes) as pool:
+        runs = pool.starmap(_baseline_at, [(base_url, workers, seconds, template, start_at)] * processes)
+    return Run(
+        sum(r.calls for r in runs),
+        sum(r.errors for r in runs),
+        max(r.wall_s for r in runs),
+        sum(r.cpu_s for r in runs),
+    )
+
+
+def _baseline_at(
+    base_url: str, workers: int, seconds: float, template: dict[str, Any], start_at: float
+) -> Run:
+    time.sleep(max(0.0, start_at - time.time()))
+    return baseline_arm(base_url, workers, seconds, template)
 
 
 def main() -> None:

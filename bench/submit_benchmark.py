@@ -9,8 +9,9 @@ kept between runs unless --rebuild), then:
   bare        requests.Session POSTs of /evaluate to the same sandbox at the same concurrency for a
               fixed time (bench/client_throughput.py's baseline arm), CPU of this process
   engine      `python -m recycle_engine run submit --at NIGHT` as a child process, timed end to end;
-              CPU from os.wait4 (the child and anything it waited for), peak RSS from
-              /proc VmHWM of the child and its workers
+              CPU from os.wait4 (the child and anything it waited for) plus the workers' fork server
+              (its own CPU and its reaped workers', as last read while the command ran), peak RSS
+              from /proc VmHWM of the child and its workers
 
 Hand-offs per second is the run's FlexFactor hand-offs over the run's whole wall time (selection,
 processor attempts and recording included). The sandbox runs in its own process on the same machine and
@@ -248,7 +249,8 @@ def run_submit_process(settings_path: Path, box: Sandbox, *, workers: int = 1) -
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
         peaks: dict[int, int] = {}
-        watcher = threading.Thread(target=_watch_peaks, args=(process.pid, peaks), daemon=True)
+        unwaited: dict[int, float] = {}
+        watcher = threading.Thread(target=_watch_peaks, args=(process.pid, peaks, unwaited), daemon=True)
         watcher.start()
         _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
@@ -261,13 +263,13 @@ def run_submit_process(settings_path: Path, box: Sandbox, *, workers: int = 1) -
     if process.returncode != 0:
         raise SystemExit(f"run submit failed ({process.returncode}):\n{errors[-3000:]}")
     largest, total = (max(peaks.values()), sum(peaks.values())) if peaks else (0, 0)
-    return SubmitRun(
-        wall, usage.ru_utime + usage.ru_stime, largest / 1024, total / 1024, _counts(text), sandbox_cpu
-    )
+    cpu = usage.ru_utime + usage.ru_stime + sum(unwaited.values())
+    return SubmitRun(wall, cpu, largest / 1024, total / 1024, _counts(text), sandbox_cpu)
 
 
-def _watch_peaks(pid: int, peaks: dict[int, int]) -> None:
-    """Peak RSS (VmHWM, kB) of `pid` and its descendants, read until `pid` exits.
+def _watch_peaks(pid: int, peaks: dict[int, int], unwaited: dict[int, float]) -> None:
+    """Peak RSS (VmHWM, kB) of `pid` and its descendants, read until `pid` exits; and the CPU seconds
+    of its fork server, which `pid` never waits for (so os.wait4 misses it and the workers it reaped).
 
     Not rusage's ru_maxrss: Linux charges a child with its parent's RSS at fork, so that figure would
     be this benchmark's own peak whenever it is the larger."""
@@ -278,6 +280,13 @@ def _watch_peaks(pid: int, peaks: dict[int, int]) -> None:
             finished = root.status() == psutil.STATUS_ZOMBIE
         except psutil.Error:
             return
+        for child in family[1:]:
+            try:
+                if child.ppid() == pid and "forkserver" in " ".join(child.cmdline()):
+                    t = child.cpu_times()
+                    unwaited[child.pid] = t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
         for member in family:
             try:
                 with open(f"/proc/{member.pid}/status", encoding="ascii") as status:
