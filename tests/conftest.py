@@ -153,3 +153,9 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
 def pg_url(pg_template: str) -> Iterator[str]:
     """A freshly migrated PostgreSQL database only."""
     yield from _fresh_pg(pg_template)
+
+
+@pytest.fixture
+def pg_twin_url(pg_template: str) -> Iterator[str]:
+    """A second fresh PostgreSQL database, for comparing two ways of running one night."""
+    yield from _fresh_pg(pg_template)

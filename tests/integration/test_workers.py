@@ -1,5 +1,7 @@
 """`run submit --workers N` on PostgreSQL against a sandbox process: one hand-off per due attempt, even
-when a worker is killed; SQLite refuses more than one worker.
+when a worker is killed or two commands (two hosts) run the night at once, and the same book as one
+worker writes; SQLite refuses more than one worker, and two single-worker runs at once still hand each
+attempt off once there too.
 
 The night of issue 7 (20,000 hand-offs, four workers) takes about 50 s here on two cores; a smaller one
 for a quick look: RECYCLE_ENGINE_WORKERS_TEST_HANDOFFS=4000 .venv/bin/pytest tests/integration/test_workers.py
@@ -7,6 +9,7 @@ for a quick look: RECYCLE_ENGINE_WORKERS_TEST_HANDOFFS=4000 .venv/bin/pytest tes
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,7 +28,7 @@ import requests
 from sqlalchemy import func, select
 
 from recycle_engine.storage.db import make_engine
-from recycle_engine.storage.models import Attempt, Handoff, JobRun
+from recycle_engine.storage.models import Attempt, Handoff, JobRun, Order, Subscription
 from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -206,6 +209,110 @@ def _workers_of(command: psutil.Process) -> list[psutil.Process]:
         elif "spawn_main" in line:
             workers.append(child)
     return workers
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_given_one_night_in_two_books_when_one_worker_runs_one_and_two_hosts_the_other_then_the_books_agree(
+    tmp_path: Path, pg_url: str, pg_twin_url: str, sandbox: Sandbox
+) -> None:
+    # given: the same night (2,000 hand-offs, 200 processor attempts) in two books, a sandbox for each
+    second = Sandbox(latency_ms=0)
+    try:
+        (tmp_path / "one").mkdir()
+        (tmp_path / "hosts").mkdir()
+        one = _book(tmp_path / "one", pg_url, sandbox, handoffs=2000, charges=200, concurrency=8)
+        hosts = _book(tmp_path / "hosts", pg_twin_url, second, handoffs=2000, charges=200, concurrency=8)
+        # when: one command with one worker runs the first; two commands started together, as two
+        # hosts would, two workers each, run the second
+        single = _cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", "1", env=one)
+        together = [
+            _cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", "2", env=hosts) for _ in "ab"
+        ]
+        for proc in (single, *together):
+            _out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()[-3000:]
+        # then: each attempt reached its sandbox once, and both books read the same, counts included
+        _each_attempt_handed_off_once(pg_url, sandbox, 2000, 200)
+        _each_attempt_handed_off_once(pg_twin_url, second, 2000, 200)
+        assert _night_as_written(pg_twin_url) == _night_as_written(pg_url)
+        runs, counts = _runs_and_counts(pg_twin_url)
+        assert (runs, counts) == (2, _runs_and_counts(pg_url)[1])
+        assert counts["selected"] == 2200
+    finally:
+        second.close()
+
+
+@pytest.mark.slow
+def test_given_two_runs_started_at_once_then_each_due_attempt_is_handed_off_once(
+    tmp_path: Path, db_url: str, sandbox: Sandbox
+) -> None:
+    # given: a night of 1,500 hand-offs and 150 processor attempts
+    env = _book(tmp_path, db_url, sandbox, handoffs=1500, charges=150, concurrency=8)
+    # when: two single-worker runs of the night are started together (a double-fired scheduler)
+    procs = [_cli("run", "submit", "--at", NIGHT.isoformat(), env=env) for _ in "ab"]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    # then: the runs split the night between them; no attempt was charged or handed off twice
+    _each_attempt_handed_off_once(db_url, sandbox, 1500, 150)
+    runs, counts = _runs_and_counts(db_url)
+    assert runs == 2
+    assert counts["selected"] == 1650
+    assert counts["sent"] == 1500
+
+
+def _night_as_written(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """The book after a night, without what differs by chance (generated ids, times, run ids)."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        book = {
+            "subscriptions": select(
+                Subscription.id,
+                Subscription.status,
+                Subscription.billing_cycle,
+                Subscription.recycle_last_attempt,
+                Subscription.recycle_last_ran_on,
+                Subscription.next_attempt,
+                Subscription.next_attempt_on,
+                Subscription.open_handoff_id.is_(None),
+                Subscription.failure_cause,
+            ),
+            "handoffs": select(
+                Handoff.purchase_id,
+                Handoff.attempt,
+                Handoff.slot,
+                Handoff.gateway_id,
+                Handoff.amount_minor,
+                Handoff.currency,
+                Handoff.state,
+            ),
+            "attempts": select(
+                Attempt.subscription_id,
+                Attempt.attempt,
+                Attempt.gateway_id,
+                Attempt.amount_minor,
+                Attempt.result,
+            ),
+            "orders": select(Order.id, Order.purchase_id, Order.status, Order.amount_minor),
+        }
+        written = {name: sorted(tuple(row) for row in conn.execute(stmt)) for name, stmt in book.items()}
+    engine.dispose()
+    assert all(written.values())
+    return written
+
+
+def _runs_and_counts(url: str) -> tuple[int, Counter[str]]:
+    """How many submit runs there were, and their counts summed."""
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(JobRun.status, JobRun.counts).where(JobRun.job == "submit")).all()
+    engine.dispose()
+    assert {r.status for r in rows} == {"SUCCEEDED"}
+    total: Counter[str] = Counter()
+    for row in rows:
+        total.update(json.loads(row.counts))
+    return len(rows), total
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
