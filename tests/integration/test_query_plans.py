@@ -1,6 +1,6 @@
 """Query plans of a real night on a 200,000-subscription PostgreSQL book: indexes, never a scan of the book.
 
-Every SELECT and UPDATE that submit and reconcile send is EXPLAINed at the moment it runs, with its own
+Every SELECT and UPDATE that submit, reconcile and the day's report send is EXPLAINed at the moment it runs, with its own
 parameters, in its own transaction (a listener on the engine), so the plans are those the night gets on
 a book whose statistics are fresh (the builder ends with VACUUM ANALYZE). No planner setting is changed:
 at this size a sequential scan of subscriptions, declines or handoffs costs visibly more than an index,
@@ -26,6 +26,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.reconcile import run_reconcile
+from recycle_engine.services.report import run_report
 from recycle_engine.services.submit import due_rows, run_submit
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
@@ -146,12 +147,16 @@ def test_given_a_big_book_when_a_night_and_its_reconcile_run_then_no_statement_s
     later = NIGHT + timedelta(days=1, hours=1)
     requests.post(f"{sandbox.admin_url}/clock", json={"now": later.isoformat(), "frozen": True}, timeout=30)
     run_reconcile(settings, engine, flexfactor_clients(settings, FixedClock(later)), at=later, now=later)
+    # and the report of the night's day, after it
+    reported_from = len(plans)
+    run_report(settings, engine, day=book.today, now=later)
     engine.dispose()
     # then: the night did its work, and nothing it ran read a big table from end to end
     assert result.counts["handoffs_created"] == book.due_flexfactor
     assert result.counts["charged"] == book.due_processor
     scanning = [p for p in plans if p.seq_scans() & _must_not_scan(p)]
     assert scanning == [], _report(scanning)
+    assert len(plans) > reported_from  # the report's reads were planned too
     used = set().union(*(p.index_names() for p in plans))
     assert {
         "ix_subscriptions_status_next_attempt_on_id",  # the due page
