@@ -392,3 +392,59 @@ def test_given_a_handoff_still_at_work_when_reconcile_polls_it_then_the_event_re
     assert result.counts["polled"] == 1
     assert (event.state_after, event.source) == ("SUBMITTED", "POLL")
     assert (h.state, h.poll_count, h.next_poll_at) == ("SUBMITTED", 1, later + timedelta(days=1))
+
+
+# Runs around New York's clock changes: (instant, the attempts it newly runs as "subscription#attempt").
+SPRING_NIGHTS = [
+    (datetime(2026, 3, 8, 4, 30, tzinfo=UTC), {"s-0307#2"}),  # 23:30 EST on 7 March: the UTC date is the 8th
+    (datetime(2026, 3, 8, 7, 30, tzinfo=UTC), {"s-0308#2"}),  # 03:30 EDT on the 8th, clocks just went forward
+    (datetime(2026, 3, 9, 3, 59, tzinfo=UTC), set()),  # 23:59 EDT on the 8th: nothing due on the 9th runs
+]
+AUTUMN_NIGHTS = [
+    (datetime(2026, 11, 1, 3, 30, tzinfo=UTC), {"s-1031#2"}),  # 23:30 EDT on 31 October
+    (datetime(2026, 11, 1, 6, 30, tzinfo=UTC), {"s-1101#2"}),  # 01:30 EST on 1 November, the repeated hour
+    (datetime(2026, 11, 2, 4, 30, tzinfo=UTC), set()),  # 23:30 EST on the 1st
+    # Midnight EST: the 2nd begins, and with it the 31st's attempt 4 (2 days on, attempt 3 skipped).
+    (datetime(2026, 11, 2, 5, 0, tzinfo=UTC), {"s-1102#2", "s-1031#4"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("due", "nights"),
+    [
+        ([date(2026, 3, 7), date(2026, 3, 8), date(2026, 3, 9)], SPRING_NIGHTS),
+        ([date(2026, 10, 31), date(2026, 11, 1), date(2026, 11, 2)], AUTUMN_NIGHTS),
+    ],
+    ids=["spring-forward", "fall-back"],
+)
+def test_given_attempts_due_around_a_clock_change_when_runs_fall_either_side_of_local_midnight_then_each_runs_on_its_new_york_day(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox, due: list[date], nights: list[Any]
+) -> None:
+    # given: an attempt 2 (on the declining gateway) due on each of three New York dates
+    settings, engine = world
+    for day in due:
+        sub = f"s-{day:%m%d}"
+        decline = a_decline(
+            transaction_id=f"txn-{sub}", order_id=f"ord-{sub}", purchase_id=sub, customer_id=f"c-{sub}"
+        )
+        insert_recycling(
+            engine,
+            decline,
+            last_attempt=1,
+            last_ran_on=day - timedelta(days=1),
+            next_attempt=2,
+            next_attempt_on=day,
+        )
+    done: set[str] = set()
+    for at, expected in nights:
+        _admin(sandbox, "clock", {"now": at.isoformat(), "frozen": True})
+        # when: the night runs at this instant
+        result = _submit(settings, engine, at)
+        # then: exactly the attempts due by the run's New York date ran (charged or handed off)
+        with engine.connect() as conn:
+            charged = conn.execute(select(Attempt.subscription_id, Attempt.attempt)).all()
+            handed_off = conn.execute(select(Handoff.purchase_id, Handoff.attempt)).all()
+        now_done = {f"{sub}#{n}" for sub, n in [*charged, *handed_off]}
+        assert now_done - done == expected, at
+        assert result.counts["selected"] == len(expected)
+        done = now_done
