@@ -17,6 +17,7 @@ __all__ = [
     "Source",
     "State",
     "advance",
+    "may_overwrite",
 ]
 
 
@@ -99,6 +100,14 @@ def advance(state: State, event: Event) -> State:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise IllegalTransition(f"hand-off in {state} cannot take {event}") from None
+
+
+def may_overwrite(current: State, new: State) -> bool:
+    """Whether `new` may be written over `current`: a move the table allows, or a repeat. A state read
+    before another writer recorded a final outcome (a poll racing a webhook) must not undo it."""
+    if current in OPEN_STATES or new == current:
+        return True
+    return any(TRANSITIONS.get((current, event)) == new for event in Event)
 
 
 def state_for_event(event: Event) -> State | None:

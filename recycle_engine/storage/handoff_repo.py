@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Connection, bindparam, or_, select, update
 
-from recycle_engine.domain.states import State
+from recycle_engine.domain.states import State, may_overwrite
 from recycle_engine.storage.bulk_rows import insert_rows, update_columns
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from recycle_engine.storage.outcome_queue import enqueue, news_of
@@ -22,6 +23,12 @@ __all__ = [
     "insert_events",
     "lease_unsent",
 ]
+
+log = logging.getLogger(__name__)
+
+# The columns that say where a hand-off stands; an update that may not move its state leaves them all.
+_STANDING: Final = frozenset({"state", "vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
+_LOCK_CHUNK: Final = 1000
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class HandoffUpdate:
     event_kind: str
     source: str
     detail: str | None = None
+    kept_state: str | None = None  # set when the hand-off's recorded outcome stands over `values`
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -153,7 +161,10 @@ def claim_unanswered(
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
     """Write new hand-off values and append their events; one set-based update per column set.
 
-    A move into a final outcome state queues the outcome for applying, in the same transaction."""
+    A move into a final outcome state queues the outcome for applying, in the same transaction. A state
+    the lifecycle does not allow over the recorded one (SUBMITTED read by a poll before a webhook
+    recorded APPROVED) is not written; the update's other values and its event are."""
+    updates = _lawful(conn, updates)
     enqueue(conn, [n for u in updates if (n := news_of(u.id, u.values, now)) is not None])
     groups: dict[tuple[str, ...], list[HandoffUpdate]] = {}
     for u in updates:
@@ -169,7 +180,7 @@ def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: da
                 "handoff_id": u.id,
                 "kind": u.event_kind,
                 "source": u.source,
-                "state_after": u.values.get("state", State.PENDING.value),
+                "state_after": u.kept_state or u.values.get("state", State.PENDING.value),
                 "flexfactor_order_id": u.values.get("flexfactor_order_id"),
                 "vendor_status": u.values.get("vendor_status"),
                 "detail": u.detail,
@@ -178,3 +189,30 @@ def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: da
             for u in updates
         ],
     )
+
+
+def _lawful(conn: Connection, updates: Sequence[HandoffUpdate]) -> list[HandoffUpdate]:
+    """The updates as they may be written over the states recorded now, read under a row lock on
+    PostgreSQL so that no other writer moves them before this transaction writes (on SQLite the
+    transaction already holds the only write lock)."""
+    ids = sorted({u.id for u in updates if "state" in u.values})
+    recorded: dict[str, str] = {}
+    for start in range(0, len(ids), _LOCK_CHUNK):
+        stmt = select(Handoff.id, Handoff.state).where(Handoff.id.in_(ids[start : start + _LOCK_CHUNK]))
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        recorded.update((row.id, row.state) for row in conn.execute(stmt))
+    lawful: list[HandoffUpdate] = []
+    for u in updates:
+        new, now_in = u.values.get("state"), recorded.get(u.id)
+        if new is None or now_in is None or may_overwrite(State(now_in), State(new)):
+            lawful.append(u)
+            continue
+        log.info(
+            "recorded outcome kept",
+            extra={"handoff": u.id, "recorded": now_in, "read": new, "source": u.source},
+        )
+        kept = {k: v for k, v in u.values.items() if k not in _STANDING}
+        detail = f"{u.detail or u.event_kind}; {new} not written over {now_in}, recorded first"
+        lawful.append(replace(u, values=kept, detail=detail, kept_state=now_in))
+    return lawful

@@ -21,7 +21,15 @@ from recycle_engine.services.webhook_events import store_delivery
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
-from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
+from recycle_engine.storage.models import (
+    Change,
+    Fulfillment,
+    Handoff,
+    HandoffEvent,
+    Order,
+    OutcomeQueue,
+    Subscription,
+)
 from recycle_engine.storage.outcome_queue import Pending, QueuedNews, enqueue
 from recycle_engine.storage.profile_versions import record_profile_versions
 from tests.factories import (
@@ -171,6 +179,36 @@ def test_given_the_same_news_recorded_twice_then_it_is_queued_and_applied_once(w
     assert world.queued() == []
     assert world.apply(SENT + timedelta(days=2, hours=1)) == {}
     assert world.count(Change) == changes
+
+
+def test_given_a_webhook_recorded_the_rescue_when_a_poll_read_before_it_is_written_then_the_rescue_stands(
+    world: World,
+) -> None:
+    # given: a hand-off a webhook settled as APPROVED while a poll of it was in flight
+    handoff_id = hand_off(world)
+    rescued_at = SENT + timedelta(days=2)
+    webhook(world, 1, "order.completed", rescued_at)
+    # when: the poll, which read FlexFactor still processing, records what it read
+    read = {
+        "state": "SUBMITTED",
+        "vendor_status": "Processing",
+        "next_poll_at": SENT + timedelta(days=3),
+        "last_error": None,
+    }
+    with world.engine.begin() as conn:
+        update_ = HandoffUpdate(handoff_id, read, "ACCEPTED", "POLL", "polled")
+        apply_updates(conn, [update_], now=rescued_at + timedelta(minutes=1))
+    # then: the rescue stands, queued once; the poll's event records what it read and that it was not written
+    with world.engine.connect() as conn:
+        row = conn.execute(select(Handoff).where(Handoff.id == handoff_id)).one()
+        last = conn.execute(select(HandoffEvent).order_by(HandoffEvent.id.desc()).limit(1)).one()
+    assert (row.state, row.outcome_source, row.next_poll_at) == ("APPROVED", "WEBHOOK", None)
+    assert world.queued() == [(handoff_id, "APPROVED")]
+    assert (last.kind, last.source, last.state_after) == ("ACCEPTED", "POLL", "APPROVED")
+    assert last.detail == "polled; SUBMITTED not written over APPROVED, recorded first"
+    # and the rescue is applied once
+    assert world.apply(rescued_at + timedelta(hours=1))["approved"] == 1
+    assert world.subscription().status == "ACTIVE"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from recycle_engine.domain.outcomes import (
     order_kind,
     price_after_approval,
 )
-from recycle_engine.domain.states import Source
+from recycle_engine.domain.states import Source, State, may_overwrite
 
 
 def an_outcome(**overrides: Any) -> OutcomeEffect:
@@ -268,3 +268,23 @@ def test_given_the_status_enums_then_they_carry_the_crm_spellings() -> None:
         "RECYCLE_DISABLED",
         "FLEXFACTOR_FAILED",
     ]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "allowed"),
+    [
+        (State.PENDING, State.SUBMITTED, True),
+        (State.SUBMITTED, State.APPROVED, True),
+        (State.SUBMITTED, State.PENDING, True),  # open states move freely (a lost answer looked up)
+        (State.APPROVED, State.APPROVED, True),  # a repeat of the same news
+        (State.EXPIRED, State.APPROVED, True),  # a rescue after we settled the window: real money
+        (State.APPROVED, State.SUBMITTED, False),  # a poll read before the webhook's rescue
+        (State.DECLINED, State.PENDING, False),
+        (State.APPROVED, State.CANCELLED, False),  # the table has no way back from a rescue
+        (State.FAILED, State.SUBMITTED, False),
+    ],
+)
+def test_given_a_recorded_state_then_only_moves_the_lifecycle_allows_may_overwrite_it(
+    current: State, new: State, allowed: bool
+) -> None:
+    assert may_overwrite(current, new) is allowed
