@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # The columns that say where a hand-off stands; an update that may not move its state leaves them all.
 _STANDING: Final = frozenset({"state", "vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
-_LOCK_CHUNK: Final = 1000
+_LOCK_CHUNK: Final = 256  # ids read at once: few enough that the planner reads them by primary key
 
 
 @dataclass(frozen=True)
