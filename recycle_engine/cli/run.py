@@ -1,0 +1,143 @@
+"""`run`: the nightly jobs (submit, reconcile, report)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from recycle_engine.cli.app import (
+    config_option,
+    instant,
+    main,
+    progress_printer,
+    reports_errors,
+)
+
+
+@main.group()
+def run() -> None:
+    """The nightly jobs: submit, reconcile, report."""
+
+
+@run.command("submit")
+@config_option
+@click.option(
+    "--at", "at_text", metavar="T", help="Logical time of the run (ISO 8601 with offset); default now."
+)
+@click.option("--dry-run", is_flag=True, help="Print what the run would do and write nothing.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on this host (above 1: PostgreSQL only). Hosts may run it at once on one book.",
+)
+@reports_errors
+def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
+    """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.money import Money
+    from recycle_engine.services.submit import run_submit
+    from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    at = instant(at_text) or clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        refuse_workers_on_sqlite(app.engine, workers)
+        if workers > 1 and not dry_run:
+            log_level = click.get_current_context().find_root().params["log_level"]
+            result = run_submit_workers(
+                settings, app.engine, workers=workers, at=at, clock=clock, log_level=log_level
+            )
+        else:
+            result = run_submit(
+                settings,
+                app.engine,
+                {} if dry_run else bootstrap.flexfactor_clients(settings, LogicalClock(at)),
+                bootstrap.processors(settings),
+                at=at,
+                now=clock.now(),
+                dry_run=dry_run,
+                progress=progress_printer("submit"),
+            )
+    finally:
+        app.close()
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    if dry_run:
+        click.echo(f"dry run at {at.isoformat()}: nothing was written")
+        for (slot, gateway), n in sorted(result.by_slot.items()):
+            click.echo(f"  slot {slot:6} gateway {gateway:20} {n:>8,} attempts")
+        for (gateway, currency), minor in sorted(result.amounts.items()):
+            click.echo(f"  gateway {gateway:20} {Money(minor, currency)}")
+        for row in result.preview:
+            click.echo("  " + " ".join(f"{k}={v}" for k, v in row.items()))
+    click.echo(
+        f"submit {result.run_id or '(dry run)'}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    )
+
+
+@run.command("reconcile")
+@config_option
+@click.option(
+    "--at", "at_text", metavar="T", help="Logical time of the run (ISO 8601 with offset); default now."
+)
+@reports_errors
+def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
+    """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.services.reconcile import run_reconcile
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    at = instant(at_text) or clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        result = run_reconcile(
+            settings,
+            app.engine,
+            bootstrap.flexfactor_clients(settings, LogicalClock(at)),
+            at=at,
+            now=clock.now(),
+        )
+    finally:
+        app.close()
+    click.echo(
+        f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
+    )
+
+
+@run.command("report")
+@config_option
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="D",
+    help="Local date (YYYY-MM-DD) in the settings timezone; default today.",
+)
+@reports_errors
+def run_report_cmd(config_path: Path, day: datetime | None) -> None:
+    """Render the daily recovery report for day D and print the HTML path."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.report import run_report
+
+    settings = bootstrap.load_settings_file(config_path)
+    clock = SystemClock()
+    now = clock.now()
+    app = bootstrap.build_app(settings, clock)
+    try:
+        local_day = day.date() if day else now.astimezone(settings.timezone).date()
+        result = run_report(settings, app.engine, day=local_day, now=now)
+    finally:
+        app.close()
+    click.echo(str(result.html_path))
