@@ -12,17 +12,13 @@ import multiprocessing
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
-from datetime import date, datetime
 from multiprocessing.connection import Connection
 from typing import Final
 
 from sqlalchemy import Engine
 
 from recycle_engine.errors import RecycleEngineError
-from recycle_engine.ports import ProcessorGateway
-from recycle_engine.services.claiming import claim_all
-from recycle_engine.settings import Settings
+from recycle_engine.services.claiming import NightClaim, claim_all
 
 __all__ = ["ClaimProcess", "can_claim_in_process"]
 
@@ -48,20 +44,11 @@ class _Orphaned(Exception):
 class ClaimProcess:
     """claim_all running in a forked child; `is_set()` is true while it runs (send_pending's `claiming`)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        engine: Engine,
-        processors: Mapping[str, ProcessorGateway],
-        *,
-        at: datetime,
-        today: date,
-        run_id: str,
-    ) -> None:
+    def __init__(self, night: NightClaim) -> None:
         context = multiprocessing.get_context("fork")
         self._claimed = context.Value("q", 0, lock=False)  # due rows selected so far, for progress
         self._reader, writer = context.Pipe(duplex=False)
-        args = (writer, settings, engine, processors, at, today, run_id, os.getpid())
+        args = (writer, night, os.getpid())
         self._process = context.Process(target=self._run, args=args, name="submit-claim", daemon=True)
         self._process.start()
         writer.close()  # the child holds the only writing end: EOF means it is gone
@@ -96,18 +83,8 @@ class ClaimProcess:
             self._process.kill()
         self._process.join()
 
-    def _run(
-        self,
-        results: Connection,
-        settings: Settings,
-        engine: Engine,
-        processors: Mapping[str, ProcessorGateway],
-        at: datetime,
-        today: date,
-        run_id: str,
-        parent: int,
-    ) -> None:
-        engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+    def _run(self, results: Connection, night: NightClaim, parent: int) -> None:
+        night.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
         # The claim only has to stay ahead of the sends: on a busy machine the sender, FlexFactor's
         # answers and the database go first, and the claim takes the CPU they leave.
         os.nice(_NICENESS)
@@ -120,16 +97,7 @@ class ClaimProcess:
 
         error = None
         try:
-            claim_all(
-                settings,
-                engine,
-                processors,
-                at=at,
-                today=today,
-                run_id=run_id,
-                counts=counts,
-                progress=progress,
-            )
+            claim_all(night, counts=counts, progress=progress)
         except _Orphaned:
             error = "the run that started it is gone"
         except Exception as exc:  # noqa: BLE001 - reported by the parent, which owns the run
@@ -138,4 +106,4 @@ class ClaimProcess:
             results.send((dict(counts), error))
         finally:
             results.close()
-            engine.dispose()
+            night.engine.dispose()

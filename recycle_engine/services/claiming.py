@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -46,11 +47,23 @@ from recycle_engine.storage.subscription_repo import (
     record_changes,
 )
 
-__all__ = ["Progress", "claim_all"]
+__all__ = ["NightClaim", "Progress", "claim_all"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int], None]  # (what, how many so far)
+
+
+@dataclass(frozen=True)
+class NightClaim:
+    """What claiming one night needs, whether it runs in a thread or in a process of its own."""
+
+    settings: Settings
+    engine: Engine
+    processors: Mapping[str, ProcessorGateway]
+    at: datetime  # the night's logical time, which stamps what the claim writes
+    today: date  # the night's local date: attempts due by it are claimed
+    run_id: str
 
 
 def _handoff_request(
@@ -380,29 +393,19 @@ def _plan_handoff(
     book_step(step, c.steps, c.failures)
 
 
-def claim_all(
-    settings: Settings,
-    engine: Engine,
-    processors: Mapping[str, ProcessorGateway],
-    *,
-    at: datetime,
-    today: date,
-    run_id: str,
-    counts: Counter[str],
-    progress: Progress | None,
-) -> None:
+def claim_all(night: NightClaim, *, counts: Counter[str], progress: Progress | None) -> None:
     """Claim every due attempt, a chunk per transaction (processor attempts run in the claim)."""
-    batch = settings.batching.batch_size
+    batch = night.settings.batching.batch_size
     while True:
-        with engine.begin() as conn:
+        with night.engine.begin() as conn:
             n = _claim_chunk(
                 conn,
-                settings,
-                processors,
-                today=today,
-                at=at,
-                now=at,
-                run_id=run_id,
+                night.settings,
+                night.processors,
+                today=night.today,
+                at=night.at,
+                now=night.at,
+                run_id=night.run_id,
                 limit=batch,
                 counts=counts,
             )

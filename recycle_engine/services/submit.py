@@ -19,7 +19,7 @@ from sqlalchemy import (
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.ports import FlexFactorGateway, ProcessorGateway
 from recycle_engine.services.claim_process import ClaimProcess, can_claim_in_process
-from recycle_engine.services.claiming import Progress, claim_all
+from recycle_engine.services.claiming import NightClaim, Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
 from recycle_engine.services.handoff_sending import SendReport, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
@@ -107,11 +107,8 @@ def _night(
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
     # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.
-    claim = (
-        ClaimProcess(settings, engine, processors, at=at, today=today, run_id=run_id)
-        if can_claim_in_process(engine)
-        else None
-    )
+    night = NightClaim(settings, engine, processors, at=at, today=today, run_id=run_id)
+    claim = ClaimProcess(night) if can_claim_in_process(engine) else None
     claiming_here = threading.Event()
     if claim is None:
         claiming_here.set()
@@ -143,16 +140,7 @@ def _night(
             if claim is not None:
                 counts.update(claim.result())
             else:
-                claim_all(
-                    settings,
-                    engine,
-                    processors,
-                    at=at,
-                    today=today,
-                    run_id=run_id,
-                    counts=counts,
-                    progress=progress,
-                )
+                claim_all(night, counts=counts, progress=progress)
         except BaseException:
             if claim is not None:
                 claim.stop()

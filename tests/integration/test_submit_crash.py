@@ -151,13 +151,14 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
     from recycle_engine.config import load_settings
     from recycle_engine.errors import RecycleEngineError
     from recycle_engine.services.claim_process import ClaimProcess
+    from recycle_engine.services.claiming import NightClaim
 
     settings = load_settings(
         a_settings_file(tmp_path, db_url=pg_url, base_url="http://127.0.0.1:9/v1"), SANDBOX_ENV
     )
     missing = make_engine(pg_url.rsplit("/", 1)[0] + "/re_no_such_database")
     # when
-    claim = ClaimProcess(settings, missing, {}, at=NIGHT, today=date(2026, 6, 10), run_id="r")
+    claim = ClaimProcess(NightClaim(settings, missing, {}, at=NIGHT, today=date(2026, 6, 10), run_id="r"))
     # then
     with pytest.raises(RecycleEngineError, match="claiming failed: OperationalError"):
         claim.result()
