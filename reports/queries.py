@@ -192,15 +192,18 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
         detail = Handoff.last_error
     else:
         raise ValueError(f"unknown exception kind {kind!r}")
-    return (
-        select(
-            literal(kind).label("kind"),
-            *_row_columns(),
-            detail.label("detail"),
-            func.count().over().label("total"),
-        )
+    # The count reads every match anyway, so the matches are found first, through the index of their
+    # own filter, and only they are sorted. Left to itself, PostgreSQL may instead walk the creation
+    # index over the whole history to avoid the sort (0.85 s of a 1.5 s report at 5,000,000 hand-offs).
+    matches = (
+        select(literal(kind).label("kind"), *_row_columns(), detail.label("detail"))
         .where(*where)
-        .order_by(Handoff.created_at, Handoff.id)
+        .cte(f"{kind.lower()}_matches")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    return (
+        select(matches, func.count().over().label("total"))
+        .order_by(matches.c.created_at, matches.c.handoff_id)
         .limit(EXCEPTION_ROW_LIMIT)
     )
 
