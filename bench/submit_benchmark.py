@@ -363,7 +363,7 @@ def _indent(text: str) -> str:
 # --- the benchmark ---------------------------------------------------------------------------
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
@@ -397,7 +397,7 @@ def main() -> None:
         f"\nselection of {selection.rows:,} due rows with their declines (best of 3):\n"
         f"  bare indexed SELECT, one statement      {selection.bare_s:7.3f} s\n"
         f"  engine claim pages of {args.batch_size} (locked)      {selection.engine_s:7.3f} s"
-        f"   ratio {_ratio(selection.engine_s, selection.bare_s):.2f}  (target <= 2.00)"
+        f"   ratio {ratio(selection.engine_s, selection.bare_s):.2f}  (target <= 2.00)"
     )
     template_body = body_template()
     rows: list[str] = []
@@ -419,8 +419,8 @@ def main() -> None:
                     print_outcome_plan(url, settings_path)
         rows.append(
             f"{latency:>5}ms | {run.wall_s:7.1f} {run.handoffs:>7,} {run.counts.get('charged', 0):>7,} | "
-            f"{run.per_second:8.1f} {bare.per_second:8.1f} {_ratio(run.per_second, bare.per_second):6.2f} | "
-            f"{run.cpu_per_1000:7.2f} {bare.cpu_ms_per_call:7.2f} {_ratio(run.cpu_per_1000, bare.cpu_ms_per_call):6.2f} | "
+            f"{run.per_second:8.1f} {bare.per_second:8.1f} {ratio(run.per_second, bare.per_second):6.2f} | "
+            f"{run.cpu_per_1000:7.2f} {bare.cpu_ms_per_call:7.2f} {ratio(run.cpu_per_1000, bare.cpu_ms_per_call):6.2f} | "
             f"{run.peak_rss_mb:6.0f} | {run.sandbox_cpu_s:6.1f} | {bare.errors}/{run.counts.get('unknown', 0)}"
         )
     print(

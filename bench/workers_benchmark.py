@@ -24,16 +24,19 @@ from pathlib import Path
 
 from bench.book import NIGHT, BookShape, write_settings
 from bench.client_throughput import Run, baseline_processes, body_template
-from bench.submit_benchmark import SubmitRun, book_copy, book_template, run_submit_process, sandbox
+from bench.submit_benchmark import (
+    SubmitRun,
+    book_copy,
+    book_template,
+    ratio,
+    run_submit_process,
+    sandbox,
+)
 
 
 def _bound(workers: int, concurrency: int, latency_ms: int, rate_limit: float) -> float:
     by_latency = workers * concurrency / (latency_ms / 1000) if latency_ms else float("inf")
     return min(rate_limit, by_latency)
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
 
 
 def main() -> None:
@@ -90,8 +93,8 @@ def main() -> None:
         bound = _bound(workers, args.concurrency, args.latency, args.rate_limit)
         print(
             f"{workers:>7} | {run.wall_s:7.1f} {run.handoffs:>8,} | {run.per_second:7.1f} "
-            f"{_ratio(run.per_second, base):8.2f} | {bound:7.0f} {run.per_second / bound:8.2f} | "
-            f"{bare.per_second:7.1f} {_ratio(run.per_second, bare.per_second):7.2f} | "
+            f"{ratio(run.per_second, base):8.2f} | {bound:7.0f} {run.per_second / bound:8.2f} | "
+            f"{bare.per_second:7.1f} {ratio(run.per_second, bare.per_second):7.2f} | "
             f"{run.cpu_per_1000:8.2f} {bare.cpu_ms_per_call:5.2f} | {run.sandbox_cpu_s:8.1f} "
             f"{run.peak_rss_mb:6.0f} {run.total_rss_mb:6.0f} | {load:5.2f}"
         )
