@@ -165,11 +165,11 @@ def send_pending(
     claiming: StillClaiming | None = None,
     skip_gateways: Iterable[str] = (),
 ) -> SendReport:
-    """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a batch, commit the
-    mark, call FlexFactor, record.
+    """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a few pool-fulls (at
+    most `batch_size`), commit the mark, call FlexFactor, record.
 
-    Two batches stay in flight so the HTTP pool never idles while the database records answers.
-    `after_record(conn, results)` runs inside the transaction that records a batch (ladder steps).
+    Two leases stay in flight so the HTTP pool never idles while the database records answers.
+    `after_record(conn, results)` runs inside the transaction that records a lease (ladder steps).
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
     then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
     report = SendReport()
