@@ -5,8 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Final
 
-__all__ = ["CURRENCY_EXPONENTS", "Money", "currency_exponent", "is_known_currency", "parse_minor"]
+__all__ = [
+    "CURRENCY_EXPONENTS",
+    "MAX_MINOR",
+    "AmountTooLarge",
+    "Money",
+    "currency_exponent",
+    "is_known_currency",
+    "largest_amount",
+    "parse_minor",
+]
 
 # ISO 4217 minor-unit exponents; currencies not listed here are refused rather than guessed.
 CURRENCY_EXPONENTS: dict[str, int] = {
@@ -20,6 +30,16 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     **{c: 0 for c in "JPY KRW CLP VND ISK UGX XAF XOF PYG IDR".split()},
     **{c: 3 for c in "BHD KWD OMR JOD TND".split()},
 }
+
+# The largest amount the engine accepts, in minor units (9,999,999,999.99 USD): far above any real
+# charge, far below the 64-bit columns that store it, so a typo such as 99999999999999999999 is a
+# rejected value, never an overflow in the database.
+MAX_MINOR: Final = 10**12 - 1
+
+
+class AmountTooLarge(ValueError):
+    """An amount past MAX_MINOR minor units."""
+
 
 _DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -38,9 +58,10 @@ def currency_exponent(code: str) -> int:
 
 
 def parse_minor(text: str, currency: str) -> int:
-    """Parse a major-unit decimal string ("29.99") into minor units, refusing extra precision."""
+    """Parse a major-unit decimal string ("29.99") into minor units, refusing extra precision and,
+    with AmountTooLarge, anything past MAX_MINOR (in either sign)."""
     raw = text.strip()
-    if not _DECIMAL_RE.match(raw):
+    if not _DECIMAL_RE.fullmatch(raw):
         raise ValueError(f"not a decimal amount: {raw!r}")
     exp = currency_exponent(currency)
     try:
@@ -50,7 +71,14 @@ def parse_minor(text: str, currency: str) -> int:
     scaled = value.scaleb(exp)
     if scaled != scaled.to_integral_value():
         raise ValueError(f"{raw} has more than {exp} decimal places for {currency}")
+    if abs(scaled) > MAX_MINOR:
+        raise AmountTooLarge(f"more than {largest_amount(currency)}")
     return int(scaled)
+
+
+def largest_amount(currency: str) -> str:
+    """MAX_MINOR as text in `currency`, e.g. "9999999999.99 USD"."""
+    return Money(MAX_MINOR, currency).format()
 
 
 @dataclass(frozen=True, order=True)

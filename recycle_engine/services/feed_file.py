@@ -13,6 +13,7 @@ import pandas as pd
 from recycle_engine.domain.cards import contains_pan
 from recycle_engine.errors import InputError
 from recycle_engine.services.feed_rows import OVERFLOW_PREFIX, PAN_MARKER, check_header
+from recycle_engine.services.feed_values import not_utf8_bytes
 
 __all__ = ["RejectsFile", "read_chunks", "read_header", "rejects_path_for"]
 
@@ -29,14 +30,18 @@ def rejects_path_for(path: Path) -> Path:
 def read_header(path: Path) -> list[str]:
     """The header's column names; raises InputError if unreadable or a contract column is missing."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        # Bytes that are not UTF-8 are kept as lone surrogates: a bad byte in a data row is that
+        # row's problem (feed_rows rejects it), only one in the header stops the file.
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
             first = next(csv.reader(handle), None)
     except OSError as exc:
         raise InputError(f"{path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
-    except (UnicodeDecodeError, csv.Error):
-        raise InputError(f"{path}: the header is not a UTF-8 CSV line") from None
+    except csv.Error:
+        raise InputError(f"{path}: the header is not a CSV line") from None
     if not first:
         raise InputError(f"{path}: the file is empty; a header row is required")
+    if any(not_utf8_bytes(name) or "\x00" in name for name in first):
+        raise InputError(f"{path}: the header is not UTF-8 text")
     header = [name.strip() for name in first]
     check = check_header(header)
     if check.missing:
@@ -77,6 +82,7 @@ def read_chunks(
             na_filter=False,
             skip_blank_lines=False,  # blank lines still count, so line numbers stay true
             encoding="utf-8-sig",
+            encoding_errors="surrogateescape",  # a bad byte rejects its row only (feed_rows)
             iterator=True,
         )
         with reader:

@@ -21,6 +21,7 @@ from recycle_engine.services.feed_values import (
     member,
     parse_amounts,
     parse_timestamps,
+    text_problems,
     typed_columns,
 )
 from recycle_engine.storage.models import Decline
@@ -149,10 +150,14 @@ class _Problems:
         rows: dict[int, list[str]] = {}
         for position, columns in pan_columns.items():
             rows[position] = [f"{c}: looks like a full card number (removed)" for c in sorted(columns)]
+        described: set[tuple[int, str]] = set()
         for column, flags, message in self.found:
             for position in np.flatnonzero(flags).tolist():
                 if column in pan_columns.get(position, ()):
                     continue  # never describe a card number, beyond saying it was there
+                if (position, column) in described:
+                    continue  # the first reason, e.g. a byte that is not UTF-8, explains the rest
+                described.add((position, column))
                 text = message if isinstance(message, str) else message[position]
                 rows.setdefault(position, []).append(f"{column}: {text}")
         return rows
@@ -176,6 +181,7 @@ def check_chunk(
     lines = list(range(first_line, first_line + size))
     overflow = [c for c in frame.columns if str(c).startswith(OVERFLOW_PREFIX)]
     original = frame.drop(columns=overflow).set_axis(lines, axis=0)
+    unreadable = _replace_unreadable(original)
     pan_columns = _mask_card_numbers(original)
     cells = {c: _stripped(original[c].tolist()) for c in FEED_COLUMNS}
     for column in _UPPER:
@@ -184,6 +190,8 @@ def check_chunk(
     blank = ~np.logical_or.reduce([frame[c].to_numpy() != "" for c in frame.columns])
 
     problems = _Problems()
+    for column, (flags, messages) in unreadable.items():
+        problems.add(column, flags, messages)
     if overflow:
         extra = np.logical_or.reduce([frame[c].to_numpy() != "" for c in overflow])
         problems.add("line", extra, f"more fields than the {len(original.columns)} of the header")
@@ -274,6 +282,21 @@ def _stripped(values: list[str]) -> list[str]:
     if joined.split(maxsplit=1) in ([joined], []):
         return values
     return [v.strip() for v in values]
+
+
+def _replace_unreadable(original: pd.DataFrame) -> dict[str, tuple[Flags, list[str]]]:
+    """Replace, in place, NUL characters and bytes that were not UTF-8 by U+FFFD; return, for each
+    column that had any, the rows' flags and reasons."""
+    found: dict[str, tuple[Flags, list[str]]] = {}
+    for index, column in enumerate(original.columns):
+        values = original[column].tolist()
+        messages, cleaned = text_problems(values)
+        flags = np.array(messages, dtype=object) != ""
+        if flags.any():
+            found[str(column)] = (flags, messages)
+            positions = np.flatnonzero(flags).tolist()
+            original.iloc[positions, index] = [cleaned[p] for p in positions]
+    return found
 
 
 def _mask_card_numbers(original: pd.DataFrame) -> dict[int, set[str]]:

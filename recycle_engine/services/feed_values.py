@@ -10,7 +10,7 @@ from typing import Any, Final
 import numpy as np
 
 from recycle_engine.domain.cards import contains_pan
-from recycle_engine.money import parse_minor
+from recycle_engine.money import AmountTooLarge, parse_minor
 
 __all__ = [
     "Flags",
@@ -18,8 +18,10 @@ __all__ = [
     "duplicates",
     "matching",
     "member",
+    "not_utf8_bytes",
     "parse_amounts",
     "parse_timestamps",
+    "text_problems",
     "typed_columns",
 ]
 
@@ -39,6 +41,39 @@ def card_number_positions(values: Sequence[str]) -> list[int]:
     if "\n".join(values).translate(_DIGIT_RUNS).find(_THIRTEEN_DIGITS) < 0:
         return []  # the usual case: no 13 digits anywhere in the column
     return [position for position, value in enumerate(values) if contains_pan(value)]
+
+
+# Bytes that were not UTF-8, as the surrogateescape error handler keeps them: U+DC80 to U+DCFF.
+_ESCAPED_BYTE: Final = re.compile("[\udc80-\udcff]")
+_REPLACEMENT: Final = "\ufffd"
+
+
+def not_utf8_bytes(value: str) -> list[int]:
+    """The bytes of `value` that were not UTF-8 (read with errors="surrogateescape")."""
+    return [ord(ch) - 0xDC00 for ch in _ESCAPED_BYTE.findall(value)]
+
+
+def text_problems(values: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A reason ("" if fine) for each value holding a NUL or a byte that was not UTF-8, and the values
+    with those characters replaced by U+FFFD, the form safe to write to a UTF-8 rejects file. The
+    database cannot keep either (PostgreSQL refuses NUL in text)."""
+    joined = "".join(values)
+    if "\x00" not in joined and (joined.isascii() or _ESCAPED_BYTE.search(joined) is None):
+        return [""] * len(values), list(values)  # the usual case, proved by one C-level scan
+    problems: list[str] = []
+    cleaned: list[str] = []
+    for value in values:
+        found = []
+        if "\x00" in value:
+            found.append("contains a NUL character")
+        escaped = not_utf8_bytes(value)
+        if escaped:
+            found.append(f"not UTF-8 text (byte {', '.join(f'0x{b:02X}' for b in dict.fromkeys(escaped))})")
+        problems.append("; ".join(found))
+        cleaned.append(
+            _ESCAPED_BYTE.sub(_REPLACEMENT, value.replace("\x00", _REPLACEMENT)) if found else value
+        )
+    return problems, cleaned
 
 
 def matching(values: Sequence[str], pattern: re.Pattern[str]) -> Flags:
@@ -102,6 +137,8 @@ def _minor(text: str, currency: str) -> tuple[int, str]:
         return 0, "must be a decimal amount such as 29.99"
     try:
         minor = parse_minor(text, currency)
+    except AmountTooLarge as exc:
+        return 0, str(exc)
     except ValueError:
         return 0, f"more decimal places than {currency} has"
     return minor, "" if minor > 0 else "must be more than zero"

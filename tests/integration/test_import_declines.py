@@ -194,6 +194,46 @@ def test_given_bad_rows_when_imported_then_each_is_rejected_with_its_line_and_re
     assert header == [*FEED_COLUMNS, "line", "reason"]
 
 
+def test_given_a_huge_amount_a_nul_and_a_byte_that_is_not_utf8_when_imported_then_only_those_rows_are_rejected(
+    tmp_path: Path, settings: Settings, engine: Engine, clock: FixedClock
+) -> None:
+    # given: one chunk holding a good row, then one row per fault, then another good row
+    rows = [
+        a_decline(),
+        a_decline(transaction_id="T-2", amount="99999999999999999999"),
+        a_decline(transaction_id="T-3", city="Mia@@NUL@@mi"),
+        a_decline(transaction_id="T-4", last_name="M@@BAD@@ller"),
+        a_new_sale(transaction_id="T-5", order_id="O-5", customer_id="C-5"),
+    ]
+    feed = write_feed(tmp_path / "declines.csv", rows)
+    feed.write_bytes(feed.read_bytes().replace(b"@@NUL@@", b"\x00").replace(b"@@BAD@@", b"\xfc"))
+    # when: twice, the second time nothing new
+    result = import_declines(feed, settings=settings, engine=engine, clock=clock)
+    again = import_declines(feed, settings=settings, engine=engine, clock=clock)
+    # then
+    assert (result.accepted, result.rejected) == (2, 3)
+    assert rejects_of(result) == {
+        3: "amount: more than 9999999999.99 USD",
+        4: "city: contains a NUL character",
+        5: "last_name: not UTF-8 text (byte 0xFC)",
+    }
+    assert (again.accepted, again.rejected, again.duplicates) == (0, 3, 2)
+    with engine.connect() as conn:
+        assert set(conn.scalars(select(Decline.transaction_id))) == {"T-1", "T-5"}
+        assert set(conn.scalars(select(Customer.id))) == {"C-1", "C-5"}
+
+
+def test_given_a_byte_that_is_not_utf8_in_the_header_when_imported_then_the_file_is_refused(
+    tmp_path: Path, settings: Settings, engine: Engine, clock: FixedClock
+) -> None:
+    # given
+    feed = write_feed(tmp_path / "feed.csv", [a_decline()])
+    feed.write_bytes(feed.read_bytes().replace(b"currency", b"curr\xe9ncy", 1))
+    # when / then
+    with pytest.raises(InputError, match="the header is not UTF-8 text"):
+        import_declines(feed, settings=settings, engine=engine, clock=clock)
+
+
 def test_given_an_imported_feed_when_imported_again_then_nothing_changes(
     run_import: Any, engine: Engine, clock: FixedClock
 ) -> None:

@@ -134,6 +134,12 @@ def test_given_a_good_row_when_checked_then_its_record_is_typed() -> None:
         ({"card_exp_month": "13"}, "card_exp_month: must be 1 to 12"),
         ({"order_id": ""}, "order_id: required"),
         ({"order_id": "O" * 65}, "order_id: longer than 64 characters"),
+        ({"amount": "99999999999999999999"}, "amount: more than 9999999999.99 USD"),
+        ({"amount": "10000000000"}, "amount: more than 9999999999.99 USD"),
+        ({"city": "Mia\x00mi"}, "city: contains a NUL character"),
+        ({"order_id": "O-\x00"}, "order_id: contains a NUL character"),
+        ({"last_name": "M\udcfcller"}, "last_name: not UTF-8 text (byte 0xFC)"),
+        ({"amount": "29.9\udcff"}, "amount: not UTF-8 text (byte 0xFF)"),
     ],
 )
 def test_given_a_bad_value_when_checked_then_the_row_is_rejected_with_the_reason(
@@ -251,3 +257,28 @@ def test_given_amounts_when_parsed_then_each_currency_keeps_its_minor_digits() -
     # then
     assert amounts == [10, 1000, 1234]
     assert problems == ["", "", ""]
+
+
+def test_given_a_byte_that_is_not_utf8_when_checked_then_the_rejects_frame_shows_a_replacement_character() -> (
+    None
+):
+    # when: the reader keeps such bytes as lone surrogates (errors="surrogateescape")
+    chunk = checked(a_row(transaction_id="T-0"), a_row(city="Z\udcfcrich\x00"))
+    # then
+    assert chunk.reasons == {3: ["city: contains a NUL character; not UTF-8 text (byte 0xFC)"]}
+    frame = chunk.rejects_frame()
+    assert frame["city"].tolist() == ["Z\ufffdrich\ufffd"]
+    frame.to_csv().encode("utf-8")  # writable as UTF-8
+
+
+def test_given_the_largest_amount_when_parsed_then_it_is_kept_and_one_minor_unit_more_is_refused() -> None:
+    # when
+    amounts, problems = parse_amounts(
+        ["9999999999.99", "10000000000.00", "999999999999", "1000000000000"],
+        ["USD", "USD", "JPY", "JPY"],
+        np.array([True] * 4),
+    )
+    # then
+    assert amounts[0] == 10**12 - 1
+    assert amounts[2] == 10**12 - 1
+    assert problems == ["", "more than 9999999999.99 USD", "", "more than 999999999999 JPY"]
