@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from recycle_engine.domain.cards import luhn_ok, mask
+from recycle_engine.domain.cards import mask_pans
 from recycle_engine.domain.states import Event, State
 from recycle_engine.errors import (
     FlexFactorConfigError,
@@ -327,16 +326,9 @@ def field_messages(body: FlexFactorErrorBody, path: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-_DIGIT_RUN: Final = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
-
-
 def _scrub(text: str) -> str:
     # A vendor message may echo what we sent; a card number must still never reach a log line.
-    def replace(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group())
-        return mask(digits) if luhn_ok(digits) else match.group()
-
-    return _DIGIT_RUN.sub(replace, text)
+    return mask_pans(text)
 
 
 # --- webhook events (contract 9.1) -----------------------------------------------------------------

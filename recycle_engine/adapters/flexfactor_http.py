@@ -21,7 +21,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from recycle_engine.adapters import flexfactor_codes as codes
-from recycle_engine.domain.cards import looks_like_pan
+from recycle_engine.domain.cards import contains_pan, looks_like_pan
 from recycle_engine.errors import (
     FlexFactorConfigError,
     FlexFactorConflict,
@@ -509,6 +509,15 @@ def _refuse_unsafe_body(body: Mapping[str, Any]) -> None:
     if isinstance(card_number, str) and looks_like_pan(card_number):
         # The last gate before the wire: a raw card number must never leave us (contract 5.3).
         raise InputError(f"evaluate body {body.get('orderId')!s:.64}: cardNumber looks like a card number")
+    for section in ("payer", "billingInformation"):
+        fields = body.get(section)
+        if not isinstance(fields, Mapping):
+            continue
+        for name, value in fields.items():
+            if isinstance(value, str) and contains_pan(value):
+                raise InputError(
+                    f"evaluate body {body.get('orderId')!s:.64}: {section}.{name} holds a card number"
+                )
 
 
 def _object(item: object) -> Mapping[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from recycle_engine.domain.cards import looks_like_pan
+from recycle_engine.domain.cards import contains_pan, looks_like_pan
 from recycle_engine.domain.states import Source
 from recycle_engine.errors import InputError
 
@@ -171,11 +171,24 @@ def _subscription(req: HandoffRequest) -> dict[str, Any]:
     }
 
 
+# Text fields sent in the body (payer, billingInformation, holderName, responseDescription, ids):
+# none may carry a card number, however written (domain.cards). The token has its own, stricter rule.
+_FREE_TEXT: Final = (
+    "transaction_id", "response_text", "customer_id", "email", "phone", "first_name", "last_name",
+    "address1", "address2", "city", "state", "zip", "purchase_id", "card_brand", "card_type",
+)  # fmt: skip
+
+
 def _check(req: HandoffRequest) -> None:
     # Message names the field, never its value: the value might be card data.
     if looks_like_pan(req.card_token):
         raise InputError(
             f"submission {req.submission_id}: card_token looks like a card number; only vault tokens are sent"
+        )
+    written = sorted(name for name in _FREE_TEXT if contains_pan(getattr(req, name)))
+    if written:
+        raise InputError(
+            f"submission {req.submission_id}: {', '.join(written)} hold(s) what looks like a card number"
         )
     required = {
         "submission_id": req.submission_id,

@@ -325,6 +325,34 @@ def test_given_the_vendor_cit_fixture_shape_when_our_cit_is_evaluated_then_accep
     assert answer.vendor_status is VendorStatus.CHALLENGE
 
 
+@pytest.mark.parametrize(
+    ("section", "field", "written"),
+    [
+        ("billingInformation", "addressLine2", "4539.5787.6362.1486"),
+        ("payer", "id", "4539  5787  6362  1486"),
+        (
+            "billingInformation",
+            "city",
+            "\uff14\uff15\uff13\uff19\uff15\uff17\uff18\uff17\uff16\uff13\uff16\uff12\uff11\uff14\uff18\uff16",
+        ),
+    ],
+)
+def test_given_a_card_number_in_a_billing_field_of_a_body_when_evaluated_then_nothing_is_sent(
+    sandbox: Any, client: FlexFactorClient, section: str, field: str, written: str
+) -> None:
+    # given: a body changed after it was built, past the builder's own check
+    body = a_body()
+    body[section][field] = written
+
+    # when
+    with pytest.raises(InputError, match=f"{section}.{field} holds a card number") as caught:
+        client.evaluate(body)
+
+    # then
+    assert "1486" not in str(caught.value)
+    assert _logged(sandbox, "/evaluate") == []
+
+
 def test_given_a_validation_error_when_evaluated_then_rejected_with_field_errors_and_not_retried(
     sandbox: Any, client: FlexFactorClient
 ) -> None:

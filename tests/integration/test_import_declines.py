@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -18,7 +19,9 @@ from sqlalchemy import Engine, select
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.cli import main
 from recycle_engine.config import load_settings
+from recycle_engine.domain.cards import luhn_ok
 from recycle_engine.errors import InputError
+from recycle_engine.services.demo_book import BookPlan, write_feeds
 from recycle_engine.services.feed_rows import FEED_COLUMNS, PAN_MARKER
 from recycle_engine.services.import_declines import ImportResult, import_declines
 from recycle_engine.settings import Settings
@@ -295,6 +298,28 @@ def test_given_a_card_number_in_a_token_and_in_free_text_when_imported_then_it_i
     captured = capsys.readouterr()
     for text in (stored.decode("latin-1"), rejects_text, caplog.text, captured.out, captured.err):
         assert TEST_PAN not in text
+
+
+def test_given_the_demo_book_when_imported_then_no_row_is_taken_for_a_card_number(
+    tmp_path: Path, sqlite_url: str, clock: FixedClock
+) -> None:
+    # given: the demo's own generator, at the demo's size and seed
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(root / "settings.yaml", FLEXFACTOR_ENV)
+    plan = BookPlan(subscriptions=3000, nights=30, start=date(2026, 6, 1), seed=7)
+    feeds = [path for _, path in write_feeds(plan, settings, tmp_path / "feed")]
+    tokens = [
+        row["card_token"] for path in feeds for row in csv.DictReader(path.read_text("utf-8").splitlines())
+    ]
+    luhn_runs = [t for t in tokens if any(len(r) >= 13 and luhn_ok(r) for r in re.findall(r"\d+", t))]
+    assert luhn_runs  # tokens a Luhn-only rule would take for card numbers
+    engine = make_engine(sqlite_url)
+    # when
+    results = [import_declines(feed, settings=settings, engine=engine, clock=clock) for feed in feeds]
+    engine.dispose()
+    # then
+    assert sum(r.accepted for r in results) == len(tokens)
+    assert [rejects_of(r) for r in results if r.rejected] == []
 
 
 def test_given_a_hard_decline_mapped_to_soft_when_imported_then_the_purchase_enters_recycle_billing(

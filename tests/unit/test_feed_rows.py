@@ -238,6 +238,37 @@ def test_given_a_grouped_card_number_when_scanned_then_it_is_found() -> None:
     assert positions == [1]
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("address2", "4539.5787.6362.1486"),
+        ("first_name", "4539  5787  6362  1486"),
+        (
+            "response_text",
+            "see \uff14\uff15\uff13\uff19\uff15\uff17\uff18\uff17\uff16\uff13\uff16\uff12\uff11\uff14\uff18\uff16",
+        ),
+        ("card_token", "4539/5787/6362/1486"),
+    ],
+)
+def test_given_a_card_number_behind_separators_or_in_other_digits_when_checked_then_it_is_rejected_and_masked(
+    column: str, value: str
+) -> None:
+    # when
+    chunk = checked(a_row(**{column: value}))
+    # then
+    assert chunk.reasons == {2: [f"{column}: looks like a full card number (removed)"]}
+    assert chunk.rejects_frame()[column].tolist() == [PAN_MARKER]
+
+
+def test_given_tokens_whose_digits_pass_luhn_when_checked_then_they_are_kept() -> None:
+    # when: the demo book's token shape, a letter glued to a Luhn-valid run of 14 digits
+    chunk = checked(
+        a_row(card_token="tok_r00012739561822"), a_row(transaction_id="T-2", card_token="tok_r12345639561822")
+    )
+    # then
+    assert chunk.reasons == {}
+
+
 def test_given_timestamps_when_parsed_then_offsets_are_kept_and_instants_are_utc() -> None:
     # when
     instants, offsets, problems = parse_timestamps(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -310,6 +311,21 @@ def test_given_an_error_message_echoing_a_card_number_when_parsed_then_it_is_mas
     # then
     assert "4111111111111111" not in parsed.summary()
     assert "************1111" in parsed.summary()
+
+
+@pytest.mark.parametrize("written", ["4539.5787.6362.1486", "4539  5787  6362  1486", "4539/5787/6362/1486"])
+def test_given_an_error_message_echoing_a_grouped_card_number_when_parsed_then_it_is_masked(
+    written: str,
+) -> None:
+    # given
+    raw = json.dumps({"errors": {"BillingInformation.AddressLine2": [f"'{written}' is too long"]}})
+
+    # when
+    parsed = codes.parse_error_body(400, raw)
+
+    # then
+    assert "5787" not in parsed.summary()
+    assert "************1486" in parsed.summary()
 
 
 def test_given_a_success_envelope_when_checked_then_no_business_failure() -> None:

@@ -285,6 +285,39 @@ def test_given_a_card_number_as_token_when_built_then_refused_without_echoing_it
     assert "41111111" not in str(caught.value).replace(" ", "").replace("-", "")
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("address2", "4539.5787.6362.1486"),
+        ("first_name", "4539  5787  6362  1486"),
+        (
+            "response_text",
+            "card \uff14\uff15\uff13\uff19\uff15\uff17\uff18\uff17\uff16\uff13\uff16\uff12\uff11\uff14\uff18\uff16",
+        ),
+        ("zip", "4539/5787/6362/1486"),
+    ],
+)
+def test_given_a_card_number_in_a_billing_field_when_built_then_refused_naming_the_field_only(
+    field: str, value: str
+) -> None:
+    # given
+    req = a_handoff(**{field: value})
+    # when
+    with pytest.raises(InputError) as caught:
+        build_evaluate_body(req)
+    # then
+    assert field in str(caught.value)
+    assert "1486" not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", ["tok_r00012739561822", "tok_r12345639561822"])
+def test_given_a_token_with_a_luhn_valid_digit_run_when_built_then_it_is_sent(token: str) -> None:
+    # when
+    body = build_evaluate_body(a_handoff(card_token=token))
+    # then
+    assert body["paymentMethod"]["cardNumber"] == token
+
+
 def test_given_a_request_when_printed_then_token_and_personal_data_stay_hidden() -> None:
     # given
     req = a_handoff()
