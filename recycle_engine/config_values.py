@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from recycle_engine.config_sections import Converter
 from recycle_engine.config_yaml import INVALID, _kind, _Reader
+from recycle_engine.storage.db import sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -228,6 +229,12 @@ def _database_url(r: _Reader, path: str, value: Any) -> Any:
     if backend not in ("sqlite", "postgresql"):
         r.add(path, f"the engine runs on sqlite or postgresql, not {backend}")
         return INVALID
+    if backend == "sqlite":
+        try:
+            sqlite_busy_timeout(url)
+        except ValueError as exc:
+            r.add(path, str(exc))
+            return INVALID
     database = url.database or ""
     if backend == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
         # Relative to the settings file, so the scheduler finds the same file from any working directory.

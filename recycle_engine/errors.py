@@ -6,6 +6,9 @@
     ├── NotFound                 an order, a subscription or a hand-off does not exist
     ├── IllegalTransition        a hand-off state change the lifecycle table does not allow
     ├── StorageError             the database refused or is unreachable
+    │   ├── DatabaseBusy               locked by another writer beyond the busy timeout
+    │   ├── DatabaseUnreachable        cannot connect, or the connection was lost
+    │   └── DatabaseDiskError          disk I/O error, disk full, a damaged or read-only file
     └── FlexFactorError          anything that went wrong talking to FlexFactor
         ├── FlexFactorConfigError      bad credentials (400 at /oauth2/token), 403, 405: not retried
         ├── FlexFactorNotSent          the request never left us (connect error): safe to send again
@@ -26,6 +29,9 @@ from dataclasses import dataclass, field
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "DatabaseBusy",
+    "DatabaseDiskError",
+    "DatabaseUnreachable",
     "FlexFactorConfigError",
     "FlexFactorConflict",
     "FlexFactorError",
@@ -87,6 +93,22 @@ class IllegalTransition(RecycleEngineError):
 
 class StorageError(RecycleEngineError):
     """The database failed."""
+
+
+# The three below are raised at the storage edge (storage/faults.py) in place of the driver's error,
+# with one line naming the database and what to do; what was committed stays committed.
+
+
+class DatabaseBusy(StorageError):
+    """Another process held the database's lock for longer than the busy timeout."""
+
+
+class DatabaseUnreachable(StorageError):
+    """The database could not be reached, or the connection to it was lost."""
+
+
+class DatabaseDiskError(StorageError):
+    """The database's storage failed: disk I/O error, disk full, a damaged or read-only file."""
 
 
 class FlexFactorError(RecycleEngineError):

@@ -191,7 +191,7 @@ class _Receiver:
     async def healthz(self, request: Request) -> Response:
         try:
             await run_in_threadpool(self._ping)
-        except SQLAlchemyError:
+        except (SQLAlchemyError, StorageError):
             log.warning("health check: database unavailable")
             return JSONResponse({"status": "unavailable", "database": "down"}, 503)
         return JSONResponse({"status": "ok", "database": "ok"})

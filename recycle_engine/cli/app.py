@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,11 +12,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import ConfigError, RecycleEngineError
 from recycle_engine.logs import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "settings.yaml"
 
@@ -43,7 +47,16 @@ def reports_errors(func: F) -> F:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except RecycleEngineError as exc:
+            log.debug("the command failed", exc_info=True)  # the traceback, for --log-level DEBUG
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except SQLAlchemyError as exc:
+            # A database error storage.faults does not classify: its driver's first line only, since
+            # SQLAlchemy's own text would echo the statement's values.
+            log.debug("the command failed on a database error", exc_info=True)
+            cause = getattr(exc, "orig", None) or exc
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            click.echo(f"error: database error ({type(cause).__name__}): {first}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from typing import Final
 
 from sqlalchemy import Engine
 
-from recycle_engine.errors import RecycleEngineError
+from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.services.claiming import NightClaim, claim_all
 
 __all__ = ["ClaimProcess", "can_claim_in_process"]
@@ -73,6 +73,8 @@ class ClaimProcess:
         finally:
             self._reader.close()
         self._process.join()
+        if isinstance(error, StorageError):
+            raise error
         if error:
             raise RecycleEngineError(f"claiming failed: {error}")
         return Counter(counts)
@@ -95,11 +97,13 @@ class ClaimProcess:
             if os.getppid() != parent:
                 raise _Orphaned
 
-        error = None
+        error: str | StorageError | None = None
         try:
             claim_all(night, counts=counts, progress=progress)
         except _Orphaned:
             error = "the run that started it is gone"
+        except StorageError as exc:
+            error = exc  # a database fault keeps its kind (and its one-line message) in the parent
         except Exception as exc:  # noqa: BLE001 - reported by the parent, which owns the run
             error = f"{type(exc).__name__}: {exc}"
         try:

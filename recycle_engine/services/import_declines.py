@@ -83,7 +83,7 @@ def import_declines(
 def _finish_failed(engine: Engine, run_id: str, now: datetime, counts: dict[str, int], error: str) -> None:
     try:
         finish_run(engine, run_id, now=now, counts=counts, error=error)
-    except SQLAlchemyError:
+    except (SQLAlchemyError, StorageError):
         log.exception("could not record the failed import run", extra={"run_id": run_id})
 
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+
+from recycle_engine.errors import ConfigError, ConfigProblem
+from recycle_engine.storage.faults import DatabaseTarget, raise_database_fault
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "make_engine", "normalise_url", "upgrade"]
+__all__ = [
+    "DEFAULT_SQLITE_TIMEOUT_S",
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "make_engine",
+    "normalise_url",
+    "upgrade",
+]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -23,36 +34,73 @@ def normalise_url(url: str) -> str:
     return url
 
 
+DEFAULT_SQLITE_TIMEOUT_S: Final = 30.0
+_MAX_SQLITE_TIMEOUT_S: Final = 86_400.0
+
+
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An Engine for `url`; SQLite files get WAL, a busy timeout and their folder created."""
-    url = normalise_url(url)
-    parsed = make_url(url)
+    """An Engine for `url`; SQLite files get WAL, a busy timeout (`?timeout=SECONDS` in the URL,
+    default 30) and their folder created. Database faults (locked past the timeout, unreachable, disk
+    errors) raise the StorageError subclasses of storage.faults in place of the driver's error."""
+    parsed = make_url(normalise_url(url))
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
+        timeout = _sqlite_timeout(parsed)
+        parsed = parsed.difference_update_query(["timeout"])
         db = parsed.database
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        engine = create_engine(parsed, **kwargs)
+        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, int(timeout * 1000)))
         # pysqlite's own transaction handling defers BEGIN; emit it ourselves so locks are taken early.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        _map_faults(engine, DatabaseTarget.of(parsed, timeout))
         return engine
     kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     if "options" not in parsed.query:
         # Sessions in UTC, whatever the server's default: psycopg then returns instants already in
         # datetime.UTC, which UTCDateTime passes through instead of converting each one.
         kwargs["connect_args"] = {"options": "-c timezone=UTC"}
-    return create_engine(url, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    _map_faults(engine, DatabaseTarget.of(parsed))
+    return engine
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_busy_timeout(url: URL) -> float:
+    """`?timeout=SECONDS` of a SQLite URL (default 30): how long a write waits for another writer's
+    lock before DatabaseBusy. Raises ValueError, saying why, for anything but 0 to 86400 seconds."""
+    text = url.query.get("timeout")
+    if text is None:
+        return DEFAULT_SQLITE_TIMEOUT_S
+    value = text[-1] if isinstance(text, tuple) else text
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= _MAX_SQLITE_TIMEOUT_S:
+        raise ValueError(f"timeout={value} must be seconds from 0 to {_MAX_SQLITE_TIMEOUT_S:g}")
+    return seconds
+
+
+def _sqlite_timeout(url: URL) -> float:
+    try:
+        return sqlite_busy_timeout(url)
+    except ValueError as exc:
+        raise ConfigError([ConfigProblem("database.url", str(exc))]) from None
+
+
+def _map_faults(engine: Engine, target: DatabaseTarget) -> None:
+    event.listen(engine, "handle_error", functools.partial(raise_database_fault, target))
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # let the "begin" listener control transactions
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
     cur.close()
 
 

@@ -149,7 +149,7 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
 ) -> None:
     # given: a claim process on a database that does not exist
     from recycle_engine.config import load_settings
-    from recycle_engine.errors import RecycleEngineError
+    from recycle_engine.errors import DatabaseUnreachable
     from recycle_engine.services.claim_process import ClaimProcess
     from recycle_engine.services.claiming import NightClaim
 
@@ -160,7 +160,7 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
     # when
     claim = ClaimProcess(NightClaim(settings, missing, {}, at=NIGHT, today=date(2026, 6, 10), run_id="r"))
     # then
-    with pytest.raises(RecycleEngineError, match="claiming failed: OperationalError"):
+    with pytest.raises(DatabaseUnreachable, match='database "re_no_such_database" does not exist'):
         claim.result()
     assert not claim.is_set()
     missing.dispose()
