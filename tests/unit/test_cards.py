@@ -1,10 +1,14 @@
-"""The one card-number rule (domain.cards): written any way, in any digits; tokens are not card numbers."""
+"""The one card-number rule (domain.cards): written any way, in any digits; tokens are not card numbers;
+the import's column-wide filter in front of it misses none."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recycle_engine.domain.cards import contains_pan, find_pans, looks_like_pan, mask_pans
+from recycle_engine.services.feed_values import card_number_positions
 
 PAN = "4539578763621486"  # a Luhn-valid Visa-shaped number
 
@@ -80,3 +84,38 @@ def test_given_a_whole_value_when_judged_then_only_a_bare_card_number_looks_like
 ) -> None:
     # when / then
     assert looks_like_pan(value) is expected
+
+
+_PIECES = st.sampled_from(
+    [
+        "4539",
+        "5787",
+        "6362",
+        "1486",
+        "0",
+        "7",
+        "\uff14",
+        "\u0665",
+        " ",
+        "  ",
+        ".",
+        "-",
+        "/",
+        "\u00a0",
+        "_",
+        "r",
+        "x",
+        "\x00",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_PIECES, max_size=24).map("".join), min_size=1, max_size=4))
+def test_given_any_text_when_a_column_is_scanned_then_its_quick_filter_misses_no_card_number(
+    values: list[str],
+) -> None:
+    # when
+    positions = card_number_positions(values)
+    # then: the column-wide filter may only skip what the rule itself would not find
+    assert positions == [p for p, value in enumerate(values) if contains_pan(value)]
