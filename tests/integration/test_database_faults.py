@@ -93,6 +93,21 @@ def test_given_a_locked_sqlite_file_when_importing_from_the_command_line_then_on
     assert error_lines(output)[0].startswith(f"error: database {locked_sqlite} is locked")
 
 
+@pytest.mark.parametrize("command", [["run", "submit"], ["run", "reconcile"], ["status"], ["db", "upgrade"]])
+def test_given_a_locked_sqlite_file_when_any_command_runs_then_one_line_and_exit_1(
+    tmp_path: Path, locked_sqlite: str, command: list[str]
+) -> None:
+    # given
+    config = settings_file(tmp_path, f"{locked_sqlite}?timeout=0.1")
+    # when
+    result = CliRunner(env=FLEXFACTOR_ENV).invoke(main, [*command, "--config", str(config)])
+    # then
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    (line,) = error_lines(result.output)
+    assert line.startswith(f"error: database {locked_sqlite} is locked")
+
+
 def test_given_a_locked_sqlite_file_when_run_at_debug_level_then_the_traceback_is_logged(
     tmp_path: Path, locked_sqlite: str
 ) -> None:
