@@ -100,21 +100,25 @@ def find_pans(text: str) -> Iterator[PanSpan]:
     if len(text) < _MIN_DIGITS or sum(ch.isdecimal() for ch in text) < _MIN_DIGITS:
         return
     for chain in _chains(text, _groups(text)):
-        first = 0
-        while first < len(chain):
-            found = None
-            digits = ""
-            for last in range(first, len(chain)):
-                digits += chain[last].digits
-                if len(digits) > _MAX_DIGITS:
-                    break
-                if len(digits) >= _MIN_DIGITS and digits[0] != "0" and luhn_ok(digits):
-                    found = PanSpan(chain[first].start, chain[last].end, digits)
-                    first = last
-                    break
-            if found is not None:
-                yield found
-            first += 1
+        yield from _chain_pans(chain)
+
+
+def _chain_pans(chain: list[_Group]) -> Iterator[PanSpan]:
+    first = 0
+    while first < len(chain):
+        found = None
+        digits = ""
+        for last in range(first, len(chain)):
+            digits += chain[last].digits
+            if len(digits) > _MAX_DIGITS:
+                break
+            if len(digits) >= _MIN_DIGITS and digits[0] != "0" and luhn_ok(digits):
+                found = PanSpan(chain[first].start, chain[last].end, digits)
+                first = last
+                break
+        if found is not None:
+            yield found
+        first += 1
 
 
 def contains_pan(text: str) -> bool:
@@ -136,14 +140,17 @@ def mask(value: str) -> str:
 
 
 def mask_pans(text: str) -> str:
-    """`text` with each card number replaced by its masked digits ("************1111")."""
-    spans = list(find_pans(text))
-    if not spans:
+    """`text` with every written number that holds a card number masked whole, down to its last four
+    digits ("************1111"): the whole run of digit groups, so that no digits of the card number
+    stay beside a window the rule matched first."""
+    if not contains_pan(text):
         return text
     parts: list[str] = []
     at = 0
-    for span in spans:
-        parts.extend((text[at : span.start], mask(span.digits)))
-        at = span.end
+    for chain in _chains(text, _groups(text)):
+        if next(_chain_pans(chain), None) is None:
+            continue
+        parts.extend((text[at : chain[0].start], mask("".join(g.digits for g in chain))))
+        at = chain[-1].end
     parts.append(text[at:])
     return "".join(parts)

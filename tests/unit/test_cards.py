@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recycle_engine.domain.cards import contains_pan, find_pans, looks_like_pan, mask_pans
+from recycle_engine.domain.cards import contains_pan, find_pans, looks_like_pan, luhn_ok, mask_pans
 from recycle_engine.services.feed_values import card_number_positions
 
 PAN = "4539578763621486"  # a Luhn-valid Visa-shaped number
@@ -66,6 +66,16 @@ def test_given_text_with_two_card_numbers_when_masked_then_only_their_last_four_
     masked = mask_pans("card 4539.5787.6362.1486 then 4111 1111 1111 1111 ok")
     # then
     assert masked == "card ************1486 then ************1111 ok"
+
+
+def test_given_digits_written_before_a_card_number_when_masked_then_no_digit_of_it_stays() -> None:
+    # given: "1007 4539 5787 6362" passes Luhn too, and is the window the rule meets first
+    text = "ref 1007 4539 5787 6362 1486 declined"
+    assert luhn_ok("1007453957876362")
+    # when
+    masked = mask_pans(text)
+    # then
+    assert masked == "ref ****************1486 declined"
 
 
 def test_given_full_width_digits_when_found_then_the_digits_are_read_as_ascii() -> None:
