@@ -144,7 +144,8 @@ class FlexFactorClient:
 
         Raises FlexFactorRejected (400 or a FAILED envelope), FlexFactorUnknownOutcome (read timeout,
         5xx, unreadable answer), FlexFactorNotSent, FlexFactorConflict (409 after retries),
-        FlexFactorConfigError, InputError (no idempotencyKey, or a card number in cardNumber)."""
+        FlexFactorConfigError, InputError (no idempotencyKey, a card number in cardNumber, or one
+        written in a payer or billingInformation field)."""
         _refuse_unsafe_body(body)
         response = self._send("POST", "/evaluate", body=body, resendable=False)
         try:
