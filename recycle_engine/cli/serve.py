@@ -186,7 +186,14 @@ def sandbox(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo-work"),
     show_default=True,
-    help="Folder for the demo's database, feeds and reports (emptied first).",
+    help="Folder for the demo's database, feeds and reports; emptied first if a previous demo made it, "
+    "refused if it holds anything else (unless --force).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    default=False,
+    help="Empty --workdir even if the demo did not create it (never the current folder or a parent).",
 )
 @click.option("--subscriptions", type=click.IntRange(10, 200_000), default=3000, show_default=True)
 @click.option("--nights", type=click.IntRange(1, 120), default=30, show_default=True)
@@ -199,7 +206,7 @@ def sandbox(
     "(random) id, so recoveries vary a little between runs.",
 )
 @reports_errors
-def demo(config_path: Path, workdir: Path, subscriptions: int, nights: int, seed: int) -> None:
+def demo(config_path: Path, workdir: Path, force: bool, subscriptions: int, nights: int, seed: int) -> None:
     """The whole product end to end on a generated book, with SQLite and the bundled sandbox.
 
     Uses the ladders, gateways and campaigns of --config; FlexFactor calls go to a local sandbox and
@@ -214,6 +221,7 @@ def demo(config_path: Path, workdir: Path, subscriptions: int, nights: int, seed
         subscriptions=subscriptions,
         nights=nights,
         seed=seed,
+        force=force,
     )
     result = run_demo(options, progress=lambda line: click.echo(line, err=True))
     for line in format_summary(result):

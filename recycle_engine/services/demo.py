@@ -16,12 +16,13 @@ from sqlalchemy import Engine, case, func, select
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import load_settings
+from recycle_engine.errors import InputError
 from recycle_engine.money import Money
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Handoff
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["DEMO_MARKER", "DemoOptions", "DemoResult", "prepare_workdir", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class DemoOptions:
     nights: int = 30
     seed: int = 7
     start: date = date(2026, 6, 1)
+    force: bool = False  # empty a non-empty folder the demo did not create
 
 
 @dataclass
@@ -131,9 +133,7 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
     from recycle_engine.services.submit import run_submit
 
     say = progress or (lambda _msg: None)
-    if options.workdir.exists():
-        shutil.rmtree(options.workdir)
-    options.workdir.mkdir(parents=True)
+    prepare_workdir(options.workdir, force=options.force, cwd=Path.cwd())
     with _services(options.settings_path, options.workdir) as (settings, engine, sandbox):
         tz = settings.timezone
         plan = BookPlan(options.subscriptions, options.nights, options.start, options.seed)
@@ -179,6 +179,40 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
         )
         _summarise(engine, result)
         return result
+
+
+DEMO_MARKER = ".recycle-engine-demo"
+
+
+def prepare_workdir(workdir: Path, *, force: bool, cwd: Path) -> None:
+    """Empty `workdir` for a new demo, or create it, and mark it as the demo's.
+
+    A folder is emptied only when it is absent, empty, or carries the marker a previous demo left;
+    any other folder is refused unless `force`. Even with `force`, the current folder and the folders
+    that contain it are never emptied."""
+    workdir = workdir.resolve()
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise InputError(f"--workdir {workdir} is a file, not a folder")
+        cwd = cwd.resolve()
+        if workdir == cwd or workdir in cwd.parents:
+            raise InputError(
+                f"--workdir {workdir} is the current folder or contains it; the demo empties its "
+                "workdir, so choose a new folder such as ./demo-work"
+            )
+        has_content = any(workdir.iterdir())
+        if has_content and not (workdir / DEMO_MARKER).is_file() and not force:
+            raise InputError(
+                f"--workdir {workdir} is not empty and was not created by the demo (no {DEMO_MARKER} "
+                "in it); the demo empties its workdir, so choose a new folder, or pass --force to "
+                "delete everything in it"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / DEMO_MARKER).write_text(
+        "Created by `recycle-engine demo`; the next demo run with this --workdir empties this folder.\n",
+        encoding="utf-8",
+    )
 
 
 def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
