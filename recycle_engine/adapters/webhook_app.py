@@ -300,12 +300,19 @@ def _config(app: Starlette, *, host: str = "127.0.0.1", port: int = 0) -> uvicor
 
 def serve(app: Starlette, *, host: str, port: int) -> None:
     """Serve in the foreground until SIGINT or SIGTERM (uvicorn finishes requests in flight)."""
-    log.info("webhook service listening", extra={"host": host, "port": port})
     # uvicorn re-raises the stopping signal after its graceful shutdown, to the handlers it found at
     # start: make those handlers no-ops so a requested stop ends with exit code 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _sig, _frame: None)
-    uvicorn.Server(_config(app, host=host, port=port)).run()
+    # Bind here, so that a port in use is an OSError the command line turns into a sentence.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        log.info("webhook service listening", extra={"host": host, "port": port})
+        uvicorn.Server(_config(app, host=host, port=port)).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 @contextmanager

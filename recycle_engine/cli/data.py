@@ -12,6 +12,7 @@ import click
 from recycle_engine.cli.app import (
     config_option,
     instant,
+    local_midnight,
     main,
     reports_errors,
 )
@@ -105,7 +106,13 @@ def export_submissions_cmd(config_path: Path, fmt: str, out: Path | None) -> Non
 
 @export_group.command("changes")
 @config_option
-@click.option("--since", "since_text", required=True, metavar="T", help="ISO 8601 with offset; inclusive.")
+@click.option(
+    "--since",
+    "since_text",
+    required=True,
+    metavar="T",
+    help="ISO 8601 time with offset, or a date (its midnight in the settings' timezone); inclusive.",
+)
 @click.option("--after-id", type=click.IntRange(min=0), default=None, help="Only ids above this cursor.")
 @_FORMAT
 @_OUT
@@ -121,9 +128,10 @@ def export_changes_cmd(
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.export import ExportFormat, export_changes
 
-    since = instant(since_text)
+    settings = bootstrap.load_settings_file(config_path)
+    since = local_midnight(since_text, settings.timezone) or instant(since_text)
     assert since is not None
-    app = bootstrap.build_app(bootstrap.load_settings_file(config_path), SystemClock())
+    app = bootstrap.build_app(settings, SystemClock())
     try:
         count = _export_to(
             out,

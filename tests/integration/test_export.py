@@ -291,7 +291,7 @@ def test_given_a_since_without_offset_when_export_changes_runs_then_it_exits_non
 ) -> None:
     # when
     result = CliRunner().invoke(
-        main, ["export", "changes", "--config", str(settings_file), "--since", "2026-06-10"]
+        main, ["export", "changes", "--config", str(settings_file), "--since", "2026-06-10T00:00:00"]
     )
     # then
     assert result.exit_code != 0
