@@ -1,11 +1,10 @@
-"""Shared fixtures: paths to ../shared, a fixed clock, database URLs over SQLite and PostgreSQL."""
+"""Shared fixtures: the vendor fixtures, a fixed clock, database URLs over SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,34 +18,12 @@ from recycle_engine.adapters.clock import FixedClock
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shared_folder() -> Path:
-    """The read-only `shared` folder: $RECYCLE_ENGINE_SHARED, else beside this checkout, else beside the
-    local repository it was cloned from (a scratch clone such as /tmp/ci-check has none beside it)."""
-    named = os.environ.get("RECYCLE_ENGINE_SHARED")
-    if named:
-        return Path(named)
-    beside = ROOT.parent / "shared"
-    if beside.is_dir():
-        return beside
-    origin = subprocess.run(
-        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    if origin and Path(origin).is_dir():
-        cloned_from = Path(origin).resolve().parent / "shared"
-        if cloned_from.is_dir():
-            return cloned_from
-    return beside
-
-
-SHARED = _shared_folder()
-FIXTURES = SHARED / "fixtures" / "flexfactor"
+# The vendor fixtures live in the repository (their origins: tests/fixtures/SOURCES.md).
+FIXTURES = ROOT / "tests" / "fixtures" / "flexfactor"
 
 
 def load_fixture(name: str) -> dict[str, Any]:
-    """A vendor artifact from ../shared/fixtures/flexfactor, unchanged."""
+    """A vendor artifact from tests/fixtures/flexfactor, unchanged."""
     data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
     return data
 

@@ -8,9 +8,11 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import uvicorn
 from sqlalchemy import Engine
@@ -37,12 +39,39 @@ from recycle_engine.services.webhook_events import record_refusal, store_deliver
 from recycle_engine.settings import Settings
 from recycle_engine.storage.webhook_repo import DbNonceCache, Delivery, ping
 
-__all__ = ["OnAccepted", "cascade_route", "create_app", "serve", "serving"]
+__all__ = ["AcceptedTally", "OnAccepted", "cascade_route", "create_app", "serve", "serving"]
 
 log = logging.getLogger(__name__)
 
 OnAccepted = Callable[[list[str]], None]
 WEBHOOK_PATH = "/webhooks/flexfactor/{gateway_id}"
+
+
+@dataclass
+class AcceptedTally:
+    """Counts accepted deliveries so that INFO carries one summary per `every`, not a line per delivery
+    (each delivery is logged at DEBUG). `add` returns the summary's fields when one is due."""
+
+    every: timedelta = timedelta(minutes=1)
+    since: datetime | None = None
+    by_event: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: str, reason: str, now: datetime) -> dict[str, object] | None:
+        if self.since is None:
+            self.since = now
+        self.by_event[event] += 1
+        self.by_reason[reason] += 1
+        if now - self.since < self.every:
+            return None
+        summary: dict[str, object] = {
+            "count": sum(self.by_event.values()),
+            "since": self.since.isoformat(),
+            "events": dict(sorted(self.by_event.items())),
+            "reasons": dict(sorted(self.by_reason.items())),
+        }
+        self.since, self.by_event, self.by_reason = now, Counter(), Counter()
+        return summary
 
 
 class _Refused(Exception):
@@ -81,6 +110,7 @@ class _Receiver:
             for g in settings.flexfactor_gateways()
             if g.flexfactor is not None
         }
+        self.tally = AcceptedTally()
 
     async def receive(self, request: Request) -> Response:
         gateway_id = str(request.path_params["gateway_id"])
@@ -130,7 +160,10 @@ class _Receiver:
             log.exception("webhook event not stored; answering 503 so FlexFactor resends")
             return JSONResponse({"error": "storage unavailable"}, 503)
         reason = "duplicate" if stored.effect is None else stored.effect.reason
-        log.info(
+        summary = self.tally.add(event.event, reason, now)
+        if summary is not None:
+            log.info("webhooks accepted", extra=summary)
+        log.debug(
             "webhook accepted",
             extra={
                 "gateway": gateway_id,

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import ConfigError, RecycleEngineError
-from recycle_engine.logs import configure_logging
+from recycle_engine.logs import configure_logging, show_progress
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,6 +243,6 @@ def progress_printer(label: str) -> Callable[[str, int], None] | None:
         return None
 
     def show(stage: str, count: int) -> None:
-        click.echo(f"\r{label}: {stage} {count:,}   ", err=True, nl=False)
+        show_progress(f"{label}: {stage} {count:,}")
 
     return show

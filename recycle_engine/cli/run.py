@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from recycle_engine.cli.app import (
     progress_printer,
     reports_errors,
 )
+from recycle_engine.logs import end_progress
 
 
 @main.group()
@@ -68,8 +68,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
             )
     finally:
         app.close()
-    if sys.stderr.isatty():
-        click.echo("", err=True)
+        end_progress()
     if dry_run:
         click.echo(f"dry run at {at.isoformat()}: nothing was written")
         for (slot, gateway), n in sorted(result.by_slot.items()):
