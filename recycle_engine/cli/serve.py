@@ -153,7 +153,9 @@ def sandbox(
 ) -> None:
     """Run the bundled FlexFactor sandbox in the foreground until SIGINT or SIGTERM.
 
-    Prints its base URL (…/v1) on the first line; the admin API is under /_sandbox.
+    Prints its base URL (…/v1) on the first line, then the `base_url` and the environment lines that
+    point the engine's FlexFactor gateway at it (the sandbox's own test keys); the admin API, with its
+    clock, is under /_sandbox.
     """
     from dataclasses import replace
 
@@ -170,10 +172,33 @@ def sandbox(
     )
 
     def announce(base_url: str, admin_url: str) -> None:
-        click.echo(base_url)
+        for line in sandbox_settings_lines(base_url, config):
+            click.echo(line)
         click.echo(f"FlexFactor sandbox ready; admin API at {admin_url}; Ctrl-C stops it.", err=True)
 
     serve_forever(config, host, port, latency_ms=latency_ms, on_ready=announce)
+
+
+def sandbox_settings_lines(base_url: str, config: Any) -> list[str]:
+    """What `sandbox` prints: its base URL, then how to point settings.yaml and the environment at it."""
+    admin = base_url.removesuffix("/v1") + "/_sandbox"
+    return [
+        base_url,
+        "",
+        "# In settings.yaml, set the FlexFactor gateway's base_url to this sandbox:",
+        f"#   base_url: {base_url}",
+        "# and run the engine's commands with these variables (the sandbox's test keys):",
+        f"export FLEXFACTOR_APP_KEY={config.app_key}",
+        f"export FLEXFACTOR_APP_SECRET={config.app_secret}",
+        f"export FLEXFACTOR_MID={config.mid}",
+        f"export FLEXFACTOR_SITE_ID={config.site_id}",
+        "export FLEXFACTOR_ENVIRONMENT_KEY=sandbox-environment-key",
+        f"export FLEXFACTOR_HMAC_SIGNING_KEY={config.hmac_signing_key_b64}",
+        "# Webhooks reach `recycle-engine serve` when the sandbox is started with",
+        "#   --webhook-url http://127.0.0.1:8080/webhooks/flexfactor/<FlexFactor gateway id>",
+        "# Outcomes follow the sandbox's clock; move it on to have them delivered, e.g. two days:",
+        f"#   curl -s -X POST {admin}/clock -H 'Content-Type: application/json' -d '{{\"advance_seconds\": 172800}}'",
+    ]
 
 
 # --- demo --------------------------------------------------------------------------------------
