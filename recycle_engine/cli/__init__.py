@@ -1,4 +1,4 @@
-"""The `recycle-engine` command line (SPEC section 4): parse, load settings, call a service, exit.
+"""The `recycle-engine` command line (docs/spec.md section 4): parse, load settings, call a service, exit.
 
 One module a command group; importing this package registers every command on `main`."""
 

@@ -30,7 +30,7 @@ def import_group() -> None:
 @config_option
 @reports_errors
 def import_declines_cmd(feed: Path, config_path: Path) -> None:
-    """Load a declines feed (SPEC section 5) and start recycling its soft-declined rebills.
+    """Load a declines feed (columns: docs/spec.md section 5) and start recycling its soft-declined rebills.
 
     Rows already imported (same transaction_id) change nothing. Rejected rows go to FILE.rejects.csv
     beside the feed, with their line number and reason.
@@ -91,7 +91,7 @@ def export_group() -> None:
 @_OUT
 @reports_errors
 def export_submissions_cmd(config_path: Path, fmt: str, out: Path | None) -> None:
-    """Every FlexFactor hand-off and its state (SPEC section 6), oldest first."""
+    """Every FlexFactor hand-off and its state (columns: docs/spec.md section 6), oldest first."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.export import ExportFormat, export_submissions
