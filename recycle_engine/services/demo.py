@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, func, select
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import load_settings
@@ -171,7 +171,8 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
                     close()
             say(
                 f"night {n + 1:>2}/{options.nights} {day}: {sub.counts.get('handoffs_created', 0):>4} hand-offs, "
-                f"{sub.counts.get('charged', 0):>4} re-attempts, {rec.counts.get('applied_approved', 0):>3} recovered by poll"
+                f"{sub.counts.get('charged', 0):>4} re-attempts, {_recovered_so_far(engine):>5} recovered so far "
+                "(webhooks and polls)"
             )
         assert report is not None
         result = DemoResult(
@@ -215,50 +216,67 @@ def prepare_workdir(workdir: Path, *, force: bool, cwd: Path) -> None:
     )
 
 
+def _recovered_so_far(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(Handoff.state == "APPROVED")).scalar_one())
+
+
 def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
     for k, v in more.items():
         total[k] = total.get(k, 0) + int(v)
 
 
 def _summarise(engine: Engine, result: DemoResult) -> None:
-    slot = func.coalesce(Handoff.slot, Handoff.source)
-    recovered = func.sum(case((Handoff.state == "APPROVED", 1), else_=0))
-    lost = func.sum(case((Handoff.state.in_(["DECLINED", "EXPIRED", "CANCELLED"]), 1), else_=0))
-    pending = func.sum(case((Handoff.state.in_(["PENDING", "SUBMITTED"]), 1), else_=0))
+    """Every hand-off of the demo by slot, counted with the report's own function and definitions."""
+    import pandas as pd
+
+    from reports.recovery import count_summary
+
+    slot = func.coalesce(Handoff.slot, Handoff.source).label("slot")
     with engine.connect() as conn:
-        for row in conn.execute(
-            select(slot, func.count(), recovered, lost, pending).group_by(slot).order_by(slot)
-        ):
-            settled = (row[2] or 0) + (row[3] or 0)
-            result.by_slot.append(
-                {
-                    "slot": row[0],
-                    "handoffs": row[1],
-                    "recovered": row[2] or 0,
-                    "lost": row[3] or 0,
-                    "pending": row[4] or 0,
-                    "settled_rate": (row[2] or 0) / settled if settled else 0.0,
-                }
-            )
-            result.handoffs += row[1]
+        facts = pd.DataFrame(
+            conn.execute(
+                select(slot, Handoff.state, func.count().label("n")).group_by(slot, Handoff.state)
+            ).all(),
+            columns=["slot", "state", "n"],
+        )
         amounts = conn.execute(
             select(Handoff.currency, func.sum(Handoff.amount_minor))
             .where(Handoff.state == "APPROVED")
             .group_by(Handoff.currency)
         )
         result.recovered = {c: int(m or 0) for c, m in amounts}
+    for row in count_summary(facts, ["slot"]).to_dict("records"):
+        result.by_slot.append(
+            {key: row[key] for key in ("slot", "handoffs", "recovered", "lost", "pending", "failed")}
+            | {"rate_to_date": float(row["rate_to_date"]), "rate_settled": float(row["rate_settled"])}
+        )
+        result.handoffs += int(row["handoffs"])
+
+
+def _pct(value: float) -> str:
+    return "-" if value != value else f"{value:.0%}"  # NaN (nothing to divide by): a dash, as in the report
 
 
 def format_summary(result: DemoResult) -> list[str]:
-    """The lines `recycle-engine demo` prints at the end."""
+    """The lines `recycle-engine demo` prints at the end: the report's counts and both of its rates."""
     lines = [f"{result.nights} nights, {result.handoffs:,} FlexFactor hand-offs"]
     money = ", ".join(str(Money(m, c)) for c, m in sorted(result.recovered.items())) or "nothing"
     lines.append(f"recovered through FlexFactor: {money}")
+    lines.append(
+        f"  {'slot':<12} {'hand-offs':>9} {'recovered':>9} {'lost':>6} {'pending':>7} {'failed':>6}"
+        f" {'to date':>7} {'settled':>7}"
+    )
     for s in result.by_slot:
         lines.append(
-            f"  slot {s['slot']:<7} {s['handoffs']:>5} hand-offs  {s['recovered']:>5} recovered  {s['lost']:>5} lost  "
-            f"{s['pending']:>5} pending  settled recovery rate {s['settled_rate']:.0%}"
+            f"  {s['slot']:<12} {s['handoffs']:>9,} {s['recovered']:>9,} {s['lost']:>6,} {s['pending']:>7,}"
+            f" {s['failed']:>6,} {_pct(s['rate_to_date']):>7} {_pct(s['rate_settled']):>7}"
         )
+    lines.append(
+        "  rate to date = recovered / (recovered + lost + pending); still-pending hand-offs count as not yet"
+    )
+    lines.append("  rate settled = recovered / (recovered + lost); pending hand-offs are left out")
+    lines.append("  (the report's definitions; its breakdowns show the same counts for the month to date)")
     lines.append(f"report: {result.report_path}")
     lines.append(f"all reports: {result.index_path}")
     return lines

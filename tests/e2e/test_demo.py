@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from click.testing import CliRunner
+from sqlalchemy import create_engine, func, select
 
 from recycle_engine.cli import main
+from recycle_engine.storage.models import Handoff
 from tests.conftest import ROOT
 
 
@@ -46,3 +48,27 @@ def test_given_the_shipped_settings_when_a_short_demo_runs_then_it_hands_off_rec
     html = report.read_text(encoding="utf-8")
     assert "<script>alert" not in html
     assert (workdir / "reports" / "index.html").exists()
+
+    # the summary counts as the report does: both rates, with their definitions, from the states now
+    engine = create_engine(f"sqlite:///{workdir / 'demo.db'}")
+    with engine.connect() as conn:
+        by_state = dict(
+            (s, int(n)) for s, n in conn.execute(select(Handoff.state, func.count()).group_by(Handoff.state))
+        )
+    engine.dispose()
+    recovered = by_state.get("APPROVED", 0)
+    lost = sum(by_state.get(s, 0) for s in ("DECLINED", "EXPIRED", "CANCELLED"))
+    pending = sum(by_state.get(s, 0) for s in ("PENDING", "SUBMITTED"))
+    table = [
+        line.split() for line in lines if line.startswith("  ") and line.split()[0] in ("4-6", "7-9", "final")
+    ]
+    assert sum(int(row[2].replace(",", "")) for row in table) == recovered
+    assert sum(int(row[3].replace(",", "")) for row in table) == lost
+    assert sum(int(row[4].replace(",", "")) for row in table) == pending
+    for row in table:
+        r, lo, p = (int(x.replace(",", "")) for x in row[2:5])
+        assert row[6] == f"{r / (r + lo + p):.0%}"
+        assert row[7] == (f"{r / (r + lo):.0%}" if r + lo else "-")
+    assert any(line.startswith("  rate to date = recovered / (recovered + lost + pending)") for line in lines)
+    assert any(line.startswith("  rate settled = recovered / (recovered + lost)") for line in lines)
+    assert "recovered by poll" not in result.output
