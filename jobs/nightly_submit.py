@@ -14,6 +14,7 @@ from recycle_engine import bootstrap
 from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.domain.anomalies import Anomaly
 from recycle_engine.services.anomalies import alert_and_record, check_night
+from recycle_engine.services.overdue import warn_overdue
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
 
@@ -33,6 +34,7 @@ def run(config_path: str) -> dict[str, int]:
     now = clock.now()  # read once: the whole run sees one night, even if it crosses midnight
     app = bootstrap.build_app(settings, clock)
     try:
+        warn_overdue(app.engine, at=now, tz=settings.timezone)
         result = run_submit(
             settings,
             app.engine,

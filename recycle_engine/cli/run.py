@@ -41,6 +41,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import LogicalClock, SystemClock
     from recycle_engine.money import Money
+    from recycle_engine.services.overdue import warn_overdue
     from recycle_engine.services.submit import run_submit
     from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
 
@@ -50,6 +51,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     app = bootstrap.build_app(settings, clock)
     try:
         refuse_workers_on_sqlite(app.engine, workers)
+        warn_overdue(app.engine, at=at, tz=settings.timezone)
         if workers > 1 and not dry_run:
             log_level = click.get_current_context().find_root().params["log_level"]
             result = run_submit_workers(

@@ -1,0 +1,64 @@
+"""Attempts due long ago: a run that finds them fires them without delay, so it says so first.
+
+A feed imported months late (the sample feed, a restored backup, a scheduler stopped for weeks) puts
+subscriptions whose next attempt fell due long before tonight into the night's selection; they are
+charged or handed off at once. That is usually intended, but never silently."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, func, select
+
+from recycle_engine.domain.outcomes import PurchaseStatus
+from recycle_engine.storage.models import Subscription
+
+__all__ = ["OVERDUE_DAYS", "Overdue", "find_overdue", "warn_overdue"]
+
+log = logging.getLogger(__name__)
+
+OVERDUE_DAYS = 7  # an attempt due more than this many days before the run's local date is "long overdue"
+
+
+@dataclass(frozen=True)
+class Overdue:
+    count: int  # attempts due more than `days` days before `today`
+    oldest: date  # the earliest of their due dates
+    today: date
+    days: int
+
+    def sentence(self) -> str:
+        late = (self.today - self.oldest).days
+        return (
+            f"{self.count:,} attempts fell due more than {self.days} days before {self.today.isoformat()}, "
+            f"the oldest on {self.oldest.isoformat()} ({late} days ago); this run makes them now"
+        )
+
+
+def find_overdue(engine: Engine, *, at: datetime, tz: ZoneInfo, days: int = OVERDUE_DAYS) -> Overdue | None:
+    """The recycling subscriptions the run at `at` selects whose attempt was due over `days` days earlier."""
+    today = at.astimezone(tz).date()
+    stmt = select(func.count(), func.min(Subscription.next_attempt_on)).where(
+        Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
+        Subscription.next_attempt_on < today - timedelta(days=days),
+        Subscription.open_handoff_id.is_(None),
+    )
+    with engine.connect() as conn:
+        count, oldest = conn.execute(stmt).one()
+    if not count or oldest is None:
+        return None
+    return Overdue(count=int(count), oldest=oldest, today=today, days=days)
+
+
+def warn_overdue(engine: Engine, *, at: datetime, tz: ZoneInfo, days: int = OVERDUE_DAYS) -> Overdue | None:
+    """Log a warning when the run at `at` finds long-overdue attempts; returns what it found."""
+    found = find_overdue(engine, at=at, tz=tz, days=days)
+    if found is not None:
+        log.warning(
+            found.sentence(),
+            extra={"overdue": found.count, "oldest_due": found.oldest.isoformat(), "days": found.days},
+        )
+    return found
