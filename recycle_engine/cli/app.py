@@ -136,6 +136,15 @@ class RootGroup(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(0)
+        except ModuleNotFoundError as exc:
+            if exc.name == "psycopg":
+                click.echo(
+                    "error: a PostgreSQL database.url needs the PostgreSQL driver, an extra: "
+                    "pip install -c constraints.txt 'recycle-engine[postgres]' (or -e '.[postgres]' in a checkout)",
+                    err=True,
+                )
+                sys.exit(1)
+            raise
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 click.echo(

@@ -211,3 +211,32 @@ def test_given_a_record_with_uvicorns_color_message_when_written_as_json_then_it
     # then
     assert "color_message" not in json.loads(line)
     assert "\x1b" not in line
+
+
+def test_given_no_postgresql_driver_when_a_command_uses_postgresql_then_it_names_the_extra(
+    tmp_path: Path,
+) -> None:
+    # given: a PostgreSQL URL, and psycopg made unimportable (as on a SQLite-only install)
+    settings = ROOT.joinpath("settings.yaml").read_text(encoding="utf-8")
+    settings = settings.replace(
+        "url: sqlite:///var/recycle.db", "url: postgresql+psycopg://nobody@127.0.0.1:9/none"
+    )
+    path = tmp_path / "settings.yaml"
+    path.write_text(settings, encoding="utf-8")
+    script = (
+        "import sys; sys.modules['psycopg'] = None; from recycle_engine.cli import main; "
+        f"main(['db', 'upgrade', '--config', {str(path)!r}])"
+    )
+    # when
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ) | SANDBOX_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # then
+    assert result.returncode == 1
+    assert "recycle-engine[postgres]" in result.stderr
+    assert "Traceback" not in result.stderr
