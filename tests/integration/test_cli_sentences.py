@@ -158,7 +158,7 @@ def test_given_an_export_piped_into_head_when_the_reader_stops_then_the_command_
     # given
     site = shipped_settings.parent
     assert _cli("db", "upgrade", cwd=site).returncode == 0
-    _big_feed(site / "feed.csv", copies=60)
+    _big_feed(site / "feed.csv", copies=25)
     imported = _cli("import", "declines", "feed.csv", cwd=site)
     assert imported.returncode == 0, imported.stderr
     # when
