@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,14 @@ def demo(config_path: Path, workdir: Path, force: bool, subscriptions: int, nigh
         seed=seed,
         force=force,
     )
-    result = run_demo(options, progress=lambda line: click.echo(line, err=True))
+
+    def progress(line: str) -> None:
+        # A line of text on a terminal; piped, a log record, so that stderr stays JSON lines throughout.
+        if sys.stderr.isatty():
+            click.echo(line, err=True)
+        else:
+            logging.getLogger("recycle_engine.demo").info(line)
+
+    result = run_demo(options, progress=progress)
     for line in format_summary(result):
         click.echo(line)

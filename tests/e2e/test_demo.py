@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -72,3 +75,36 @@ def test_given_the_shipped_settings_when_a_short_demo_runs_then_it_hands_off_rec
     assert any(line.startswith("  rate to date = recovered / (recovered + lost + pending)") for line in lines)
     assert any(line.startswith("  rate settled = recovered / (recovered + lost)") for line in lines)
     assert "recovered by poll" not in result.output
+
+
+def test_given_stderr_piped_when_a_demo_runs_then_every_stderr_line_is_json_and_few_are_webhooks(
+    tmp_path: Path,
+) -> None:
+    # when
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recycle_engine",
+            "demo",
+            "--config",
+            str(ROOT / "settings.yaml"),
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--subscriptions",
+            "100",
+            "--nights",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    # then
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert any(r["msg"].startswith("night 10/10") for r in records)
+    assert not [r for r in records if r["logger"].startswith("alembic")]
+    assert not [r for r in records if r["msg"] == "webhook accepted"]  # each delivery is at DEBUG
+    assert not [r for r in records if "color_message" in r]
