@@ -12,6 +12,7 @@
     └── FlexFactorError          anything that went wrong talking to FlexFactor
         ├── FlexFactorConfigError      bad credentials (400 at /oauth2/token), 403, 405: not retried
         ├── FlexFactorNotSent          the request never left us (connect error): safe to send again
+        │   └── FlexFactorRateLimited  429 after retries: back-pressure, send again later (retry_after)
         ├── FlexFactorUnknownOutcome   read timeout or 5xx after sending: FlexFactor may hold the order
         ├── FlexFactorRejected         400 validation error, with the normalised field errors
         ├── FlexFactorConflict         409: idempotent request in progress, or key reused with another body
@@ -39,6 +40,7 @@ __all__ = [
     "FlexFactorNotFoundError",
     "FlexFactorNotSent",
     "FlexFactorProtocolError",
+    "FlexFactorRateLimited",
     "FlexFactorRejected",
     "FlexFactorUnknownOutcome",
     "IllegalTransition",
@@ -121,6 +123,15 @@ class FlexFactorConfigError(FlexFactorError):
 
 class FlexFactorNotSent(FlexFactorError):
     """The request never reached FlexFactor (connect error after retries); sending again is safe."""
+
+
+class FlexFactorRateLimited(FlexFactorNotSent):
+    """FlexFactor answered 429 (too many requests) on every try: nothing was done, so the same body
+    and key may be sent again once it eases. `retry_after` is its last Retry-After in seconds, if any."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class FlexFactorUnknownOutcome(FlexFactorError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from recycle_engine.errors import (
     FlexFactorNotFoundError,
     FlexFactorNotSent,
     FlexFactorProtocolError,
+    FlexFactorRateLimited,
     FlexFactorRejected,
     FlexFactorUnknownOutcome,
     InputError,
@@ -36,7 +38,7 @@ from recycle_engine.errors import (
 from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
 from recycle_engine.settings import BatchingSettings, FlexFactorSettings, HttpSettings
 
-__all__ = ["FlexFactorClient", "TokenBucket"]
+__all__ = ["FlexFactorClient", "TokenBucket", "retry_after_s"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,18 @@ TOKEN_MARGIN: Final = timedelta(seconds=60)  # A16: renew this long before `expi
 EXTERNAL_CANCEL_LOOKBACK: Final = timedelta(days=45)
 _SERVER_ERRORS: Final = frozenset({500, 502, 503, 504})
 _USER_AGENT: Final = "recycle-engine/0.1"
+# Back-pressure (429): a Retry-After longer than this is not waited out in one go; the rate halves at
+# each push back down to 1/SLOWEST_FRACTION of the configured one, and climbs back in RECOVERY_STEPS.
+MAX_RETRY_AFTER_S: Final = 120.0
+SLOWEST_FRACTION: Final = 32
+RECOVERY_STEPS: Final = 128
 
 
 class TokenBucket:
-    """Thread-safe token bucket: at most `rate_per_s` calls a second, bursts up to `burst`."""
+    """Thread-safe token bucket: at most `rate_per_s` calls a second, bursts up to `burst`.
+
+    It is also the client's answer to back-pressure: `back_off` pauses every caller and halves the
+    rate (down to 1/32 of the configured one), and each `eased` call wins a little of it back."""
 
     def __init__(
         self,
@@ -58,28 +68,67 @@ class TokenBucket:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._configured = rate_per_s
         self._rate = rate_per_s
-        self._capacity = burst if burst is not None else max(1.0, rate_per_s)
+        self._floor = rate_per_s / SLOWEST_FRACTION
+        self._step = rate_per_s / RECOVERY_STEPS
+        self._max_capacity = burst if burst is not None else max(1.0, rate_per_s)
+        self._capacity = self._max_capacity
         self._tokens = self._capacity
         self._monotonic = monotonic
         self._sleep = sleep
         self._last = monotonic()
+        self._paused_until = self._last
+        self._cut_until = self._last  # one halving per pause, however many callers met the 429
         self._lock = threading.Lock()
 
+    @property
+    def rate(self) -> float:
+        """The rate now in force (the configured one unless FlexFactor pushed back)."""
+        return self._rate
+
     def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds waited. Rate <= 0: no limit."""
-        if self._rate <= 0:
-            return 0.0
+        """Take one token, sleeping until it is due; returns the seconds waited. Rate <= 0: no limit
+        (a pause still holds)."""
         with self._lock:
             now = self._monotonic()
-            self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            # Going negative reserves a future token, so waiters queue fairly without holding the lock.
-            self._tokens -= 1.0
-            wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
+            start = max(now, self._paused_until)
+            if self._rate <= 0:
+                wait = start - now
+            else:
+                if start > self._last:
+                    self._tokens = min(self._capacity, self._tokens + (start - self._last) * self._rate)
+                    self._last = start
+                # Going negative reserves a future token, so waiters queue fairly without holding the lock.
+                self._tokens -= 1.0
+                wait = (start - now) + (-self._tokens / self._rate if self._tokens < 0 else 0.0)
         if wait > 0:
             self._sleep(wait)
         return wait
+
+    def back_off(self, pause_s: float) -> None:
+        """FlexFactor said slow down: nobody calls for `pause_s`, then at half the rate (floor 1/32)."""
+        with self._lock:
+            now = self._monotonic()
+            self._paused_until = max(self._paused_until, now + max(0.0, pause_s))
+            if self._rate > 0 and now >= self._cut_until:
+                self._rate = max(self._floor, self._rate / 2)
+                self._capacity = max(1.0, min(self._max_capacity, self._rate))
+                self._cut_until = self._paused_until
+            if self._rate > 0:
+                # What accrued before the pause is not spent at once after it: one probe, then the rate.
+                if self._last < now:
+                    self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+                self._tokens = min(self._tokens, 1.0)
+                self._last = max(self._last, self._paused_until)
+
+    def eased(self) -> None:
+        """A call went through: win back 1/128 of the configured rate, up to it."""
+        if self._rate >= self._configured:
+            return
+        with self._lock:
+            self._rate = min(self._configured, self._rate + self._step)
+            self._capacity = max(1.0, min(self._max_capacity, self._rate))
 
 
 @dataclass(frozen=True)
@@ -296,6 +345,7 @@ class FlexFactorClient:
             status = response.status_code
             self._log_response(method, path, status, attempt, started)
             if 200 <= status < 300:
+                self._limiter.eased()
                 return response
             if status == 401 and not token_renewed:
                 # Expired or revoked early: one new token, one more try (A16); not counted as a retry.
@@ -303,10 +353,20 @@ class FlexFactorClient:
                 self._drop_token(token)
                 attempt -= 1
                 continue
+            if status == 429:
+                # Back-pressure: every caller of this client pauses and slows down, not this thread alone.
+                retry_after = self._pushed_back(response, attempt)
+                if last_try:
+                    raise FlexFactorRateLimited(
+                        f"gateway {self.gateway_id}: {method} {path} still rate limited (HTTP 429) "
+                        f"after {attempt} attempts",
+                        retry_after=retry_after,
+                    )
+                continue
             error = self._status_error(status, response, method, path, attempt)
-            retry = status in (409, 429) or (resendable and status in _SERVER_ERRORS)
+            retry = status == 409 or (resendable and status in _SERVER_ERRORS)
             if retry and not last_try:
-                self._backoff(attempt, retry_after=_retry_after_s(response) if status == 429 else None)
+                self._backoff(attempt)
                 continue
             raise error
 
@@ -323,9 +383,6 @@ class FlexFactorClient:
         if status == 409:
             detail = codes.parse_error_body(409, response.content).summary()
             return FlexFactorConflict(f"{where} after {attempt} attempts: {detail}")
-        if status == 429:
-            # Refused before any work: the same body and key may be sent again later.
-            return FlexFactorNotSent(f"{where}: still rate limited after {attempt} attempts")
         if status >= 500:
             trace = codes.parse_error_body(status, response.content).trace_id
             return FlexFactorUnknownOutcome(f"{where}; FlexFactor may hold the request" + _trace(trace))
@@ -364,15 +421,22 @@ class FlexFactorClient:
         except FlexFactorProtocolError as exc:
             raise FlexFactorProtocolError(f"gateway {self.gateway_id}: {path}: {exc}") from exc
 
-    def _backoff(self, attempt: int, *, retry_after: float | None = None) -> None:
-        if retry_after is not None:
-            delay = retry_after
-        else:
-            # Capped exponential back-off with full jitter, so parallel workers do not retry in step.
-            ceiling = min(self._http.backoff_max_s, self._http.backoff_base_s * 2 ** (attempt - 1))
-            delay = random.uniform(0, ceiling)
+    def _backoff(self, attempt: int) -> None:
+        delay = self._backoff_delay(attempt)
         if delay > 0:
             self._sleep(delay)
+
+    def _backoff_delay(self, attempt: int) -> float:
+        # Capped exponential back-off with full jitter, so parallel workers do not retry in step.
+        ceiling = min(self._http.backoff_max_s, self._http.backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)
+
+    def _pushed_back(self, response: requests.Response, attempt: int) -> float | None:
+        """A 429: pause the shared limiter for Retry-After (capped; back-off when absent) and halve
+        its rate. Returns the Retry-After read, in seconds."""
+        retry_after = retry_after_s(response.headers, self._clock.now())
+        self._limiter.back_off(retry_after if retry_after is not None else self._backoff_delay(attempt))
+        return retry_after
 
     # --- token ------------------------------------------------------------------------------------
 
@@ -451,8 +515,16 @@ class FlexFactorClient:
                 raise FlexFactorConfigError(
                     f"gateway {self.gateway_id}: FlexFactor refused the credentials (HTTP {status} at {path})"
                 )
-            if attempt < attempts and (status == 429 or status >= 500):
-                self._backoff(attempt, retry_after=_retry_after_s(response) if status == 429 else None)
+            if status == 429:
+                retry_after = self._pushed_back(response, attempt)
+                if attempt < attempts:
+                    continue
+                raise FlexFactorRateLimited(
+                    f"gateway {self.gateway_id}: no token, still rate limited (HTTP 429 at {path})",
+                    retry_after=retry_after,
+                )
+            if attempt < attempts and status >= 500:
+                self._backoff(attempt)
                 continue
             raise FlexFactorNotSent(f"gateway {self.gateway_id}: no token (HTTP {status} at {path})")
         raise AssertionError("unreachable")  # pragma: no cover
@@ -544,15 +616,34 @@ def _has_next_page(page: Mapping[str, Any], page_number: int, item_count: int) -
     return isinstance(page_count, int) and page_number < page_count
 
 
-def _retry_after_s(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def retry_after_s(headers: Mapping[str, str], now: datetime) -> float | None:
+    """A 429's Retry-After in seconds, capped at MAX_RETRY_AFTER_S; None when absent or unreadable.
+
+    Either delta-seconds or an HTTP date; a date counts from the answer's own Date header when it has
+    one (so a skewed clock of ours does not stretch it), else from `now`."""
+    value = headers.get("Retry-After")
     if value is None:
         return None
+    value = value.strip()
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date form is possible but undocumented; fall back to back-off
-    return max(0.0, seconds)
+        when = _http_date(value)
+        if when is None:
+            return None
+        sent = _http_date(headers.get("Date") or "")
+        seconds = (when - (sent or now)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def _http_date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _utc_text(moment: datetime) -> str:

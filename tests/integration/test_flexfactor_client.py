@@ -27,6 +27,7 @@ from recycle_engine.errors import (
     FlexFactorNotFoundError,
     FlexFactorNotSent,
     FlexFactorProtocolError,
+    FlexFactorRateLimited,
     FlexFactorRejected,
     FlexFactorUnknownOutcome,
     InputError,
@@ -396,10 +397,34 @@ def test_given_a_429_with_retry_after_when_evaluating_then_the_client_waits_that
 
     # then
     assert answer.state is State.SUBMITTED
-    assert slept == [1.0]
+    assert slept == [pytest.approx(1.0, abs=0.05)]
     logged = _logged(sandbox, "/evaluate")
     assert [e["status"] for e in logged] == [429, 200]
     assert {e["idempotency_key"] for e in logged} - {None} == {body["idempotencyKey"]}
+
+
+def test_given_429_on_every_try_when_evaluating_then_rate_limited_is_raised_and_the_client_slows_down(
+    sandbox: Any, make_client: Callable[..., FlexFactorClient]
+) -> None:
+    # given
+    client = make_client(batching=BatchingSettings(concurrency=4, rate_limit_per_second=1_000))
+    client.evaluate(a_body())  # the token is fetched before the burst
+    _faults(sandbox, retry_after_s=0, script=[{"path": "/evaluate", "action": "429", "count": 4}])
+
+    # when
+    with pytest.raises(FlexFactorRateLimited) as raised:
+        client.evaluate(a_body())
+
+    # then: nothing was done at FlexFactor, so it is "not sent", and the rate was halved at each 429
+    assert isinstance(raised.value, FlexFactorNotSent)
+    assert raised.value.retry_after == 0.0
+    assert [e["status"] for e in _logged(sandbox, "/evaluate")] == [200, 429, 429, 429, 429]
+    slowed = client._limiter.rate
+    assert slowed == pytest.approx(1_000 / 16)
+
+    # when it eases, each call that goes through wins some rate back
+    client.evaluate(a_body())
+    assert slowed < client._limiter.rate < 1_000
 
 
 def test_given_a_burst_of_5xx_on_an_order_lookup_when_reading_then_the_get_is_retried(
