@@ -27,7 +27,7 @@ def run(config_path: str) -> dict[str, int]:
     day = now.astimezone(settings.timezone).date() - timedelta(days=1)
     app = bootstrap.build_app(settings, clock)
     try:
-        result = run_report(settings, app.engine, day=day, now=now)
+        result = run_report(settings, app.engine, day=day, now=now, clock=clock)
     finally:
         app.close()
     counts = {name: int(n) for name, n in result.counts.items()}

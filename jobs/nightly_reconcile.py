@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from jobs.nightly_submit import alert_unsent
 from recycle_engine import bootstrap
 from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.services.reconcile import run_reconcile
@@ -26,8 +27,9 @@ def run(config_path: str) -> dict[str, int]:
     app = bootstrap.build_app(settings, clock)
     try:
         result = run_reconcile(
-            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), at=now, now=now
+            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), at=now, now=now, clock=clock
         )
+        alert_unsent(settings, "reconcile", result.run_id, result.counts.get("unsent", 0))
     finally:
         app.close()
     counts = {name: int(n) for name, n in result.counts.items()}

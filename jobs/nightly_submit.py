@@ -18,7 +18,7 @@ from recycle_engine.services.overdue import warn_overdue
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
 
-__all__ = ["check_after_submit", "run"]
+__all__ = ["alert_unsent", "check_after_submit", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ def run(config_path: str) -> dict[str, int]:
             bootstrap.processors(settings),
             at=now,
             now=now,
+            clock=clock,
         )
         check_after_submit(settings, app.engine, now=clock.now(), run_id=result.run_id)
+        alert_unsent(settings, "submit", result.run_id, result.counts.get("unsent", 0))
     finally:
         app.close()
     counts = {name: int(n) for name, n in result.counts.items()}
@@ -74,3 +76,10 @@ def check_after_submit(
         send_alert(settings.alert_command, job="anomaly", kind="CHECK_FAILED", reason=reason, run_id=run_id)
         return []
     return anomalies
+
+
+def alert_unsent(settings: Settings, job: str, run_id: str | None, unsent: int) -> None:
+    """A run left hand-offs unsent (recorded INCOMPLETE with an UNSENT anomaly): tell the alert hook."""
+    if unsent:
+        reason = f"{unsent} hand-offs left unsent (FlexFactor rate limited); reconcile sends them"
+        send_alert(settings.alert_command, job=job, kind="UNSENT", reason=reason, run_id=run_id)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -159,6 +159,9 @@ class RootGroup(click.Group):
                 click.echo(SCHEMA_MISSING, err=True)
                 sys.exit(1)
             raise
+
+
+EXIT_INCOMPLETE: Final = 3  # `run submit` / `run reconcile` ended with hand-offs still unsent
 
 
 def reports_errors(func: F) -> F:

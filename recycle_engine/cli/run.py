@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from recycle_engine.cli.app import (
+    EXIT_INCOMPLETE,
     config_option,
     instant,
     main,
@@ -67,6 +68,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
                 now=clock.now(),
                 dry_run=dry_run,
                 progress=progress_printer("submit"),
+                clock=clock,
             )
     finally:
         app.close()
@@ -83,6 +85,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
         f"submit {result.run_id or '(dry run)'}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+    _exit_if_unsent("submit", result.run_id, result.counts.get("unsent", 0))
 
 
 @run.command("reconcile")
@@ -108,12 +111,26 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
             bootstrap.flexfactor_clients(settings, LogicalClock(at)),
             at=at,
             now=clock.now(),
+            clock=clock,
         )
     finally:
         app.close()
     click.echo(
         f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+    _exit_if_unsent("reconcile", result.run_id, result.counts.get("unsent", 0))
+
+
+def _exit_if_unsent(job: str, run_id: str | None, unsent: int) -> None:
+    """A run that left hand-offs unsent (FlexFactor kept answering 429) ends with exit code 3."""
+    if unsent:
+        click.echo(
+            f"incomplete: {job} {run_id} left {unsent} hand-offs unsent (FlexFactor rate limited); "
+            "the run is recorded INCOMPLETE with an UNSENT anomaly; run `recycle-engine run reconcile` "
+            "later to send them",
+            err=True,
+        )
+        sys.exit(EXIT_INCOMPLETE)
 
 
 @run.command("report")
@@ -138,7 +155,7 @@ def run_report_cmd(config_path: Path, day: datetime | None) -> None:
     app = bootstrap.build_app(settings, clock)
     try:
         local_day = day.date() if day else now.astimezone(settings.timezone).date()
-        result = run_report(settings, app.engine, day=local_day, now=now)
+        result = run_report(settings, app.engine, day=local_day, now=now, clock=clock)
     finally:
         app.close()
     click.echo(str(result.html_path))

@@ -18,6 +18,7 @@ __all__ = [
     "handoff_count_anomaly",
     "missed_job_anomalies",
     "refused_webhooks_anomaly",
+    "unsent_anomaly",
     "webhook_silence_anomaly",
 ]
 
@@ -30,6 +31,7 @@ class AnomalyKind(enum.StrEnum):
     REFUSED_WEBHOOKS = "REFUSED_WEBHOOKS"  # too many webhooks refused (signature, age, body)
     WEBHOOK_SILENCE = "WEBHOOK_SILENCE"  # no webhook for hours while hand-offs wait on FlexFactor
     JOB_NOT_RUN = "JOB_NOT_RUN"  # a scheduled job has no successful run for its last scheduled day
+    UNSENT = "UNSENT"  # a run ended with hand-offs never sent (FlexFactor rate limited or unreachable)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class AnomalyThresholds:
 class Anomaly:
     kind: AnomalyKind
     reason: str  # one line, as the alert hook and the report show it
-    subject: str = ""  # the job, for JOB_NOT_RUN
+    subject: str = ""  # the job, for JOB_NOT_RUN and UNSENT
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,19 @@ def missed_job_anomalies(due: Mapping[str, date], succeeded: Mapping[str, bool])
         for job, due_on in sorted(due.items())
         if not succeeded.get(job, False)
     ]
+
+
+def unsent_anomaly(job: str, unsent_by_gateway: Mapping[str, int]) -> Anomaly | None:
+    """A run of `job` ended with hand-offs still waiting to be sent (never sent), per gateway."""
+    total = sum(unsent_by_gateway.values())
+    if total == 0:
+        return None
+    where = ", ".join(f"{g} {n}" for g, n in sorted(unsent_by_gateway.items()))
+    return Anomaly(
+        AnomalyKind.UNSENT,
+        f"{job} ended with {total} hand-offs never sent ({where}); run reconcile to send them",
+        subject=job,
+    )
 
 
 def check_night_facts(facts: NightFacts, t: AnomalyThresholds, *, now: datetime) -> list[Anomaly]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from recycle_engine.domain.anomalies import Anomaly, NightFacts, check_night_facts
+from recycle_engine.domain.anomalies import Anomaly, NightFacts, check_night_facts, unsent_anomaly
 from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import (
     DueWindow,
@@ -17,10 +18,19 @@ from recycle_engine.storage.anomaly_repo import (
     record_anomalies,
     send_errors,
     submit_nights,
+    unsent_by_gateway,
     webhook_facts,
 )
 
-__all__ = ["Alert", "DueWindow", "alert_and_record", "check_night", "night_facts"]
+__all__ = [
+    "Alert",
+    "DueWindow",
+    "alert_and_record",
+    "check_night",
+    "night_facts",
+    "count_unsent",
+    "record_unsent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +91,29 @@ def alert_and_record(
         alerted.append(alert(anomaly))
     with engine.begin() as conn:
         record_anomalies(conn, anomalies, alerted, day=day, now=now, run_id=run_id)
+
+
+def record_unsent(
+    settings: Settings, engine: Engine, *, job: str, at: datetime, now: datetime, run_id: str | None
+) -> int:
+    """At the end of a run: count the hand-offs still never sent and, if any, record an UNSENT anomaly
+    for the night of `at` (the alert hook is the scheduled job's to call). Returns the count."""
+    with engine.begin() as conn:
+        unsent = unsent_by_gateway(conn)
+        anomaly = unsent_anomaly(job, unsent)
+        if anomaly is not None:
+            log.warning("anomaly", extra={"kind": anomaly.kind.value, "reason": anomaly.reason})
+            day = at.astimezone(settings.timezone).date()
+            record_anomalies(conn, [anomaly], [False], day=day, now=now, run_id=run_id)
+    return sum(unsent.values())
+
+
+def count_unsent(
+    settings: Settings, engine: Engine, counts: Counter[str], *, job: str, at: datetime, run_id: str
+) -> int:
+    """Hand-offs left never sent at the end of a run, into counts["unsent"] (only when some are),
+    with an UNSENT anomaly for the night."""
+    unsent = record_unsent(settings, engine, job=job, at=at, now=at, run_id=run_id)
+    if unsent:
+        counts["unsent"] = unsent
+    return unsent

@@ -19,6 +19,7 @@ from recycle_engine.errors import (
     FlexFactorConflict,
     FlexFactorError,
     FlexFactorNotSent,
+    FlexFactorRateLimited,
     FlexFactorRejected,
     FlexFactorUnknownOutcome,
 )
@@ -43,6 +44,9 @@ LOOKUP_CHUNK = 100  # unanswered hand-offs claimed for lookup at once
 _WAIT_FOR_CLAIMS_S = 0.05  # nothing to send yet while a claim is being written
 _POOLS_PER_LEASE = 4  # a lease holds this many pool-fulls of hand-offs (at most batch_size)
 _MIN_LEASE = 32
+# A gateway is given up for the run only after this many leases in a row in which every one of its
+# calls was rate limited (429): a 429 is back-pressure, and the throttle slows down in between.
+RATE_LIMITED_LEASES = 3
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class SendResult:
 
     item: SendItem
     answer: EvaluateAnswer | None = None
-    error_kind: str | None = None  # rejected, unknown, not_sent, config, conflict
+    error_kind: str | None = None  # rejected, unknown, not_sent, rate_limited, config, conflict
     error: str | None = None
 
 
@@ -66,6 +70,7 @@ class SendReport:
     unknown: int = 0
     failed: int = 0
     not_sent: int = 0
+    rate_limited: int = 0  # calls that ended in 429; their hand-offs went back to PENDING
     skipped_gateways: set[str] = field(default_factory=set)
     failed_items: list[SendItem] = field(default_factory=list)  # rejected: the ladder treats them as declined
     final_ids: list[str] = field(default_factory=list)  # hand-offs that reached a final state at once
@@ -79,7 +84,7 @@ class SendReport:
             "unknown": self.unknown,
             "failed": self.failed,
             "not_sent": self.not_sent,
-        }
+        } | ({"rate_limited": self.rate_limited} if self.rate_limited else {})
 
 
 class StillClaiming(Protocol):
@@ -94,6 +99,8 @@ def _send_one(client: FlexFactorGateway, item: SendItem) -> SendResult:
         return SendResult(item, answer=client.evaluate(body))
     except FlexFactorRejected as exc:
         return SendResult(item, error_kind="rejected", error=exc.body.summary())
+    except FlexFactorRateLimited as exc:
+        return SendResult(item, error_kind="rate_limited", error=str(exc))
     except FlexFactorNotSent as exc:
         return SendResult(item, error_kind="not_sent", error=str(exc))
     except FlexFactorConfigError as exc:
@@ -141,6 +148,10 @@ def _update_for(result: SendResult, now: datetime) -> HandoffUpdate:
         return HandoffUpdate(
             item.id, values, Event.REJECTED.value, OutcomeSource.RESPONSE.value, result.error
         )
+    if result.error_kind == "rate_limited":
+        # Back-pressure, not refusal: back to PENDING, leased again later in this run, same body and key.
+        values = {"send_started_at": None, "claimed_until": None, "last_error": result.error}
+        return HandoffUpdate(item.id, values, "RATE_LIMITED", OutcomeSource.RESPONSE.value, result.error)
     if result.error_kind in ("not_sent", "config"):
         # It never reached FlexFactor: unmark it so a later pass sends it, same body and key.
         values = {"send_started_at": None, "claimed_until": None, "last_error": result.error}
@@ -170,6 +181,8 @@ def send_pending(
 
     Two leases stay in flight so the HTTP pool never idles while the database records answers.
     `after_record(conn, results)` runs inside the transaction that records a lease (ladder steps).
+    A rate-limited hand-off goes back to PENDING and is leased again; its gateway is given up for this
+    pass only after RATE_LIMITED_LEASES leases in a row where each of its calls met a 429.
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
     then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
     report = SendReport()
@@ -179,6 +192,7 @@ def send_pending(
     skip: set[str] = {g for g in _gateways_pending(engine) if g not in clients} | set(skip_gateways)
     report.skipped_gateways |= skip
     inflight: list[tuple[list[SendItem], list[Future[SendResult]]]] = []
+    throttled: dict[str, int] = {}  # gateway -> leases in a row whose every call met a 429
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="evaluate") as pool:
         while True:
             # Read before leasing: once claiming has ended, this lease sees every hand-off it made.
@@ -205,6 +219,7 @@ def send_pending(
             done_items, futures = inflight.pop(0)
             results = [f.result() for f in futures]
             _record(engine, results, report, skip, now, after_record)
+            _give_up_throttled(results, throttled, skip, report)
             if on_batch:
                 on_batch(report, results)
     return report
@@ -234,6 +249,8 @@ def _record(
             report.failed_items.append(r.item)
             report.final_ids.append(r.item.id)
             log.warning("hand-off rejected", extra={"handoff": r.item.id, "reason": r.error})
+        elif r.error_kind == "rate_limited":
+            report.rate_limited += 1
         elif r.error_kind in ("not_sent", "config"):
             report.not_sent += 1
             # One unreachable or misconfigured gateway must not stall the rest of the night.
@@ -248,6 +265,24 @@ def _record(
         apply_updates(conn, [_update_for(r, now) for r in results], now=now)
         if after_record:
             after_record(conn, results)
+
+
+def _give_up_throttled(
+    results: list[SendResult], throttled: dict[str, int], skip: set[str], report: SendReport
+) -> None:
+    by_gateway: dict[str, bool] = {}
+    for r in results:
+        limited = r.error_kind == "rate_limited"
+        by_gateway[r.item.gateway_id] = by_gateway.get(r.item.gateway_id, True) and limited
+    for gateway, all_limited in by_gateway.items():
+        throttled[gateway] = throttled.get(gateway, 0) + 1 if all_limited else 0
+        if throttled[gateway] >= RATE_LIMITED_LEASES and gateway not in skip:
+            skip.add(gateway)
+            report.skipped_gateways.add(gateway)
+            log.error(
+                "gateway given up for this run: still rate limited",
+                extra={"gateway": gateway, "leases": throttled[gateway]},
+            )
 
 
 def _gateways_pending(engine: Engine) -> set[str]:

@@ -69,12 +69,12 @@ def import_declines(
                 rejects.write(staged.rejects)
                 importer.counts["rejected"] += staged.rejected
     except SQLAlchemyError as exc:
-        _finish_failed(engine, run_id, now, importer.counts, _storage_message(exc))
+        _finish_failed(engine, run_id, clock.now(), importer.counts, _storage_message(exc))
         raise StorageError(_storage_message(exc)) from None
     except RecycleEngineError as exc:
-        _finish_failed(engine, run_id, now, importer.counts, str(exc))
+        _finish_failed(engine, run_id, clock.now(), importer.counts, str(exc))
         raise
-    finish_run(engine, run_id, now=now, counts=importer.counts)
+    finish_run(engine, run_id, now=clock.now(), counts=importer.counts)
     log.info("declines feed imported", extra={"run_id": run_id, **importer.counts})
     counts = importer.counts
     return ImportResult(run_id, counts["accepted"], counts["rejected"], counts["duplicates"], target)

@@ -47,15 +47,17 @@ def finish_run(
     now: datetime,
     counts: Mapping[str, int | float | str],
     error: str | None = None,
+    incomplete: bool = False,
 ) -> None:
-    """Close a run as SUCCEEDED, or FAILED with its error."""
+    """Close a run as SUCCEEDED, FAILED with its error, or INCOMPLETE (it ended normally but left work
+    undone, such as hand-offs FlexFactor's rate limit kept from being sent)."""
     with engine.begin() as conn:
         conn.execute(
             update(JobRun)
             .where(JobRun.id == run_id)
             .values(
                 finished_at=now,
-                status="FAILED" if error else "SUCCEEDED",
+                status="FAILED" if error else "INCOMPLETE" if incomplete else "SUCCEEDED",
                 counts=json.dumps(dict(counts), sort_keys=True),
                 error=error,
             )

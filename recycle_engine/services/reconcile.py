@@ -12,10 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, or_, select
 
+from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
 from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError
-from recycle_engine.ports import FlexFactorGateway, OrderSnapshot
+from recycle_engine.ports import Clock, FlexFactorGateway, OrderSnapshot
+from recycle_engine.services.anomalies import count_unsent
+from recycle_engine.services.due_attempts import continue_ladders_after
 from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.outcomes import apply_outcomes
@@ -256,8 +259,11 @@ def run_reconcile(
     at: datetime,
     now: datetime,
     poll_limit: int = 200_000,
+    clock: Clock | None = None,
 ) -> ReconcileResult:
-    """Settle lost answers, poll open hand-offs, expire closed windows and apply outcomes; idempotent."""
+    """Settle lost answers, send what is still unsent, poll open hand-offs, expire closed windows and
+    apply outcomes; idempotent. Hand-offs still unsent at the end (FlexFactor rate limited) make the
+    run INCOMPLETE, with counts["unsent"] and an UNSENT anomaly. `clock` stamps the run's finish."""
     run_id = start_run(engine, "reconcile", logical_at=at, now=now)
     result = ReconcileResult(run_id)
     counts = result.counts
@@ -266,21 +272,26 @@ def run_reconcile(
         counts.update(
             {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
         )
-        if lookups.resent:
-            http = settings.http
-            lease = timedelta(
-                seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60
-            )
-            report = send_pending(
-                engine,
-                clients,
-                now=at,
-                run_id=run_id,
-                batch_size=settings.batching.batch_size,
-                concurrency=settings.batching.concurrency,
-                lease=lease,
-            )
-            counts["resent"] = report.sent
+        # Every hand-off still never sent (rate limited or unreachable at submit, or confirmed absent
+        # just now) goes out tonight, not at the next submit.
+        http = settings.http
+        lease = timedelta(
+            seconds=(http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1) + 60
+        )
+        report = send_pending(
+            engine,
+            clients,
+            now=at,
+            run_id=run_id,
+            batch_size=settings.batching.batch_size,
+            concurrency=settings.batching.concurrency,
+            lease=lease,
+            after_record=continue_ladders_after(settings, local_date(at, settings.timezone), run_id, at),
+        )
+        if report.sent:
+            counts["sent"] = report.sent
+        if report.rate_limited:
+            counts["rate_limited"] = report.rate_limited
         due = [h for h in _due_for_poll(engine, at, poll_limit) if h.gateway_id in clients]
         with ThreadPoolExecutor(max_workers=max(1, settings.batching.concurrency)) as pool:
             snaps = list(pool.map(lambda h: _poll_one(clients[h.gateway_id], h), due))
@@ -299,8 +310,10 @@ def run_reconcile(
         applied = apply_outcomes(settings, engine, now=at, run_id=run_id)
         counts.update({f"applied_{k}": v for k, v in applied.items()})
         refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
+        unsent = count_unsent(settings, engine, counts, job="reconcile", at=at, run_id=run_id)
     except Exception as exc:
-        finish_run(engine, run_id, now=now, counts=dict(counts), error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        finish_run(engine, run_id, now=clock.now() if clock else now, counts=dict(counts), error=error)
         raise
-    finish_run(engine, run_id, now=now, counts=dict(counts))
+    finish_run(engine, run_id, now=clock.now() if clock else now, counts=dict(counts), incomplete=unsent > 0)
     return result

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import RecycleEngineError, StorageError
+from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.settings import Settings
@@ -50,13 +51,16 @@ class ReportResult:
     counts: dict[str, int]
 
 
-def run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) -> ReportResult:
-    """Render the report for local day `day` (settings.timezone) as of `now`, and record a "report" run.
+def run_report(
+    settings: Settings, engine: Engine, *, day: date, now: datetime, clock: Clock | None = None
+) -> ReportResult:
+    """Render the report for local day `day` (settings.timezone) as of `now`, and record a "report" run
+    (its finish stamped by `clock` when given).
 
     Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
     when the database fails and RecycleEngineError when the files cannot be written."""
     with _long_lived_objects_frozen():
-        return _run_report(settings, engine, day=day, now=now)
+        return _run_report(settings, engine, day=day, now=now, clock=clock)
 
 
 @contextmanager
@@ -75,7 +79,9 @@ def _long_lived_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-def _run_report(settings: Settings, engine: Engine, *, day: date, now: datetime) -> ReportResult:
+def _run_report(
+    settings: Settings, engine: Engine, *, day: date, now: datetime, clock: Clock | None
+) -> ReportResult:
     windows = [g.flexfactor.expiry_days for g in settings.flexfactor_gateways() if g.flexfactor]
     window = max(windows, default=21)
     bounds = queries.ReportBounds.for_day(day, settings.timezone, now, window_days=window)
@@ -96,14 +102,15 @@ def _run_report(settings: Settings, engine: Engine, *, day: date, now: datetime)
         index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
     except Exception as exc:
         # Close the run whatever went wrong, so `status` never shows a report running forever.
-        finish_run(engine, run_id, now=now, counts={}, error=f"{exc.__class__.__name__}: {exc}"[:500])
+        error = f"{exc.__class__.__name__}: {exc}"[:500]
+        finish_run(engine, run_id, now=clock.now() if clock else now, counts={}, error=error)
         if isinstance(exc, SQLAlchemyError):
             raise StorageError(f"report for {day}: the database failed ({exc.__class__.__name__})") from exc
         if isinstance(exc, OSError):
             raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc
         raise
     counts |= {"csv_rows": csv_rows, "rollup_days": refreshed.days}
-    finish_run(engine, run_id, now=now, counts=counts)
+    finish_run(engine, run_id, now=clock.now() if clock else now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
     return ReportResult(html_path, csv_path, index_path, run_id, counts)
 

@@ -17,7 +17,8 @@ from sqlalchemy import (
 )
 
 from recycle_engine.domain.ladder import local_date
-from recycle_engine.ports import FlexFactorGateway, ProcessorGateway
+from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
+from recycle_engine.services.anomalies import count_unsent
 from recycle_engine.services.claim_process import ClaimProcess, can_claim_in_process
 from recycle_engine.services.claiming import NightClaim, Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
@@ -53,12 +54,14 @@ def run_submit(
     progress: Progress | None = None,
     preview_rows: int = 20,
     run_id: str | None = None,
+    clock: Clock | None = None,
 ) -> SubmitResult:
     """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
 
-    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run.
-    With `run_id`, the caller owns that job run (several workers share one) and it is neither
-    started nor finished here; without it the run records itself."""
+    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run's
+    start and `clock` (when given) its finish. With `run_id`, the caller owns that job run (several
+    workers share one) and it is neither started nor finished here; without it the run records itself,
+    INCOMPLETE with an UNSENT anomaly when hand-offs are left unsent (counts["unsent"])."""
     today = local_date(at, settings.timezone)
     if dry_run:
         return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
@@ -71,12 +74,17 @@ def run_submit(
     try:
         _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
         refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
+        unsent = count_unsent(settings, engine, result.counts, job="submit", at=at, run_id=run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        finish_run(engine, run_id, now=now, counts=dict(result.counts), error=error)
+        finish_run(engine, run_id, now=_finish(clock, now), counts=dict(result.counts), error=error)
         raise
-    finish_run(engine, run_id, now=now, counts=dict(result.counts))
+    finish_run(engine, run_id, now=_finish(clock, now), counts=dict(result.counts), incomplete=unsent > 0)
     return result
+
+
+def _finish(clock: Clock | None, started: datetime) -> datetime:
+    return clock.now() if clock is not None else started
 
 
 def _night(

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.ports import Clock
+from recycle_engine.services.anomalies import count_unsent
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.services.submit import SubmitResult, run_submit
@@ -102,8 +103,9 @@ def run_submit_workers(
         raise
     # Once for the whole night, not once per worker: the workers' notes are all in by now.
     refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
+    unsent = count_unsent(settings, engine, counts, job="submit", at=at, run_id=run_id)
     error = "; ".join(errors) if errors else None
-    finish_run(engine, run_id, now=clock.now(), counts=dict(counts), error=error)
+    finish_run(engine, run_id, now=clock.now(), counts=dict(counts), error=error, incomplete=unsent > 0)
     if errors:
         raise WorkersFailed(
             f"submit {run_id}: {len(errors)} of {workers} workers failed ({error}); the others finished. "

@@ -22,6 +22,7 @@ __all__ = [
     "record_anomalies",
     "send_errors",
     "submit_nights",
+    "unsent_by_gateway",
     "webhook_facts",
 ]
 
@@ -97,6 +98,16 @@ def send_errors(conn: Connection, day: date, tz: ZoneInfo) -> tuple[int, int]:
         )
     ).one()
     return int(row.sent), int(row.errors)
+
+
+def unsent_by_gateway(conn: Connection) -> dict[str, int]:
+    """PENDING hand-offs never sent (no request started, or FlexFactor confirmed it absent), per gateway."""
+    rows = conn.execute(
+        select(Handoff.gateway_id, func.count())
+        .where(Handoff.state == State.PENDING.value, Handoff.send_started_at.is_(None))
+        .group_by(Handoff.gateway_id)
+    )
+    return {str(g): int(n) for g, n in rows}
 
 
 def webhook_facts(
