@@ -79,6 +79,7 @@ def status_cmd(config_path: Path) -> None:
     from jobs.schedule import next_fire_times
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.services.job_runs import abandon_dead_runs
     from recycle_engine.services.status import gather_status, render_status
 
     settings = bootstrap.load_settings_file(config_path)
@@ -86,6 +87,7 @@ def status_cmd(config_path: Path) -> None:
     now = clock.now()
     app = bootstrap.build_app(settings, clock)
     try:
+        abandon_dead_runs(app.engine, now=now)
         status = gather_status(
             app.engine,
             now=now,

@@ -1,4 +1,7 @@
-"""Job run records: one row per run of submit, reconcile, report or import, with its counts."""
+"""Job run records: one row per run of submit, reconcile, report or import, with its counts.
+
+A run is RUNNING until it finishes as SUCCEEDED, INCOMPLETE or FAILED. A run whose process died
+(killed, host lost) never finishes itself: the next run to start, and `status`, mark it ABANDONED."""
 
 from __future__ import annotations
 
@@ -6,14 +9,19 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Final
 
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from recycle_engine.storage.models import JobRun
 
-__all__ = ["finish_run", "new_run_id", "start_run"]
+__all__ = ["ABANDON_AFTER", "abandon_dead_runs", "finish_run", "new_run_id", "pid_alive", "start_run"]
+
+# A run still RUNNING this long after it started is taken for dead wherever it ran (no night lasts a
+# day); sooner than that only when it ran on this host and its process is gone.
+ABANDON_AFTER: Final = timedelta(hours=24)
 
 
 def new_run_id(job: str) -> str:
@@ -23,9 +31,11 @@ def new_run_id(job: str) -> str:
 def start_run(
     engine: Engine, job: str, *, logical_at: datetime, now: datetime, run_id: str | None = None
 ) -> str:
-    """Record a RUNNING job run and return its id."""
+    """Record a RUNNING job run and return its id; runs left RUNNING by dead processes are marked
+    ABANDONED first."""
     run_id = run_id or new_run_id(job)
     with engine.begin() as conn:
+        _abandon(conn, now=now, host=socket.gethostname(), alive=pid_alive)
         conn.execute(
             insert(JobRun).values(
                 id=run_id,
@@ -62,3 +72,52 @@ def finish_run(
                 error=error,
             )
         )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (signal 0 asks without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    except OSError:
+        return False
+    return True
+
+
+def abandon_dead_runs(
+    engine: Engine,
+    *,
+    now: datetime,
+    host: str | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+) -> list[str]:
+    """Mark ABANDONED every RUNNING run whose process on this host is gone, or that started more than
+    ABANDON_AFTER before `now` wherever it ran; returns their ids."""
+    with engine.begin() as conn:
+        return _abandon(conn, now=now, host=host or socket.gethostname(), alive=alive)
+
+
+def _abandon(conn: Connection, *, now: datetime, host: str, alive: Callable[[int], bool]) -> list[str]:
+    running = conn.execute(
+        select(JobRun.id, JobRun.host, JobRun.pid, JobRun.started_at).where(JobRun.status == "RUNNING")
+    ).all()
+    abandoned: list[str] = []
+    for run in running:
+        if run.started_at <= now - ABANDON_AFTER:
+            reason = f"abandoned: still running {ABANDON_AFTER.total_seconds() / 3600:g} h after its start"
+        elif run.host == host and run.pid is not None and run.pid != os.getpid() and not alive(run.pid):
+            reason = f"abandoned: its process {run.pid} on {host} is gone"
+        else:
+            continue
+        # Only if still RUNNING: the run may have finished between the read and this write.
+        done = conn.execute(
+            update(JobRun)
+            .where(JobRun.id == run.id, JobRun.status == "RUNNING")
+            .values(status="ABANDONED", finished_at=now, error=reason)
+        )
+        if done.rowcount:
+            abandoned.append(run.id)
+    return abandoned

@@ -46,7 +46,7 @@ AGE_BUCKETS: Final[tuple[tuple[str, int, int | None], ...]] = (
 class RunSummary:
     run_id: str
     job: str
-    status: str  # RUNNING, SUCCEEDED, FAILED or MISSED
+    status: str  # RUNNING, SUCCEEDED, INCOMPLETE, FAILED, ABANDONED or MISSED
     logical_at: datetime
     started_at: datetime
     finished_at: datetime | None

@@ -400,7 +400,8 @@ class JobRun(Base):
     logical_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    status: Mapped[str] = mapped_column(String(12))  # RUNNING, SUCCEEDED, FAILED, MISSED
+    # RUNNING, SUCCEEDED, INCOMPLETE (left hand-offs unsent), FAILED, ABANDONED (its process died), MISSED
+    status: Mapped[str] = mapped_column(String(12))
     counts: Mapped[str | None] = mapped_column(Text)  # JSON object
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(128))
