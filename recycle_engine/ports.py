@@ -74,7 +74,8 @@ class FlexFactorGateway(Protocol):
         """POST /evaluate with a body built by `flexfactor_payload`; the body carries its idempotencyKey.
 
         Raises FlexFactorRejected (400), FlexFactorUnknownOutcome (read timeout, 5xx after retries),
-        FlexFactorNotSent (never left us), FlexFactorConflict (409), FlexFactorConfigError."""
+        FlexFactorNotSent (never left us), FlexFactorRateLimited (a FlexFactorNotSent: 429 on every try),
+        FlexFactorConflict (409), FlexFactorConfigError."""
         ...
 
     def get_order(self, flexfactor_order_id: str) -> OrderSnapshot:

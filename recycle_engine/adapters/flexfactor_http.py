@@ -192,9 +192,9 @@ class FlexFactorClient:
         """POST /evaluate once; resends only what provably never reached FlexFactor (same bytes, same key).
 
         Raises FlexFactorRejected (400 or a FAILED envelope), FlexFactorUnknownOutcome (read timeout,
-        5xx, unreadable answer), FlexFactorNotSent, FlexFactorConflict (409 after retries),
-        FlexFactorConfigError, InputError (no idempotencyKey, a card number in cardNumber, or one
-        written in a payer or billingInformation field)."""
+        5xx, unreadable answer), FlexFactorNotSent, FlexFactorRateLimited (429 on every try),
+        FlexFactorConflict (409 after retries), FlexFactorConfigError, InputError (no idempotencyKey,
+        a card number in cardNumber, or one written in a payer or billingInformation field)."""
         _refuse_unsafe_body(body)
         response = self._send("POST", "/evaluate", body=body, resendable=False)
         try:
