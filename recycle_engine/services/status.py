@@ -207,7 +207,7 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
 
 def _run_line(run: RunSummary, at: Callable[[datetime | None], str]) -> str:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items()))
-    text = f"{run.status:9} {run.run_id}  logical {at(run.logical_at)}  finished {at(run.finished_at)}"
+    text = f"{run.status:10} {run.run_id}  logical {at(run.logical_at)}  finished {at(run.finished_at)}"
     if counts:
         text += f"  [{counts}]"
     if run.error:
