@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -109,6 +110,29 @@ def test_given_an_attempt_on_a_flexfactor_slot_when_submit_runs_twice_then_it_is
     assert [c["order_id"] for c in calls] == [h.id]
     sub = _one(engine, select(Subscription))
     assert (sub.status, sub.open_handoff_id, sub.next_attempt_on) == ("RECYCLE_BILLING", h.id, None)
+
+
+def test_given_a_decline_at_minus_five_hours_when_handed_off_then_its_own_offset_is_sent(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a decline at 09:30 -05:00 (Chicago in winter), attempt 4 due tonight on FlexFactor
+    settings, engine = world
+    declined = a_decline(declined_at=datetime(2026, 6, 1, 14, 30, tzinfo=UTC), utc_offset_minutes=-300)
+    insert_recycling(
+        engine,
+        declined,
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    # when
+    _submit(settings, engine)
+    # then: the body sent (stored byte for byte before the call) carries -5, not 0, beside the UTC time
+    h = _one(engine, select(Handoff))
+    assert h.state == "SUBMITTED"
+    transaction = json.loads(h.request_body)["transaction"]
+    assert (transaction["timezoneUtcOffset"], transaction["timestampUtc"]) == (-5, "2026-06-01T14:30:00Z")
 
 
 def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
