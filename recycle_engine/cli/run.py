@@ -39,7 +39,7 @@ def run() -> None:
 def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.money import Money
     from recycle_engine.services.overdue import warn_overdue
     from recycle_engine.services.submit import run_submit
@@ -66,6 +66,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
                 at=at,
                 now=clock.now(),
                 dry_run=dry_run,
+                send_clock=send_clock(at),
                 progress=progress_printer("submit"),
             )
     finally:
@@ -94,7 +95,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
 def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.services.reconcile import run_reconcile
 
     settings = bootstrap.load_settings_file(config_path)
@@ -108,6 +109,7 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
             bootstrap.flexfactor_clients(settings, LogicalClock(at)),
             at=at,
             now=clock.now(),
+            send_clock=send_clock(at),
         )
     finally:
         app.close()

@@ -22,7 +22,8 @@ from recycle_engine.errors import (
     FlexFactorRejected,
     FlexFactorUnknownOutcome,
 )
-from recycle_engine.ports import EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.services.send_window import fix_windows
 from recycle_engine.storage.handoff_repo import (
     HandoffUpdate,
     SendItem,
@@ -164,6 +165,7 @@ def send_pending(
     only_ids: Sequence[str] | None = None,
     claiming: StillClaiming | None = None,
     skip_gateways: Iterable[str] = (),
+    send_clock: Clock | None = None,
 ) -> SendReport:
     """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a few pool-fulls (at
     most `batch_size`), commit the mark, call FlexFactor, record.
@@ -171,7 +173,8 @@ def send_pending(
     Two leases stay in flight so the HTTP pool never idles while the database records answers.
     `after_record(conn, results)` runs inside the transaction that records a lease (ladder steps).
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
-    then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
+    then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them).
+    A hand-off's first send fixes its FlexFactor window from `send_clock` (default: `now`)."""
     report = SendReport()
     # Leased a few pool-fulls at a time, not a whole batch: when the night runs out each worker holds
     # at most two leases, so workers finish together instead of one sending its last thousand alone.
@@ -193,6 +196,7 @@ def send_pending(
                     exclude_gateways=skip,
                     only_ids=only_ids,
                 )
+                items = fix_windows(conn, items, sent_at=send_clock.now() if send_clock else now)
             if items:
                 inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))
             if not inflight:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, or_, select
 from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
 from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError
-from recycle_engine.ports import FlexFactorGateway, OrderSnapshot
+from recycle_engine.ports import Clock, FlexFactorGateway, OrderSnapshot
 from recycle_engine.services.handoff_sending import resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.outcomes import apply_outcomes
@@ -256,6 +256,7 @@ def run_reconcile(
     at: datetime,
     now: datetime,
     poll_limit: int = 200_000,
+    send_clock: Clock | None = None,
 ) -> ReconcileResult:
     """Settle lost answers, poll open hand-offs, expire closed windows and apply outcomes; idempotent."""
     run_id = start_run(engine, "reconcile", logical_at=at, now=now)
@@ -279,6 +280,7 @@ def run_reconcile(
                 batch_size=settings.batching.batch_size,
                 concurrency=settings.batching.concurrency,
                 lease=lease,
+                send_clock=send_clock,
             )
             counts["resent"] = report.sent
         due = [h for h in _due_for_poll(engine, at, poll_limit) if h.gateway_id in clients]

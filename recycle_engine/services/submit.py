@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 
 from recycle_engine.domain.ladder import local_date
-from recycle_engine.ports import FlexFactorGateway, ProcessorGateway
+from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
 from recycle_engine.services.claim_process import ClaimProcess, can_claim_in_process
 from recycle_engine.services.claiming import NightClaim, Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
@@ -53,23 +53,45 @@ def run_submit(
     progress: Progress | None = None,
     preview_rows: int = 20,
     run_id: str | None = None,
+    send_clock: Clock | None = None,
 ) -> SubmitResult:
     """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
 
     Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run.
     With `run_id`, the caller owns that job run (several workers share one) and it is neither
-    started nor finished here; without it the run records itself."""
+    started nor finished here; without it the run records itself. FlexFactor's window of a hand-off
+    counts from its first send by `send_clock` (default: `at`; the CLI passes the real clock)."""
     today = local_date(at, settings.timezone)
     if dry_run:
         return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
     if run_id is not None:
         result = SubmitResult(run_id)
-        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        _night(
+            settings,
+            engine,
+            clients,
+            processors,
+            at=at,
+            today=today,
+            result=result,
+            progress=progress,
+            send_clock=send_clock,
+        )
         return result
     run_id = start_run(engine, "submit", logical_at=at, now=now)
     result = SubmitResult(run_id)
     try:
-        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        _night(
+            settings,
+            engine,
+            clients,
+            processors,
+            at=at,
+            today=today,
+            result=result,
+            progress=progress,
+            send_clock=send_clock,
+        )
         refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -89,6 +111,7 @@ def _night(
     today: date,
     result: SubmitResult,
     progress: Progress | None,
+    send_clock: Clock | None = None,
 ) -> None:
     """Settle lost answers, then claim every due attempt (processor attempts run in the claim) while a
     second thread sends the hand-offs already claimed."""
@@ -135,6 +158,7 @@ def _night(
             after_record=continue_ladders_after(settings, today, run_id, at),
             claiming=claim if claim is not None else claiming_here,
             skip_gateways={g.id for g in settings.flexfactor_gateways()} - set(clients),
+            send_clock=send_clock,
         )
         try:
             if claim is not None:

@@ -45,6 +45,9 @@ class SendItem:
     idempotency_key: str
     amount_minor: int
     resend_count: int
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    first_sent_at: datetime | None = None  # None: never sent, its window still counts from its first send
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ def lease_unsent(
             Handoff.idempotency_key,
             Handoff.amount_minor,
             page.c.resend_count,
+            Handoff.created_at,
+            Handoff.expires_at,
+            Handoff.first_sent_at,
         )
         .join(page, Handoff.id == page.c.id)
         .order_by(page.c.created_at, page.c.id)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
@@ -133,6 +133,61 @@ def test_given_a_decline_at_minus_five_hours_when_handed_off_then_its_own_offset
     assert h.state == "SUBMITTED"
     transaction = json.loads(h.request_body)["transaction"]
     assert (transaction["timezoneUtcOffset"], transaction["timestampUtc"]) == (-5, "2026-06-01T14:30:00Z")
+
+
+def test_given_a_run_at_a_past_logical_time_when_it_hands_off_then_the_window_counts_from_the_send_clock(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: the run replays the night of 10 June (--at), but it really sends two days later, and
+    # FlexFactor's clock says so; attempt 4 is due on the replayed night
+    settings, engine = world
+    sent = NIGHT + timedelta(days=2, hours=3)
+    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    # when
+    _submit(settings, engine, send_clock=FixedClock(sent))
+    # then: 21 days from the send, in the body FlexFactor accepted and in the hand-off's own expiry
+    h = _one(engine, select(Handoff))
+    assert h.state == "SUBMITTED"
+    assert (h.expires_at, h.first_sent_at, h.created_at) == (sent + timedelta(days=21), sent, NIGHT)
+    assert json.loads(h.request_body)["expiryDateUtc"] == "2026-07-03T09:00:00Z"
+
+
+def test_given_a_handoff_sent_once_when_it_is_sent_again_then_its_window_and_body_stay_as_first_sent(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a hand-off first sent at NIGHT, then confirmed absent and queued for a resend
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    _submit(settings, engine)
+    first = _one(engine, select(Handoff))
+    with engine.begin() as conn:
+        conn.execute(update(Handoff).values(state="PENDING", send_started_at=None, resend_count=1))
+    # when: the resend goes out a day later by the send clock
+    later = NIGHT + timedelta(days=1)
+    _admin(sandbox, "clock", {"now": later.isoformat(), "frozen": True})
+    _submit(settings, engine, at=later, send_clock=FixedClock(later))
+    # then: the same body (same key) and the same window
+    again = _one(engine, select(Handoff))
+    assert (again.request_body, again.expires_at, again.first_sent_at) == (
+        first.request_body,
+        NIGHT + timedelta(days=21),
+        NIGHT,
+    )
 
 
 def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
