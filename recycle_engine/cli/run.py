@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 from recycle_engine.cli.app import (
     config_option,
@@ -69,6 +73,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
                 send_clock=send_clock(at),
                 progress=progress_printer("submit"),
             )
+        failures = [] if dry_run or result.run_id is None else _failure_lines(app.engine, result.run_id)
     finally:
         app.close()
         end_progress()
@@ -84,6 +89,24 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
         f"submit {result.run_id or '(dry run)'}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+    for line in failures:
+        click.echo(line)
+
+
+_MAX_REASONS = 10
+
+
+def _failure_lines(engine: Engine, run_id: str) -> list[str]:
+    """`failed N: <reason>` (and `not sent N: <reason>`) per distinct error of the run's hand-offs."""
+    from recycle_engine.storage.handoff_repo import failure_reasons
+
+    with engine.connect() as conn:
+        reasons = failure_reasons(conn, run_id)
+    lines = [f"{'failed' if state == 'FAILED' else 'not sent'} {n}: {error}" for state, error, n in reasons]
+    if len(lines) > _MAX_REASONS:
+        rest = sum(n for _s, _e, n in reasons[_MAX_REASONS:])
+        lines = [*lines[:_MAX_REASONS], f"... {rest} more with {len(reasons) - _MAX_REASONS} other reasons"]
+    return lines
 
 
 @run.command("reconcile")

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import requests
+from click.testing import CliRunner
 from sqlalchemy import Engine, func, select, update
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.cli import main
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
@@ -29,7 +31,7 @@ from recycle_engine.storage.models import (
     Order,
     Subscription,
 )
-from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.factories import SANDBOX_ENV, a_decline, a_settings_file, insert_recycling, load_test_settings
 
 # 02:00 in New York on 2026-06-10: the local day is 2026-06-10.
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -188,6 +190,38 @@ def test_given_a_handoff_sent_once_when_it_is_sent_again_then_its_window_and_bod
         NIGHT + timedelta(days=21),
         NIGHT,
     )
+
+
+def test_given_handoffs_that_fail_when_submit_runs_from_the_cli_then_the_console_says_why(
+    tmp_path: Path, db_url: str, sandbox: RunningSandbox
+) -> None:
+    # given: two due FlexFactor attempts whose subscriptions have no card token
+    path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url)
+    engine = make_engine(db_url)
+    for n in (1, 2):
+        decline = a_decline(
+            transaction_id=f"txn-{n}", order_id=f"ord-{n}", purchase_id=f"sub-{n}", card_token=""
+        )
+        insert_recycling(
+            engine,
+            decline,
+            last_attempt=2,
+            last_ran_on=date(2026, 6, 8),
+            next_attempt=4,
+            next_attempt_on=NIGHT.date(),
+        )
+    engine.dispose()
+    # when
+    run = CliRunner().invoke(
+        main, ["run", "submit", "--at", NIGHT.isoformat(), "--config", str(path)], env=SANDBOX_ENV
+    )
+    # then: not just a count: one line per reason, with how many it struck
+    assert run.exit_code == 0, run.output
+    lines = run.output.splitlines()
+    assert sorted(line for line in lines if line.startswith("failed ")) == [
+        "failed 1: subscription sub-1: missing card_token",
+        "failed 1: subscription sub-2: missing card_token",
+    ]
 
 
 def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
