@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 
 from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
@@ -49,6 +49,8 @@ class _Open:
     poll_count: int
     amount_minor: int
     currency: str
+    submitted_at: datetime | None = None
+    sent_at: datetime | None = None  # first send (or the send in progress when first_sent_at is unknown)
 
 
 _OPEN_COLUMNS = (
@@ -60,6 +62,8 @@ _OPEN_COLUMNS = (
     Handoff.poll_count,
     Handoff.amount_minor,
     Handoff.currency,
+    Handoff.submitted_at,
+    func.coalesce(Handoff.first_sent_at, Handoff.send_started_at).label("sent_at"),
 )
 
 
@@ -125,6 +129,10 @@ def _poll_updates(
         return [HandoffUpdate(h.id, values, "POLL_ERROR", OutcomeSource.POLL.value, str(snap))]
     counts["polled"] += 1
     extra: dict[str, Any] = {"vendor_status": snap.status_name}
+    if h.submitted_at is None:
+        # Its send answer was lost (still PENDING): submitted when FlexFactor placed the order, else
+        # when we sent it.
+        extra["submitted_at"] = snap.order_placed_at or h.sent_at or now
     if snap.needs_attention:
         extra["attention"] = snap.needs_attention
     if snap.state is not None:

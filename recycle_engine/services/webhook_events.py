@@ -115,6 +115,9 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
         values.update(state=new_state.value, outcome_at=now, outcome_source=OutcomeSource.WEBHOOK.value)
         if state is State.EXPIRED and new_state is State.APPROVED:
             values["late_outcome"] = True
+    if state is State.PENDING and new_state is not State.PENDING and ref.submitted_at is None:
+        # Its send answer was lost (PENDING) and FlexFactor speaks: it was submitted when we sent it.
+        values["submitted_at"] = ref.sent_at or now
     if attention is not None and _ATTENTION_RANK.get(ref.attention or "", 0) <= _ATTENTION_RANK[attention]:
         values["attention"] = attention
     if values:

@@ -224,6 +224,36 @@ def test_given_handoffs_that_fail_when_submit_runs_from_the_cli_then_the_console
     ]
 
 
+def test_given_a_pending_handoff_whose_answer_was_lost_when_a_poll_settles_it_then_it_gets_the_order_placed_time(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a hand-off FlexFactor placed at NIGHT (card 3184: rescued), whose answer we never read
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(card_last4="3184"),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    _submit(settings, engine)
+    with engine.begin() as conn:
+        # FlexFactor's id came by a webhook that moved nothing; no lookup holds it (not sending)
+        conn.execute(
+            update(Handoff).values(
+                state="PENDING", submitted_at=None, send_started_at=None, next_poll_at=NIGHT
+            )
+        )
+    # when: three days later the poll finds it settled
+    later = NIGHT + timedelta(days=3)
+    _admin(sandbox, "clock", {"now": later.isoformat()})
+    _reconcile(settings, engine, later)
+    # then: settled, and submitted when FlexFactor placed the order, not when the poll ran
+    h = _one(engine, select(Handoff))
+    assert (h.state, h.outcome_source, h.submitted_at) == ("APPROVED", "POLL", NIGHT)
+
+
 def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
     world: tuple[Settings, Engine], sandbox: RunningSandbox
 ) -> None:

@@ -181,6 +181,7 @@ def a_handoff(
     handoff_id: str | None = None,
     state: str = "SUBMITTED",
     flexfactor_order_id: str | None = None,
+    **overrides: Any,
 ) -> str:
     """A hand-off row as submit leaves it (our id is the orderId FlexFactor knows)."""
     handoff_id = handoff_id or f"sub_{uuid.uuid4().hex[:12]}"
@@ -206,6 +207,7 @@ def a_handoff(
         "expires_at": T0 + timedelta(days=20),
         "flexfactor_order_id": flexfactor_order_id,
         "updated_at": T0,
+        **overrides,
     }
     with engine.begin() as conn:
         conn.execute(insert(Handoff).values(row))
@@ -406,6 +408,27 @@ def test_given_no_flexfactor_id_yet_when_an_event_names_our_order_id_then_it_mat
     assert answer.status_code == 200
     row = service.handoff(handoff_id)
     assert (row.state, row.flexfactor_order_id) == ("APPROVED", ff_id)
+
+
+def test_given_a_pending_handoff_whose_answer_was_lost_when_a_webhook_settles_it_then_it_gets_the_send_time(
+    start_service: Callable[[Clock], Service],
+) -> None:
+    # given: sent five minutes before T0, its answer lost: PENDING, never marked submitted
+    service = start_service(FixedClock(T0 + timedelta(hours=2)))
+    sent = T0 - timedelta(minutes=5)
+    handoff_id = a_handoff(
+        service.engine, state="PENDING", submitted_at=None, send_started_at=sent, first_sent_at=sent
+    )
+    body = an_event(order_id=str(uuid.uuid4()), external=handoff_id)
+    # when: the rescue arrives by webhook
+    at = T0 + timedelta(hours=2)
+    answer = requests.post(
+        service.hook_url(), data=body, headers=signed_headers(service.url, body, at=at), timeout=10
+    )
+    # then: the hand-off has a submission time, the send's
+    assert answer.status_code == 200
+    row = service.handoff(handoff_id)
+    assert (row.state, row.submitted_at) == ("APPROVED", sent)
 
 
 @pytest.mark.parametrize(
