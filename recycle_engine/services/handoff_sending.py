@@ -29,6 +29,7 @@ from recycle_engine.storage.handoff_repo import (
     SendItem,
     apply_updates,
     claim_unanswered,
+    insert_events,
     lease_unsent,
 )
 from recycle_engine.storage.models import Handoff
@@ -270,6 +271,7 @@ class LookupReport:
     resent: int = 0
     failed: int = 0
     errors: int = 0
+    error_events: list[dict[str, Any]] = field(default_factory=list)  # LOOKUP_ERROR, one per failed look-up
     failed_ids: list[str] = field(default_factory=list)
     final_ids: list[str] = field(default_factory=list)
 
@@ -310,9 +312,11 @@ def resolve_unanswered(
                 unsettled.append(handoff_id)
             else:
                 updates.append(update)
-        if updates:
+        if updates or report.error_events:
             with engine.begin() as conn:
                 apply_updates(conn, updates, now=now)
+                insert_events(conn, report.error_events)
+            report.error_events.clear()
         if len(rows) < LOOKUP_CHUNK:
             break
     release_leases(engine, unsettled)
@@ -337,6 +341,16 @@ def _look_up(
     except FlexFactorError as exc:
         report.errors += 1
         log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
+        report.error_events.append(
+            {
+                "handoff_id": handoff_id,
+                "kind": "LOOKUP_ERROR",
+                "source": OutcomeSource.POLL.value,
+                "state_after": State.PENDING.value,
+                "detail": str(exc)[:500],
+                "occurred_at": now,
+            }
+        )
         return None
     if snap is not None:
         report.adopted += 1

@@ -273,7 +273,12 @@ def run_reconcile(
     try:
         lookups = resolve_unanswered(engine, clients, now=at, window=timedelta(days=23))
         counts.update(
-            {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+            {
+                "adopted": lookups.adopted,
+                "queued_resend": lookups.resent,
+                "lookup_failed": lookups.failed,
+                "lookup_errors": lookups.errors,
+            }
         )
         if lookups.resent:
             http = settings.http

@@ -125,7 +125,12 @@ def _night(
     window = timedelta(days=23)
     lookups = resolve_unanswered(engine, clients, now=at, window=window, run_id=run_id, lease=lease)
     counts.update(
-        {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+        {
+            "adopted": lookups.adopted,
+            "queued_resend": lookups.resent,
+            "lookup_failed": lookups.failed,
+            "lookup_errors": lookups.errors,
+        }
     )
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned

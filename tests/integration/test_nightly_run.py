@@ -17,6 +17,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
+from recycle_engine.services.anomalies import check_night
 from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
@@ -371,6 +372,38 @@ def test_given_the_answer_is_lost_after_flexfactor_took_the_order_when_submit_ru
     assert second.counts["adopted"] == 1
     assert (h.state, h.resend_count) == ("SUBMITTED", 0)
     assert len(_evaluates(sandbox)) == 1
+
+
+def test_given_a_lost_answer_whose_lookup_fails_when_runs_go_on_then_the_errors_are_counted_recorded_and_raised(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: the answer to a hand-off is lost, and every "was it received?" look-up then fails
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "500_after", "count": 1}]})
+    _submit(settings, engine)
+    _admin(sandbox, "faults", {"script": [{"path": "/orders", "action": "503", "count": 50}]})
+    # when
+    second = _submit(settings, engine)
+    # then: the run counts the failed look-up (not only those given up after resends) ...
+    assert (second.counts["lookup_errors"], second.counts["lookup_failed"]) == (1, 0)
+    with engine.connect() as conn:
+        kinds = list(conn.execute(select(HandoffEvent.kind).order_by(HandoffEvent.id)).scalars())
+    # ... records it on the hand-off ...
+    assert kinds[-1] == "LOOKUP_ERROR"
+    assert _one(engine, select(Handoff.state)).state == "PENDING"
+    # ... and a day on, the hand-off still unresolved is an anomaly
+    found = check_night(settings, engine, day=date(2026, 6, 11), now=NIGHT + timedelta(days=1, hours=1))
+    unresolved = [a for a in found if a.kind == "UNRESOLVED_HANDOFFS"]
+    assert len(unresolved) == 1
+    assert unresolved[0].reason.startswith("1 hand-offs sent over 24 h ago are still unresolved")
 
 
 def test_given_flexfactor_never_got_the_order_when_submit_runs_again_then_it_resends_the_same_body_and_key(
