@@ -68,6 +68,17 @@ def dedupe_key(event: WebhookEvent) -> str | None:
     return None if order is None else f"{order}:{event.event}"
 
 
+def event_time(timestamp: datetime | None, *, received_at: datetime, sent_at: datetime | None) -> datetime:
+    """When an outcome happened: the event's own TimeStamp, so a delivery delayed or resent by
+    FlexFactor does not shift the next bill date; never after we received it (a clock running ahead,
+    which the signed date's tolerance already bounds) nor before the hand-off was sent. Without a
+    TimeStamp, the receipt time."""
+    if timestamp is None:
+        return received_at
+    moment = min(timestamp, received_at)
+    return max(moment, sent_at) if sent_at is not None else moment
+
+
 def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now: datetime) -> EventEffect:
     """Apply one new (not duplicate) event to its hand-off inside the caller's transaction.
 
@@ -112,7 +123,10 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
         kind = attention
     if new_state != state:
         # Writing a final state queues the outcome for orders and subscriptions (storage.outcome_queue).
-        values.update(state=new_state.value, outcome_at=now, outcome_source=OutcomeSource.WEBHOOK.value)
+        outcome_at = event_time(event.timestamp, received_at=now, sent_at=ref.sent_at)
+        values.update(
+            state=new_state.value, outcome_at=outcome_at, outcome_source=OutcomeSource.WEBHOOK.value
+        )
         if state is State.EXPIRED and new_state is State.APPROVED:
             values["late_outcome"] = True
     if state is State.PENDING and new_state is not State.PENDING and ref.submitted_at is None:

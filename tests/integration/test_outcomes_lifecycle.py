@@ -492,7 +492,8 @@ EXPECTED_FINAL: Mapping[str, tuple[str, str, datetime]] = {  # state, outcome so
     "late-applied": ("APPROVED", "WEBHOOK", LATE_NEWS),
     "late-unapplied": ("APPROVED", "WEBHOOK", LATE_NEWS),
     "dropped": ("APPROVED", "POLL", night(3) + RECONCILE_AFTER),  # the first poll after the rescue
-    "cancelled": ("CANCELLED", "WEBHOOK", night(3) + FLEXFACTOR_DAY),
+    # FlexFactor cancelled it at night 3 (the event's TimeStamp); the delivery came that afternoon
+    "cancelled": ("CANCELLED", "WEBHOOK", night(3)),
     "rr-trial": ("DECLINED", "RESPONSE", night(0)),
     "rr-declined": ("DECLINED", "RESPONSE", night(0)),
     "rr-saved": ("APPROVED", "RESPONSE", night(0)),

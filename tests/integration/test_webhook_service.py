@@ -25,6 +25,7 @@ from recycle_engine.ports import Clock
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig, iso
+from recycle_engine.services.webhook_events import event_time
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery
@@ -274,7 +275,11 @@ def test_given_a_submitted_handoff_when_the_sandbox_reports_its_outcome_then_the
     # then
     assert moved["delivered"] == 1
     row = service.handoff(handoff_id)
-    assert (row.state, row.outcome_source, row.outcome_at) == (state, "WEBHOOK", T0 + timedelta(days=days))
+    # dated by the event's own TimeStamp (when FlexFactor settled it), not by its delivery
+    [sent] = requests.get(f"{sandbox.admin_url}/webhooks", timeout=10).json()["items"]
+    occurred = datetime.fromisoformat(sent["occurred_at"].replace("Z", "+00:00"))
+    assert T0 < occurred <= T0 + timedelta(days=days)
+    assert (row.state, row.outcome_source, row.outcome_at) == (state, "WEBHOOK", occurred)
     [delivery] = service.deliveries()
     assert (delivery.accepted, delivery.http_status, delivery.reason) == (True, 200, "applied")
     assert delivery.handoff_id == handoff_id
@@ -408,6 +413,34 @@ def test_given_no_flexfactor_id_yet_when_an_event_names_our_order_id_then_it_mat
     assert answer.status_code == 200
     row = service.handoff(handoff_id)
     assert (row.state, row.flexfactor_order_id) == ("APPROVED", ff_id)
+
+
+def test_given_a_delivery_two_hours_late_when_it_settles_a_handoff_then_the_outcome_takes_the_events_own_time(
+    start_service: Callable[[Clock], Service],
+) -> None:
+    # given: FlexFactor's rescue happened at T0 (the event's TimeStamp); the delivery arrives at T0 + 2 h
+    received = T0 + timedelta(hours=2)
+    service = start_service(FixedClock(received))
+    handoff_id = a_handoff(service.engine, submitted_at=T0 - timedelta(days=3))
+    body = an_event(order_id=str(uuid.uuid4()), external=handoff_id)
+    # when
+    answer = requests.post(
+        service.hook_url(), data=body, headers=signed_headers(service.url, body, at=received), timeout=10
+    )
+    # then: the outcome (and the next bill date that follows from it) is dated by the event, not receipt
+    assert answer.status_code == 200
+    row = service.handoff(handoff_id)
+    assert (row.state, row.outcome_at) == ("APPROVED", T0)
+
+
+def test_given_event_times_out_of_bounds_then_the_outcome_time_stays_between_send_and_receipt() -> None:
+    sent, received = T0, T0 + timedelta(hours=1)
+    assert event_time(None, received_at=received, sent_at=sent) == received
+    assert event_time(received + timedelta(minutes=4), received_at=received, sent_at=sent) == received
+    assert event_time(sent - timedelta(days=1), received_at=received, sent_at=sent) == sent
+    assert event_time(sent + timedelta(minutes=1), received_at=received, sent_at=None) == sent + timedelta(
+        minutes=1
+    )
 
 
 def test_given_a_pending_handoff_whose_answer_was_lost_when_a_webhook_settles_it_then_it_gets_the_send_time(
