@@ -37,6 +37,10 @@ ATTENTION_EVENTS: Final = {
     "order.capturerequired": "CAPTURE_REQUIRED",
 }
 # A weaker reason never hides a stronger one; each event stays in handoff_events either way.
+# Where a final state came from FlexFactor itself (not our window settlement, EXPIRY).
+_FLEXFACTOR_SOURCES: Final = frozenset(
+    {OutcomeSource.WEBHOOK.value, OutcomeSource.POLL.value, OutcomeSource.RESPONSE.value}
+)
 _ATTENTION_RANK: Final = {"CAPTURE_REQUIRED": 1, "REFUNDED": 2, "CHARGEBACK": 3, TERMINAL_CONFLICT: 4}
 
 
@@ -109,6 +113,10 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
     if outcome is not None:
         kind = outcome.value
         try:
+            if state is State.EXPIRED and ref.outcome_source in _FLEXFACTOR_SOURCES:
+                # EXPIRED -> APPROVED is a late rescue after our own window settlement only: a final
+                # state FlexFactor itself reported (order.expired) is not overwritten (contract 9.5).
+                raise IllegalTransition(f"{state.value} reported by FlexFactor, then {outcome.value}")
             new_state = advance(state, outcome)
         except IllegalTransition:
             if _echoes_our_cancel(conn, ref.id, state, outcome):

@@ -127,6 +127,7 @@ class HandoffRef:
     attention: str | None
     submitted_at: datetime | None = None
     sent_at: datetime | None = None  # first send (or the send in progress when first_sent_at is unknown)
+    outcome_source: str | None = None
 
 
 def find_handoff(
@@ -141,6 +142,7 @@ def find_handoff(
         Handoff.attention,
         Handoff.submitted_at,
         func.coalesce(Handoff.first_sent_at, Handoff.send_started_at),
+        Handoff.outcome_source,
     )
     if conn.dialect.name == "postgresql":
         # Reconcile or another service process may settle the same hand-off at this moment.

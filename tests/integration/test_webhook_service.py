@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -29,6 +30,7 @@ from recycle_engine.services.webhook_events import event_time
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery
+from reports.queries import ReportBounds, exception_stmt
 from tests.conftest import load_fixture
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -373,6 +375,32 @@ def test_given_a_cancel_before_the_completion_when_both_arrive_then_the_cancel_s
     assert (conflict.kind, conflict.state_after) == ("CONFLICT", "CANCELLED")
     assert "already CANCELLED" in (conflict.detail or "")
     assert [d.reason for d in service.deliveries()] == ["applied", "terminal conflict"]
+
+
+def test_given_order_expired_then_order_completed_from_flexfactor_when_both_arrive_then_the_expiry_stands_as_a_reported_conflict(
+    sandbox: RunningSandbox, start_service: Callable[[Clock], Service]
+) -> None:
+    # given: a hand-off FlexFactor holds
+    service = start_service(sandbox.state.clock)
+    connect(sandbox, service)
+    handoff_id = f"sub_{uuid.uuid4().hex[:12]}"
+    ff_id = evaluate_at_sandbox(sandbox, handoff_id, "3184")
+    a_handoff(service.engine, handoff_id=handoff_id, flexfactor_order_id=ff_id)
+    # when: FlexFactor reports it expired, then completed
+    for event in ("order.expired", "order.completed"):
+        assert admin(sandbox, "webhooks/send", {"flexfactor_order_id": ff_id, "event": event})["delivered"]
+    # then: FlexFactor's own final state is not overwritten; the conflict is recorded ...
+    row = service.handoff(handoff_id)
+    assert (row.state, row.late_outcome, row.attention) == ("EXPIRED", False, "TERMINAL_CONFLICT")
+    conflict = service.events(handoff_id)[-1]
+    assert (conflict.kind, conflict.state_after) == ("CONFLICT", "EXPIRED")
+    assert [d.reason for d in service.deliveries()] == ["applied", "terminal conflict"]
+    # ... and the report lists it among the reconciliation exceptions
+    now = T0 + timedelta(hours=1)
+    bounds = ReportBounds.for_day(T0.date(), ZoneInfo("America/New_York"), now)
+    with service.engine.connect() as conn:
+        flagged = conn.execute(exception_stmt(bounds, "ATTENTION")).all()
+    assert [(r.handoff_id, r.detail) for r in flagged] == [(handoff_id, "TERMINAL_CONFLICT")]
 
 
 def test_given_a_resent_event_for_an_expired_handoff_when_it_arrives_then_the_late_approval_applies(
