@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-__all__ = ["FixedClock", "LogicalClock", "SystemClock"]
+__all__ = ["SEND_CLOCK_ENV", "FixedClock", "LogicalClock", "SystemClock", "send_clock"]
 
 
 class SystemClock:
@@ -46,3 +46,17 @@ class LogicalClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self._offset
+
+
+SEND_CLOCK_ENV = "RECYCLE_ENGINE_SEND_CLOCK"
+
+
+def send_clock(at: datetime) -> SystemClock | FixedClock:
+    """The clock FlexFactor's window is counted from when a hand-off is first sent: the real clock,
+    whatever `--at` says (FlexFactor counts from the moment it receives the call). Only a sandbox whose
+    own clock stands at `--at` wants the run's logical time: RECYCLE_ENGINE_SEND_CLOCK=at."""
+    import os
+
+    if os.environ.get(SEND_CLOCK_ENV, "").strip().lower() == "at":
+        return FixedClock(at)
+    return SystemClock()

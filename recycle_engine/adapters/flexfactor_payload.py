@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from recycle_engine.domain.cards import contains_pan, looks_like_pan
 from recycle_engine.domain.states import Source
 from recycle_engine.errors import InputError
 
-__all__ = ["HandoffRequest", "build_evaluate_body", "interval_text"]
+__all__ = ["HandoffRequest", "build_evaluate_body", "interval_text", "with_expiry"]
 
 _NOT_AVAILABLE: Final = "NA"  # A2: the vendor treats "" as missing, so unknown codes go as NA
 
@@ -227,6 +228,16 @@ def _check(req: HandoffRequest) -> None:
     for name, moment in (("declined_at", req.declined_at), ("expiry_at", req.expiry_at)):
         if moment is not None and moment.utcoffset() is None:
             raise InputError(f"submission {req.submission_id}: {name} must be timezone-aware")
+
+
+def with_expiry(body_text: str, expiry_at: datetime) -> str:
+    """The /evaluate body `body_text` with its `expiryDateUtc` set to `expiry_at` (a body without a
+    window, a cascade's, is returned unchanged)."""
+    body = json.loads(body_text)
+    if body.get("expiryDateUtc") is None:
+        return body_text
+    body["expiryDateUtc"] = _utc_text(expiry_at)
+    return json.dumps(body)
 
 
 def _utc_text(moment: datetime) -> str:

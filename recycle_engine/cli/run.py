@@ -5,8 +5,12 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 from recycle_engine.cli.app import (
     EXIT_INCOMPLETE,
@@ -41,7 +45,7 @@ def run() -> None:
 def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.money import Money
     from recycle_engine.services.overdue import warn_overdue
     from recycle_engine.services.submit import run_submit
@@ -68,9 +72,11 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
                 at=at,
                 now=clock.now(),
                 dry_run=dry_run,
+                send_clock=send_clock(at),
                 progress=progress_printer("submit"),
                 clock=clock,
             )
+        failures = [] if dry_run or result.run_id is None else _failure_lines(app.engine, result.run_id)
     finally:
         app.close()
         end_progress()
@@ -86,7 +92,25 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
         f"submit {result.run_id or '(dry run)'}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
+    for line in failures:
+        click.echo(line)
     _exit_if_unsent("submit", result.run_id, result.counts.get("unsent", 0))
+
+
+_MAX_REASONS = 10
+
+
+def _failure_lines(engine: Engine, run_id: str) -> list[str]:
+    """`failed N: <reason>` (and `not sent N: <reason>`) per distinct error of the run's hand-offs."""
+    from recycle_engine.storage.handoff_repo import failure_reasons
+
+    with engine.connect() as conn:
+        reasons = failure_reasons(conn, run_id)
+    lines = [f"{'failed' if state == 'FAILED' else 'not sent'} {n}: {error}" for state, error, n in reasons]
+    if len(lines) > _MAX_REASONS:
+        rest = sum(n for _s, _e, n in reasons[_MAX_REASONS:])
+        lines = [*lines[:_MAX_REASONS], f"... {rest} more with {len(reasons) - _MAX_REASONS} other reasons"]
+    return lines
 
 
 @run.command("reconcile")
@@ -98,7 +122,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
 def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.services.reconcile import run_reconcile
 
     settings = bootstrap.load_settings_file(config_path)
@@ -113,6 +137,7 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
             at=at,
             now=clock.now(),
             clock=clock,
+            send_clock=send_clock(at),
         )
     finally:
         app.close()

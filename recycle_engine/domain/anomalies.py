@@ -19,6 +19,7 @@ __all__ = [
     "missed_job_anomalies",
     "refused_webhooks_anomaly",
     "unsent_anomaly",
+    "unresolved_handoffs_anomaly",
     "webhook_silence_anomaly",
 ]
 
@@ -32,6 +33,7 @@ class AnomalyKind(enum.StrEnum):
     WEBHOOK_SILENCE = "WEBHOOK_SILENCE"  # no webhook for hours while hand-offs wait on FlexFactor
     JOB_NOT_RUN = "JOB_NOT_RUN"  # a scheduled job has no successful run for its last scheduled day
     UNSENT = "UNSENT"  # a run ended with hand-offs never sent (FlexFactor rate limited or unreachable)
+    UNRESOLVED_HANDOFFS = "UNRESOLVED_HANDOFFS"  # sent, answer lost, and no look-up settles them
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class NightFacts:
     old_submitted: int  # hand-offs SUBMITTED for at least pending_age_hours
     jobs_due: Mapping[str, date] = field(default_factory=dict)  # job -> the local day it was last due
     jobs_succeeded: Mapping[str, bool] = field(default_factory=dict)  # job -> a run for that day succeeded
+    unresolved: int = 0  # hand-offs sent at least pending_age_hours ago and still PENDING (answer lost)
 
 
 def handoff_count_anomaly(handoffs: int, history: Sequence[int], t: AnomalyThresholds) -> Anomaly | None:
@@ -128,6 +131,17 @@ def webhook_silence_anomaly(
     )
 
 
+def unresolved_handoffs_anomaly(unresolved: int, t: AnomalyThresholds) -> Anomaly | None:
+    """Hand-offs whose answer was lost stay unresolved: the "was it received?" look-up keeps failing."""
+    if unresolved == 0:
+        return None
+    return Anomaly(
+        AnomalyKind.UNRESOLVED_HANDOFFS,
+        f"{unresolved} hand-offs sent over {t.pending_age_hours} h ago are still unresolved (answer lost, "
+        "look-ups not settling them): see the run's lookup_errors and the LOOKUP_ERROR events",
+    )
+
+
 def missed_job_anomalies(due: Mapping[str, date], succeeded: Mapping[str, bool]) -> list[Anomaly]:
     """A job with no successful run for the local day it was last due."""
     return [
@@ -161,5 +175,6 @@ def check_night_facts(facts: NightFacts, t: AnomalyThresholds, *, now: datetime)
         error_rate_anomaly(facts.sent, facts.errors, t),
         refused_webhooks_anomaly(facts.refused_webhooks, t),
         webhook_silence_anomaly(facts.last_webhook_at, facts.old_submitted, now, t),
+        unresolved_handoffs_anomaly(facts.unresolved, t),
     ]
     return [a for a in found if a is not None] + missed_job_anomalies(facts.jobs_due, facts.jobs_succeeded)

@@ -18,6 +18,7 @@ from recycle_engine.storage.anomaly_repo import (
     record_anomalies,
     send_errors,
     submit_nights,
+    unresolved_handoffs,
     unsent_by_gateway,
     webhook_facts,
 )
@@ -51,6 +52,7 @@ def night_facts(
             conn, now, pending_age=timedelta(hours=t.pending_age_hours)
         )
         succeeded = job_succeeded_within(conn, due)
+        unresolved = unresolved_handoffs(conn, now, age=timedelta(hours=t.pending_age_hours))
     return NightFacts(
         handoffs=counts[day],
         history=[counts[d] for d in trailing if d in ran],
@@ -61,6 +63,7 @@ def night_facts(
         old_submitted=waiting,
         jobs_due={w.job: w.due_on for w in due if w.job in succeeded},
         jobs_succeeded=succeeded,
+        unresolved=unresolved,
     )
 
 

@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -92,7 +92,8 @@ def _handoff_request(
         amount_minor=planned.amount_minor,
         currency=row.currency,
         transaction_id=row.recycle_transaction_id,
-        declined_at=row.declined_at,
+        # The decline's own local offset beside its UTC time (timezoneUtcOffset), as the feed gave it.
+        declined_at=row.declined_at.astimezone(timezone(timedelta(minutes=row.utc_offset_minutes or 0))),
         response_code=row.response_code or "",
         response_text=row.response_text or "",
         processor_type=declining.processor_type if declining else "unknown",

@@ -216,6 +216,10 @@ class ImportSession:
             chosen.append(position)
             if old is None or old.status != entry.status:
                 changes.add("SUBSCRIPTION", purchase_id, old.status if old else None, entry.status)
+            old_cause = old.failure_cause if old else None
+            new_cause = entry.failure_cause.value if entry.failure_cause else None
+            if old_cause != new_cause:
+                changes.add("SUBSCRIPTION", purchase_id, old_cause, new_cause, field_name="failure_cause")
         if chosen:
             # In the same transaction as the subscriptions that name them: a version is never missing.
             record_profile_versions(conn, self.settings.recycle_profiles.values(), now=self.now)

@@ -157,12 +157,16 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
                     clock=FixedClock(submit_at - timedelta(hours=1)),
                 )
                 _add(counts, {"imported": imported.accepted, "rejected": imported.rejected})
-            sub = run_submit(settings, engine, clients, processors(settings), at=submit_at, now=submit_at)
+            sub = run_submit(
+                settings, engine, clients, processors(settings), at=submit_at, now=submit_at, send_clock=clock
+            )
             _add(counts, sub.counts)
             reconcile_at = datetime.combine(day, time(3, 30), tz)
             sandbox.state.move_clock(now=reconcile_at)
             clock.at = reconcile_at.astimezone(clock.at.tzinfo)
-            rec = run_reconcile(settings, engine, clients, at=reconcile_at, now=reconcile_at)
+            rec = run_reconcile(
+                settings, engine, clients, at=reconcile_at, now=reconcile_at, send_clock=clock
+            )
             _add(counts, {f"reconcile_{k}": v for k, v in rec.counts.items()})
             report = run_report(settings, engine, day=day, now=datetime.combine(day, time(6, 0), tz))
             for client in clients.values():

@@ -57,6 +57,7 @@ SUBMISSION_COLUMNS: Final = (
     "state",
     "outcome_at",
     "outcome_source",
+    "last_error",  # why it failed or is not sent yet (FlexFactor's answer or ours; never card data)
 )
 CHANGE_COLUMNS: Final = (
     "id",
@@ -117,6 +118,7 @@ def submission_rows(engine: Engine) -> Iterator[Row]:
         Handoff.state,
         Handoff.outcome_at,
         Handoff.outcome_source,
+        Handoff.last_error,
     ).order_by(Handoff.created_at, Handoff.id)
     for r in _stream(engine, stmt):
         yield {
@@ -137,6 +139,7 @@ def submission_rows(engine: Engine) -> Iterator[Row]:
             "state": r.state,
             "outcome_at": _time(r.outcome_at),
             "outcome_source": r.outcome_source,
+            "last_error": r.last_error,
         }
 
 

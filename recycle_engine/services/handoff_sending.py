@@ -23,12 +23,14 @@ from recycle_engine.errors import (
     FlexFactorRejected,
     FlexFactorUnknownOutcome,
 )
-from recycle_engine.ports import EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.services.send_window import fix_windows
 from recycle_engine.storage.handoff_repo import (
     HandoffUpdate,
     SendItem,
     apply_updates,
     claim_unanswered,
+    insert_events,
     lease_unsent,
 )
 from recycle_engine.storage.models import Handoff
@@ -175,6 +177,7 @@ def send_pending(
     only_ids: Sequence[str] | None = None,
     claiming: StillClaiming | None = None,
     skip_gateways: Iterable[str] = (),
+    send_clock: Clock | None = None,
 ) -> SendReport:
     """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a few pool-fulls (at
     most `batch_size`), commit the mark, call FlexFactor, record.
@@ -184,7 +187,8 @@ def send_pending(
     A rate-limited hand-off goes back to PENDING and is leased again; its gateway is given up for this
     pass only after RATE_LIMITED_LEASES leases in a row where each of its calls met a 429.
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
-    then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them)."""
+    then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them).
+    A hand-off's first send fixes its FlexFactor window from `send_clock` (default: `now`)."""
     report = SendReport()
     # Leased a few pool-fulls at a time, not a whole batch: when the night runs out each worker holds
     # at most two leases, so workers finish together instead of one sending its last thousand alone.
@@ -207,6 +211,7 @@ def send_pending(
                     exclude_gateways=skip,
                     only_ids=only_ids,
                 )
+                items = fix_windows(conn, items, sent_at=send_clock.now() if send_clock else now)
             if items:
                 inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))
             if not inflight:
@@ -301,6 +306,7 @@ class LookupReport:
     resent: int = 0
     failed: int = 0
     errors: int = 0
+    error_events: list[dict[str, Any]] = field(default_factory=list)  # LOOKUP_ERROR, one per failed look-up
     failed_ids: list[str] = field(default_factory=list)
     final_ids: list[str] = field(default_factory=list)
 
@@ -341,9 +347,11 @@ def resolve_unanswered(
                 unsettled.append(handoff_id)
             else:
                 updates.append(update)
-        if updates:
+        if updates or report.error_events:
             with engine.begin() as conn:
                 apply_updates(conn, updates, now=now)
+                insert_events(conn, report.error_events)
+            report.error_events.clear()
         if len(rows) < LOOKUP_CHUNK:
             break
     release_leases(engine, unsettled)
@@ -368,6 +376,16 @@ def _look_up(
     except FlexFactorError as exc:
         report.errors += 1
         log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
+        report.error_events.append(
+            {
+                "handoff_id": handoff_id,
+                "kind": "LOOKUP_ERROR",
+                "source": OutcomeSource.POLL.value,
+                "state_after": State.PENDING.value,
+                "detail": str(exc)[:500],
+                "occurred_at": now,
+            }
+        )
         return None
     if snap is not None:
         report.adopted += 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import amount_mismatch
@@ -52,6 +52,8 @@ class _Open:
     poll_count: int
     amount_minor: int
     currency: str
+    submitted_at: datetime | None = None
+    sent_at: datetime | None = None  # first send (or the send in progress when first_sent_at is unknown)
 
 
 _OPEN_COLUMNS = (
@@ -63,6 +65,8 @@ _OPEN_COLUMNS = (
     Handoff.poll_count,
     Handoff.amount_minor,
     Handoff.currency,
+    Handoff.submitted_at,
+    func.coalesce(Handoff.first_sent_at, Handoff.send_started_at).label("sent_at"),
 )
 
 
@@ -128,6 +132,10 @@ def _poll_updates(
         return [HandoffUpdate(h.id, values, "POLL_ERROR", OutcomeSource.POLL.value, str(snap))]
     counts["polled"] += 1
     extra: dict[str, Any] = {"vendor_status": snap.status_name}
+    if h.submitted_at is None:
+        # Its send answer was lost (still PENDING): submitted when FlexFactor placed the order, else
+        # when we sent it.
+        extra["submitted_at"] = snap.order_placed_at or h.sent_at or now
     if snap.needs_attention:
         extra["attention"] = snap.needs_attention
     if snap.state is not None:
@@ -260,6 +268,7 @@ def run_reconcile(
     now: datetime,
     poll_limit: int = 200_000,
     clock: Clock | None = None,
+    send_clock: Clock | None = None,
 ) -> ReconcileResult:
     """Settle lost answers, send what is still unsent, poll open hand-offs, expire closed windows and
     apply outcomes; idempotent. Hand-offs still unsent at the end (FlexFactor rate limited) make the
@@ -270,7 +279,12 @@ def run_reconcile(
     try:
         lookups = resolve_unanswered(engine, clients, now=at, window=timedelta(days=23))
         counts.update(
-            {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+            {
+                "adopted": lookups.adopted,
+                "queued_resend": lookups.resent,
+                "lookup_failed": lookups.failed,
+                "lookup_errors": lookups.errors,
+            }
         )
         # Every hand-off still never sent (rate limited or unreachable at submit, or confirmed absent
         # just now) goes out tonight, not at the next submit.
@@ -287,6 +301,7 @@ def run_reconcile(
             concurrency=settings.batching.concurrency,
             lease=lease,
             after_record=continue_ladders_after(settings, local_date(at, settings.timezone), run_id, at),
+            send_clock=send_clock,
         )
         if report.sent:
             counts["sent"] = report.sent

@@ -55,24 +55,47 @@ def run_submit(
     preview_rows: int = 20,
     run_id: str | None = None,
     clock: Clock | None = None,
+    send_clock: Clock | None = None,
 ) -> SubmitResult:
     """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
 
     Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run's
     start and `clock` (when given) its finish. With `run_id`, the caller owns that job run (several
     workers share one) and it is neither started nor finished here; without it the run records itself,
-    INCOMPLETE with an UNSENT anomaly when hand-offs are left unsent (counts["unsent"])."""
+    INCOMPLETE with an UNSENT anomaly when hand-offs are left unsent (counts["unsent"]). FlexFactor's
+    window of a hand-off counts from its first send by `send_clock` (default: `at`; the CLI passes the
+    real clock)."""
     today = local_date(at, settings.timezone)
     if dry_run:
         return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
     if run_id is not None:
         result = SubmitResult(run_id)
-        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        _night(
+            settings,
+            engine,
+            clients,
+            processors,
+            at=at,
+            today=today,
+            result=result,
+            progress=progress,
+            send_clock=send_clock,
+        )
         return result
     run_id = start_run(engine, "submit", logical_at=at, now=now)
     result = SubmitResult(run_id)
     try:
-        _night(settings, engine, clients, processors, at=at, today=today, result=result, progress=progress)
+        _night(
+            settings,
+            engine,
+            clients,
+            processors,
+            at=at,
+            today=today,
+            result=result,
+            progress=progress,
+            send_clock=send_clock,
+        )
         refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
         unsent = count_unsent(settings, engine, result.counts, job="submit", at=at, run_id=run_id)
     except Exception as exc:
@@ -97,6 +120,7 @@ def _night(
     today: date,
     result: SubmitResult,
     progress: Progress | None,
+    send_clock: Clock | None = None,
 ) -> None:
     """Settle lost answers, then claim every due attempt (processor attempts run in the claim) while a
     second thread sends the hand-offs already claimed."""
@@ -110,7 +134,12 @@ def _night(
     window = timedelta(days=23)
     lookups = resolve_unanswered(engine, clients, now=at, window=window, run_id=run_id, lease=lease)
     counts.update(
-        {"adopted": lookups.adopted, "queued_resend": lookups.resent, "lookup_failed": lookups.failed}
+        {
+            "adopted": lookups.adopted,
+            "queued_resend": lookups.resent,
+            "lookup_failed": lookups.failed,
+            "lookup_errors": lookups.errors,
+        }
     )
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
@@ -143,6 +172,7 @@ def _night(
             after_record=continue_ladders_after(settings, today, run_id, at),
             claiming=claim if claim is not None else claiming_here,
             skip_gateways={g.id for g in settings.flexfactor_gateways()} - set(clients),
+            send_clock=send_clock,
         )
         try:
             if claim is not None:

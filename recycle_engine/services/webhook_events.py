@@ -37,6 +37,10 @@ ATTENTION_EVENTS: Final = {
     "order.capturerequired": "CAPTURE_REQUIRED",
 }
 # A weaker reason never hides a stronger one; each event stays in handoff_events either way.
+# Where a final state came from FlexFactor itself (not our window settlement, EXPIRY).
+_FLEXFACTOR_SOURCES: Final = frozenset(
+    {OutcomeSource.WEBHOOK.value, OutcomeSource.POLL.value, OutcomeSource.RESPONSE.value}
+)
 _ATTENTION_RANK: Final = {"CAPTURE_REQUIRED": 1, "REFUNDED": 2, "CHARGEBACK": 3, TERMINAL_CONFLICT: 4}
 
 
@@ -66,6 +70,17 @@ def dedupe_key(event: WebhookEvent) -> str | None:
         f"ext:{event.external_order_id}" if event.external_order_id else None
     )
     return None if order is None else f"{order}:{event.event}"
+
+
+def event_time(timestamp: datetime | None, *, received_at: datetime, sent_at: datetime | None) -> datetime:
+    """When an outcome happened: the event's own TimeStamp, so a delivery delayed or resent by
+    FlexFactor does not shift the next bill date; never after we received it (a clock running ahead,
+    which the signed date's tolerance already bounds) nor before the hand-off was sent. Without a
+    TimeStamp, the receipt time."""
+    if timestamp is None:
+        return received_at
+    moment = min(timestamp, received_at)
+    return max(moment, sent_at) if sent_at is not None else moment
 
 
 def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now: datetime) -> EventEffect:
@@ -98,6 +113,10 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
     if outcome is not None:
         kind = outcome.value
         try:
+            if state is State.EXPIRED and ref.outcome_source in _FLEXFACTOR_SOURCES:
+                # EXPIRED -> APPROVED is a late rescue after our own window settlement only: a final
+                # state FlexFactor itself reported (order.expired) is not overwritten (contract 9.5).
+                raise IllegalTransition(f"{state.value} reported by FlexFactor, then {outcome.value}")
             new_state = advance(state, outcome)
         except IllegalTransition:
             if _echoes_our_cancel(conn, ref.id, state, outcome):
@@ -112,9 +131,15 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
         kind = attention
     if new_state != state:
         # Writing a final state queues the outcome for orders and subscriptions (storage.outcome_queue).
-        values.update(state=new_state.value, outcome_at=now, outcome_source=OutcomeSource.WEBHOOK.value)
+        outcome_at = event_time(event.timestamp, received_at=now, sent_at=ref.sent_at)
+        values.update(
+            state=new_state.value, outcome_at=outcome_at, outcome_source=OutcomeSource.WEBHOOK.value
+        )
         if state is State.EXPIRED and new_state is State.APPROVED:
             values["late_outcome"] = True
+    if state is State.PENDING and new_state is not State.PENDING and ref.submitted_at is None:
+        # Its send answer was lost (PENDING) and FlexFactor speaks: it was submitted when we sent it.
+        values["submitted_at"] = ref.sent_at or now
     if attention is not None and _ATTENTION_RANK.get(ref.attention or "", 0) <= _ATTENTION_RANK[attention]:
         values["attention"] = attention
     if values:

@@ -168,7 +168,7 @@ def _add(total: Counter[str], worker_counts: dict[str, int]) -> None:
 def _work(job: _Job, results: Connection) -> None:
     """One worker process: its own engine, clients and processors, then run_submit under the shared run."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock
+    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.logs import configure_logging
 
     configure_logging(job.log_level)
@@ -185,6 +185,7 @@ def _work(job: _Job, results: Connection) -> None:
             at=job.at,
             now=clock.now(),
             run_id=job.run_id,
+            send_clock=send_clock(job.at),
         )
         results.send((dict(result.counts), None))
     except Exception as exc:

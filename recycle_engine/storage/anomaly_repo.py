@@ -15,6 +15,7 @@ from recycle_engine.domain.states import Event, Source, State
 from recycle_engine.storage.models import Handoff, HandoffEvent, JobRun, NightAnomaly, WebhookDelivery
 
 __all__ = [
+    "unresolved_handoffs",
     "DueWindow",
     "anomalies_stmt",
     "handoffs_by_day",
@@ -108,6 +109,21 @@ def unsent_by_gateway(conn: Connection) -> dict[str, int]:
         .group_by(Handoff.gateway_id)
     )
     return {str(g): int(n) for g, n in rows}
+
+
+def unresolved_handoffs(conn: Connection, now: datetime, *, age: timedelta) -> int:
+    """Hand-offs sent (maybe) at least `age` before `now` that are still PENDING: their answer was lost
+    and no look-up has settled them since. Read through the state index: PENDING rows are few."""
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                Handoff.state == State.PENDING.value,
+                Handoff.send_started_at.is_not(None),
+                Handoff.first_sent_at.is_not(None),
+                Handoff.first_sent_at <= now - age,
+            )
+        ).scalar_one()
+    )
 
 
 def webhook_facts(

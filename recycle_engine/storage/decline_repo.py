@@ -94,6 +94,7 @@ class KnownSubscription:
     status: str
     billing_cycle: int
     recycle_declined_at: datetime | None
+    failure_cause: str | None = None
 
 
 @dataclass
@@ -102,13 +103,17 @@ class StatusChanges:
 
     entity: list[str] = field(default_factory=list)
     entity_id: list[str] = field(default_factory=list)
+    field_name: list[str] = field(default_factory=list)
     old_value: list[str | None] = field(default_factory=list)
-    new_value: list[str] = field(default_factory=list)
+    new_value: list[str | None] = field(default_factory=list)
 
-    def add(self, entity: str, entity_id: str, old: str | None, new: str) -> None:
-        """A move of ORDER or SUBSCRIPTION `entity_id` from `old` (None: created) to `new`."""
+    def add(
+        self, entity: str, entity_id: str, old: str | None, new: str | None, *, field_name: str = "status"
+    ) -> None:
+        """A move of ORDER or SUBSCRIPTION `entity_id`'s `field_name` from `old` (None: created) to `new`."""
         self.entity.append(entity)
         self.entity_id.append(entity_id)
+        self.field_name.append(field_name)
         self.old_value.append(old)
         self.new_value.append(new)
 
@@ -162,7 +167,7 @@ def append_status_changes(conn: Connection, changes: StatusChanges, stamp: Chang
     columns: dict[str, Sequence[Any]] = {
         "entity": changes.entity,
         "entity_id": changes.entity_id,
-        "field": ["status"] * n,
+        "field": changes.field_name,
         "old_value": changes.old_value,
         "new_value": changes.new_value,
         **{key: [value] * n for key, value in _stamp_values(stamp).items()},
@@ -259,15 +264,21 @@ def known_subscriptions(conn: Connection, ids: Sequence[str]) -> dict[str, Known
     found: dict[str, KnownSubscription] = {}
     for among in _among(conn, Subscription.id, ids):
         stmt = (
-            select(Subscription.id, Subscription.status, Subscription.billing_cycle, Decline.declined_at)
+            select(
+                Subscription.id,
+                Subscription.status,
+                Subscription.billing_cycle,
+                Decline.declined_at,
+                Subscription.failure_cause,
+            )
             .outerjoin(Decline, Decline.transaction_id == Subscription.recycle_transaction_id)
             .where(among)
             .order_by(Subscription.id)
             .with_for_update(of=Subscription)
         )
-        for sub_id, status, cycle, declined_at in conn.execute(stmt):
+        for sub_id, status, cycle, declined_at, cause in conn.execute(stmt):
             found[sub_id] = KnownSubscription(
-                status=status, billing_cycle=cycle, recycle_declined_at=declined_at
+                status=status, billing_cycle=cycle, recycle_declined_at=declined_at, failure_cause=cause
             )
     return found
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 
 from recycle_engine.domain.states import State, may_overwrite
 from recycle_engine.storage.bulk_rows import insert_rows, update_columns
@@ -20,6 +20,7 @@ __all__ = [
     "SendItem",
     "apply_updates",
     "claim_unanswered",
+    "failure_reasons",
     "insert_events",
     "lease_unsent",
 ]
@@ -45,6 +46,9 @@ class SendItem:
     idempotency_key: str
     amount_minor: int
     resend_count: int
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    first_sent_at: datetime | None = None  # None: never sent, its window still counts from its first send
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ def lease_unsent(
             Handoff.idempotency_key,
             Handoff.amount_minor,
             page.c.resend_count,
+            Handoff.created_at,
+            Handoff.expires_at,
+            Handoff.first_sent_at,
         )
         .join(page, Handoff.id == page.c.id)
         .order_by(page.c.created_at, page.c.id)
@@ -216,3 +223,22 @@ def _lawful(conn: Connection, updates: Sequence[HandoffUpdate]) -> list[HandoffU
         detail = f"{u.detail or u.event_kind}; {new} not written over {now_in}, recorded first"
         lawful.append(replace(u, values=kept, detail=detail, kept_state=now_in))
     return lawful
+
+
+def failure_reasons(conn: Connection, run_id: str) -> list[tuple[str, str, int]]:
+    """Why the hand-offs of run `run_id` failed or are still unsent: (FAILED or PENDING, last error,
+    how many), most frequent first. Read through the state index: failed and open rows are few."""
+    stmt = (
+        select(Handoff.state, Handoff.last_error, func.count())
+        .where(
+            Handoff.run_id == run_id,
+            Handoff.last_error.is_not(None),
+            or_(
+                Handoff.state == State.FAILED.value,
+                and_(Handoff.state == State.PENDING.value, Handoff.send_started_at.is_(None)),
+            ),
+        )
+        .group_by(Handoff.state, Handoff.last_error)
+        .order_by(func.count().desc(), Handoff.last_error)
+    )
+    return [(state, error or "", n) for state, error, n in conn.execute(stmt)]

@@ -231,6 +231,8 @@ class Handoff(Base):
     state: Mapped[str] = mapped_column(String(12))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     send_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When first sent: FlexFactor's window (expires_at, the body's expiryDateUtc) counts from it.
+    first_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     flexfactor_order_id: Mapped[str | None] = mapped_column(String(64), index=True)

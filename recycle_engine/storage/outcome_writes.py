@@ -278,9 +278,12 @@ def _insert_changes(conn: Connection, reasons: tuple[str, str], *, now: datetime
             sub,
             "status",
             s.c.old_status,
-            literal(f"{PurchaseStatus.RECYCLE_FAILED}:") + s.c.cause,
+            literal(PurchaseStatus.RECYCLE_FAILED.value),
             reasons[1],
         ).where(s.c.kind == "F"),
+        _changes_of("SUBSCRIPTION", sub, "failure_cause", null(), s.c.cause, reasons[1]).where(
+            s.c.kind == "F"
+        ),
     ]
     rows = union_all(*parts).subquery()
     conn.execute(

@@ -144,15 +144,16 @@ def apply_failures(
         .execution_options(synchronize_session=False),
         [{"b_id": f.subscription_id, "b_cause": f.cause} for f in failures],
     )
+    # The status is the domain's own word; the cause is a change of its own (the CRM outbox).
     record_changes(
         conn,
         [
             _change(
                 "SUBSCRIPTION",
                 f.subscription_id,
-                "status",
-                f.old_status,
-                f"{PurchaseStatus.RECYCLE_FAILED}:{f.cause}",
+                field,
+                old,
+                new,
                 reason=reason,
                 source=f.source or source,
                 now=now,
@@ -160,6 +161,10 @@ def apply_failures(
                 handoff_id=f.handoff_id,
             )
             for f in failures
+            for field, old, new in (
+                ("status", f.old_status, PurchaseStatus.RECYCLE_FAILED.value),
+                ("failure_cause", None, f.cause),
+            )
         ],
     )
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -125,6 +125,9 @@ class HandoffRef:
     state: str
     flexfactor_order_id: str | None
     attention: str | None
+    submitted_at: datetime | None = None
+    sent_at: datetime | None = None  # first send (or the send in progress when first_sent_at is unknown)
+    outcome_source: str | None = None
 
 
 def find_handoff(
@@ -132,7 +135,14 @@ def find_handoff(
 ) -> HandoffRef | None:
     """The hand-off by FlexFactor's order id, else by our submission id (sent as orderId); row-locked on PostgreSQL."""
     base = select(
-        Handoff.id, Handoff.gateway_id, Handoff.state, Handoff.flexfactor_order_id, Handoff.attention
+        Handoff.id,
+        Handoff.gateway_id,
+        Handoff.state,
+        Handoff.flexfactor_order_id,
+        Handoff.attention,
+        Handoff.submitted_at,
+        func.coalesce(Handoff.first_sent_at, Handoff.send_started_at),
+        Handoff.outcome_source,
     )
     if conn.dialect.name == "postgresql":
         # Reconcile or another service process may settle the same hand-off at this moment.

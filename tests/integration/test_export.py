@@ -27,7 +27,7 @@ from recycle_engine.storage.models import Change, Handoff
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
 SPEC_COLUMNS = (
     "submission_id,source,order_id,purchase_id,transaction_id,gateway_id,slot,attempt,amount,currency,"
-    "submitted_at,expires_at,flexfactor_order_id,state,outcome_at,outcome_source"
+    "submitted_at,expires_at,flexfactor_order_id,state,outcome_at,outcome_source,last_error"
 )
 
 
@@ -140,13 +140,26 @@ def test_given_handoffs_of_each_source_when_exported_as_csv_then_columns_and_val
         "APPROVED",
         "2026-06-12T09:00:00+00:00",
         "WEBHOOK",
+        "",
     ]
     assert (rows[1][6], rows[1][7], rows[1][8]) == ("final", "final", "5.00")
     # A rerun has no slot, attempt or purchase; yen have no minor digits.
     assert rows[2][1:4] + rows[2][6:10] == ["RERUN", "o-sub_c", "", "", "", "1500", "JPY"]
-    assert rows[2][10:] == ["", "", "", "PENDING", "", ""]
+    assert rows[2][10:] == ["", "", "", "PENDING", "", "", ""]
     # A cascade never shows a slot, whatever the row holds.
     assert (rows[3][1], rows[3][6]) == ("CASCADE", "")
+
+
+def test_given_a_failed_handoff_when_exported_then_its_last_error_says_why(engine: Engine) -> None:
+    # given: FlexFactor refused the hand-off
+    reason = "400 ExpiryDateUtc: The ExpiryDateUtc must be at most 21 days ahead."
+    a_handoff(engine, "sub_f", state="FAILED", outcome_at=T0, last_error=reason)
+    out = io.StringIO()
+    # when
+    export_submissions(engine, out, ExportFormat.CSV)
+    # then
+    header, row = csv_rows(out.getvalue())
+    assert dict(zip(header, row, strict=True))["last_error"] == reason
 
 
 def test_given_handoffs_created_together_when_exported_then_the_order_is_created_at_then_id(

@@ -395,6 +395,15 @@ def test_given_a_rebill_that_cannot_recycle_when_imported_then_the_purchase_fail
     # then
     sub = subscription(engine, "P-1")
     assert (sub.status, sub.failure_cause, sub.next_attempt) == ("RECYCLE_FAILED", cause, None)
+    # and: the CRM outbox carries the domain's status and the cause as a change of its own
+    with engine.connect() as conn:
+        changes = conn.execute(
+            select(Change.field, Change.old_value, Change.new_value).where(Change.entity == "SUBSCRIPTION")
+        ).all()
+    assert sorted(tuple(c) for c in changes) == [
+        ("failure_cause", None, cause),
+        ("status", None, "RECYCLE_FAILED"),
+    ]
 
 
 def test_given_a_recycle_in_progress_when_an_older_decline_arrives_then_the_purchase_keeps_its_state(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -9,11 +10,14 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import Engine, func, select
+from click.testing import CliRunner
+from sqlalchemy import Engine, func, select, update
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.cli import main
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
+from recycle_engine.services.anomalies import check_night
 from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
@@ -28,7 +32,7 @@ from recycle_engine.storage.models import (
     Order,
     Subscription,
 )
-from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.factories import SANDBOX_ENV, a_decline, a_settings_file, insert_recycling, load_test_settings
 
 # 02:00 in New York on 2026-06-10: the local day is 2026-06-10.
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -111,6 +115,146 @@ def test_given_an_attempt_on_a_flexfactor_slot_when_submit_runs_twice_then_it_is
     assert (sub.status, sub.open_handoff_id, sub.next_attempt_on) == ("RECYCLE_BILLING", h.id, None)
 
 
+def test_given_a_decline_at_minus_five_hours_when_handed_off_then_its_own_offset_is_sent(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a decline at 09:30 -05:00 (Chicago in winter), attempt 4 due tonight on FlexFactor
+    settings, engine = world
+    declined = a_decline(declined_at=datetime(2026, 6, 1, 14, 30, tzinfo=UTC), utc_offset_minutes=-300)
+    insert_recycling(
+        engine,
+        declined,
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    # when
+    _submit(settings, engine)
+    # then: the body sent (stored byte for byte before the call) carries -5, not 0, beside the UTC time
+    h = _one(engine, select(Handoff))
+    assert h.state == "SUBMITTED"
+    transaction = json.loads(h.request_body)["transaction"]
+    assert (transaction["timezoneUtcOffset"], transaction["timestampUtc"]) == (-5, "2026-06-01T14:30:00Z")
+
+
+def test_given_a_run_at_a_past_logical_time_when_it_hands_off_then_the_window_counts_from_the_send_clock(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: the run replays the night of 10 June (--at), but it really sends two days later, and
+    # FlexFactor's clock says so; attempt 4 is due on the replayed night
+    settings, engine = world
+    sent = NIGHT + timedelta(days=2, hours=3)
+    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    # when
+    _submit(settings, engine, send_clock=FixedClock(sent))
+    # then: 21 days from the send, in the body FlexFactor accepted and in the hand-off's own expiry
+    h = _one(engine, select(Handoff))
+    assert h.state == "SUBMITTED"
+    assert (h.expires_at, h.first_sent_at, h.created_at) == (sent + timedelta(days=21), sent, NIGHT)
+    assert json.loads(h.request_body)["expiryDateUtc"] == "2026-07-03T09:00:00Z"
+
+
+def test_given_a_handoff_sent_once_when_it_is_sent_again_then_its_window_and_body_stay_as_first_sent(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a hand-off first sent at NIGHT, then confirmed absent and queued for a resend
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    _submit(settings, engine)
+    first = _one(engine, select(Handoff))
+    with engine.begin() as conn:
+        conn.execute(update(Handoff).values(state="PENDING", send_started_at=None, resend_count=1))
+    # when: the resend goes out a day later by the send clock
+    later = NIGHT + timedelta(days=1)
+    _admin(sandbox, "clock", {"now": later.isoformat(), "frozen": True})
+    _submit(settings, engine, at=later, send_clock=FixedClock(later))
+    # then: the same body (same key) and the same window
+    again = _one(engine, select(Handoff))
+    assert (again.request_body, again.expires_at, again.first_sent_at) == (
+        first.request_body,
+        NIGHT + timedelta(days=21),
+        NIGHT,
+    )
+
+
+def test_given_handoffs_that_fail_when_submit_runs_from_the_cli_then_the_console_says_why(
+    tmp_path: Path, db_url: str, sandbox: RunningSandbox
+) -> None:
+    # given: two due FlexFactor attempts whose subscriptions have no card token
+    path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url)
+    engine = make_engine(db_url)
+    for n in (1, 2):
+        decline = a_decline(
+            transaction_id=f"txn-{n}", order_id=f"ord-{n}", purchase_id=f"sub-{n}", card_token=""
+        )
+        insert_recycling(
+            engine,
+            decline,
+            last_attempt=2,
+            last_ran_on=date(2026, 6, 8),
+            next_attempt=4,
+            next_attempt_on=NIGHT.date(),
+        )
+    engine.dispose()
+    # when
+    run = CliRunner().invoke(
+        main, ["run", "submit", "--at", NIGHT.isoformat(), "--config", str(path)], env=SANDBOX_ENV
+    )
+    # then: not just a count: one line per reason, with how many it struck
+    assert run.exit_code == 0, run.output
+    lines = run.output.splitlines()
+    assert sorted(line for line in lines if line.startswith("failed ")) == [
+        "failed 1: subscription sub-1: missing card_token",
+        "failed 1: subscription sub-2: missing card_token",
+    ]
+
+
+def test_given_a_pending_handoff_whose_answer_was_lost_when_a_poll_settles_it_then_it_gets_the_order_placed_time(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: a hand-off FlexFactor placed at NIGHT (card 3184: rescued), whose answer we never read
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(card_last4="3184"),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    _submit(settings, engine)
+    with engine.begin() as conn:
+        # FlexFactor's id came by a webhook that moved nothing; no lookup holds it (not sending)
+        conn.execute(
+            update(Handoff).values(
+                state="PENDING", submitted_at=None, send_started_at=None, next_poll_at=NIGHT
+            )
+        )
+    # when: three days later the poll finds it settled
+    later = NIGHT + timedelta(days=3)
+    _admin(sandbox, "clock", {"now": later.isoformat()})
+    _reconcile(settings, engine, later)
+    # then: settled, and submitted when FlexFactor placed the order, not when the poll ran
+    h = _one(engine, select(Handoff))
+    assert (h.state, h.outcome_source, h.submitted_at) == ("APPROVED", "POLL", NIGHT)
+
+
 def test_given_an_attempt_on_the_declining_gateway_when_it_soft_declines_then_the_next_attempt_is_booked(
     world: tuple[Settings, Engine], sandbox: RunningSandbox
 ) -> None:
@@ -161,8 +305,12 @@ def test_given_a_hard_decline_on_a_reattempt_then_recycling_ends_in_recycle_fail
     _submit(settings, engine)
     sub = _one(engine, select(Subscription))
     assert (sub.status, sub.failure_cause) == ("RECYCLE_FAILED", "HARD_DECLINE")
-    change = _one(engine, select(Change).where(Change.entity == "SUBSCRIPTION"))
-    assert change.new_value == "RECYCLE_FAILED:HARD_DECLINE"
+    with engine.connect() as conn:
+        changes = conn.execute(
+            select(Change.field, Change.new_value).where(Change.entity == "SUBSCRIPTION").order_by(Change.id)
+        ).all()
+    # the status is the domain's own word; the cause is a change of its own
+    assert [tuple(c) for c in changes] == [("status", "RECYCLE_FAILED"), ("failure_cause", "HARD_DECLINE")]
 
 
 def test_given_attempts_not_yet_due_when_submit_runs_then_nothing_happens(
@@ -224,6 +372,38 @@ def test_given_the_answer_is_lost_after_flexfactor_took_the_order_when_submit_ru
     assert second.counts["adopted"] == 1
     assert (h.state, h.resend_count) == ("SUBMITTED", 0)
     assert len(_evaluates(sandbox)) == 1
+
+
+def test_given_a_lost_answer_whose_lookup_fails_when_runs_go_on_then_the_errors_are_counted_recorded_and_raised(
+    world: tuple[Settings, Engine], sandbox: RunningSandbox
+) -> None:
+    # given: the answer to a hand-off is lost, and every "was it received?" look-up then fails
+    settings, engine = world
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=date(2026, 6, 10),
+    )
+    _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "500_after", "count": 1}]})
+    _submit(settings, engine)
+    _admin(sandbox, "faults", {"script": [{"path": "/orders", "action": "503", "count": 50}]})
+    # when
+    second = _submit(settings, engine)
+    # then: the run counts the failed look-up (not only those given up after resends) ...
+    assert (second.counts["lookup_errors"], second.counts["lookup_failed"]) == (1, 0)
+    with engine.connect() as conn:
+        kinds = list(conn.execute(select(HandoffEvent.kind).order_by(HandoffEvent.id)).scalars())
+    # ... records it on the hand-off ...
+    assert kinds[-1] == "LOOKUP_ERROR"
+    assert _one(engine, select(Handoff.state)).state == "PENDING"
+    # ... and a day on, the hand-off still unresolved is an anomaly
+    found = check_night(settings, engine, day=date(2026, 6, 11), now=NIGHT + timedelta(days=1, hours=1))
+    unresolved = [a for a in found if a.kind == "UNRESOLVED_HANDOFFS"]
+    assert len(unresolved) == 1
+    assert unresolved[0].reason.startswith("1 hand-offs sent over 24 h ago are still unresolved")
 
 
 def test_given_flexfactor_never_got_the_order_when_submit_runs_again_then_it_resends_the_same_body_and_key(

@@ -164,7 +164,8 @@ def test_given_applied_outcomes_when_apply_runs_again_then_nothing_is_written_tw
     # then
     assert (first["approved"], first["failed_outcome"]) == (1, 2)
     assert (again, by_id) == ({}, {})
-    assert (world.count(Change), world.count(Fulfillment)) == written == (6 + 2, 1)
+    # the approval's 6 rows, and a status and a failure_cause row per failure
+    assert (world.count(Change), world.count(Fulfillment)) == written == (6 + 2 * 2, 1)
 
 
 def test_given_the_same_news_recorded_twice_then_it_is_queued_and_applied_once(world: World) -> None:
@@ -240,7 +241,10 @@ def test_given_a_crash_between_the_statements_of_a_chunk_then_nothing_is_half_ap
     # then it applies each outcome once
     assert (counts["approved"], counts["failed_outcome"]) == (2, 1)
     assert [world.subscription(n).status for n in (1, 2, 3)] == ["ACTIVE", "ACTIVE", "RECYCLE_FAILED"]
-    assert (world.count(Change), world.count(Fulfillment)) == (2 * 6 + 1, 2)
+    assert (world.count(Change), world.count(Fulfillment)) == (
+        2 * 6 + 1 * 2,
+        2,
+    )  # a failure: status and cause
     assert world.queued() == []
 
 
@@ -402,7 +406,8 @@ def test_given_more_outcomes_than_a_chunk_holds_then_every_one_is_applied_once(w
     assert [world.subscription(n).status for n in range(1, 8)] == ["ACTIVE", "RECYCLE_FAILED"] * 3 + [
         "ACTIVE"
     ]
-    assert (world.count(Change), world.count(Fulfillment), world.queued()) == (4 * 6 + 3, 4, [])
+    # 6 rows per approval, a status and a failure_cause row per failure
+    assert (world.count(Change), world.count(Fulfillment), world.queued()) == (4 * 6 + 3 * 2, 4, [])
 
 
 def test_given_a_crash_in_a_later_chunk_then_earlier_chunks_stay_applied_and_the_next_run_applies_the_rest_once(

@@ -199,15 +199,17 @@ def test_given_a_queued_rerun_when_the_night_runs_then_submit_sends_it_as_a_cit_
     assert evaluates(world.sandbox) == []  # queueing sends nothing
     # when
     world.night()
-    # then: exactly one /evaluate, for this hand-off, a CIT with a window counted from the queueing
+    # then: exactly one /evaluate, for this hand-off, a CIT with a window counted from the send at
+    # NIGHT, not from the queueing six hours before (the window is not short by the queue delay)
     assert [call["order_id"] for call in evaluates(world.sandbox)] == [handoff_id]
     (ff_order,) = sandbox_orders(world.sandbox)
     assert ff_order["is_mit"] is False
-    assert ff_order["expiry_date"] == iso(QUEUED_AT + timedelta(days=21))
+    assert ff_order["expiry_date"] == iso(NIGHT + timedelta(days=21))
     h = one(world.engine, select(Handoff))
     body = json.loads(h.request_body)
     assert (body["isMIT"], body["isRecurring"], "subscription" in body) == (False, False, False)
-    assert body["expiryDateUtc"] == iso(QUEUED_AT + timedelta(days=21))
+    assert body["expiryDateUtc"] == iso(NIGHT + timedelta(days=21))
+    assert (h.created_at, h.first_sent_at, h.expires_at) == (QUEUED_AT, NIGHT, NIGHT + timedelta(days=21))
     assert (h.source, h.slot, h.attempt, h.dedupe_key) == ("RERUN", None, None, "RERUN:ord-s1:txn-s1")
     assert (h.state, h.outcome_source, h.declining_gateway_id) == ("APPROVED", "RESPONSE", "nmi")
     assert one(world.engine, select(Order.status)).status == "COMPLETE"  # applied by reconcile

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -25,9 +26,11 @@ from recycle_engine.ports import Clock
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig, iso
+from recycle_engine.services.webhook_events import event_time
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery
+from reports.queries import ReportBounds, exception_stmt
 from tests.conftest import load_fixture
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -181,6 +184,7 @@ def a_handoff(
     handoff_id: str | None = None,
     state: str = "SUBMITTED",
     flexfactor_order_id: str | None = None,
+    **overrides: Any,
 ) -> str:
     """A hand-off row as submit leaves it (our id is the orderId FlexFactor knows)."""
     handoff_id = handoff_id or f"sub_{uuid.uuid4().hex[:12]}"
@@ -206,6 +210,7 @@ def a_handoff(
         "expires_at": T0 + timedelta(days=20),
         "flexfactor_order_id": flexfactor_order_id,
         "updated_at": T0,
+        **overrides,
     }
     with engine.begin() as conn:
         conn.execute(insert(Handoff).values(row))
@@ -272,7 +277,11 @@ def test_given_a_submitted_handoff_when_the_sandbox_reports_its_outcome_then_the
     # then
     assert moved["delivered"] == 1
     row = service.handoff(handoff_id)
-    assert (row.state, row.outcome_source, row.outcome_at) == (state, "WEBHOOK", T0 + timedelta(days=days))
+    # dated by the event's own TimeStamp (when FlexFactor settled it), not by its delivery
+    [sent] = requests.get(f"{sandbox.admin_url}/webhooks", timeout=10).json()["items"]
+    occurred = datetime.fromisoformat(sent["occurred_at"].replace("Z", "+00:00"))
+    assert T0 < occurred <= T0 + timedelta(days=days)
+    assert (row.state, row.outcome_source, row.outcome_at) == (state, "WEBHOOK", occurred)
     [delivery] = service.deliveries()
     assert (delivery.accepted, delivery.http_status, delivery.reason) == (True, 200, "applied")
     assert delivery.handoff_id == handoff_id
@@ -368,6 +377,32 @@ def test_given_a_cancel_before_the_completion_when_both_arrive_then_the_cancel_s
     assert [d.reason for d in service.deliveries()] == ["applied", "terminal conflict"]
 
 
+def test_given_order_expired_then_order_completed_from_flexfactor_when_both_arrive_then_the_expiry_stands_as_a_reported_conflict(
+    sandbox: RunningSandbox, start_service: Callable[[Clock], Service]
+) -> None:
+    # given: a hand-off FlexFactor holds
+    service = start_service(sandbox.state.clock)
+    connect(sandbox, service)
+    handoff_id = f"sub_{uuid.uuid4().hex[:12]}"
+    ff_id = evaluate_at_sandbox(sandbox, handoff_id, "3184")
+    a_handoff(service.engine, handoff_id=handoff_id, flexfactor_order_id=ff_id)
+    # when: FlexFactor reports it expired, then completed
+    for event in ("order.expired", "order.completed"):
+        assert admin(sandbox, "webhooks/send", {"flexfactor_order_id": ff_id, "event": event})["delivered"]
+    # then: FlexFactor's own final state is not overwritten; the conflict is recorded ...
+    row = service.handoff(handoff_id)
+    assert (row.state, row.late_outcome, row.attention) == ("EXPIRED", False, "TERMINAL_CONFLICT")
+    conflict = service.events(handoff_id)[-1]
+    assert (conflict.kind, conflict.state_after) == ("CONFLICT", "EXPIRED")
+    assert [d.reason for d in service.deliveries()] == ["applied", "terminal conflict"]
+    # ... and the report lists it among the reconciliation exceptions
+    now = T0 + timedelta(hours=1)
+    bounds = ReportBounds.for_day(T0.date(), ZoneInfo("America/New_York"), now)
+    with service.engine.connect() as conn:
+        flagged = conn.execute(exception_stmt(bounds, "ATTENTION")).all()
+    assert [(r.handoff_id, r.detail) for r in flagged] == [(handoff_id, "TERMINAL_CONFLICT")]
+
+
 def test_given_a_resent_event_for_an_expired_handoff_when_it_arrives_then_the_late_approval_applies(
     sandbox: RunningSandbox, start_service: Callable[[Clock], Service]
 ) -> None:
@@ -406,6 +441,55 @@ def test_given_no_flexfactor_id_yet_when_an_event_names_our_order_id_then_it_mat
     assert answer.status_code == 200
     row = service.handoff(handoff_id)
     assert (row.state, row.flexfactor_order_id) == ("APPROVED", ff_id)
+
+
+def test_given_a_delivery_two_hours_late_when_it_settles_a_handoff_then_the_outcome_takes_the_events_own_time(
+    start_service: Callable[[Clock], Service],
+) -> None:
+    # given: FlexFactor's rescue happened at T0 (the event's TimeStamp); the delivery arrives at T0 + 2 h
+    received = T0 + timedelta(hours=2)
+    service = start_service(FixedClock(received))
+    handoff_id = a_handoff(service.engine, submitted_at=T0 - timedelta(days=3))
+    body = an_event(order_id=str(uuid.uuid4()), external=handoff_id)
+    # when
+    answer = requests.post(
+        service.hook_url(), data=body, headers=signed_headers(service.url, body, at=received), timeout=10
+    )
+    # then: the outcome (and the next bill date that follows from it) is dated by the event, not receipt
+    assert answer.status_code == 200
+    row = service.handoff(handoff_id)
+    assert (row.state, row.outcome_at) == ("APPROVED", T0)
+
+
+def test_given_event_times_out_of_bounds_then_the_outcome_time_stays_between_send_and_receipt() -> None:
+    sent, received = T0, T0 + timedelta(hours=1)
+    assert event_time(None, received_at=received, sent_at=sent) == received
+    assert event_time(received + timedelta(minutes=4), received_at=received, sent_at=sent) == received
+    assert event_time(sent - timedelta(days=1), received_at=received, sent_at=sent) == sent
+    assert event_time(sent + timedelta(minutes=1), received_at=received, sent_at=None) == sent + timedelta(
+        minutes=1
+    )
+
+
+def test_given_a_pending_handoff_whose_answer_was_lost_when_a_webhook_settles_it_then_it_gets_the_send_time(
+    start_service: Callable[[Clock], Service],
+) -> None:
+    # given: sent five minutes before T0, its answer lost: PENDING, never marked submitted
+    service = start_service(FixedClock(T0 + timedelta(hours=2)))
+    sent = T0 - timedelta(minutes=5)
+    handoff_id = a_handoff(
+        service.engine, state="PENDING", submitted_at=None, send_started_at=sent, first_sent_at=sent
+    )
+    body = an_event(order_id=str(uuid.uuid4()), external=handoff_id)
+    # when: the rescue arrives by webhook
+    at = T0 + timedelta(hours=2)
+    answer = requests.post(
+        service.hook_url(), data=body, headers=signed_headers(service.url, body, at=at), timeout=10
+    )
+    # then: the hand-off has a submission time, the send's
+    assert answer.status_code == 200
+    row = service.handoff(handoff_id)
+    assert (row.state, row.submitted_at) == ("APPROVED", sent)
 
 
 @pytest.mark.parametrize(
