@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from recycle_engine.config import Settings
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 
 __all__ = ["App", "build_app", "flexfactor_clients", "load_settings_file", "processors"]

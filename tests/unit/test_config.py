@@ -13,19 +13,21 @@ import pytest
 from click.testing import CliRunner
 
 from recycle_engine.cli import main
-from recycle_engine.config import ROOT_KEYS, describe_database, load_settings
-from recycle_engine.domain.declines import DeclineType, MappingScope, RuleOrderType
-from recycle_engine.domain.profiles import FINAL, AttemptRule, ReductionType, Slot
-from recycle_engine.errors import ConfigError, ConfigProblem
-from recycle_engine.settings import (
+from recycle_engine.config import (
     BatchingSettings,
     FlexFactorSettings,
     GatewayType,
     HttpSettings,
     ReportSettings,
     ServeSettings,
-    Settings,
+    SettingsFile,
+    describe_database,
+    load_settings,
+    sections,
 )
+from recycle_engine.domain.declines import DeclineType, MappingScope, RuleOrderType
+from recycle_engine.domain.profiles import FINAL, AttemptRule, ReductionType, Slot
+from recycle_engine.errors import ConfigError, ConfigProblem
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNING_KEY = base64.b64encode(bytes(range(64))).decode()
@@ -166,10 +168,16 @@ def test_given_the_shipped_settings_without_its_environment_when_loaded_then_eac
     assert [(p.path, p.message, p.line) for p in problems] == [
         (
             f"gateways[2].{key}",
-            f"environment variable FLEXFACTOR_{key.upper()} is not set",
+            f"environment variable FLEXFACTOR_{key.upper()} is not set; it is needed {need}",
             line_of(path, key + ":"),
         )
-        for key in ("app_key", "app_secret", "mid", "site_id", "environment_key", "hmac_signing_key")
+        for key, need in (
+            ("app_key", "to call FlexFactor"),
+            ("app_secret", "to call FlexFactor"),
+            ("mid", "to call FlexFactor"),
+            ("site_id", "to call FlexFactor"),
+            ("hmac_signing_key", "to verify FlexFactor webhooks"),
+        )
     ]
 
 
@@ -189,10 +197,10 @@ def test_given_the_key_tables_when_compared_with_the_settings_types_then_their_d
     assert settings.reports == dataclasses.replace(ReportSettings(), output_dir=tmp_path / "reports" / "out")
     assert (
         settings.insufficient_funds_phrases
-        == Settings.__dataclass_fields__["insufficient_funds_phrases"].default
+        == SettingsFile.__pydantic_fields__["insufficient_funds_phrases"].default
     )
     assert settings.database_url == f"sqlite:///{tmp_path / 'var' / 'recycle.db'}"
-    assert all(key.description for key in ROOT_KEYS.values())
+    assert all(f.description for s in sections() for f in s.__pydantic_fields__.values())
 
 
 def test_given_loaded_settings_when_changed_then_they_refuse(tmp_path: Path) -> None:
@@ -737,7 +745,7 @@ def test_given_a_missing_variable_when_loaded_then_the_variable_and_key_are_name
     # then
     assert problem == ConfigProblem(
         "gateways[2].app_secret",
-        "environment variable FLEXFACTOR_APP_SECRET is not set",
+        "environment variable FLEXFACTOR_APP_SECRET is not set; it is needed to call FlexFactor",
         line_of(path, "app_secret"),
     )
 
