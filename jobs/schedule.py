@@ -228,8 +228,9 @@ class SchedulerProcess:
 def serve(config_path: Path) -> None:
     """`recycle-engine scheduler`: run until SIGTERM or SIGINT, then stop gracefully and return."""
     from recycle_engine.bootstrap import load_settings_file
+    from recycle_engine.config import Need
 
-    process = SchedulerProcess(load_settings_file(config_path), config_path)
+    process = SchedulerProcess(load_settings_file(config_path, Need.FLEXFACTOR), config_path)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         process.request_stop(signum)

@@ -37,9 +37,10 @@ __all__ = ["NEEDED_BY", "describe_database", "describe_settings", "load_settings
 
 # The commands that need each kind of credential (README: "Which command needs which secret").
 NEEDED_BY: Final[Mapping[Need, str]] = {
-    Need.FLEXFACTOR: "run submit (not --dry-run), run reconcile, orders send, orders rerun, serve, scheduler",
+    Need.FLEXFACTOR: "run submit (not --dry-run), run reconcile, rerun --now, cascade, scheduler, "
+    "serve with serve.api_key",
     Need.WEBHOOKS: "serve",
-    Need.CASCADE: "serve (POST /cascade; without it the endpoint is off)",
+    Need.CASCADE: "serve",
 }
 
 _FILE: Final = TypeAdapter(SettingsFile)
@@ -395,7 +396,7 @@ def describe_settings(settings: Settings) -> list[str]:
         )
     lines.append("jobs: " + ", ".join(f"{job.name} '{job.cron}'" for job in settings.jobs.values()))
     for unset in settings.unset:
-        where = f"{unset.path} (line {unset.line})" if unset.line else unset.path
+        where = f"{unset.path}, line {unset.line}" if unset.line else unset.path
         use = f"needed by: {NEEDED_BY[unset.need]}" if unset.need is not None else "no command uses it"
-        lines.append(f"not set: environment variable {unset.variable} for {where}; {use}")
+        lines.append(f"environment variable {unset.variable} is not set ({where}); {use}")
     return lines

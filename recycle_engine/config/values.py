@@ -138,7 +138,10 @@ def credential(need: Need | None, check: Check = text) -> Check:
         context = _context(info)
         if isinstance(value, EnvText) and value.unset and context is not None:
             context.deferred[value.path] = need
+        if isinstance(value, EnvText) and value.unset:
             return "" if need is not None else None
+        if value == "" and context is None and need is not None:
+            return value  # an entry's part rebuilt from a file's values: its variable was missing
         return check(value, info)
 
     return credential_check
