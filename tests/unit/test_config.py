@@ -1202,3 +1202,25 @@ def test_given_no_flexfactor_variables_when_db_upgrade_and_reconcile_run_then_on
         reconciled.stderr
     )
     assert "FLEXFACTOR_HMAC_SIGNING_KEY" not in reconciled.stderr
+
+
+def test_given_a_missing_variable_in_an_ordinary_key_when_checked_then_it_is_named_once_beside_the_rest(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(
+        tmp_path,
+        "timezone: UTC\ngateways: []\ndatabase: {url: '${DB_URL}'}\nserve: {port: '${DB_URL}'}\n"
+        "batching: {batch_sise: 5}\n",
+    )
+    runner = CliRunner()
+
+    # when
+    result = runner.invoke(main, ["config", "check", "--config", str(path)], env={"DB_URL": None})
+
+    # then
+    assert result.exit_code == 2
+    assert "3 problems" in result.stderr
+    assert "database.url (line 3): environment variable DB_URL is not set" in result.stderr
+    assert "serve.port (line 4): environment variable DB_URL is not set" in result.stderr
+    assert "unknown key 'batch_sise' (did you mean 'batch_size'?)" in result.stderr
