@@ -30,7 +30,7 @@ from pydantic import BeforeValidator as V
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from recycle_engine.config.source import YamlMap
+from recycle_engine.config.source import YamlMap, kind
 from recycle_engine.config.values import (
     DEFAULT_DATABASE_URL,
     Need,
@@ -109,7 +109,7 @@ def _card_results(value: Any, info: ValidationInfo) -> Any:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        fail(f"must map card last 4 digits to a result, not {type(value).__name__}")
+        fail(f"must map card last 4 digits to a result, not {kind(value)}")
     return value
 
 
@@ -297,7 +297,7 @@ def _slots(value: Any, info: ValidationInfo) -> Any:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        fail(f"must map slots 4-6, 7-9 and final to a gateway or null, not {type(value).__name__}")
+        fail(f"must map slots 4-6, 7-9 and final to a gateway or null, not {kind(value)}")
     return value
 
 

@@ -346,11 +346,11 @@ class Section:
     @model_validator(mode="before")
     @classmethod
     def _check_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, ArgsKwargs):
+            return data  # built in code, keyword by keyword
         if data is None:
             data = {}
-        if isinstance(data, ArgsKwargs) or not isinstance(data, dict):
-            if isinstance(data, ArgsKwargs):
-                return data
+        if not isinstance(data, dict):
             fail(f"must be a mapping with keys {', '.join(cls.keys())}, not {kind(data)}")
         context = _context(info)
         path = data.path if isinstance(data, YamlMap) else ""
