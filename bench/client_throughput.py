@@ -36,8 +36,8 @@ from requests.adapters import HTTPAdapter
 from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.adapters.flexfactor_http import FlexFactorClient
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
+from recycle_engine.config import BatchingSettings, FlexFactorSettings, HttpSettings
 from recycle_engine.domain.states import Source
-from recycle_engine.settings import BatchingSettings, FlexFactorSettings, HttpSettings
 
 APP_KEY, APP_SECRET = "sandbox-app-key", "sandbox-app-secret"
 MID, SITE_ID = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"

@@ -30,11 +30,10 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.orm import Session
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.services.feed_file import read_chunks, read_header
 from recycle_engine.services.feed_rows import FEED_COLUMNS, check_chunk
 from recycle_engine.services.import_declines import import_declines
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Decline
 

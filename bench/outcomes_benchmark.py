@@ -44,9 +44,8 @@ from typing import Any
 import psutil
 from sqlalchemy import Engine, bindparam, event, func, insert, select, text, update
 
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.services.outcomes import apply_outcomes
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
 

@@ -12,11 +12,11 @@ from jobs.alerts import send_alert
 from jobs.triggers import due_windows
 from recycle_engine import bootstrap
 from recycle_engine.adapters.clock import SystemClock
+from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly
 from recycle_engine.services.anomalies import alert_and_record, check_night
 from recycle_engine.services.overdue import warn_overdue
 from recycle_engine.services.submit import run_submit
-from recycle_engine.settings import Settings
 
 __all__ = ["alert_unsent", "check_after_submit", "run"]
 

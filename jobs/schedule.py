@@ -23,9 +23,9 @@ from jobs.leader import Leadership, Lease, lease_seconds
 from jobs.outcomes import JobOutcomes
 from jobs.triggers import LocalCronTrigger, crontab_weekdays
 from recycle_engine.adapters.clock import SystemClock
+from recycle_engine.config import Settings
 from recycle_engine.ports import Clock
 from recycle_engine.services.status import JOBSTORE_TABLE
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 
 # Re-exported: JobOutcomes (outcomes.py), LocalCronTrigger and crontab_weekdays (triggers.py).
@@ -51,7 +51,6 @@ JOB_TARGETS: Final[Mapping[str, str]] = {
     "reconcile": "jobs.nightly_reconcile:run",
     "report": "jobs.daily_report:run",
 }
-DEFAULT_GRACE_SECONDS: Final = 3600  # JobSettings' default; every job also sets its own
 
 
 def next_fire_times(settings: Settings, now: datetime) -> dict[str, datetime | None]:
@@ -77,7 +76,7 @@ def build_scheduler(
         # One worker: jobs never run side by side and queue in fire-time order, so after downtime
         # or an overrunning reconcile the report still starts only once reconcile has ended.
         executors={"default": executor or ThreadPoolExecutor(max_workers=1)},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": DEFAULT_GRACE_SECONDS},
+        job_defaults={"coalesce": True, "max_instances": 1},  # each job sets its misfire grace
     )
     scheduler.add_listener(outcomes.on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
     return scheduler
@@ -229,8 +228,9 @@ class SchedulerProcess:
 def serve(config_path: Path) -> None:
     """`recycle-engine scheduler`: run until SIGTERM or SIGINT, then stop gracefully and return."""
     from recycle_engine.bootstrap import load_settings_file
+    from recycle_engine.config import Need
 
-    process = SchedulerProcess(load_settings_file(config_path), config_path)
+    process = SchedulerProcess(load_settings_file(config_path, Need.FLEXFACTOR), config_path)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         process.request_stop(signum)

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from recycle_engine.settings import Settings
+from recycle_engine.config import Settings
 from recycle_engine.storage.anomaly_repo import DueWindow
 
 __all__ = ["LocalCronTrigger", "crontab_weekdays", "due_windows"]

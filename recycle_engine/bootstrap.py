@@ -7,18 +7,22 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from recycle_engine.config import Need, Settings, require
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 
 __all__ = ["App", "build_app", "flexfactor_clients", "load_settings_file", "processors"]
 
 
-def load_settings_file(path: Path) -> Settings:
-    """Load and check settings; raises ConfigError naming every problem."""
+def load_settings_file(path: Path, *needs: Need) -> Settings:
+    """Load and check settings; raises ConfigError naming every problem.
+
+    `needs`: what the command will do that needs credentials (call FlexFactor, verify webhooks); a
+    credential whose variable is missing is a problem only then (README: which command needs which).
+    """
     from recycle_engine.config import load_settings
 
-    return load_settings(path)
+    return load_settings(path, needs=needs)
 
 
 @dataclass
@@ -39,7 +43,8 @@ def build_app(settings: Settings, clock: Clock, *, pool_size: int | None = None)
 
 
 def flexfactor_clients(settings: Settings, clock: Clock) -> dict[str, FlexFactorGateway]:
-    """One pooled client per FlexFactor gateway."""
+    """One pooled client per FlexFactor gateway; refuses when a credential it sends is missing."""
+    require(settings, Need.FLEXFACTOR)
     from recycle_engine.adapters.flexfactor_http import FlexFactorClient
 
     clients: dict[str, FlexFactorGateway] = {}

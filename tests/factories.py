@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig
-from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Customer, Decline, Handoff, Order, Subscription
 from recycle_engine.storage.outcome_queue import OUTCOME_STATES, queued
 from recycle_engine.storage.upsert import insert_ignore

@@ -10,9 +10,8 @@ from typing import Any
 import requests
 from sqlalchemy import Engine, func, insert, select
 
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.sandbox.server import RunningSandbox
-from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Customer, Decline, Handoff, Order, Subscription
 from recycle_engine.storage.upsert import insert_ignore
 from tests.factories import SANDBOX_ENV, a_decline

@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from recycle_engine.adapters import flexfactor_codes as codes
+from recycle_engine.config import BatchingSettings, FlexFactorSettings, HttpSettings
 from recycle_engine.domain.cards import contains_pan, looks_like_pan
 from recycle_engine.errors import (
     FlexFactorConfigError,
@@ -36,7 +37,6 @@ from recycle_engine.errors import (
     InputError,
 )
 from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
-from recycle_engine.settings import BatchingSettings, FlexFactorSettings, HttpSettings
 
 __all__ = ["FlexFactorClient", "TokenBucket", "retry_after_s"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from recycle_engine.config import GatewaySettings, GatewayType, SimulatedSettings
 from recycle_engine.errors import ConfigError
 from recycle_engine.ports import ChargeRequest, ChargeResult, ProcessorGateway
-from recycle_engine.settings import GatewaySettings, GatewayType, SimulatedSettings
 
 __all__ = ["SimulatedProcessor", "processor_for"]
 

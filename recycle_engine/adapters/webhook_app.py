@@ -31,12 +31,12 @@ from recycle_engine.adapters.flexfactor_webhooks import (
     parse_event,
     verify_signature,
 )
+from recycle_engine.config import Settings
 from recycle_engine.errors import InputError, StorageError
 from recycle_engine.ports import Clock, FlexFactorGateway
 from recycle_engine.services.cascade import cascade_order, parse_cascade_request
 from recycle_engine.services.new_sales import Refused
 from recycle_engine.services.webhook_events import record_refusal, store_delivery
-from recycle_engine.settings import Settings
 from recycle_engine.storage.webhook_repo import DbNonceCache, Delivery, ping
 
 __all__ = ["AcceptedTally", "OnAccepted", "cascade_route", "create_app", "serve", "serving"]

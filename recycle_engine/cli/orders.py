@@ -55,10 +55,11 @@ def rerun_cmd(
     stderr with its reason, and the exit code is 1 if any order was refused."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.config import Need
     from recycle_engine.services.rerun import rerun_orders
 
     ids = _order_ids(order_ids, from_file)
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, *([Need.FLEXFACTOR] if send_now else []))
     clock = SystemClock()
     app = bootstrap.build_app(settings, clock)
     try:
@@ -103,10 +104,11 @@ def cascade_cmd(order_id: str, config_path: Path) -> None:
     Exit code 1, with the reason on stderr, when the order is unknown or may not cascade."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.config import Need
     from recycle_engine.services.cascade import cascade_order
     from recycle_engine.services.new_sales import Refused
 
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
     clock = SystemClock()
     app = bootstrap.build_app(settings, clock)
     try:

@@ -46,12 +46,13 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
+    from recycle_engine.config import Need
     from recycle_engine.money import Money
     from recycle_engine.services.overdue import warn_overdue
     from recycle_engine.services.submit import run_submit
     from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
 
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, *([] if dry_run else [Need.FLEXFACTOR]))
     clock = SystemClock()
     at = instant(at_text) or clock.now()
     app = bootstrap.build_app(settings, clock)
@@ -123,9 +124,10 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
+    from recycle_engine.config import Need
     from recycle_engine.services.reconcile import run_reconcile
 
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
     clock = SystemClock()
     at = instant(at_text) or clock.now()
     app = bootstrap.build_app(settings, clock)

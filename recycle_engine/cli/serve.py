@@ -28,8 +28,11 @@ def serve_cmd(config_path: Path, host: str | None, port: int | None) -> None:
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.adapters.webhook_app import OnAccepted, create_app, serve
+    from recycle_engine.config import Need, require
 
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, Need.WEBHOOKS, Need.CASCADE)
+    if settings.serve.api_key:
+        require(settings, Need.FLEXFACTOR)  # POST /cascade calls FlexFactor
     clock = SystemClock()
     app = bootstrap.build_app(settings, clock)
     on_accepted: OnAccepted | None = None

@@ -9,8 +9,8 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly, NightFacts, check_night_facts, unsent_anomaly
-from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import (
     DueWindow,
     handoffs_by_day,

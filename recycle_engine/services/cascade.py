@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.eligibility import Refusal, cascade_eligibility
 from recycle_engine.domain.outcomes import OrderStatus
@@ -26,7 +27,6 @@ from recycle_engine.services.new_sales import (
     refused_by,
     send_at_once,
 )
-from recycle_engine.settings import Settings
 from recycle_engine.storage.order_repo import HandoffView, OrderDecline, fail_unsent_handoff, open_handoff_id
 
 __all__ = ["CascadeAnswer", "CascadeResult", "cascade_order", "cascade_target", "parse_cascade_request"]

@@ -18,6 +18,7 @@ from sqlalchemy import (
 )
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.holdout import Arm
 from recycle_engine.domain.outcomes import FailureCause, next_bill_date, price_after_approval
@@ -31,7 +32,6 @@ from recycle_engine.services.due_attempts import (
     next_step,
     plan_due,
 )
-from recycle_engine.settings import Settings
 from recycle_engine.storage.bulk_rows import columns_of, insert_rows, update_columns
 from recycle_engine.storage.handoff_repo import insert_events
 from recycle_engine.storage.holdout_repo import assignment_row, record_assignments

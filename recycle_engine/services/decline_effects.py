@@ -11,12 +11,12 @@ from typing import Any, Final, cast
 import pandas as pd
 from sqlalchemy import Connection, Dialect
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import DeclineType, MappingRule, OrderType, classify
 from recycle_engine.domain.ladder import PlannedAttempt, local_date, next_attempt
 from recycle_engine.domain.outcomes import FailureCause, OrderStatus, PurchaseStatus
 from recycle_engine.domain.profile_versions import profile_version
 from recycle_engine.services.feed_rows import CheckedChunk, check_chunk
-from recycle_engine.settings import Settings
 from recycle_engine.storage import decline_repo as repo
 from recycle_engine.storage.bulk_rows import BoundRows
 from recycle_engine.storage.profile_versions import record_profile_versions

@@ -15,10 +15,9 @@ import yaml
 from sqlalchemy import Engine, func, select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.errors import InputError
 from recycle_engine.money import Money
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Handoff
 

@@ -10,8 +10,8 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from recycle_engine.config import Settings
 from recycle_engine.services.feed_rows import FEED_COLUMNS
-from recycle_engine.settings import Settings
 
 __all__ = ["BookPlan", "write_feeds"]
 

@@ -20,13 +20,13 @@ from sqlalchemy import (
     tuple_,
 )
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.holdout import in_holdout
 from recycle_engine.domain.ladder import PlannedAttempt, next_attempt
 from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus
 from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.domain.states import Source
 from recycle_engine.services.handoff_sending import SendResult
-from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Decline, Subscription
 from recycle_engine.storage.profile_versions import ProfileBook
 from recycle_engine.storage.subscription_repo import (

@@ -11,13 +11,13 @@ from typing import Final
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from recycle_engine.config import Settings
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.services.decline_effects import ImportSession
 from recycle_engine.services.feed_file import RejectsFile, read_header, rejects_path_for
 from recycle_engine.services.feed_stage import collection_deferred, staged_chunks
 from recycle_engine.services.job_runs import finish_run, start_run
-from recycle_engine.settings import Settings
 
 __all__ = ["CHUNK_ROWS", "ImportResult", "import_declines", "rejects_path_for"]
 

@@ -10,11 +10,11 @@ from typing import Any, Final
 
 from sqlalchemy import Engine, bindparam, or_, select, update
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.ladder import next_attempt
 from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus
 from recycle_engine.domain.profiles import attempt_label
 from recycle_engine.errors import NotFound
-from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Subscription
 from recycle_engine.storage.profile_versions import StoredVersion, record_profile_versions, stored_versions
 from recycle_engine.storage.subscription_repo import RecycleFailure, apply_failures, record_changes

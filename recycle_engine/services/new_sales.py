@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.eligibility import Eligibility
 from recycle_engine.domain.states import Source, State
@@ -21,7 +22,6 @@ from recycle_engine.errors import InputError
 from recycle_engine.ports import FlexFactorGateway
 from recycle_engine.services.handoff_sending import send_pending
 from recycle_engine.services.outcomes import apply_outcomes
-from recycle_engine.settings import Settings
 from recycle_engine.storage.order_repo import (
     HandoffView,
     OrderDecline,

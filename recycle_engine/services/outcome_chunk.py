@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import InstrumentedAttribute
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import (
@@ -38,7 +39,6 @@ from recycle_engine.domain.outcomes import (
     price_after_approval,
 )
 from recycle_engine.domain.states import Source, State
-from recycle_engine.settings import Settings
 from recycle_engine.storage.models import Order, OutcomeQueue, Subscription
 from recycle_engine.storage.outcome_writes import RecycleOutcome, apply_recycle_outcomes
 from recycle_engine.storage.profile_versions import ProfileBook

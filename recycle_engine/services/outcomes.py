@@ -10,8 +10,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
+from recycle_engine.config import Settings
 from recycle_engine.services.outcome_chunk import Prepared, prepare_chunk, write_chunk
-from recycle_engine.settings import Settings
 from recycle_engine.storage import outcome_queue
 
 __all__ = ["apply_outcomes"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, or_, select
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
@@ -23,7 +24,6 @@ from recycle_engine.services.handoff_sending import resolve_unanswered, send_pen
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.outcomes import apply_outcomes
 from recycle_engine.services.rollups import refresh_after_run
-from recycle_engine.settings import Settings
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from recycle_engine.storage.upsert import insert_ignore

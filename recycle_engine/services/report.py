@@ -16,11 +16,11 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from recycle_engine.config import Settings
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_rollups
-from recycle_engine.settings import Settings
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
 from reports import (
     detail,

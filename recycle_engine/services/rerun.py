@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
 from recycle_engine.domain.eligibility import rerun_eligibility
 from recycle_engine.domain.outcomes import OrderStatus
@@ -22,7 +23,6 @@ from recycle_engine.services.new_sales import (
     refused_by,
     send_at_once,
 )
-from recycle_engine.settings import Settings
 from recycle_engine.storage.order_repo import HandoffView, OrderDecline, open_handoff_id
 
 __all__ = ["RerunReport", "RerunResult", "rerun_orders"]

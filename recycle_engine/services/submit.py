@@ -16,6 +16,7 @@ from sqlalchemy import (
     Engine,
 )
 
+from recycle_engine.config import Settings
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
 from recycle_engine.services.anomalies import count_unsent
@@ -25,7 +26,6 @@ from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after
 from recycle_engine.services.handoff_sending import SendReport, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_after_run
-from recycle_engine.settings import Settings
 from recycle_engine.storage.profile_versions import ProfileBook
 
 __all__ = ["DuePlan", "SubmitResult", "due_rows", "run_submit"]

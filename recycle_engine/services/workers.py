@@ -14,13 +14,13 @@ from typing import Final
 
 from sqlalchemy import Engine
 
+from recycle_engine.config import Settings
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.ports import Clock
 from recycle_engine.services.anomalies import count_unsent
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.services.submit import SubmitResult, run_submit
-from recycle_engine.settings import Settings
 
 __all__ = [
     "WORKER_POOL_SIZE",

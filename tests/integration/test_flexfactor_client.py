@@ -19,6 +19,7 @@ from recycle_engine.adapters import flexfactor_codes as codes
 from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.adapters.flexfactor_http import FlexFactorClient
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
+from recycle_engine.config import BatchingSettings, FlexFactorSettings, HttpSettings
 from recycle_engine.domain.states import Source, State
 from recycle_engine.errors import (
     FlexFactorConfigError,
@@ -34,7 +35,6 @@ from recycle_engine.errors import (
 )
 from recycle_engine.ports import VendorStatus
 from recycle_engine.sandbox.server import SandboxConfig, run_sandbox
-from recycle_engine.settings import BatchingSettings, FlexFactorSettings, HttpSettings
 from tests.conftest import load_fixture
 
 APP_SECRET = "sandbox-app-secret"

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import Engine, event, func, insert, select, text, update
 
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
+from recycle_engine.config import Settings
 from recycle_engine.services.outcomes import _chunks, apply_outcomes
 from recycle_engine.services.webhook_events import store_delivery
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import (

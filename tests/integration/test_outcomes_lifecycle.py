@@ -46,13 +46,13 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.config import Settings
 from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
 from recycle_engine.services.outcomes import apply_outcomes
 from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import (
     Change,

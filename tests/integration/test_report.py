@@ -16,10 +16,9 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, insert, select
 
 from recycle_engine.cli import main
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.errors import RecycleEngineError
 from recycle_engine.services.report import run_report
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
 from reports import queries, rollup_queries

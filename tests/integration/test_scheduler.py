@@ -30,10 +30,9 @@ from jobs.alerts import send_alert
 from jobs.leader import Lease
 from jobs.schedule import JobOutcomes, SchedulerProcess, build_scheduler, next_fire_times, sync_jobs
 from recycle_engine.adapters.clock import FixedClock, SystemClock
-from recycle_engine.config import load_settings
+from recycle_engine.config import Settings, load_settings
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.status import ACTIVE_LEASE, gather_status, render_status
-from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, SchedulerLease
 

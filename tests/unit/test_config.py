@@ -13,19 +13,23 @@ import pytest
 from click.testing import CliRunner
 
 from recycle_engine.cli import main
-from recycle_engine.config import ROOT_KEYS, describe_database, load_settings
-from recycle_engine.domain.declines import DeclineType, MappingScope, RuleOrderType
-from recycle_engine.domain.profiles import FINAL, AttemptRule, ReductionType, Slot
-from recycle_engine.errors import ConfigError, ConfigProblem
-from recycle_engine.settings import (
+from recycle_engine.config import (
     BatchingSettings,
     FlexFactorSettings,
     GatewayType,
     HttpSettings,
+    Need,
     ReportSettings,
     ServeSettings,
-    Settings,
+    SettingsFile,
+    describe_database,
+    load_settings,
+    require,
+    sections,
 )
+from recycle_engine.domain.declines import DeclineType, MappingScope, RuleOrderType
+from recycle_engine.domain.profiles import FINAL, AttemptRule, ReductionType, Slot
+from recycle_engine.errors import ConfigError, ConfigProblem
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNING_KEY = base64.b64encode(bytes(range(64))).decode()
@@ -166,10 +170,16 @@ def test_given_the_shipped_settings_without_its_environment_when_loaded_then_eac
     assert [(p.path, p.message, p.line) for p in problems] == [
         (
             f"gateways[2].{key}",
-            f"environment variable FLEXFACTOR_{key.upper()} is not set",
+            f"environment variable FLEXFACTOR_{key.upper()} is not set; it is needed {need}",
             line_of(path, key + ":"),
         )
-        for key in ("app_key", "app_secret", "mid", "site_id", "environment_key", "hmac_signing_key")
+        for key, need in (
+            ("app_key", "to call FlexFactor"),
+            ("app_secret", "to call FlexFactor"),
+            ("mid", "to call FlexFactor"),
+            ("site_id", "to call FlexFactor"),
+            ("hmac_signing_key", "to verify FlexFactor webhooks"),
+        )
     ]
 
 
@@ -189,10 +199,10 @@ def test_given_the_key_tables_when_compared_with_the_settings_types_then_their_d
     assert settings.reports == dataclasses.replace(ReportSettings(), output_dir=tmp_path / "reports" / "out")
     assert (
         settings.insufficient_funds_phrases
-        == Settings.__dataclass_fields__["insufficient_funds_phrases"].default
+        == SettingsFile.__pydantic_fields__["insufficient_funds_phrases"].default
     )
     assert settings.database_url == f"sqlite:///{tmp_path / 'var' / 'recycle.db'}"
-    assert all(key.description for key in ROOT_KEYS.values())
+    assert all(f.description for s in sections() for f in s.__pydantic_fields__.values())
 
 
 def test_given_loaded_settings_when_changed_then_they_refuse(tmp_path: Path) -> None:
@@ -737,7 +747,7 @@ def test_given_a_missing_variable_when_loaded_then_the_variable_and_key_are_name
     # then
     assert problem == ConfigProblem(
         "gateways[2].app_secret",
-        "environment variable FLEXFACTOR_APP_SECRET is not set",
+        "environment variable FLEXFACTOR_APP_SECRET is not set; it is needed to call FlexFactor",
         line_of(path, "app_secret"),
     )
 
@@ -1074,3 +1084,143 @@ def test_given_bad_settings_when_config_check_runs_then_it_prints_every_problem_
     assert "2 problems" in result.stderr
     assert "timezone (line 1): unknown time zone" in result.stderr
     assert f"gateways[2].expiry_days (line {line_of(path, 'expiry_days')})" in result.stderr
+
+
+# Secrets only where they are used
+
+
+UNSET_ENV: dict[str, str | None] = dict.fromkeys(ENV)  # CliRunner removes variables given as None
+
+
+def test_given_no_flexfactor_variables_when_loaded_for_no_use_then_each_credential_is_listed_as_unset() -> (
+    None
+):
+    # given
+    path = ROOT / "settings.yaml"
+
+    # when
+    settings = load_settings(path, {}, needs=())
+
+    # then
+    assert [(u.variable, u.path, u.need) for u in settings.unset] == [
+        ("FLEXFACTOR_APP_KEY", "gateways[2].app_key", Need.FLEXFACTOR),
+        ("FLEXFACTOR_APP_SECRET", "gateways[2].app_secret", Need.FLEXFACTOR),
+        ("FLEXFACTOR_MID", "gateways[2].mid", Need.FLEXFACTOR),
+        ("FLEXFACTOR_SITE_ID", "gateways[2].site_id", Need.FLEXFACTOR),
+        ("FLEXFACTOR_ENVIRONMENT_KEY", "gateways[2].environment_key", None),
+        ("FLEXFACTOR_HMAC_SIGNING_KEY", "gateways[2].hmac_signing_key", Need.WEBHOOKS),
+    ]
+    assert settings.unset[0].line == line_of(path, "app_key:")
+    flexfactor = settings.gateways["flexfactor-main"].flexfactor
+    assert flexfactor is not None
+    assert flexfactor.environment_key is None
+
+
+def test_given_unset_credentials_when_a_use_is_required_then_only_its_variables_are_named() -> None:
+    # given
+    settings = load_settings(ROOT / "settings.yaml", {}, needs=())
+
+    # when
+    with pytest.raises(ConfigError) as webhooks:
+        require(settings, Need.WEBHOOKS)
+    with pytest.raises(ConfigError) as flexfactor:
+        require(settings, Need.FLEXFACTOR)
+
+    # then
+    assert [p.message for p in webhooks.value.problems] == [
+        "environment variable FLEXFACTOR_HMAC_SIGNING_KEY is not set; it is needed to verify FlexFactor webhooks"
+    ]
+    assert [p.path for p in flexfactor.value.problems] == [
+        "gateways[2].app_key",
+        "gateways[2].app_secret",
+        "gateways[2].mid",
+        "gateways[2].site_id",
+    ]
+    require(settings, Need.CASCADE)  # serve.api_key is not written: nothing to miss
+
+
+def test_given_only_the_environment_key_unset_when_loaded_for_every_use_then_it_is_accepted() -> None:
+    # given
+    env = {k: v for k, v in ENV.items() if k != "FLEXFACTOR_ENVIRONMENT_KEY"}
+
+    # when
+    settings = load_settings(ROOT / "settings.yaml", env)
+
+    # then
+    assert [u.variable for u in settings.unset] == ["FLEXFACTOR_ENVIRONMENT_KEY"]
+
+
+def test_given_no_flexfactor_variables_when_config_check_runs_then_it_passes_and_names_each_once() -> None:
+    # given
+    runner = CliRunner()
+
+    # when
+    result = runner.invoke(main, ["config", "check", "--config", str(ROOT / "settings.yaml")], env=UNSET_ENV)
+
+    # then
+    assert result.exit_code == 0, result.output
+    assert "slots 4-6: flexfactor-main, 7-9: declining gateway, final: flexfactor-main" in result.output
+    for name in ENV:
+        assert result.output.count(f"environment variable {name} is not set") == 1, result.output
+    assert "FLEXFACTOR_APP_SECRET is not set (gateways[2].app_secret, line" in result.output
+    assert "needed by: run submit (not --dry-run), run reconcile" in result.output
+    assert "settings are valid" in result.output
+
+
+def test_given_no_flexfactor_variables_and_a_typo_when_config_check_runs_then_only_the_typo_is_a_problem(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + "    expiry_day: 14\n")
+    runner = CliRunner()
+
+    # when
+    result = runner.invoke(main, ["config", "check", "--config", str(path)], env=UNSET_ENV)
+
+    # then
+    assert result.exit_code == 2
+    assert "1 problem" in result.stderr
+    assert "did you mean 'expiry_days'?" in result.stderr
+    assert "is not set" not in result.stderr
+
+
+def test_given_no_flexfactor_variables_when_db_upgrade_and_reconcile_run_then_only_reconcile_refuses(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + "database: {url: 'sqlite:///engine.db'}\n")
+    runner = CliRunner()
+
+    # when
+    upgraded = runner.invoke(main, ["db", "upgrade", "--config", str(path)], env=UNSET_ENV)
+    reconciled = runner.invoke(main, ["run", "reconcile", "--config", str(path)], env=UNSET_ENV)
+
+    # then
+    assert upgraded.exit_code == 0, upgraded.output
+    assert reconciled.exit_code == 2
+    assert "environment variable FLEXFACTOR_APP_KEY is not set; it is needed to call FlexFactor" in (
+        reconciled.stderr
+    )
+    assert "FLEXFACTOR_HMAC_SIGNING_KEY" not in reconciled.stderr
+
+
+def test_given_a_missing_variable_in_an_ordinary_key_when_checked_then_it_is_named_once_beside_the_rest(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(
+        tmp_path,
+        "timezone: UTC\ngateways: []\ndatabase: {url: '${DB_URL}'}\nserve: {port: '${DB_URL}'}\n"
+        "batching: {batch_sise: 5}\n",
+    )
+    runner = CliRunner()
+
+    # when
+    result = runner.invoke(main, ["config", "check", "--config", str(path)], env={"DB_URL": None})
+
+    # then
+    assert result.exit_code == 2
+    assert "3 problems" in result.stderr
+    assert "database.url (line 3): environment variable DB_URL is not set" in result.stderr
+    assert "serve.port (line 4): environment variable DB_URL is not set" in result.stderr
+    assert "unknown key 'batch_sise' (did you mean 'batch_size'?)" in result.stderr

@@ -1,30 +1,19 @@
-"""The settings.yaml reader: YAML to plain values with the line of every key path; `${NAME}` expansion."""
+"""settings.yaml as plain values: the line of every key path, `${NAME}` expansion, problems the YAML has."""
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
 
 from recycle_engine.errors import ConfigError, ConfigProblem
-from recycle_engine.settings import GatewayType
 
-__all__ = ["INVALID", "REQUIRED", "UNRESOLVED", "_Reader", "_compose", "_join", "_kind", "_parent"]
+__all__ = ["INVALID", "EnvText", "Source", "Unset", "YamlMap", "join", "kind", "parent", "read_yaml"]
 
-
-class _Mark(enum.Enum):
-    REQUIRED = "required"  # a Key default: the key must be written
-    INVALID = "invalid"  # a converter has already reported why
-    UNRESOLVED = "unresolved"  # a ${NAME} whose variable is missing; reported once, never re-checked
-
-
-REQUIRED: Final = _Mark.REQUIRED
-INVALID: Final = _Mark.INVALID
-UNRESOLVED: Final = _Mark.UNRESOLVED
+INVALID: Final = object()  # a value the reader could not read; it has said why
 
 _ENV_REF = re.compile(r"\$\$\{|\$\{([^}]*)\}")  # "$${" writes a literal "${"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -33,16 +22,43 @@ _LAST_STEP = re.compile(r"(?:\.[^.\[\]]+|\[\d+\])$")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def _join(path: str, key: str) -> str:
+class EnvText(str):
+    """Text that used `${NAME}`: may be a secret, so messages never show it.
+
+    `only_ref`: the text was exactly one `${NAME}` (how secrets must be written); `unset`: a variable it
+    names is missing (reported once by the reader; `path` lets a credential defer that to its command).
+    """
+
+    path: str
+    only_ref: bool
+    unset: bool
+
+
+class YamlMap(dict[str, Any]):
+    """A mapping of the file, knowing its own key path (for the key checks of its section)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class Unset:
+    """A `${NAME}` whose variable is missing, where it is written."""
+
+    name: str
+    path: str
+    line: int | None
+
+
+def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _parent(path: str) -> str:
+def parent(path: str) -> str:
     match = _LAST_STEP.search(path)
     return path[: match.start()] if match else ""
 
 
-def _kind(value: object) -> str:
+def kind(value: object) -> str:
     if value is None:
         return "empty"
     if isinstance(value, bool):
@@ -56,20 +72,15 @@ def _kind(value: object) -> str:
     return "text" if isinstance(value, str) else type(value).__name__
 
 
-class _Reader:
-    """Reads the YAML tree and collects every problem with its line; knows which values the environment gave."""
+class Source:
+    """The file read into plain values: lines of key paths, problems found, variables missing."""
 
-    def __init__(self, source: str, base_dir: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
         self.source = source
-        self.base_dir = base_dir
         self.env = env
         self.lines: dict[str, int] = {}
         self.problems: list[ConfigProblem] = []
-        self.from_env: set[str] = set()  # paths whose text used ${...}: never echoed in messages
-        self.env_only: set[str] = set()  # paths whose text is exactly one ${NAME}: allowed for secrets
-        self.ids: dict[str, dict[str, str]] = {}  # list path -> id -> path of its `id` key
-        self.gateway_types: dict[str, GatewayType | None] = {}
-        self.recycle_owner: dict[str, str] = {}  # gateway id -> where a recycle profile first covers it
+        self.unset: list[Unset] = []
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(
@@ -82,16 +93,7 @@ class _Reader:
                 return self.lines[path]
             if not path:
                 return None
-            path = _parent(path)
-
-    def show(self, path: str, value: object) -> str:
-        """A value for a message; anything that came from the environment may be a secret and is not shown."""
-        return "the value from the environment" if path in self.from_env else repr(value)
-
-    def id_at(self, item_path: str, list_path: str) -> str:
-        return next((i for i, p in self.ids.get(list_path, {}).items() if _parent(p) == item_path), item_path)
-
-    # YAML nodes -> plain values, recording the line of every key path on the way.
+            path = parent(path)
 
     def tree(self, loader: yaml.SafeLoader, node: yaml.Node, path: str, seen: frozenset[int]) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -112,8 +114,9 @@ class _Reader:
 
     def _mapping(
         self, loader: yaml.SafeLoader, node: yaml.MappingNode, path: str, seen: frozenset[int]
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = {}
+    ) -> YamlMap:
+        result = YamlMap()
+        result.path = path
         written: set[str] = set()
         for key_node, value_node, merged in self._pairs(node):
             if not isinstance(key_node, yaml.ScalarNode):
@@ -121,7 +124,7 @@ class _Reader:
                 continue
             # The key's text as written: `0002:` or `4-6:` stay names, never YAML numbers.
             key = str(key_node.value)
-            child = _join(path, key)
+            child = join(path, key)
             first_line = self.lines.get(child)
             self.lines[child] = key_node.start_mark.line + 1
             if not merged and key in written:
@@ -145,44 +148,50 @@ class _Reader:
                     merged.extend((k, v, True) for k, v, _ in self._pairs(source))
         return merged + own
 
-    def _expand(self, text: str, path: str) -> Any:
+    def _expand(self, text: str, path: str) -> str:
         if "${" not in text:
             return text
-        missing: list[str] = []
+        unset = False
         used_env = False
 
         def replace(match: re.Match[str]) -> str:
-            nonlocal used_env
+            nonlocal unset, used_env
             name = match.group(1)
             if name is None:
                 return "${"
             used_env = True
             if not _ENV_NAME.fullmatch(name):
-                missing.append(name)
+                unset = True
                 self.add(path, f"'${{{name}}}' does not name an environment variable (letters, digits, _)")
                 return ""
             if name not in self.env:
-                missing.append(name)
-                self.add(path, f"environment variable {name} is not set")
+                unset = True
+                self.unset.append(Unset(name, path, self.line_of(path)))
                 return ""
             return self.env[name]
 
         result = _ENV_REF.sub(replace, text)
-        if used_env:
-            self.from_env.add(path)
-        if _ONLY_ENV_REF.fullmatch(text):
-            self.env_only.add(path)
-        return UNRESOLVED if missing else result
+        if not used_env:
+            return result
+        marked = EnvText(result)
+        marked.path, marked.unset = path, unset
+        marked.only_ref = bool(_ONLY_ENV_REF.fullmatch(text))
+        return marked
 
 
-def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
+def read_yaml(text: str, source: Source) -> Any:
+    """The document as plain values (None when empty); raises ConfigError when it is not YAML at all."""
     loader = yaml.SafeLoader(text)
     try:
-        return loader, loader.get_single_node()
+        node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        problem = ConfigProblem(source, f"not valid YAML: {exc.problem or exc.context}", line)
-        raise ConfigError([problem], source=source) from None
+        problem = ConfigProblem(source.source, f"not valid YAML: {exc.problem or exc.context}", line)
+        raise ConfigError([problem], source=source.source) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+        raise ConfigError(f"not valid YAML: {exc}", source=source.source) from None
+    try:
+        return None if node is None else source.tree(loader, node, "", frozenset())
+    finally:
+        loader.dispose()
