@@ -13,12 +13,19 @@ from recycle_engine.config_values import (
     _enum,
     _http_url,
     _int,
+    _number,
     _secret,
     _signing_key,
     _text,
 )
 from recycle_engine.config_yaml import INVALID, REQUIRED, _join, _kind, _parent, _Reader
-from recycle_engine.settings import FlexFactorSettings, GatewaySettings, GatewayType, SimulatedSettings
+from recycle_engine.settings import (
+    FlexFactorSettings,
+    GatewaySettings,
+    GatewayType,
+    NmiSettings,
+    SimulatedSettings,
+)
 
 __all__ = ["_gateways"]
 
@@ -56,7 +63,7 @@ _SIMULATED_KEYS: Final = {
 }
 _GATEWAY_KEYS: Final = {
     "id": Key(_id("gateway"), REQUIRED, "unique name other settings use for this gateway"),
-    "type": Key(_enum(GatewayType, "gateway type"), REQUIRED, "simulated or flexfactor"),
+    "type": Key(_enum(GatewayType, "gateway type"), REQUIRED, "simulated, nmi or flexfactor"),
 }
 _FLEXFACTOR_KEYS: Final = {
     "base_url": Key(_http_url, REQUIRED, "FlexFactor API root, e.g. https://api-sandbox.flexfactor.io/v1"),
@@ -73,6 +80,17 @@ _FLEXFACTOR_KEYS: Final = {
     "webhook_tolerance_seconds": Key(_int(1, 86_400), 300, "how old a signed webhook may be"),
     "webhook_public_host": Key(_optional(_text()), None, "Host that FlexFactor signs, when behind a proxy"),
 }
+_NMI_KEYS: Final = {
+    "security_key": Key(_secret, REQUIRED, "NMI Payment API security key; only as ${NAME}"),
+    "base_url": Key(
+        _http_url, "https://secure.nmi.com", "NMI root; transact.php and query.php are under /api/"
+    ),
+    "connect_timeout_s": Key(_number(0, 600, above=True), 5.0, "seconds to wait for a connection to NMI"),
+    "read_timeout_s": Key(
+        _number(0, 600, above=True), 30.0, "seconds to wait for NMI's answer before looking it up"
+    ),
+    "dup_seconds": Key(_int(0, 7_862_400), 0, "NMI duplicate-check window in seconds (0: off)"),
+}
 _GATEWAY_KEYS_BY_TYPE: Final = {
     GatewayType.SIMULATED.value: {
         **_GATEWAY_KEYS,
@@ -82,6 +100,7 @@ _GATEWAY_KEYS_BY_TYPE: Final = {
         ),
     },
     GatewayType.FLEXFACTOR.value: {**_GATEWAY_KEYS, **_FLEXFACTOR_KEYS},
+    GatewayType.NMI.value: {**_GATEWAY_KEYS, "nmi": Key(_mapping(_NMI_KEYS, NmiSettings), REQUIRED, "NMI")},
 }
 
 
@@ -100,6 +119,8 @@ def _gateway(r: _Reader, path: str, raw: Any) -> Any:
         return GatewaySettings(
             values["id"], values["type"], processor_type="flexfactor", flexfactor=flexfactor
         )
+    if values["type"] is GatewayType.NMI:
+        return GatewaySettings(values["id"], values["type"], processor_type="nmi", nmi=values["nmi"])
     return GatewaySettings(
         values["id"], values["type"], processor_type=values["processor_type"], simulated=values["simulated"]
     )

@@ -23,6 +23,7 @@ __all__ = [
     "GatewayType",
     "HttpSettings",
     "JobSettings",
+    "NmiSettings",
     "ReportSettings",
     "ServeSettings",
     "Settings",
@@ -33,6 +34,7 @@ __all__ = [
 class GatewayType(enum.StrEnum):
     SIMULATED = "simulated"
     FLEXFACTOR = "flexfactor"
+    NMI = "nmi"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,20 @@ class SimulatedSettings:
 
     default: str = "SOFT_DECLINE"  # APPROVED, SOFT_DECLINE or HARD_DECLINE
     by_card_last4: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, repr=False)
+class NmiSettings:
+    """One NMI gateway (Payment API): where it lives, its key and how long to wait. Key never in repr."""
+
+    security_key: str
+    base_url: str = "https://secure.nmi.com"  # transact.php and query.php live under {base_url}/api/
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    dup_seconds: int = 0  # NMI's duplicate window; 0: off, since each attempt carries its own orderid
+
+    def __repr__(self) -> str:
+        return f"NmiSettings(base_url={self.base_url!r}, security_key=<hidden>)"
 
 
 @dataclass(frozen=True, repr=False)
@@ -70,6 +86,7 @@ class GatewaySettings:
     processor_type: str  # responseCodeSource sent to FlexFactor (e.g. "nmi"); the type for simulated
     simulated: SimulatedSettings | None = None
     flexfactor: FlexFactorSettings | None = None
+    nmi: NmiSettings | None = None
 
     @property
     def is_flexfactor(self) -> bool:
