@@ -85,8 +85,10 @@ def claim_charges(
     existing = {
         (r.subscription_id, r.decline_transaction_id, r.attempt): r
         for r in conn.execute(
-            select(ProcessorCharge).where(ProcessorCharge.subscription_id.in_(sorted({k[0] for k in keys})))
-        ).scalars()
+            select(ProcessorCharge.__table__).where(
+                ProcessorCharge.subscription_id.in_(sorted({k[0] for k in keys}))
+            )
+        )
         if (r.subscription_id, r.decline_transaction_id, r.attempt) in keys
     }
     new_rows: list[dict[str, object]] = []
