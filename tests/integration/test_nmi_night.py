@@ -16,6 +16,7 @@ from sqlalchemy import Engine, MetaData, select
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.submit import run_submit
@@ -213,3 +214,34 @@ def test_each_due_attempt_counts_once_per_order_id(
     assert len(per_order) == 10
     assert max(per_order.values()) == 1
     assert {c.state for c in _charges(engine)} == {"ANSWERED"}
+
+
+def test_given_a_mapping_rule_for_nmi_gateways_when_nmi_soft_declines_with_that_text_then_the_ladder_ends(
+    tmp_path: Path, db_url: str, sandbox: RunningSandbox, nmi: RunningFakeNmi
+) -> None:
+    # given: "Do Not Honor" (201, soft by its code) mapped to HARD on every NMI gateway
+    rule = (
+        'decline_mapping:\n  - {gateway_type: nmi, order_type: ALL, contains: "do not honor", map_to: HARD}\n'
+    )
+    path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url, nmi_url=nmi.url, extra=rule)
+    settings, engine = load_test_settings(path), make_engine(db_url)
+    nmi.fake.script(by_vault={"v-dnh": "201"})
+    _due(engine, "s-1", "v-dnh")
+    # when
+    result = _submit(settings, engine)
+    # then
+    sub = _subs(engine)["s-1"]
+    engine.dispose()
+    assert (sub.status, sub.failure_cause) == ("RECYCLE_FAILED", "HARD_DECLINE")
+    assert result.counts["charge_hard_declined"] == 1
+
+
+def test_given_the_security_key_written_in_the_file_when_settings_load_then_it_is_refused(
+    tmp_path: Path, db_url: str
+) -> None:
+    path = a_settings_file(tmp_path, db_url=db_url, nmi_url="http://127.0.0.1:9")
+    path.write_text(path.read_text().replace("${NMI_SECURITY_KEY}", "literal-key-123"))
+    with pytest.raises(ConfigError) as caught:
+        load_test_settings(path)
+    assert "security_key" in str(caught.value)
+    assert "literal-key-123" not in str(caught.value)
