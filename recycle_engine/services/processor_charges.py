@@ -206,22 +206,28 @@ def _call(processor: LookupProcessor, charge: PendingCharge) -> ChargeOutcome:
 
 
 def record_outcomes(conn: Connection, outcomes: Sequence[ChargeOutcome], *, now: datetime) -> None:
-    """Write each answer on its charge row; an unknown one is released for the next run's lookup."""
+    """Write each answer on its charge row; an unknown one stays PENDING under its lease, for the
+    lookup of the first run after the lease."""
     for o in outcomes:
         values: dict[str, object] = {
             "sends": ProcessorCharge.sends + o.sends,
             "lookups": ProcessorCharge.lookups + o.lookups,
             "updated_at": now,
-            "claimed_until": None,
         }
         if o.answer is None:
+            # The lease stays: a run starting meanwhile must not read a fresh absence as final.
             values["last_error"] = o.error
             log.warning(
                 "charge answer lost; looked up next run",
                 extra={"charge": o.charge.charge_id, "subscription": o.charge.plan.row.id},
             )
         else:
-            values |= {"state": ANSWERED, "result": o.answer[0].value, "response_text": o.answer[1]}
+            values |= {
+                "state": ANSWERED,
+                "result": o.answer[0].value,
+                "response_text": o.answer[1],
+                "claimed_until": None,
+            }
         conn.execute(update(ProcessorCharge).where(ProcessorCharge.id == o.charge.charge_id).values(values))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,22 @@ def test_given_the_security_key_written_in_the_file_when_settings_load_then_it_i
         load_test_settings(path)
     assert "security_key" in str(caught.value)
     assert "literal-key-123" not in str(caught.value)
+
+
+def test_given_two_runs_at_once_when_both_claim_the_same_night_then_each_attempt_is_charged_once(
+    world: tuple[Settings, Engine], nmi: RunningFakeNmi
+) -> None:
+    # given: 40 attempts due, and answers slow enough for the two runs to overlap
+    settings, engine = world
+    for i in range(40):
+        _due(engine, f"s-{i}", f"v-{i}")
+    nmi.fake.answer_delay_s = 0.05
+    # when
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [f.result() for f in [pool.submit(_submit, settings, engine) for _ in range(2)]]
+    # then
+    per_order = Counter(e["orderid"] for e in nmi.fake.log())
+    charges = _charges(engine)
+    assert max(per_order.values()) == 1
+    assert sorted(c.subscription_id for c in charges) == sorted(f"s-{i}" for i in range(40))
+    assert sum(r.counts["charged"] for r in runs) == 40
