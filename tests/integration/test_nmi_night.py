@@ -20,6 +20,7 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
+from recycle_engine.services.status import gather_status, render_status
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
 from recycle_engine.storage.db import make_engine
@@ -160,6 +161,8 @@ def test_given_a_lost_answer_and_no_charge_when_the_next_run_looks_it_up_then_on
     assert (pending.state, first.counts["charge_unknown"]) == ("PENDING", 1)
     assert _subs(engine)["s-1"].next_attempt_on is None
     assert nmi.fake.log() == []
+    status = gather_status(engine, now=NIGHT, crons={}, next_fire_times={})
+    assert "processor charges with a lost answer: 1" in "\n".join(render_status(status, settings.timezone))
     # when: the next run looks it up, finds no sale with that order id, and charges with the same id
     second = _submit(settings, engine, NIGHT + AFTER_LEASE)
     # then
