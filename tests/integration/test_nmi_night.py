@@ -20,6 +20,7 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
+from recycle_engine.services.report import run_report
 from recycle_engine.services.status import gather_status, render_status
 from recycle_engine.services.submit import run_submit
 from recycle_engine.settings import Settings
@@ -127,7 +128,11 @@ def test_given_a_night_mixing_nmi_attempts_and_a_hand_off_when_run_twice_then_ea
         handoff = conn.execute(select(Handoff.purchase_id, Handoff.state)).one()
     assert results == {"s-ok": "APPROVED", "s-soft": "SOFT_DECLINE", "s-hard": "HARD_DECLINE"}
     assert tuple(handoff) == ("s-ff", "SUBMITTED")
-    # and the security key is nowhere: not in the log records, not in any table
+    # and the security key is nowhere: not in the log records, any table or the day's report
+    report = run_report(settings, engine, day=TODAY, now=NIGHT + timedelta(hours=1))
+    written = "".join(p.read_text(encoding="utf-8") for p in report.html_path.parent.iterdir() if p.is_file())
+    assert written
+    assert NMI_TEST_KEY not in written
     assert NMI_TEST_KEY not in caplog.text
     assert NMI_TEST_KEY not in _every_value(engine)
 
