@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
+from recycle_engine.domain.cards import mask_pans
 from recycle_engine.errors import ProcessorConfigError, ProcessorUnknownOutcome
 from recycle_engine.ports import ChargeResult
 
@@ -52,7 +53,8 @@ def parse_transact(body: str) -> NmiAnswer:
 
 def result_of(answer: NmiAnswer) -> tuple[ChargeResult, str]:
     """Our result and text for an NMI answer. Raises ProcessorConfigError on refused credentials."""
-    text = answer.responsetext or answer.response_code
+    # NMI's text is stored and shown in reports: a card number in it never gets that far.
+    text = mask_pans(answer.responsetext) or answer.response_code
     if answer.response == "1":
         return ChargeResult.APPROVED, text
     if answer.response == "3" and text.lower().startswith("authentication failed"):

@@ -147,3 +147,10 @@ def test_the_fake_answers_form_posts_in_key_value_form(fake: RunningFakeNmi) -> 
     assert text.startswith("response=1&responsetext=SUCCESS&")
     xml = requests.post(f"{fake.url}/api/query.php", data={"security_key": KEY, "order_id": "o"}, timeout=5)
     assert "<order_id>o</order_id>" in xml.text
+
+
+def test_a_card_number_in_nmis_text_is_masked_before_it_is_kept() -> None:
+    answer = NmiAnswer("2", "Declined card 4111 1111 1111 1111", "200", "1", "o")
+    _, text = result_of(answer)
+    assert "4111 1111 1111 1111" not in text
+    assert text.startswith("Declined card")
