@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from recycle_engine.adapters.nmi_codes import HARD_CODES, NmiAnswer, result_of
+from recycle_engine.adapters.nmi_codes import HARD_CODES, NmiAnswer, parse_query, result_of
 from recycle_engine.adapters.nmi_http import NmiClient
 from recycle_engine.errors import ProcessorConfigError, ProcessorUnknownOutcome
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
@@ -154,3 +154,20 @@ def test_a_card_number_in_nmis_text_is_masked_before_it_is_kept() -> None:
     _, text = result_of(answer)
     assert "4111 1111 1111 1111" not in text
     assert text.startswith("Declined card")
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<nm_response><error_response>Temporarily unavailable</error_response></nm_response>",
+        "<html>",
+        "<other/>",
+    ],
+)
+def test_a_query_answer_that_is_an_error_or_unreadable_is_unknown_never_an_absence(xml: str) -> None:
+    with pytest.raises(ProcessorUnknownOutcome):
+        parse_query(xml, "ord-1")
+
+
+def test_a_query_answer_without_our_order_id_is_a_confirmed_absence() -> None:
+    assert parse_query("<nm_response></nm_response>", "ord-1") is None
