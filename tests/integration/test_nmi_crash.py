@@ -43,7 +43,6 @@ def _wait_for_sales(nmi: RunningFakeNmi, n: int, proc: subprocess.Popen[bytes]) 
         time.sleep(0.01)
 
 
-@pytest.mark.slow
 def test_given_a_run_killed_three_times_while_charging_when_it_runs_again_then_each_attempt_is_charged_once(
     tmp_path: Path, db_url: str, nmi: RunningFakeNmi
 ) -> None:
