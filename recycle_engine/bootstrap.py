@@ -60,4 +60,5 @@ def processors(settings: Settings) -> dict[str, ProcessorGateway]:
     """A processor adapter per ordinary gateway."""
     from recycle_engine.adapters.processors import processor_for
 
-    return {g.id: processor_for(g) for g in settings.gateways.values() if not g.is_flexfactor}
+    pool = settings.batching.concurrency
+    return {g.id: processor_for(g, pool_size=pool) for g in settings.gateways.values() if not g.is_flexfactor}

@@ -18,6 +18,10 @@
         ├── FlexFactorConflict         409: idempotent request in progress, or key reused with another body
         ├── FlexFactorNotFoundError    404 on an order lookup
         └── FlexFactorProtocolError    an answer we cannot read (unknown status, malformed JSON)
+    └── ProcessorError           anything that went wrong talking to an ordinary processor (NMI)
+        ├── ProcessorConfigError       the processor refused our credentials: not retried
+        └── ProcessorUnknownOutcome    timeout, 5xx, reset or unreadable answer after sending: it may
+                                       have charged; look the charge up by our order id before resending
 
 Messages are built from ids and codes, never from card data, tokens or secrets.
 """
@@ -46,6 +50,9 @@ __all__ = [
     "IllegalTransition",
     "InputError",
     "NotFound",
+    "ProcessorConfigError",
+    "ProcessorError",
+    "ProcessorUnknownOutcome",
     "RecycleEngineError",
     "StorageError",
 ]
@@ -175,3 +182,16 @@ class FlexFactorNotFoundError(FlexFactorError):
 
 class FlexFactorProtocolError(FlexFactorError):
     """FlexFactor answered something we cannot interpret (unknown status, malformed body)."""
+
+
+class ProcessorError(RecycleEngineError):
+    """Anything that went wrong talking to an ordinary processor gateway."""
+
+
+class ProcessorConfigError(ProcessorError):
+    """The processor refused our credentials or configuration; retrying cannot help."""
+
+
+class ProcessorUnknownOutcome(ProcessorError):
+    """The request may have reached the processor but its answer was lost (timeout, 5xx, reset,
+    malformed): the charge must be looked up by our order id before anything is sent again."""

@@ -16,6 +16,7 @@ __all__ = [
     "Clock",
     "EvaluateAnswer",
     "FlexFactorGateway",
+    "LookupProcessor",
     "OrderSnapshot",
     "ProcessorGateway",
     "VendorStatus",
@@ -132,4 +133,16 @@ class ChargeResult(enum.StrEnum):
 class ProcessorGateway(Protocol):
     def charge(self, request: ChargeRequest) -> tuple[ChargeResult, str]:
         """Charge a vaulted card; returns the result and the processor's response text."""
+        ...
+
+
+class LookupProcessor(ProcessorGateway, Protocol):
+    """A processor that can be asked whether it holds a charge, for exactly-once charging.
+
+    `charge` raises ProcessorUnknownOutcome when its answer was lost (the charge may exist) and
+    ProcessorConfigError when the processor refuses our credentials."""
+
+    def find_charge(self, reference: str) -> tuple[ChargeResult, str] | None:
+        """The charge sent with our `reference` as its order id, or None when the processor confirms
+        it holds none. Raises ProcessorUnknownOutcome when the lookup itself fails."""
         ...

@@ -24,7 +24,9 @@ SANDBOX_ENV = {
     "FLEXFACTOR_HMAC_SIGNING_KEY": SANDBOX_SIGNING_KEY_B64,
     # The tests' sandboxes stand at the night's logical time: FlexFactor's window counts from it.
     "RECYCLE_ENGINE_SEND_CLOCK": "at",
+    "NMI_SECURITY_KEY": "nmi-test-key-5b0e2d71c9",
 }
+NMI_TEST_KEY = SANDBOX_ENV["NMI_SECURITY_KEY"]
 
 
 def a_settings_file(
@@ -38,8 +40,11 @@ def a_settings_file(
     batch_size: int = 50,
     concurrency: int = 8,
     extra: str = "",
+    nmi_url: str | None = None,
+    nmi_read_timeout_s: float = 2.0,
 ) -> Path:
-    """A small settings.yaml for one simulated gateway and one FlexFactor gateway at `base_url`."""
+    """A small settings.yaml for one simulated gateway and one FlexFactor gateway at `base_url`.
+    With `nmi_url`, gateway `nmi` is a real NMI gateway there (the bundled fake) instead."""
     attempts = attempts or textwrap.dedent(
         """\
         - {attempt: 1, days: 1, reduction: "0"}
@@ -49,13 +54,24 @@ def a_settings_file(
         - {attempt: final, days: 3, reduction: "10"}
         """
     )
+    ordinary = (
+        f"""\
+    type: nmi
+    nmi:
+      security_key: ${{NMI_SECURITY_KEY}}
+      base_url: "{nmi_url}"
+      read_timeout_s: {nmi_read_timeout_s}"""
+        if nmi_url
+        else f"""\
+    type: simulated
+    simulated: {{default: {simulated_default}, by_card_last4: {{"0000": APPROVED, "0002": HARD_DECLINE}}}}"""
+    )
     text = f"""\
 timezone: America/New_York
 database: {{url: "{db_url}"}}
 gateways:
   - id: nmi
-    type: simulated
-    simulated: {{default: {simulated_default}, by_card_last4: {{"0000": APPROVED, "0002": HARD_DECLINE}}}}
+{ordinary}
   - id: ff
     type: flexfactor
     base_url: {base_url}

@@ -27,8 +27,12 @@ class SimulatedProcessor:
         return result, _TEXT[result]
 
 
-def processor_for(gateway: GatewaySettings) -> ProcessorGateway:
+def processor_for(gateway: GatewaySettings, *, pool_size: int = 8) -> ProcessorGateway:
     """The processor adapter for an ordinary gateway; real processors plug in by type here."""
+    if gateway.type is GatewayType.NMI and gateway.nmi is not None:
+        from recycle_engine.adapters.nmi_http import NmiClient
+
+        return NmiClient(gateway.id, gateway.nmi, pool_size=pool_size)
     if gateway.type is GatewayType.SIMULATED and gateway.simulated is not None:
         return SimulatedProcessor(gateway.simulated)
     raise ConfigError(f"gateway {gateway.id}: no processor adapter for type {gateway.type}")

@@ -52,7 +52,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     from recycle_engine.services.submit import run_submit
     from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
 
-    settings = bootstrap.load_settings_file(config_path, *([] if dry_run else [Need.FLEXFACTOR]))
+    settings = bootstrap.load_settings_file(config_path, *([] if dry_run else [Need.FLEXFACTOR, Need.NMI]))
     clock = SystemClock()
     at = instant(at_text) or clock.now()
     app = bootstrap.build_app(settings, clock)

@@ -41,6 +41,7 @@ NEEDED_BY: Final[Mapping[Need, str]] = {
     "serve with serve.api_key",
     Need.WEBHOOKS: "serve",
     Need.CASCADE: "serve",
+    Need.NMI: "run submit (not --dry-run), scheduler",
 }
 
 _FILE: Final = TypeAdapter(SettingsFile)

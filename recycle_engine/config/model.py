@@ -87,6 +87,7 @@ Flag = Annotated[bool, V(boolean)]
 class GatewayType(enum.StrEnum):
     SIMULATED = "simulated"
     FLEXFACTOR = "flexfactor"
+    NMI = "nmi"
 
 
 # Gateways
@@ -163,6 +164,31 @@ class FlexFactorSettings(Section):
         return f"FlexFactorSettings(base_url={self.base_url!r}, mid=<set>, secrets=<hidden>)"
 
 
+@pydantic_dataclass(frozen=True, repr=False)
+class NmiSettings(Section):
+    """One NMI gateway (Payment API): where it lives, its key and how long to wait. Key never in repr."""
+
+    security_key: Annotated[str, V(credential(Need.NMI, secret))] = Field(
+        description="NMI Payment API security key; only as ${NAME}"
+    )
+    base_url: Annotated[str, V(http_url)] = Field(
+        "https://secure.nmi.com", description="NMI root; transact.php and query.php are under /api/"
+    )
+    connect_timeout_s: Annotated[float, V(number(0, 600, above=True))] = Field(
+        5.0, description="seconds to wait for a connection to NMI"
+    )
+    read_timeout_s: Annotated[float, V(number(0, 600, above=True))] = Field(
+        30.0, description="seconds to wait for NMI's answer before looking it up"
+    )
+    # 0 (off) by default: each attempt carries its own orderid, which already prevents a double charge.
+    dup_seconds: Annotated[int, V(whole(0, 7_862_400))] = Field(
+        0, description="NMI duplicate-check window in seconds (0: off)"
+    )
+
+    def __repr__(self) -> str:
+        return f"NmiSettings(base_url={self.base_url!r}, security_key=<hidden>)"
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     id: str
@@ -170,6 +196,7 @@ class GatewaySettings:
     processor_type: str  # responseCodeSource sent to FlexFactor (e.g. "nmi"); the type for simulated
     simulated: SimulatedSettings | None = None
     flexfactor: FlexFactorSettings | None = None
+    nmi: NmiSettings | None = None
 
     @property
     def is_flexfactor(self) -> bool:
@@ -209,6 +236,14 @@ class FlexFactorGateway(FlexFactorSettings, GatewayEntry):
         return GatewaySettings(self.id, self.type, "flexfactor", flexfactor=FlexFactorSettings(**own))
 
 
+@pydantic_dataclass(frozen=True, kw_only=True)
+class NmiGateway(GatewayEntry):
+    nmi: NmiSettings = Field(description="NMI Payment API: key, address, timeouts")
+
+    def settings(self) -> GatewaySettings:
+        return GatewaySettings(self.id, self.type, "nmi", nmi=self.nmi)
+
+
 def gateway_type_of(raw: Any) -> str | None:
     """The type a gateway entry says it is (any letter case), to choose its keys."""
     kind = raw.get("type") if isinstance(raw, dict) else None
@@ -217,7 +252,8 @@ def gateway_type_of(raw: Any) -> str | None:
 
 GatewayEntries = Annotated[
     Annotated[SimulatedGateway, Tag(GatewayType.SIMULATED.value)]
-    | Annotated[FlexFactorGateway, Tag(GatewayType.FLEXFACTOR.value)],
+    | Annotated[FlexFactorGateway, Tag(GatewayType.FLEXFACTOR.value)]
+    | Annotated[NmiGateway, Tag(GatewayType.NMI.value)],
     Discriminator(gateway_type_of),
 ]
 

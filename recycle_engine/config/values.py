@@ -74,6 +74,7 @@ class Need(enum.Enum):
     FLEXFACTOR = "to call FlexFactor"
     WEBHOOKS = "to verify FlexFactor webhooks"
     CASCADE = "for POST /cascade"
+    NMI = "to charge on NMI"
 
 
 @dataclass

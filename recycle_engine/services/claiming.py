@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
-from recycle_engine.config import Settings
+from recycle_engine.config import GatewaySettings, GatewayType, Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.holdout import Arm
 from recycle_engine.domain.outcomes import FailureCause, next_bill_date, price_after_approval
@@ -31,6 +31,12 @@ from recycle_engine.services.due_attempts import (
     due_rows,
     next_step,
     plan_due,
+)
+from recycle_engine.services.processor_charges import (
+    PendingCharge,
+    call_charges,
+    claim_charges,
+    record_outcomes,
 )
 from recycle_engine.storage.bulk_rows import columns_of, insert_rows, update_columns
 from recycle_engine.storage.handoff_repo import insert_events
@@ -141,6 +147,7 @@ class _Chunk:
         self.moved: list[dict[str, Any]] = []
         self.errors: list[tuple[str, str]] = []
         self.assignments: list[dict[str, Any]] = []
+        self.to_charge: list[tuple[DuePlan, GatewaySettings]] = []  # attempts on a processor asked first
 
 
 def _claim_chunk(
@@ -154,7 +161,9 @@ def _claim_chunk(
     run_id: str,
     limit: int,
     counts: Counter[str],
-) -> int:
+) -> tuple[int, list[PendingCharge]]:
+    """Plan and write one chunk; returns how many rows it selected and the charges to call after
+    its commit."""
     rows = due_rows(conn, today=today, limit=limit, lock=True)
     c = _Chunk()
     book = ProfileBook(conn, settings.recycle_profiles)
@@ -173,6 +182,14 @@ def _claim_chunk(
                 {"id": row.id, "next_attempt": row.next_attempt, "next_attempt_on": today + timedelta(days=1)}
             )
             c.errors.append((row.id, f"{type(exc).__name__}: {exc}"))
+    pending = claim_charges(conn, c.to_charge, run_id=run_id, at=at, now=now)
+    _flush(conn, c, today=today, now=now, run_id=run_id, counts=counts)
+    return len(rows), pending
+
+
+def _flush(
+    conn: Connection, c: _Chunk, *, today: date, now: datetime, run_id: str, counts: Counter[str]
+) -> None:
     insert_rows(conn, Handoff, c.handoffs)
     insert_events(conn, c.events)
     handed = {"recycle_last_ran_on": today, "next_attempt": None, "next_attempt_on": None, "updated_at": now}
@@ -203,7 +220,6 @@ def _claim_chunk(
     counts["fulfillments"] += apply_approvals(
         conn, c.approvals, now=now, run_id=run_id, reason="RECYCLE_APPROVED", source="SUBMIT"
     )
-    return len(rows)
 
 
 def _plan_one(
@@ -244,6 +260,10 @@ def _plan_one(
     if gateway.is_flexfactor:
         _plan_handoff(settings, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts)
         return
+    if gateway.type is GatewayType.NMI:
+        # Recorded and committed before the call, then charged once the claim has committed.
+        c.to_charge.append((plan, gateway))
+        return
     processor = processors[gateway.id]
     result, text = processor.charge(
         ChargeRequest(
@@ -255,6 +275,29 @@ def _plan_one(
             row.card_last4 or "",
         )
     )
+    _apply_charge(
+        settings, plan, gateway, result, text, c, today=today, now=now, run_id=run_id, counts=counts
+    )
+
+
+def _apply_charge(
+    settings: Settings,
+    plan: DuePlan,
+    gateway: GatewaySettings,
+    result: ChargeResult,
+    text: str,
+    c: _Chunk,
+    *,
+    today: date,
+    now: datetime,
+    run_id: str,
+    counts: Counter[str],
+    amount_minor: int | None = None,
+) -> None:
+    """Book a charge's answer: the transaction row, then an approval, a failure or the next step."""
+    row, planned, profile = plan.row, plan.planned, plan.profile
+    assert planned is not None
+    assert profile is not None
     counts["charged"] += 1
     c.attempts.append(
         {
@@ -263,7 +306,7 @@ def _plan_one(
             "decline_transaction_id": row.recycle_transaction_id,
             "attempt": planned.attempt,
             "gateway_id": gateway.id,
-            "amount_minor": planned.amount_minor,
+            "amount_minor": planned.amount_minor if amount_minor is None else amount_minor,
             "currency": row.currency,
             "result": result.value,
             "response_text": text,
@@ -399,7 +442,7 @@ def claim_all(night: NightClaim, *, counts: Counter[str], progress: Progress | N
     batch = night.settings.batching.batch_size
     while True:
         with night.engine.begin() as conn:
-            n = _claim_chunk(
+            n, pending = _claim_chunk(
                 conn,
                 night.settings,
                 night.processors,
@@ -410,7 +453,40 @@ def claim_all(night: NightClaim, *, counts: Counter[str], progress: Progress | N
                 limit=batch,
                 counts=counts,
             )
+        if pending:
+            _charge_claimed(night, pending, counts=counts)
         if progress:
             progress("claimed", counts["selected"])
         if n < batch:
             return
+
+
+def _charge_claimed(night: NightClaim, pending: list[PendingCharge], *, counts: Counter[str]) -> None:
+    """Call the processor for charges already committed, then book their answers in one transaction."""
+    settings = night.settings
+    outcomes = call_charges(night.processors, pending, concurrency=settings.batching.concurrency)
+    c = _Chunk()
+    for o in outcomes:
+        counts["charge_sends"] += o.sends
+        counts["charge_lookups"] += o.lookups
+        if o.answer is None:
+            counts["charge_unknown"] += 1
+            continue
+        if o.charge.needs_lookup and o.sends == 0:
+            counts["charge_found_by_lookup"] += 1
+        _apply_charge(
+            settings,
+            o.charge.plan,
+            settings.gateways[o.charge.gateway_id],
+            o.answer[0],
+            o.answer[1],
+            c,
+            today=night.today,
+            now=night.at,
+            run_id=night.run_id,
+            counts=counts,
+            amount_minor=o.charge.amount_minor,
+        )
+    with night.engine.begin() as conn:
+        record_outcomes(conn, outcomes, now=night.at)
+        _flush(conn, c, today=night.today, now=night.at, run_id=night.run_id, counts=counts)

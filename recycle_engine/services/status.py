@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
-from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, SchedulerLease
+from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
 
 __all__ = [
     "ACTIVE_LEASE",
@@ -81,6 +81,8 @@ class Status:
     # Final outcomes recorded but not yet applied to orders and subscriptions, and the oldest one's time.
     outcomes_to_apply: int = 0
     oldest_outcome_at: datetime | None = None
+    # Processor (NMI) charges whose answer was lost: each is looked up by order id before any resend.
+    charges_unanswered: int = 0
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -103,10 +105,13 @@ def gather_status(
         stored = _stored_next_runs(conn)
         schedulers = _live_leases(conn, now)
         queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
+        unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
-    return Status(now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest)
+    return Status(
+        now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest, int(unanswered)
+    )
 
 
 def _summary(row: Any) -> RunSummary:
@@ -202,6 +207,11 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
     lines.append("  " + "  ".join(f"{label}: {n}" for label, n in status.pending_by_age.items()))
     oldest = f" (oldest {at(status.oldest_outcome_at)})" if status.oldest_outcome_at else ""
     lines.append(f"outcomes waiting to be applied: {status.outcomes_to_apply}{oldest}")
+    if status.charges_unanswered:
+        lines.append(
+            f"processor charges with a lost answer: {status.charges_unanswered} "
+            "(looked up by order id on the next run, before anything is sent again)"
+        )
     return lines
 
 

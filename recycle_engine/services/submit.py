@@ -25,6 +25,7 @@ from recycle_engine.services.claiming import NightClaim, Progress, claim_all
 from recycle_engine.services.due_attempts import DuePlan, continue_ladders_after, due_rows, plan_due
 from recycle_engine.services.handoff_sending import SendReport, resolve_unanswered, send_pending
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.processor_charges import release_stale_charges
 from recycle_engine.services.rollups import refresh_after_run
 from recycle_engine.storage.profile_versions import ProfileBook
 
@@ -141,6 +142,9 @@ def _night(
             "lookup_errors": lookups.errors,
         }
     )
+    # Processor charges a dead run left, or whose answer was lost: back on the ladder, looked up first.
+    if stale := release_stale_charges(engine, at=at, now=at):
+        counts["charges_to_look_up"] = stale
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
     # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.

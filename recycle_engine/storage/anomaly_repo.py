@@ -105,7 +105,11 @@ def unsent_by_gateway(conn: Connection) -> dict[str, int]:
     """PENDING hand-offs never sent (no request started, or FlexFactor confirmed it absent), per gateway."""
     rows = conn.execute(
         select(Handoff.gateway_id, func.count())
-        .where(Handoff.state == State.PENDING.value, Handoff.send_started_at.is_(None))
+        .where(
+            Handoff.state == State.PENDING.value,
+            Handoff.send_started_at.is_(None),
+            Handoff.flexfactor_order_id.is_(None),
+        )
         .group_by(Handoff.gateway_id)
     )
     return {str(g): int(n) for g, n in rows}

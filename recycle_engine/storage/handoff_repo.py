@@ -90,6 +90,8 @@ def lease_unsent(
         .where(
             Handoff.state == State.PENDING.value,
             Handoff.send_started_at.is_(None),
+            # FlexFactor holds an order for it (a webhook named it): sending again would be a second one
+            Handoff.flexfactor_order_id.is_(None),
             or_(Handoff.claimed_until.is_(None), Handoff.claimed_until < now),
         )
         .order_by(Handoff.created_at, Handoff.id)

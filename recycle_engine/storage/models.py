@@ -37,6 +37,7 @@ __all__ = [
     "NightAnomaly",
     "Order",
     "OutcomeQueue",
+    "ProcessorCharge",
     "RecycleProfileVersion",
     "RollupChange",
     "RollupState",
@@ -207,6 +208,40 @@ class Attempt(Base):
     run_id: Mapped[str | None] = mapped_column(ID)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),)
+
+
+class ProcessorCharge(Base):
+    """One attempt on a processor that can be asked about its charges (NMI), recorded and committed
+    before the call: its id is the order id sent, so a lost answer is looked up before any resend."""
+
+    __tablename__ = "processor_charges"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)  # our order id, sent as NMI's orderid
+    subscription_id: Mapped[str] = mapped_column(ID)
+    decline_transaction_id: Mapped[str] = mapped_column(ID)
+    attempt: Mapped[int] = mapped_column(Integer)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(CCY)
+    state: Mapped[str] = mapped_column(String(12))  # PENDING until an answer is recorded, then ANSWERED
+    result: Mapped[str | None] = mapped_column(String(16))
+    response_text: Mapped[str | None] = mapped_column(Text)
+    # Where the ladder stood before the charge was claimed, to put it back for a rerun after a crash.
+    resume_attempt: Mapped[int | None] = mapped_column(Integer)
+    resume_on: Mapped[date | None] = mapped_column(Date)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    lookups: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    claimed_by: Mapped[str | None] = mapped_column(ID)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (
+        UniqueConstraint(
+            "subscription_id", "decline_transaction_id", "attempt", name="uq_processor_charges_attempt"
+        ),
+        Index(None, "state", "claimed_until"),
+    )
 
 
 class Handoff(Base):

@@ -554,7 +554,7 @@ def test_given_an_unknown_gateway_type_in_decline_mapping_when_loaded_then_it_is
     # then
     assert problem.path == "decline_mapping[0].gateway_type"
     assert problem.line == line_of(path, "gateway_type: stripe")
-    assert problem.message == "unknown gateway type 'stripe'; allowed: simulated, flexfactor"
+    assert problem.message == "unknown gateway type 'stripe'; allowed: simulated, flexfactor, nmi"
 
 
 @pytest.mark.parametrize(
