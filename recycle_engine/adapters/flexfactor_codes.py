@@ -123,7 +123,19 @@ ORDER_STATUSES: Final[Mapping[int, OrderStatus]] = {
     6: OrderStatus(6, "RETURNED", State.APPROVED, ATTENTION_RETURNED),
     7: OrderStatus(7, "COMPLETED", State.APPROVED, None),
 }
-_ORDER_STATUS_BY_NAME: Final = {s.name: s for s in ORDER_STATUSES.values()}
+# Look-ups name statuses in the vendor's words as well as the portal's: recorded traffic and the
+# clients built on it use APPROVED, CHALLENGE, SUBMITTED, SUCCESS, PROCESSING, CAPTUREREQUIRED
+# (docs/sandbox-vendor-answers.md). Each word maps to the number it goes with.
+_ORDER_STATUS_BY_NAME: Final = {
+    **{s.name: s for s in ORDER_STATUSES.values()},
+    "CHALLENGE": ORDER_STATUSES[0],
+    "DECLINED": ORDER_STATUSES[2],
+    "EXPIRED": ORDER_STATUSES[2],
+    "SUBMITTED": ORDER_STATUSES[4],
+    "REFUNDED": ORDER_STATUSES[6],
+    "APPROVED": ORDER_STATUSES[7],
+    "SUCCESS": ORDER_STATUSES[7],
+}
 
 
 def read_order_status(
@@ -132,7 +144,8 @@ def read_order_status(
     """An order's `status` int and `statusName` -> (documented status, implied final state or None).
 
     The integer wins over a disagreeing name (logged); the name is used only when the integer is
-    missing. Status 2 reads EXPIRED once `expiry_at` is at or before `now`, else CANCELLED.
+    missing. Status 2 reads EXPIRED when so named or once `expiry_at` is at or before `now`, else
+    CANCELLED.
     Raises FlexFactorProtocolError for a status neither part identifies."""
     by_code = ORDER_STATUSES.get(code) if isinstance(code, int) and not isinstance(code, bool) else None
     if by_code is None and isinstance(code, str) and code.strip().isdigit():
@@ -147,7 +160,8 @@ def read_order_status(
             extra={"status_code": by_code.code, "status_name": str(name)[:40]},
         )
     state = status.state
-    if status.code == 2 and expiry_at is not None and expiry_at <= now:
+    named_expired = by_name is not None and str(name).strip().upper() == "EXPIRED"
+    if status.code == 2 and (named_expired or (expiry_at is not None and expiry_at <= now)):
         state = State.EXPIRED
     return status, state
 

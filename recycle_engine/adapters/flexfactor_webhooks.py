@@ -102,7 +102,8 @@ def verify_signature(
 ) -> VerifiedDelivery:
     """Verify a delivery as contract 9.4 says, over the raw body bytes, before any parsing.
 
-    `host` is the request's Host (or the configured public host behind a proxy). Raises
+    `host` is the request's Host (or the configured public host behind a proxy); with a port, a
+    signature over the bare host name is accepted as well. Raises
     WebhookRejected on a missing header, a content hash or signature mismatch, an unsupported
     scheme, an x-fc-date more than `tolerance_s` from `now`, or a nonce already seen."""
     lowered = {k.strip().lower(): v.strip() for k, v in headers.items()}
@@ -121,10 +122,15 @@ def verify_signature(
     missing = [name for name in signed_headers if not values.get(name)]
     if missing:
         raise WebhookRejected(f"missing header {missing[0]}")
-    string_to_sign = "POST\n" + ";".join(values[name] for name in signed_headers)
     key = _decode_key(signing_key_b64)
-    expected = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha512).digest()
-    if not hmac.compare_digest(expected, signature):
+    signed_ok = False
+    for signed_host in _host_forms(values[_HOST]):
+        string_to_sign = "POST\n" + ";".join(
+            signed_host if name == _HOST else values[name] for name in signed_headers
+        )
+        expected = hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha512).digest()
+        signed_ok = hmac.compare_digest(expected, signature) or signed_ok
+    if not signed_ok:
         raise WebhookRejected("bad signature")
 
     # 6. Undocumented second signature (A13): informative only, step 5 already covers the body.
@@ -144,6 +150,19 @@ def verify_signature(
     if not nonces.remember(lowered[_NONCE], until=signed_at + timedelta(seconds=tolerance_s), now=now):
         raise WebhookRejected("replayed nonce")
     return VerifiedDelivery(nonce=lowered[_NONCE], signed_at=signed_at, body_signature_ok=body_signature_ok)
+
+
+def _host_forms(host: str) -> list[str]:
+    """The signed host candidates: the Host as given and, when it names a port, the bare name.
+
+    A signer derives the host from the webhook URL as HTTP does (host, plus a non-default port), which
+    is what the Host header carries. The vendor's only vector has no port, so a delivery signed over
+    the bare name of a URL with a port is accepted too: the port adds nothing the key does not."""
+    name, sep, port = host.rpartition(":")
+    bracketed = name.startswith("[") and name.endswith("]")
+    if sep and port.isdigit() and name and (bracketed or ":" not in name):
+        return [host, name]
+    return [host]
 
 
 def _parse_authorization(value: str) -> tuple[list[str], bytes]:

@@ -128,9 +128,8 @@ async def _cancel(request: Request, state: SandboxState, order: Order | None) ->
         if state.cancel_order(order):
             response = _json(200, {}, background=BackgroundTask(state.deliver_pending))
         else:
-            name = STATUS_NAMES[order.status]
             response = field_errors(
-                state, 400, {"OrderId": [f"An order in status {name} cannot be cancelled."]}
+                state, 400, {"OrderId": [f"An order in status {order.status_name} cannot be cancelled."]}
             )
         if record is not None:
             record.status, record.body = response.status_code, bytes(response.body)

@@ -5,23 +5,33 @@ last four of `cardNumber`), first match wins:
 
     last 4  | MIT, managed mode                      | MIT, sync mode       | CIT
     --------+----------------------------------------+----------------------+---------------------------
-    3184    | SUBMITTED; completed 1 day later       | APPROVED at once     | APPROVED at once
     0341    | DECLINED at once                       | DECLINED at once     | DECLINED at once
+    (any)   | (rules below)                          | (rules below)        | without payer.phone:
+            |                                        |                      | DECLINED at once
+    3184    | SUBMITTED; completed 1 day later       | APPROVED at once     | APPROVED at once
     0119    | SUBMITTED; cancelled by FlexFactor     | as managed           | (other rules below)
             | 2 days later                           |                      |
     0259    | SUBMITTED; expires at expiryDateUtc    | as managed           | (other rules below)
-    1111    | (other rules below)                    | (other rules below)  | CHALLENGE (order Draft)
+    1111    | (other rules below)                    | (other rules below)  | CHALLENGE (order status 0)
     --------+----------------------------------------+----------------------+---------------------------
-    CIT without payer.phone                          |                      | DECLINED at once
     any other card: h = SHA-256 of our orderId       |                      |
       MIT: rescued with probability approve_share,   | rescued: APPROVED at | APPROVED with probability
       on day 1 + (h % 20) after submission; else     | once; else as        | cit_approve_share, else
       expires at expiryDateUtc                       | managed              | DECLINED
 
-A planned rescue or cancellation that would fall at or after expiryDateUtc expires instead. Order
-statuses (contract section 6): in progress 4 Processing, challenge 0 Draft, rescued 7 Completed,
-declined, cancelled or expired 2 Cancelled. Answers given at once send no webhook; later changes send
-order.completed, order.cancelled or order.expired when the sandbox clock passes their time.
+The vendor sandbox answered DECLINED to a CIT without the payer's phone even on its CHALLENGE card, so
+that rule comes before the card triggers. A sync-mode MIT may come without `expiryDateUtc` (the vendor
+answered APPROVED to one); with no window, an MIT not rescued at once is DECLINED. Managed mode still
+requires the window. `transactionType: "Authorization"` holds the money instead of charging it: an
+answer that would be APPROVED is CAPTUREREQUIRED (order status 5, which cancel voids), and a later
+rescue ends in status 5 with `order.capturerequired`.
+
+Order statuses (contract section 6): in progress 4, challenge 0, capture required 5, rescued 7,
+declined, cancelled or expired 2. An order's `statusName` is the vendor's word for how it got there
+(docs/sandbox-vendor-answers.md): its /evaluate answer until it changes, then APPROVED, EXPIRED,
+CANCELLED or CAPTUREREQUIRED. Answers given at once send no webhook; later changes send
+order.completed, order.cancelled, order.expired or order.capturerequired when the sandbox clock
+passes their time.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "DRAFT",
+    "EVENT_STATUS_NAMES",
     "FAULT_ACTIONS",
     "PROCESSING",
     "STATUS_NAMES",
@@ -52,15 +63,25 @@ __all__ = [
 ]
 
 DRAFT, ONHOLD, CANCELLED, PROBLEM, PROCESSING, CAPTUREREQUIRED, RETURNED, COMPLETED = range(8)
+# One name per status code, for the order list's `statusNames` map: the vendor's words where a recorded
+# client accepts them (ActiveMerchant's APPROVED, CHALLENGE, PROCESSING, CAPTUREREQUIRED), the portal's
+# otherwise. A single order's `statusName` can be more precise (SUBMITTED, DECLINED, EXPIRED).
 STATUS_NAMES: Final[Mapping[int, str]] = {
-    DRAFT: "DRAFT",
+    DRAFT: "CHALLENGE",
     ONHOLD: "ONHOLD",
     CANCELLED: "CANCELLED",
     PROBLEM: "PROBLEM",
     PROCESSING: "PROCESSING",
     CAPTUREREQUIRED: "CAPTUREREQUIRED",
     RETURNED: "RETURNED",
-    COMPLETED: "COMPLETED",
+    COMPLETED: "APPROVED",
+}
+# The statusName an order takes when a planned change or a cancel reaches it.
+EVENT_STATUS_NAMES: Final[Mapping[str, str]] = {
+    "order.completed": "APPROVED",
+    "order.capturerequired": "CAPTUREREQUIRED",
+    "order.expired": "EXPIRED",
+    "order.cancelled": "CANCELLED",
 }
 
 CARD_RESCUED, CARD_DECLINED, CARD_CANCELLED, CARD_EXPIRES, CARD_CHALLENGE = (
@@ -109,24 +130,69 @@ def plan_outcome(
     expiry_at: datetime | None,
     approve_share: float,
     cit_approve_share: float,
+    is_authorization: bool = False,
 ) -> Plan:
     """The outcome of one accepted /evaluate, following the trigger table of this module."""
+    plan = _plan_purchase(
+        is_mit=is_mit,
+        sync_mit=sync_mit,
+        card_last4=card_last4,
+        has_payer_phone=has_payer_phone,
+        order_id=order_id,
+        placed_at=placed_at,
+        expiry_at=expiry_at,
+        approve_share=approve_share,
+        cit_approve_share=cit_approve_share,
+    )
+    return _held(plan) if is_authorization else plan
+
+
+def _held(plan: Plan) -> Plan:
+    # An authorization holds what a purchase would have charged; nothing else changes.
+    if plan.answer == "APPROVED":
+        return _at_once("CAPTUREREQUIRED", CAPTUREREQUIRED)
+    if plan.final_event == "order.completed":
+        return Plan(plan.answer, plan.status, CAPTUREREQUIRED, "order.capturerequired", plan.outcome_at)
+    return plan
+
+
+def _plan_purchase(
+    *,
+    is_mit: bool,
+    sync_mit: bool,
+    card_last4: str,
+    has_payer_phone: bool,
+    order_id: str,
+    placed_at: datetime,
+    expiry_at: datetime | None,
+    approve_share: float,
+    cit_approve_share: float,
+) -> Plan:
     if card_last4 == CARD_DECLINED:
         return _at_once("DECLINED", CANCELLED)
     if not is_mit:
+        # Recorded: the vendor declines a CIT without the payer's phone before any card rule.
+        if not has_payer_phone:
+            return _at_once("DECLINED", CANCELLED)
         if card_last4 == CARD_RESCUED:
             return _at_once("APPROVED", COMPLETED)
         if card_last4 == CARD_CHALLENGE:
             if expiry_at is None:
                 return Plan("CHALLENGE", DRAFT)
             return Plan("CHALLENGE", DRAFT, CANCELLED, "order.expired", expiry_at)
-        if not has_payer_phone:
-            return _at_once("DECLINED", CANCELLED)
         share = (_order_hash(order_id) % 10_000) / 10_000
         return (
             _at_once("APPROVED", COMPLETED) if share < cit_approve_share else _at_once("DECLINED", CANCELLED)
         )
 
+    if sync_mit and expiry_at is None:
+        # No window to keep working in: a sync MIT is rescued at once or not at all.
+        if card_last4 == CARD_RESCUED or (
+            card_last4 not in (CARD_CANCELLED, CARD_EXPIRES)
+            and (_order_hash(order_id) % 10_000) / 10_000 < approve_share
+        ):
+            return _at_once("APPROVED", COMPLETED)
+        return _at_once("DECLINED", CANCELLED)
     if card_last4 == CARD_CANCELLED:
         return _later(PROCESSING, CANCELLED, "order.cancelled", placed_at + timedelta(days=2), expiry_at)
     if card_last4 == CARD_EXPIRES:
@@ -295,6 +361,11 @@ class Evaluation:
     card_masked: str  # the most of the card number a log line may show
     has_payer_phone: bool
     expiry_at: datetime | None
+    is_authorization: bool = False  # transactionType Authorization: hold, do not charge
+
+
+_INVALID_EXPIRY: Final = ["The field ExpiryDateUtc is invalid."]  # the vendor's recorded words
+_TRANSACTION_TYPES: Final = {"purchase": False, "authorization": True}
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -330,11 +401,12 @@ def _section(root: Mapping[str, Any], name: str, errors: dict[str, list[str]]) -
 
 
 def validate_evaluate(
-    root: Mapping[str, Any], *, mid: str, max_expiry_days: int, now: datetime
+    root: Mapping[str, Any], *, mid: str, max_expiry_days: int, now: datetime, sync_mit: bool = False
 ) -> tuple[dict[str, list[str]], Evaluation | None]:
     """Field errors by path ("Transaction.ResponseCode") and, when there are none, the evaluation.
 
     `root` holds the body's top-level names in lower case; nested names are matched case-insensitively.
+    `sync_mit` says the merchant's MIT mode is sync, where an MIT may come without `expiryDateUtc`.
     """
     errors: dict[str, list[str]] = {}
 
@@ -353,6 +425,10 @@ def validate_evaluate(
     is_mit = _flag(root.get("ismit")) if _present(root.get("ismit")) else False
     if is_mit is None:
         errors["IsMIT"] = ["The IsMIT field must be true or false."]
+    raw_type = root.get("transactiontype")
+    is_authorization = _TRANSACTION_TYPES.get(str(raw_type).strip().lower()) if _present(raw_type) else False
+    if is_authorization is None:
+        errors["TransactionType"] = ["The TransactionType must be Purchase or Authorization."]
 
     transaction = _section(root, "Transaction", errors)
     if transaction is not None:
@@ -374,13 +450,14 @@ def validate_evaluate(
     if _present(raw_expiry):
         expiry_at = parse_time(raw_expiry)
         if expiry_at is None:
-            errors["ExpiryDateUtc"] = ["The ExpiryDateUtc field is not a valid date."]
+            errors["ExpiryDateUtc"] = _INVALID_EXPIRY
         elif expiry_at <= now:
             errors["ExpiryDateUtc"] = ["The ExpiryDateUtc must lie in the future."]
         elif expiry_at > now + timedelta(days=max_expiry_days):
             errors["ExpiryDateUtc"] = [f"The ExpiryDateUtc must be at most {max_expiry_days} days ahead."]
-    elif is_mit:
-        errors["ExpiryDateUtc"] = ["The ExpiryDateUtc field is required for MIT."]
+    elif is_mit and not sync_mit:
+        # Managed mode needs the window to work in; sync mode answers at once (the vendor took null).
+        errors["ExpiryDateUtc"] = _INVALID_EXPIRY
 
     if errors or transaction is None or payer is None or method is None:
         return errors, None
@@ -396,4 +473,5 @@ def validate_evaluate(
         card_masked=mask(str(method["cardnumber"]).strip()),
         has_payer_phone=_present(payer.get("phone")),
         expiry_at=expiry_at,
+        is_authorization=bool(is_authorization),
     )

@@ -8,8 +8,9 @@ import hmac
 import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from urllib.parse import urlsplit
 
-__all__ = ["SIGNED_HEADERS", "http_date", "new_nonce", "sign_webhook"]
+__all__ = ["SIGNED_HEADERS", "http_date", "new_nonce", "sign_webhook", "signed_host"]
 
 SIGNED_HEADERS = "x-fc-nonce;x-fc-date;host;x-fc-content-sha512"
 
@@ -31,6 +32,28 @@ def sign_webhook(body: bytes, signing_key_b64: str, *, nonce: str, date: str, ho
         "x-fc-authorization": f"HMAC-SHA512 SignedHeaders={SIGNED_HEADERS}&Signature={signature.decode('ascii')}",
         "x-fc-signature": body_signature.decode("ascii"),
     }
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def signed_host(url: str) -> str:
+    """The `host` value signed for a delivery to `url`: the Host header an HTTP client sends for it.
+
+    That is the host name, with `:port` only when the URL names a port other than its scheme's default
+    (https://h/ and https://h:443/ sign "h"; https://h:8443/ signs "h:8443"), never user info. The
+    vendor's vector (a URL without a port) signs the bare name; see docs/sandbox-vendor-answers.md.
+    Raises ValueError for a URL without a host or with a port out of range.
+    """
+    parts = urlsplit(url)
+    name = parts.hostname
+    if not name:
+        raise ValueError(f"webhook URL has no host: {url!r}")
+    shown = f"[{name}]" if ":" in name else name
+    port = parts.port
+    if port is None or port == _DEFAULT_PORTS.get(parts.scheme.lower()):
+        return shown
+    return f"{shown}:{port}"
 
 
 def http_date(at: datetime) -> str:

@@ -18,6 +18,7 @@ from recycle_engine.sandbox.scenarios import (
     CANCELLED,
     CAPTUREREQUIRED,
     DRAFT,
+    EVENT_STATUS_NAMES,
     PROCESSING,
     Faults,
 )
@@ -212,6 +213,7 @@ class SandboxState(WebhookDelivery):
             if order.status not in CANCELLABLE:
                 return False
             order.status, order.final_status, order.final_event = CANCELLED, CANCELLED, None
+            order.status_name = EVENT_STATUS_NAMES["order.cancelled"]
             order.outcome_at = self.clock.now()
             self._enqueue(order, "order.cancelled", order.outcome_at)
             return True
@@ -230,6 +232,7 @@ class SandboxState(WebhookDelivery):
                 if order is None or order.final_event is None or order.final_status is None:
                     continue  # cancelled meanwhile, or forgotten by a reset
                 order.status, event = order.final_status, order.final_event
+                order.status_name = EVENT_STATUS_NAMES.get(event, order.status_name)
                 order.final_event = None
                 self._enqueue(order, event, order.outcome_at or now)
                 settled += 1

@@ -158,7 +158,11 @@ async def evaluate(request: Request, state: SandboxState, entry: LoggedRequest) 
     entry.idempotency_key = str(root.get("idempotencykey") or "") or None
     config = state.config
     errors, checked = validate_evaluate(
-        root, mid=config.mid, max_expiry_days=config.max_expiry_days, now=state.clock.now()
+        root,
+        mid=config.mid,
+        max_expiry_days=config.max_expiry_days,
+        now=state.clock.now(),
+        sync_mit=state.is_sync_mit(str(root.get("mid") or "").strip().lower()),
     )
     if checked is None:
         log.debug("evaluate rejected", extra={"order_id": entry.order_id, "fields": sorted(errors)})
@@ -186,6 +190,7 @@ def _accept(state: SandboxState, checked: Evaluation, record: Replay) -> Respons
         expiry_at=checked.expiry_at,
         approve_share=config.approve_share,
         cit_approve_share=config.cit_approve_share,
+        is_authorization=checked.is_authorization,
     )
     order_id = str(uuid.uuid4())
     order = Order(
@@ -202,6 +207,7 @@ def _accept(state: SandboxState, checked: Evaluation, record: Replay) -> Respons
         plan.final_event,
         plan.outcome_at,
         secrets.token_hex(4).upper(),
+        plan.answer,
     )
     state.add_order(order)
     payload: dict[str, Any] = {

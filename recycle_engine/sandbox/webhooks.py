@@ -8,10 +8,9 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from recycle_engine.sandbox.clock import iso
-from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
+from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook, signed_host
 
 if TYPE_CHECKING:
     import requests
@@ -143,7 +142,11 @@ class WebhookDelivery:
 
     def post_webhook(self, url: str, body: bytes) -> str | None:
         """One signed POST of `body` to `url`; the failure as text, or None when acknowledged (2xx)."""
-        host = urlsplit(url).netloc
+        # The Host header and the signed host are one value, as an HTTP client derives it from the URL.
+        try:
+            host = signed_host(url)
+        except ValueError as exc:
+            return str(exc)
         nonce, date = new_nonce(), http_date(self.clock.now())
         headers = {
             "Content-Type": "text/plain; charset=utf-8",

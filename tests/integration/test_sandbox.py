@@ -126,7 +126,11 @@ def test_given_the_recorded_cit_request_when_sent_unchanged_then_it_is_accepted_
     assert payload["status"] == "CHALLENGE"
     assert payload["orderId"] == payload["orderSessionKey"] != body["orderId"]
     order = api.get(f"/orders/{payload['orderSessionKey']}").json()
-    assert (order["status"], order["statusName"], order["externalOrderId"]) == (0, "DRAFT", body["orderId"])
+    assert (order["status"], order["statusName"], order["externalOrderId"]) == (
+        0,
+        "CHALLENGE",
+        body["orderId"],
+    )
 
 
 def test_given_no_idempotency_key_when_evaluated_then_400_in_the_recorded_flat_shape(api: SandboxApi) -> None:
@@ -495,11 +499,11 @@ def test_given_cards_without_triggers_when_evaluated_then_the_order_id_hash_deci
 
     # then
     assert first_run == second_run
-    rescued = [at for outcome, at in first_run.values() if outcome == "COMPLETED"]
+    rescued = [at for outcome, at in first_run.values() if outcome == "APPROVED"]
     assert 0.35 <= len(rescued) / len(bodies) <= 0.55  # approve_share 0.45
     days = {(datetime.fromisoformat(at) - NOW).days for at in rescued}
     assert days <= set(range(1, 20))  # day 20 would meet the 20-day window's end: it expires instead
-    expired = [at for outcome, at in first_run.values() if outcome != "COMPLETED"]
+    expired = [at for outcome, at in first_run.values() if outcome != "APPROVED"]
     assert set(expired) == {iso(NOW + timedelta(days=20))}
 
 
@@ -543,7 +547,7 @@ def test_given_25_orders_when_listed_by_pages_of_10_then_the_third_page_holds_5_
     assert first["items"][0]["orderPlacedDate"] < first["items"][1]["orderPlacedDate"]
     assert declined["totalItemCount"] == 5
     assert window.json()["totalItemCount"] == 5
-    assert first["statusNames"]["7"] == "COMPLETED"
+    assert first["statusNames"]["7"] == "APPROVED"
 
 
 def test_given_an_order_when_listed_by_query_then_only_the_exact_external_id_matches(api: SandboxApi) -> None:

@@ -496,3 +496,45 @@ def test_given_an_exception_requests_never_raises_when_classified_then_unknown_o
 
     # then
     assert kind is FlexFactorUnknownOutcome
+
+
+# The words vendor look-ups use (ActiveMerchant's recordings and accepted names), with their numbers.
+VENDOR_ORDER_NAMES = [
+    ("APPROVED", 7, State.APPROVED),
+    ("SUCCESS", 7, State.APPROVED),
+    ("CHALLENGE", 0, None),
+    ("SUBMITTED", 4, None),
+    ("PROCESSING", 4, None),
+    ("CAPTUREREQUIRED", 5, None),
+    ("DECLINED", 2, State.CANCELLED),
+    ("EXPIRED", 2, State.EXPIRED),
+    ("REFUNDED", 6, State.APPROVED),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "expected"), VENDOR_ORDER_NAMES, ids=[n[0] for n in VENDOR_ORDER_NAMES]
+)
+def test_given_a_vendor_status_name_when_read_alone_or_with_its_number_then_both_agree_without_warning(
+    caplog: pytest.LogCaptureFixture, name: str, code: int, expected: State | None
+) -> None:
+    # given
+    caplog.set_level(logging.WARNING, logger=codes.__name__)
+
+    # when
+    by_name, name_state = codes.read_order_status(None, name.lower(), expiry_at=None, now=NOW)
+    by_both, both_state = codes.read_order_status(code, name, expiry_at=None, now=NOW)
+
+    # then
+    assert by_name is by_both
+    assert by_name.code == code
+    assert name_state is both_state is expected
+    assert "disagree" not in caplog.text
+
+
+def test_given_status_2_named_expired_while_the_window_is_open_when_read_then_expired() -> None:
+    # given / when
+    _, state = codes.read_order_status(2, "EXPIRED", expiry_at=NOW + timedelta(days=1), now=NOW)
+
+    # then
+    assert state is State.EXPIRED

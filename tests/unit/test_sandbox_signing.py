@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
+import pytest
+
+from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook, signed_host
 from tests.conftest import load_fixture
 
 SIGNATURE_HEADERS = ("x-fc-content-sha512", "x-fc-authorization", "x-fc-signature")
@@ -89,3 +91,64 @@ def test_given_two_nonces_when_generated_then_they_are_32_hex_characters_and_dif
     assert len(first) == 32
     assert set(first) <= set("0123456789abcdef")
     assert first != second
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://fctestwebhook.free.beeceptor.com/", "fctestwebhook.free.beeceptor.com"),
+        ("https://fctestwebhook.free.beeceptor.com:443/hook", "fctestwebhook.free.beeceptor.com"),
+        ("http://hooks.example.com:80/hook", "hooks.example.com"),
+        ("https://Hooks.Example.com:8443/webhooks/flexfactor/ff", "hooks.example.com:8443"),
+        ("http://127.0.0.1:8080/webhooks/flexfactor/ff", "127.0.0.1:8080"),
+        ("https://user:secret@hooks.example.com/hook", "hooks.example.com"),
+        ("http://[::1]:9000/hook", "[::1]:9000"),
+        ("https://[::1]/hook", "[::1]"),
+    ],
+    ids=[
+        "bare",
+        "default-https-port",
+        "default-http-port",
+        "port",
+        "loopback-port",
+        "user-info",
+        "ipv6-port",
+        "ipv6",
+    ],
+)
+def test_given_a_webhook_url_when_its_signed_host_is_derived_then_it_is_the_host_header_value(
+    url: str, host: str
+) -> None:
+    # given / when
+    derived = signed_host(url)
+
+    # then
+    assert derived == host
+
+
+def test_given_the_vector_endpoint_as_a_url_when_signed_by_its_derived_host_then_the_vector_is_reproduced() -> (
+    None
+):
+    # given: the vendor's sample posts to its endpoint over HTTPS without a port
+    vector = load_fixture("webhook-signature-vector.json")
+    headers = vector["headers"]
+    url = f"https://{vector['endpoint_host']}:443/"
+
+    # when
+    signed = sign_webhook(
+        vector["body"].encode("utf-8"),
+        vector["signing_key_base64"],
+        nonce=headers["x-fc-nonce"],
+        date=headers["x-fc-date"],
+        host=signed_host(url),
+    )
+
+    # then
+    assert signed["x-fc-authorization"] == headers["x-fc-authorization"]
+
+
+@pytest.mark.parametrize("url", ["not a url", "https://:8443/hook"])
+def test_given_a_url_without_a_host_when_its_signed_host_is_derived_then_value_error(url: str) -> None:
+    # given / when / then
+    with pytest.raises(ValueError, match="no host"):
+        signed_host(url)

@@ -136,6 +136,54 @@ def test_given_another_host_when_verified_then_bad_signature(vector: dict[str, A
     assert caught.value.reason == "bad signature"
 
 
+def _signed_for(vector: dict[str, Any], host: str) -> dict[str, str]:
+    headers = dict(vector["headers"])
+    string_to_sign = (
+        f"POST\n{headers['x-fc-nonce']};{headers['x-fc-date']};{host};{headers['x-fc-content-sha512']}"
+    )
+    key = base64.b64decode(vector["signing_key_base64"])
+    signature = base64.b64encode(hmac.new(key, string_to_sign.encode(), hashlib.sha512).digest()).decode()
+    headers["x-fc-authorization"] = (
+        f"HMAC-SHA512 SignedHeaders=x-fc-nonce;x-fc-date;host;x-fc-content-sha512&Signature={signature}"
+    )
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("signed", "received", "accepted"),
+    [
+        ("hooks.example.com:8443", "hooks.example.com:8443", True),
+        ("hooks.example.com", "hooks.example.com:8443", True),
+        ("hooks.example.com", "hooks.example.com:443", True),
+        ("[::1]", "[::1]:9000", True),
+        ("hooks.example.com:9443", "hooks.example.com:8443", False),
+        ("hooks.example.com:8443", "hooks.example.com", False),
+        ("other.example.com", "hooks.example.com:8443", False),
+    ],
+    ids=[
+        "with-port",
+        "bare-name-for-a-port",
+        "bare-name-for-the-default-port",
+        "ipv6-bare-name",
+        "another-port",
+        "port-signed-bare-received",
+        "another-name",
+    ],
+)
+def test_given_a_host_with_a_port_when_verified_then_its_own_or_its_bare_name_is_accepted(
+    vector: dict[str, Any], signed: str, received: str, accepted: bool
+) -> None:
+    # given
+    headers = _signed_for(vector, signed)
+
+    # when / then
+    if accepted:
+        _verify(vector, headers=headers, host=received)
+    else:
+        with pytest.raises(WebhookRejected, match="bad signature"):
+            _verify(vector, headers=headers, host=received)
+
+
 def test_given_another_key_when_verified_then_bad_signature(vector: dict[str, Any]) -> None:
     # given
     key = base64.b64encode(b"\x01" * 64).decode()
