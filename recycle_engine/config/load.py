@@ -42,6 +42,7 @@ NEEDED_BY: Final[Mapping[Need, str]] = {
     Need.WEBHOOKS: "serve",
     Need.CASCADE: "serve",
     Need.NMI: "run submit (not --dry-run), scheduler",
+    Need.EMAIL: "run report --email, scheduler",
 }
 
 _FILE: Final = TypeAdapter(SettingsFile)

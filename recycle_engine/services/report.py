@@ -49,6 +49,8 @@ class ReportResult:
     index_path: Path
     run_id: str
     counts: dict[str, int]
+    day: date | None = None
+    summary_text: str = ""  # the ten-second summary as plain text: the body of the report's e-mail
 
 
 def run_report(
@@ -98,6 +100,7 @@ def _run_report(
             csv_rows = render.write_csv(csv_path, rows, detail.DETAIL_COLUMNS)
         context, counts = _context(frames, settings, bounds)
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
+        context["summary_text"] = f"Recovery report for {day}: {counts['recovered']} recovered."
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
         index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
     except Exception as exc:
@@ -112,7 +115,7 @@ def _run_report(
     counts |= {"csv_rows": csv_rows, "rollup_days": refreshed.days}
     finish_run(engine, run_id, now=clock.now() if clock else now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
-    return ReportResult(html_path, csv_path, index_path, run_id, counts)
+    return ReportResult(html_path, csv_path, index_path, run_id, counts, day, context["summary_text"])
 
 
 @contextmanager

@@ -38,6 +38,7 @@ __all__ = [
     "Order",
     "OutcomeQueue",
     "ProcessorCharge",
+    "ReportDelivery",
     "RecycleProfileVersion",
     "RollupChange",
     "RollupState",
@@ -484,6 +485,24 @@ class HoldoutAssignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
     __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id"),)
+
+
+class ReportDelivery(Base):
+    """One day's report sent on one channel (e-mail): at most one row per day and channel, so a rerun of
+    the report job finds the day SENT and does not send it again (migration 0013)."""
+
+    __tablename__ = "report_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)  # the report's local day
+    channel: Mapped[str] = mapped_column(String(16))  # "email"
+    state: Mapped[str] = mapped_column(String(12))  # SENDING, SENT or FAILED
+    recipients: Mapped[str] = mapped_column(Text)  # comma-separated addresses
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # sends tried, over every run
+    last_error: Mapped[str | None] = mapped_column(Text)  # server and failure; never credentials
+    run_id: Mapped[str | None] = mapped_column(ID)  # the report run it followed
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("day", "channel"),)
 
 
 class NightAnomaly(Base):
