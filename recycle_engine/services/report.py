@@ -24,6 +24,8 @@ from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
 from reports import (
     detail,
+    ladder,
+    ladder_queries,
     lift,
     lift_queries,
     queries,
@@ -100,7 +102,6 @@ def _run_report(
             csv_rows = render.write_csv(csv_path, rows, detail.DETAIL_COLUMNS)
         context, counts = _context(frames, settings, bounds)
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
-        context["summary_text"] = f"Recovery report for {day}: {counts['recovered']} recovered."
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
         index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
     except Exception as exc:
@@ -145,6 +146,7 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         ),
     }
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
+    frames["recoveries"] = queries.fetch(conn, ladder_queries.recoveries_stmt(b, dialect))
     # The checks of the night that opened the day and of the night after it: the morning report of
     # day D is read after the check of night D+1, which is the one the billing team needs first.
     frames["anomalies"] = queries.fetch(conn, anomalies_stmt(b.day_start, b.day_end + timedelta(days=1)))
@@ -231,6 +233,18 @@ def _context(
         "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
         "lift": _lift_context(frames["lift"]),
         "anomalies": render.records(frames["anomalies"]),
+    }
+    summary_facts = ladder.recovery_summary(
+        frames["recoveries"],
+        frames["open"],
+        day=b.day,
+        exceptions=int(summary["count"].sum()) if not summary.empty else 0,
+    )
+    context |= {
+        "summary": summary_facts,
+        "summary_periods": ladder.PERIODS,
+        "summary_text": ladder.summary_text(summary_facts),
+        "ladder": ladder.ladder_rows(frames["recoveries"], day=b.day),
     }
     counts = {
         "handoffs": int(headline["day"]["handoffs"]),

@@ -208,7 +208,13 @@ class Attempt(Base):
     response_text: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(ID)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),)
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),
+        # The report's ladder reads approved retries by day from this index alone (migration 0014).
+        Index(
+            "ix_transactions_recovered_cover", "result", "occurred_at", "attempt", "currency", "amount_minor"
+        ),
+    )
 
 
 class ProcessorCharge(Base):
@@ -305,6 +311,16 @@ class Handoff(Base):
         ),
         Index(
             "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
+        ),
+        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0014).
+        Index(
+            "ix_handoffs_recovered_cover",
+            "state",
+            "outcome_at",
+            "source",
+            "attempt",
+            "currency",
+            "amount_minor",
         ),
         Index(
             "ix_handoffs_flagged_created_at",

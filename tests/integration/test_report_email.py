@@ -156,7 +156,7 @@ def test_given_a_report_when_it_is_emailed_then_it_arrives_with_both_files_and_a
     body_text = body.get_payload(decode=True)
     assert isinstance(body_text, bytes)
     assert result.summary_text
-    assert result.summary_text.strip() in body_text.decode()
+    assert result.summary_text.strip() in body_text.decode().replace("\r\n", "\n")
     files = attachments(message)
     assert files == {
         "recovery-2026-06-12.html": result.html_path.read_bytes(),

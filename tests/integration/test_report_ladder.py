@@ -1,0 +1,112 @@
+"""The report opens with the ten-second summary and shows the whole ladder, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, insert
+
+from recycle_engine.services.report import run_report
+from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.models import Attempt
+from tests.integration.test_report import DAY, NIGHT, NOW, seed, settings_for
+
+
+def a_retry(
+    id: str, *, at: datetime, attempt: int, amount: int, result: str = "APPROVED", **kw: Any
+) -> dict[str, Any]:
+    row = {
+        "id": id,
+        "subscription_id": f"sub-{id}",
+        "decline_transaction_id": f"txn-{id}",
+        "attempt": attempt,
+        "gateway_id": "nmi-main",
+        "amount_minor": amount,
+        "currency": "USD",
+        "result": result,
+        "response_text": None,
+        "run_id": None,
+        "occurred_at": at,
+    }
+    return row | kw
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    seed(eng)
+    retries = [
+        a_retry("r1", at=NIGHT, attempt=1, amount=1000),
+        a_retry("r2", at=NIGHT + timedelta(hours=1), attempt=2, amount=250, currency="EUR"),
+        a_retry("r3", at=NIGHT, attempt=1, amount=9999, result="SOFT_DECLINE"),  # not a recovery
+        a_retry("r4", at=NIGHT - timedelta(days=1), attempt=1, amount=300),  # the day before
+        a_retry("r5", at=NIGHT - timedelta(days=7), attempt=3, amount=200),  # a week before
+        a_retry(
+            "r6", at=datetime(2026, 5, 10, 16, tzinfo=UTC), attempt=1, amount=5000
+        ),  # same days last month
+        a_retry("r7", at=NOW + timedelta(hours=20), attempt=2, amount=7777),  # after the day: not yet
+    ]
+    with eng.begin() as conn:
+        conn.execute(insert(Attempt), retries)
+    yield eng
+    eng.dispose()
+
+
+def section(html: str, name: str) -> str:
+    start = html.index(f'<section id="{name}"')
+    return html[start : html.index("</section>", start)]
+
+
+def text_of(fragment: str) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", fragment).split())
+
+
+def test_given_a_book_when_the_report_runs_then_it_opens_with_the_summary_of_money_recovered_at_stake_and_exceptions(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # given
+    settings = settings_for(tmp_path, db_url)
+    # when
+    result = run_report(settings, engine, day=DAY, now=NOW)
+    # then: the summary comes before every other section
+    html = result.html_path.read_text(encoding="utf-8")
+    first = html.index("<section", html.index("<main>"))
+    assert html.index('<section id="summary"') == first
+    summary = text_of(section(html, "summary"))
+    # USD on the day: hand-offs a-usd 40.00 and late 7.00, cascade 10.00, retry r1 10.00 = 67.00 (4 payments)
+    assert "USD 67.00 USD 4 payments 3.00 USD 1 payment 2.00 USD 1 payment" in summary
+    # month to date: the day, r4, r5, and the JPY approval; same days last month: r6 alone
+    assert "72.00 USD 6 payments 50.00 USD 1 payment" in summary
+    assert "EUR 27.50 EUR 2 payments" in summary
+    assert "Still at stake: 70.00 USD in 4 open hand-offs" in summary
+    assert re.search(r"\d+ exceptions need someone today: see what to do", summary)
+    assert 'href="#exceptions"' in section(html, "summary")
+    assert "77.77" not in summary  # recovered after the day: a re-rendered day reads as it did
+    assert result.summary_text.startswith("Recovery report for 2026-06-12\n")
+    assert "67.00 USD (4 payments)" in result.summary_text
+
+
+def test_given_recoveries_by_every_method_when_the_report_runs_then_the_ladder_shows_each_rung(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # given
+    settings = settings_for(tmp_path, db_url)
+    # when
+    result = run_report(settings, engine, day=DAY, now=NOW)
+    # then
+    rows = [
+        text_of(r) for r in section(result.html_path.read_text(encoding="utf-8"), "ladder").split("<tr>")[2:]
+    ]
+    assert rows == [
+        "Ordinary retry on the declining gateway 1 1 10.00 USD 2 13.00 USD 22.2 %",
+        "Ordinary retry on the declining gateway 2 1 2.50 EUR 1 2.50 EUR 11.1 %",
+        "Ordinary retry on the declining gateway 3 0 — 1 2.00 USD 11.1 %",
+        "FlexFactor hand-off 4 2 47.00 USD 3 5,000 JPY 47.00 USD 33.3 %",
+        "FlexFactor hand-off final 1 25.00 EUR 1 25.00 EUR 11.1 %",
+        "Cascade (real time) — 1 10.00 USD 1 10.00 USD 11.1 %",
+    ]
