@@ -227,6 +227,23 @@ def test_given_a_server_that_refuses_the_recipients_when_it_accepts_them_later_t
     assert (row.state, row.attempts) == ("SENT", 3)  # every try of the day, across the two runs
 
 
+def test_given_starttls_and_a_server_without_it_when_the_report_is_emailed_then_nothing_goes_in_clear_text(
+    db_url: str, engine: Engine, smtp: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    # given: the server offers no STARTTLS; the settings ask for it
+    inbox, port = smtp
+    settings = mail_settings(tmp_path, db_url, port, starttls="true", attempts=1)
+    result = run_report(settings, engine, day=DAY, now=NOW)
+    # when
+    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=pytest.fail)
+    # then: refused before any login or message
+    assert outcome.state == "FAILED"
+    assert outcome.error is not None
+    assert "STARTTLS" in outcome.error
+    assert inbox.logins == []
+    assert inbox.messages == []
+
+
 def test_given_a_wrong_password_when_the_report_is_emailed_then_the_password_is_in_no_log_and_no_row(
     db_url: str, engine: Engine, smtp: tuple[Inbox, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
