@@ -17,8 +17,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from click.testing import CliRunner
+from freezegun import freeze_time
 from sqlalchemy import Engine, select, text
 
+from jobs import daily_report
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.domain.anomalies import Anomaly
@@ -293,6 +295,26 @@ def test_given_email_settings_when_run_report_email_is_called_twice_then_the_day
     assert second.exit_code == 0, second.output
     assert "e-mailed already; nothing sent" in second.output
     assert len(inbox.messages) == 1
+
+
+def test_given_email_settings_when_the_report_job_runs_twice_then_the_day_is_emailed_once(
+    db_url: str, engine: Engine, smtp: tuple[Inbox, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: the scheduled job at 06:00 the morning after DAY (the wall clock is the job's input)
+    inbox, port = smtp
+    mail_settings(tmp_path, db_url, port)
+    for name, value in MAIL_ENV.items():
+        monkeypatch.setenv(name, value)
+    config = str(tmp_path / "settings.yaml")
+    # when
+    with freeze_time(NOW):
+        first = daily_report.run(config)
+        second = daily_report.run(config)
+    # then
+    assert (first["email_sent"], first["email_failed"]) == (1, 0)
+    assert (second["email_sent"], second["email_failed"]) == (0, 0)
+    assert len(inbox.messages) == 1
+    assert inbox.messages[0][1]["Subject"] == "Recovery report 2026-06-12"
 
 
 def test_given_no_email_settings_when_run_report_email_is_called_then_it_says_what_to_add(
