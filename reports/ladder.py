@@ -15,6 +15,7 @@ from reports.render import fmt_count, fmt_money
 
 __all__ = [
     "PERIODS",
+    "method_rows",
     "Period",
     "RecoverySummary",
     "ladder_rows",
@@ -180,6 +181,30 @@ def ladder_rows(recoveries: pd.DataFrame, *, day: date) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def method_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ladder's rows added up per method (in ladder order), with the same keys but `attempt`."""
+    totals: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        t = totals.setdefault(
+            r["method"],
+            {"method": r["method"], "label": r["label"], "day_n": 0, "month_n": 0, "share": 0.0, "by": {}},
+        )
+        t["day_n"] += r["day_n"]
+        t["month_n"] += r["month_n"]
+        t["share"] += r["share"]
+        for key in ("day_amounts", "month_amounts"):
+            for a in r[key]:
+                sums = t["by"].setdefault(key, {})
+                sums[a["currency"]] = sums.get(a["currency"], 0) + a["amount_minor"]
+    out = []
+    for t in totals.values():
+        by = t.pop("by")
+        for key in ("day_amounts", "month_amounts"):
+            t[key] = [{"currency": c, "amount_minor": v} for c, v in sorted(by.get(key, {}).items())]
+        out.append(t)
+    return out
 
 
 _NO_ATTEMPT: Final = -1  # reruns and cascades are not a rung of a recycle ladder

@@ -240,11 +240,13 @@ def _context(
         day=b.day,
         exceptions=int(summary["count"].sum()) if not summary.empty else 0,
     )
+    ladder_rows = ladder.ladder_rows(frames["recoveries"], day=b.day)
     context |= {
         "summary": summary_facts,
         "summary_periods": ladder.PERIODS,
         "summary_text": ladder.summary_text(summary_facts),
-        "ladder": ladder.ladder_rows(frames["recoveries"], day=b.day),
+        "ladder": ladder_rows,
+        "ladder_methods": ladder.method_rows(ladder_rows),
     }
     counts = {
         "handoffs": int(headline["day"]["handoffs"]),

@@ -99,9 +99,15 @@ def test_given_recoveries_by_every_method_when_the_report_runs_then_the_ladder_s
     # when
     result = run_report(settings, engine, day=DAY, now=NOW)
     # then
-    rows = [
-        text_of(r) for r in section(result.html_path.read_text(encoding="utf-8"), "ladder").split("<tr>")[2:]
+    by_method, by_attempt = section(result.html_path.read_text(encoding="utf-8"), "ladder").split("<table>")[
+        1:
     ]
+    assert [text_of(r) for r in by_method.split("<tr>")[2:]] == [
+        "Ordinary retry on the declining gateway 2 2.50 EUR 10.00 USD 4 2.50 EUR 15.00 USD 44.4 %",
+        "FlexFactor hand-off 3 25.00 EUR 47.00 USD 4 25.00 EUR 5,000 JPY 47.00 USD 44.4 %",
+        "Cascade (real time) 1 10.00 USD 1 10.00 USD 11.1 %",
+    ]
+    rows = [text_of(r) for r in by_attempt.split("<tr>")[2:]]
     assert rows == [
         "Ordinary retry on the declining gateway 1 1 10.00 USD 2 13.00 USD 22.2 %",
         "Ordinary retry on the declining gateway 2 1 2.50 EUR 1 2.50 EUR 11.1 %",

@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from reports.ladder import ladder_rows, periods_for, recovery_summary, summary_text
+from reports.ladder import ladder_rows, method_rows, periods_for, recovery_summary, summary_text
 
 COLUMNS = ["day", "method", "attempt", "currency", "n", "amount_minor"]
 OPEN_COLUMNS = ["age_days", "state", "currency", "n", "amount_minor"]
@@ -141,6 +141,18 @@ def test_given_recoveries_by_every_method_then_the_ladder_lists_them_in_ladder_o
     assert rows[2]["day_amounts"] == []
     assert [r["share"] for r in rows] == [4 / 11, 2 / 11, 2 / 11, 1 / 11, 1 / 11, 1 / 11]
     assert rows[0]["label"] == "Ordinary retry on the declining gateway"
+    methods = method_rows(rows)
+    assert [(m["method"], m["day_n"], m["month_n"]) for m in methods] == [
+        ("retry", 6, 6),
+        ("flexfactor", 1, 3),
+        ("rerun", 0, 1),
+        ("cascade", 1, 1),
+    ]
+    assert methods[0]["month_amounts"] == [
+        {"currency": "EUR", "amount_minor": 500},
+        {"currency": "USD", "amount_minor": 4800},
+    ]
+    assert methods[1]["share"] == pytest.approx(3 / 11)
 
 
 def test_given_no_recovery_this_month_then_the_ladder_is_empty() -> None:
