@@ -554,6 +554,16 @@ class EmailSettings(Section):
         30.0, description="wait before the second send, doubled before each later one"
     )
 
+    @model_validator(mode="after")
+    def _login_whole(self) -> EmailSettings:
+        # A login needs both halves; one alone would log in with an empty password or none at all. (An
+        # empty one is a variable left unset: it is reported where it is needed.)
+        if self.username is None and self.password:
+            fail("needs username too (an SMTP login is a username and a password)", at="password")
+        if self.username and self.password is None:
+            fail("needs password too (an SMTP login is a username and a password)", at="username")
+        return self
+
     def __repr__(self) -> str:
         return f"EmailSettings(host={self.host!r}, port={self.port}, to={self.to!r}, credentials=<hidden>)"
 

@@ -73,20 +73,27 @@ def test_given_an_email_block_then_defaults_fill_it_and_config_check_describes_i
             "reports.email.attempts (line 10): must be between 1 and 10",
         ),
         ("    to: [billing@example.com]\n    form_address: x@example.com\n", "did you mean 'from_address'"),
+        (
+            "    to: [billing@example.com]\n    password: ${P}\n",
+            "reports.email.password (line 10): needs username too",
+        ),
     ],
 )
 def test_given_a_wrong_email_key_then_loading_names_it(tmp_path: Path, keys: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(a_file(tmp_path, keys), {})
+        load_settings(a_file(tmp_path, keys), {"P": "pa55"})
     assert problem in str(caught.value)
 
 
 def test_given_an_unset_password_variable_then_only_sending_needs_it(tmp_path: Path) -> None:
     # given
-    path = a_file(tmp_path, "    to: [billing@example.com]\n    password: ${SMTP_PASSWORD}\n")
+    path = a_file(
+        tmp_path,
+        "    to: [billing@example.com]\n    username: ${SMTP_USER}\n    password: ${SMTP_PASSWORD}\n",
+    )
     # when: loaded for a command that does not send
-    settings = load_settings(path, {}, needs=[Need.FLEXFACTOR])
+    settings = load_settings(path, {"SMTP_USER": "bot"}, needs=[Need.FLEXFACTOR])
     # then: it loads; a command that sends is refused, naming the variable and its use
     assert [u.variable for u in settings.unset] == ["SMTP_PASSWORD"]
     with pytest.raises(ConfigError, match="SMTP_PASSWORD is not set; it is needed to e-mail the report"):
-        load_settings(path, {}, needs=[Need.EMAIL])
+        load_settings(path, {"SMTP_USER": "bot"}, needs=[Need.EMAIL])
