@@ -21,6 +21,7 @@ __all__ = [
     "ladder_rows",
     "periods_for",
     "recovery_summary",
+    "summary_headline",
     "summary_text",
 ]
 
@@ -114,6 +115,17 @@ def recovery_summary(
     return RecoverySummary(day, periods, recovered, counts, at_stake, open_n, exceptions)
 
 
+def summary_headline(summary: RecoverySummary) -> str:
+    """One line for an e-mail's subject: the day, what it recovered, and the exceptions waiting."""
+    got = ", ".join(fmt_money(r["day"], r["currency"]) for r in summary.recovered if r["day_n"]) or "nothing"
+    waiting = f"; {_plural(summary.exceptions, 'exception')} to act on" if summary.exceptions else ""
+    return f"Recovery report {summary.day.isoformat()}: recovered {got}{waiting}"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{fmt_count(n)} {noun}{'' if n == 1 else 's'}"
+
+
 def summary_text(summary: RecoverySummary) -> str:
     """The summary as plain text lines: the body of the report's e-mail."""
     p = summary.periods
@@ -149,7 +161,7 @@ def summary_text(summary: RecoverySummary) -> str:
 
 
 def _payments(n: int) -> str:
-    return f"{fmt_count(n)} payment{'' if n == 1 else 's'}"
+    return _plural(n, "payment")
 
 
 def ladder_rows(recoveries: pd.DataFrame, *, day: date) -> list[dict[str, Any]]:

@@ -53,6 +53,7 @@ class ReportResult:
     counts: dict[str, int]
     day: date | None = None
     summary_text: str = ""  # the ten-second summary as plain text: the body of the report's e-mail
+    headline: str = ""  # its one line: the e-mail's subject
 
 
 def run_report(
@@ -116,7 +117,9 @@ def _run_report(
     counts |= {"csv_rows": csv_rows, "rollup_days": refreshed.days}
     finish_run(engine, run_id, now=clock.now() if clock else now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
-    return ReportResult(html_path, csv_path, index_path, run_id, counts, day, context["summary_text"])
+    return ReportResult(
+        html_path, csv_path, index_path, run_id, counts, day, context["summary_text"], context["mail_subject"]
+    )
 
 
 @contextmanager
@@ -245,6 +248,7 @@ def _context(
         "summary": summary_facts,
         "summary_periods": ladder.PERIODS,
         "summary_text": ladder.summary_text(summary_facts),
+        "mail_subject": ladder.summary_headline(summary_facts),
         "ladder": ladder_rows,
         "ladder_methods": ladder.method_rows(ladder_rows),
     }

@@ -58,7 +58,7 @@ def report_files(result: ReportResult) -> ReportFiles:
         day=day,
         html_path=result.html_path,
         csv_path=result.csv_path,
-        subject=f"Recovery report {day.isoformat()}",
+        subject=result.headline or f"Recovery report {day.isoformat()}",
         body=result.summary_text,
         run_id=result.run_id,
     )

@@ -7,7 +7,14 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from reports.ladder import ladder_rows, method_rows, periods_for, recovery_summary, summary_text
+from reports.ladder import (
+    ladder_rows,
+    method_rows,
+    periods_for,
+    recovery_summary,
+    summary_headline,
+    summary_text,
+)
 
 COLUMNS = ["day", "method", "attempt", "currency", "n", "amount_minor"]
 OPEN_COLUMNS = ["age_days", "state", "currency", "n", "amount_minor"]
@@ -96,6 +103,10 @@ def test_given_recoveries_of_several_days_then_the_summary_compares_each_currenc
     assert "same days last month (2026-05-01 to 2026-05-12): 20.00 USD" in text
     assert "Still at stake: 0.01 EUR; 85.00 USD in 7 open hand-offs." in text
     assert "Exceptions needing someone today: 7" in text
+    assert (
+        summary_headline(s)
+        == "Recovery report 2026-06-12: recovered 40.00 EUR, 45.00 USD; 7 exceptions to act on"
+    )
 
 
 def test_given_nothing_recovered_and_nothing_open_then_the_summary_says_so() -> None:
@@ -107,6 +118,7 @@ def test_given_nothing_recovered_and_nothing_open_then_the_summary_says_so() -> 
     assert "nothing, and nothing in the month to date" in text
     assert "Still at stake: nothing in 0 open hand-offs." in text
     assert "No exception needs anyone today." in text
+    assert summary_headline(s) == "Recovery report 2026-06-12: recovered nothing"
 
 
 def test_given_recoveries_by_every_method_then_the_ladder_lists_them_in_ladder_order_with_their_share() -> (
