@@ -45,10 +45,13 @@ class Inbox:
     refuse_rcpt: bool = False
     logins: list[tuple[bytes, bytes]] = field(default_factory=list)
     password: bytes = PASSWORD.encode()  # the one it takes
+    echo_login: bool = False  # refuse recipients with an answer that repeats the login, as some servers do
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
         self, server: SMTPServer, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if self.echo_login:
+            return f"550 5.7.1 {USER} with password {PASSWORD} may not send to {address}"
         if self.refuse_rcpt:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -122,6 +125,11 @@ def engine(db_url: str) -> Iterator[Engine]:
 def deliveries(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(select(ReportDelivery)))
+
+
+def ours_logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record the engine logged, with its extra fields (the test server's own log left out)."""
+    return "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records if r.name != "mail.log")
 
 
 def attachments(message: Message) -> dict[str, bytes]:
@@ -267,7 +275,7 @@ def test_given_a_wrong_password_when_the_report_is_emailed_then_the_password_is_
     assert "535" in outcome.error
     assert inbox.logins
     assert inbox.logins[0][1] == ours.encode()
-    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    logged = ours_logged(caplog)
     assert "report e-mail failed" in logged
     assert ours not in logged
     with engine.connect() as conn:
@@ -276,6 +284,27 @@ def test_given_a_wrong_password_when_the_report_is_emailed_then_the_password_is_
             assert ours not in dumped, table
     assert ours not in repr(settings)
     assert ours not in repr(settings.reports.email)
+
+
+def test_given_a_server_that_repeats_the_credentials_when_it_refuses_then_the_recorded_error_hides_them(
+    db_url: str, engine: Engine, smtp: tuple[Inbox, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given
+    inbox, port = smtp
+    inbox.echo_login = True
+    settings = mail_settings(tmp_path, db_url, port, attempts=1)
+    result = run_report(settings, engine, day=DAY, now=NOW)
+    caplog.set_level(logging.DEBUG)
+    # when
+    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=pytest.fail)
+    # then
+    assert outcome.error is not None
+    assert "550 5.7.1 <hidden> with password <hidden> may not send" in outcome.error
+    [row] = deliveries(engine)
+    assert row.last_error is not None
+    assert USER not in row.last_error
+    assert PASSWORD not in row.last_error
+    assert PASSWORD not in ours_logged(caplog)
 
 
 def test_given_email_settings_when_run_report_email_is_called_twice_then_the_day_is_sent_once(
