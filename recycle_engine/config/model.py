@@ -550,8 +550,8 @@ class EmailSettings(Section):
     attempts: Annotated[int, V(whole(1, 10))] = Field(
         3, description="sends tried before the delivery is recorded as failed"
     )
-    backoff_s: Annotated[float, V(number(0, 3600))] = Field(
-        30.0, description="wait before the second send, doubled before each later one"
+    backoff_s: Annotated[float, V(number(0, 600))] = Field(
+        30.0, description="wait before the second send, doubled before each later one (at most 600 s)"
     )
 
     @model_validator(mode="after")

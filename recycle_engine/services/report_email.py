@@ -22,11 +22,12 @@ from recycle_engine.services.report import ReportResult
 from recycle_engine.storage.delivery_repo import claim_delivery, finish_delivery, record_failed_send
 from reports.email_message import report_message
 
-__all__ = ["CHANNEL", "DeliveryResult", "ReportFiles", "Send", "email_report", "report_files"]
+__all__ = ["CHANNEL", "MAX_WAIT_S", "DeliveryResult", "ReportFiles", "Send", "email_report", "report_files"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "email"
+MAX_WAIT_S = 600.0  # the longest wait between two tries, so the job (and the jobs queued behind it) ends
 Send = Callable[[EmailSettings, EmailMessage], list[str]]  # returns the recipients refused
 
 
@@ -76,7 +77,8 @@ def email_report(
 ) -> DeliveryResult:
     """Send the report of `files.day` to `reports.email.to`, unless that day was sent already.
 
-    Tries `attempts` times, waiting `backoff_s`, then twice as long before each later try. Each failure
+    Tries `attempts` times, waiting `backoff_s`, then twice as long before each later try (at most
+    MAX_WAIT_S). Each failure
     is recorded on the day's `report_deliveries` row; the last one closes it FAILED and records a
     REPORT_NOT_SENT anomaly (told to `alert` first). Raises ConfigError when e-mail is not configured and
     RecycleEngineError when the report files cannot be read; a failed send is a result, not an error."""
@@ -112,7 +114,7 @@ def email_report(
             with engine.begin() as conn:
                 record_failed_send(conn, delivery_id, error=error)
             if attempt < email.attempts:
-                sleep(email.backoff_s * 2 ** (attempt - 1))
+                sleep(min(email.backoff_s * 2 ** (attempt - 1), MAX_WAIT_S))
             continue
         with engine.begin() as conn:
             if refused:

@@ -214,6 +214,20 @@ def test_given_an_unreachable_server_when_the_report_is_emailed_then_it_is_retri
     assert "--email" in lines
 
 
+def test_given_many_tries_when_every_send_fails_then_the_waits_double_up_to_ten_minutes(
+    db_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # given
+    settings = mail_settings(tmp_path, db_url, free_port(), attempts=6, backoff_s=100, timeout_s=5)
+    result = run_report(settings, engine, day=DAY, now=NOW)
+    waits: list[float] = []
+    # when
+    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=waits.append)
+    # then
+    assert outcome.attempts == 6
+    assert waits == [100.0, 200.0, 400.0, 600.0, 600.0]
+
+
 def test_given_a_server_that_refuses_the_recipients_when_it_accepts_them_later_then_a_rerun_sends_the_day(
     db_url: str, engine: Engine, smtp: tuple[Inbox, int], tmp_path: Path
 ) -> None:
