@@ -50,6 +50,9 @@ def engine(db_url: str) -> Iterator[Engine]:
             "r6", at=datetime(2026, 5, 10, 16, tzinfo=UTC), attempt=1, amount=5000
         ),  # same days last month
         a_retry("r7", at=NOW + timedelta(hours=20), attempt=2, amount=7777),  # after the day: not yet
+        # DAY begins at 04:00 UTC (EDT): 03:59:59 is the day before, 04:00 exactly is the day
+        a_retry("r8", at=datetime(2026, 6, 12, 3, 59, 59, tzinfo=UTC), attempt=1, amount=100),
+        a_retry("r9", at=datetime(2026, 6, 12, 4, 0, tzinfo=UTC), attempt=1, amount=50),
     ]
     with eng.begin() as conn:
         conn.execute(insert(Attempt), retries)
@@ -78,17 +81,18 @@ def test_given_a_book_when_the_report_runs_then_it_opens_with_the_summary_of_mon
     first = html.index("<section", html.index("<main>"))
     assert html.index('<section id="summary"') == first
     summary = text_of(section(html, "summary"))
-    # USD on the day: hand-offs a-usd 40.00 and late 7.00, cascade 10.00, retry r1 10.00 = 67.00 (4 payments)
-    assert "USD 67.00 USD 4 payments 3.00 USD 1 payment 2.00 USD 1 payment" in summary
-    # month to date: the day, r4, r5, and the JPY approval; same days last month: r6 alone
-    assert "72.00 USD 6 payments 50.00 USD 1 payment" in summary
+    # USD on the day: hand-offs a-usd 40.00 and late 7.00, cascade 10.00, retries r1 10.00 and r9 0.50;
+    # the day before: r4 3.00 and r8 1.00; a week before: r5
+    assert "USD 67.50 USD 5 payments 4.00 USD 2 payments 2.00 USD 1 payment" in summary
+    # month to date: all of those; same days last month: r6 alone
+    assert "73.50 USD 8 payments 50.00 USD 1 payment" in summary
     assert "EUR 27.50 EUR 2 payments" in summary
     assert "Still at stake: 70.00 USD in 4 open hand-offs" in summary
     assert re.search(r"\d+ exceptions need someone today: see what to do", summary)
     assert 'href="#exceptions"' in section(html, "summary")
     assert "77.77" not in summary  # recovered after the day: a re-rendered day reads as it did
     assert result.summary_text.startswith("Recovery report for 2026-06-12\n")
-    assert "67.00 USD (4 payments)" in result.summary_text
+    assert "67.50 USD (5 payments)" in result.summary_text
 
 
 def test_given_recoveries_by_every_method_when_the_report_runs_then_the_ladder_shows_each_rung(
@@ -103,16 +107,16 @@ def test_given_recoveries_by_every_method_when_the_report_runs_then_the_ladder_s
         1:
     ]
     assert [text_of(r) for r in by_method.split("<tr>")[2:]] == [
-        "Ordinary retry on the declining gateway 2 2.50 EUR 10.00 USD 4 2.50 EUR 15.00 USD 44.4 %",
-        "FlexFactor hand-off 3 25.00 EUR 47.00 USD 4 25.00 EUR 5,000 JPY 47.00 USD 44.4 %",
-        "Cascade (real time) 1 10.00 USD 1 10.00 USD 11.1 %",
+        "Ordinary retry on the declining gateway 3 2.50 EUR 10.50 USD 6 2.50 EUR 16.50 USD 54.5 %",
+        "FlexFactor hand-off 3 25.00 EUR 47.00 USD 4 25.00 EUR 5,000 JPY 47.00 USD 36.4 %",
+        "Cascade (real time) 1 10.00 USD 1 10.00 USD 9.1 %",
     ]
     rows = [text_of(r) for r in by_attempt.split("<tr>")[2:]]
     assert rows == [
-        "Ordinary retry on the declining gateway 1 1 10.00 USD 2 13.00 USD 22.2 %",
-        "Ordinary retry on the declining gateway 2 1 2.50 EUR 1 2.50 EUR 11.1 %",
-        "Ordinary retry on the declining gateway 3 0 — 1 2.00 USD 11.1 %",
-        "FlexFactor hand-off 4 2 47.00 USD 3 5,000 JPY 47.00 USD 33.3 %",
-        "FlexFactor hand-off final 1 25.00 EUR 1 25.00 EUR 11.1 %",
-        "Cascade (real time) — 1 10.00 USD 1 10.00 USD 11.1 %",
+        "Ordinary retry on the declining gateway 1 2 10.50 USD 4 14.50 USD 36.4 %",
+        "Ordinary retry on the declining gateway 2 1 2.50 EUR 1 2.50 EUR 9.1 %",
+        "Ordinary retry on the declining gateway 3 0 — 1 2.00 USD 9.1 %",
+        "FlexFactor hand-off 4 2 47.00 USD 3 5,000 JPY 47.00 USD 27.3 %",
+        "FlexFactor hand-off final 1 25.00 EUR 1 25.00 EUR 9.1 %",
+        "Cascade (real time) — 1 10.00 USD 1 10.00 USD 9.1 %",
     ]
