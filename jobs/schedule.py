@@ -230,7 +230,9 @@ def serve(config_path: Path) -> None:
     from recycle_engine.bootstrap import load_settings_file
     from recycle_engine.config import Need
 
-    process = SchedulerProcess(load_settings_file(config_path, Need.FLEXFACTOR, Need.NMI), config_path)
+    process = SchedulerProcess(
+        load_settings_file(config_path, Need.FLEXFACTOR, Need.NMI, Need.EMAIL), config_path
+    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         process.request_stop(signum)

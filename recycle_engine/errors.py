@@ -22,6 +22,7 @@
         ├── ProcessorConfigError       the processor refused our credentials: not retried
         └── ProcessorUnknownOutcome    timeout, 5xx, reset or unreadable answer after sending: it may
                                        have charged; look the charge up by our order id before resending
+    └── ReportDeliveryError      the report could not be e-mailed (server unreachable, refused, timed out)
 
 Messages are built from ids and codes, never from card data, tokens or secrets.
 """
@@ -54,6 +55,7 @@ __all__ = [
     "ProcessorError",
     "ProcessorUnknownOutcome",
     "RecycleEngineError",
+    "ReportDeliveryError",
     "StorageError",
 ]
 
@@ -195,3 +197,8 @@ class ProcessorConfigError(ProcessorError):
 class ProcessorUnknownOutcome(ProcessorError):
     """The request may have reached the processor but its answer was lost (timeout, 5xx, reset,
     malformed): the charge must be looked up by our order id before anything is sent again."""
+
+
+class ReportDeliveryError(RecycleEngineError):
+    """The report could not be e-mailed: the SMTP server was unreachable, refused it or timed out.
+    The message names the server and the failure, never the credentials."""

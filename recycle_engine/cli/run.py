@@ -170,20 +170,54 @@ def _exit_if_unsent(job: str, run_id: str | None, unsent: int) -> None:
     metavar="D",
     help="Local date (YYYY-MM-DD) in the settings timezone; default today.",
 )
+@click.option(
+    "--email",
+    "send_email",
+    is_flag=True,
+    help="Also e-mail it as reports.email says, unless day D was e-mailed already.",
+)
 @reports_errors
-def run_report_cmd(config_path: Path, day: datetime | None) -> None:
+def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) -> None:
     """Render the daily recovery report for day D and print the HTML path."""
+    from jobs.alerts import send_alert
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.config import Need
+    from recycle_engine.domain.anomalies import Anomaly
+    from recycle_engine.errors import ConfigError
     from recycle_engine.services.report import run_report
+    from recycle_engine.services.report_email import email_report, report_files
 
-    settings = bootstrap.load_settings_file(config_path)
+    settings = bootstrap.load_settings_file(config_path, *([Need.EMAIL] if send_email else []))
+    if send_email and settings.reports.email is None:
+        raise ConfigError("reports.email is not set: add it to e-mail the report (README: e-mail)")
     clock = SystemClock()
     now = clock.now()
     app = bootstrap.build_app(settings, clock)
+
+    def alert(anomaly: Anomaly) -> bool:
+        return send_alert(
+            settings.alert_command, job="report", kind=anomaly.kind.value, reason=anomaly.reason
+        )
+
     try:
         local_day = day.date() if day else now.astimezone(settings.timezone).date()
         result = run_report(settings, app.engine, day=local_day, now=now, clock=clock)
+        click.echo(str(result.html_path))
+        delivery = (
+            email_report(settings, app.engine, report_files(result), clock=clock, alert=alert)
+            if send_email
+            else None
+        )
     finally:
         app.close()
-    click.echo(str(result.html_path))
+    if delivery is None:
+        return
+    if delivery.state == "ALREADY_SENT":
+        click.echo(f"e-mail: the report of {local_day} was e-mailed already; nothing sent")
+    elif delivery.state == "SENT":
+        refused = f" (refused: {', '.join(delivery.refused)})" if delivery.refused else ""
+        click.echo(f"e-mail: sent on try {delivery.attempts}{refused}")
+    else:
+        click.echo(f"error: e-mail not sent after {delivery.attempts} tries: {delivery.error}", err=True)
+        sys.exit(1)

@@ -42,6 +42,7 @@ NEEDED_BY: Final[Mapping[Need, str]] = {
     Need.WEBHOOKS: "serve",
     Need.CASCADE: "serve",
     Need.NMI: "run submit (not --dry-run), scheduler",
+    Need.EMAIL: "run report --email, scheduler",
 }
 
 _FILE: Final = TypeAdapter(SettingsFile)
@@ -396,6 +397,14 @@ def describe_settings(settings: Settings) -> list[str]:
             f"attempts {attempts}; slots {slots}"
         )
     lines.append("jobs: " + ", ".join(f"{job.name} '{job.cron}'" for job in settings.jobs.values()))
+    email = settings.reports.email
+    if email is not None:
+        login = "with a login" if email.username else "without a login"
+        tls = "STARTTLS" if email.starttls else "no TLS"
+        lines.append(
+            f"report e-mail: to {', '.join(email.to)} via {email.host}:{email.port} ({tls}, {login}), "
+            f"{email.attempts} tries"
+        )
     for unset in settings.unset:
         where = f"{unset.path}, line {unset.line}" if unset.line else unset.path
         use = f"needed by: {NEEDED_BY[unset.need]}" if unset.need is not None else "no command uses it"

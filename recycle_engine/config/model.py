@@ -41,6 +41,7 @@ from recycle_engine.config.values import (
     crontab,
     database_url,
     decimal,
+    email_address,
     fail,
     folder,
     http_url,
@@ -66,6 +67,7 @@ __all__ = [
     "Campaign",
     "CampaignProduct",
     "CascadeProfile",
+    "EmailSettings",
     "FlexFactorSettings",
     "GatewaySettings",
     "GatewayType",
@@ -525,6 +527,47 @@ class JobsSection(Section):
         }
 
 
+@pydantic_dataclass(frozen=True, repr=False)
+class EmailSettings(Section):
+    """Where the daily report is e-mailed after the report job: one SMTP server, its sender and readers."""
+
+    host: Text = Field(description="SMTP server name or address")
+    to: Annotated[tuple[Annotated[str, V(email_address)], ...], V(listed(min_items=1, what="recipient"))] = (
+        Field(description="addresses the report goes to")
+    )
+    from_address: Annotated[str, V(email_address)] = Field(description="sender address of the report")
+    port: Annotated[int, V(whole(1, 65_535))] = Field(587, description="SMTP port (587: submission)")
+    starttls: Flag = Field(True, description="upgrade the connection with STARTTLS before logging in")
+    username: Annotated[str | None, V(credential(Need.EMAIL, optional(secret)))] = Field(
+        None, description="SMTP login; only as ${NAME} (none: no login)"
+    )
+    password: Annotated[str | None, V(credential(Need.EMAIL, optional(secret)))] = Field(
+        None, description="SMTP password; only as ${NAME}"
+    )
+    timeout_s: Annotated[float, V(number(0, 600, above=True))] = Field(
+        30.0, description="seconds to wait for the server at each step"
+    )
+    attempts: Annotated[int, V(whole(1, 10))] = Field(
+        3, description="sends tried before the delivery is recorded as failed"
+    )
+    backoff_s: Annotated[float, V(number(0, 600))] = Field(
+        30.0, description="wait before the second send, doubled before each later one (at most 600 s)"
+    )
+
+    @model_validator(mode="after")
+    def _login_whole(self) -> EmailSettings:
+        # A login needs both halves; one alone would log in with an empty password or none at all. (An
+        # empty one is a variable left unset: it is reported where it is needed.)
+        if self.username is None and self.password:
+            fail("needs username too (an SMTP login is a username and a password)", at="password")
+        if self.username and self.password is None:
+            fail("needs password too (an SMTP login is a username and a password)", at="username")
+        return self
+
+    def __repr__(self) -> str:
+        return f"EmailSettings(host={self.host!r}, port={self.port}, to={self.to!r}, credentials=<hidden>)"
+
+
 @pydantic_dataclass(frozen=True)
 class ReportSettings(Section):
     output_dir: Annotated[Path, V(folder)] = Field(
@@ -535,6 +578,7 @@ class ReportSettings(Section):
     fee_percent: Annotated[float | None, V(optional(number(0, 100)))] = Field(
         None, description="FlexFactor fee in percent of recovered amounts"
     )
+    email: EmailSettings | None = Field(None, description="e-mail the report after the report job")
 
 
 @pydantic_dataclass(frozen=True, repr=False)

@@ -44,6 +44,7 @@ __all__ = [
     "crontab",
     "database_url",
     "decimal",
+    "email_address",
     "fail",
     "folder",
     "http_url",
@@ -65,6 +66,8 @@ ERROR_TYPE: Final = "config"  # the pydantic error type of every message written
 Check = Callable[[Any, ValidationInfo], Any]
 
 _DECIMAL_TEXT = re.compile(r"\d+(?:\.\d+)?")
+# One mailbox, as an envelope and a header take it: no display name, no spaces, no line breaks.
+_EMAIL_TEXT = re.compile(r"[^@\s<>,;\"]+@[^@\s<>,;\"]+\.[^@\s<>,;\"]+")
 _ID_TEXT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # gateway ids end up in webhook URL paths
 
 
@@ -75,6 +78,7 @@ class Need(enum.Enum):
     WEBHOOKS = "to verify FlexFactor webhooks"
     CASCADE = "for POST /cascade"
     NMI = "to charge on NMI"
+    EMAIL = "to e-mail the report"
 
 
 @dataclass
@@ -252,6 +256,14 @@ def ident(value: Any, info: ValidationInfo | None = None) -> str:
     if not isinstance(value, str) or not _ID_TEXT.fullmatch(value):
         fail(f"must be an id of letters, digits, '.', '_' or '-'; got {show(value)}")
     return str.__str__(value) if isinstance(value, EnvText) else value
+
+
+def email_address(value: Any, info: ValidationInfo | None = None) -> str:
+    """One address such as billing@example.com (no name, no list: each recipient is its own entry)."""
+    written = text(value).strip()
+    if not _EMAIL_TEXT.fullmatch(written):
+        fail(f"must be one e-mail address such as billing@example.com; got {show(value)}")
+    return written
 
 
 def time_zone(value: Any, info: ValidationInfo) -> ZoneInfo:

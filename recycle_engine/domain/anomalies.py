@@ -34,6 +34,7 @@ class AnomalyKind(enum.StrEnum):
     JOB_NOT_RUN = "JOB_NOT_RUN"  # a scheduled job has no successful run for its last scheduled day
     UNSENT = "UNSENT"  # a run ended with hand-offs never sent (FlexFactor rate limited or unreachable)
     UNRESOLVED_HANDOFFS = "UNRESOLVED_HANDOFFS"  # sent, answer lost, and no look-up settles them
+    REPORT_NOT_SENT = "REPORT_NOT_SENT"  # the report could not be e-mailed after every retry
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from recycle_engine.services.rollups import refresh_rollups
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
 from reports import (
     detail,
+    ladder,
+    ladder_queries,
     lift,
     lift_queries,
     queries,
@@ -49,6 +51,9 @@ class ReportResult:
     index_path: Path
     run_id: str
     counts: dict[str, int]
+    day: date | None = None
+    summary_text: str = ""  # the ten-second summary as plain text: the body of the report's e-mail
+    headline: str = ""  # its one line: the e-mail's subject
 
 
 def run_report(
@@ -112,7 +117,9 @@ def _run_report(
     counts |= {"csv_rows": csv_rows, "rollup_days": refreshed.days}
     finish_run(engine, run_id, now=clock.now() if clock else now, counts=counts)
     log.info("report written", extra={"run_id": run_id, "path": str(html_path), **counts})
-    return ReportResult(html_path, csv_path, index_path, run_id, counts)
+    return ReportResult(
+        html_path, csv_path, index_path, run_id, counts, day, context["summary_text"], context["mail_subject"]
+    )
 
 
 @contextmanager
@@ -142,6 +149,7 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         ),
     }
     frames["lift"] = queries.fetch(conn, lift_queries.lift_facts_stmt(b))
+    frames["recoveries"] = queries.fetch(conn, ladder_queries.recoveries_stmt(b, dialect))
     # The checks of the night that opened the day and of the night after it: the morning report of
     # day D is read after the check of night D+1, which is the one the billing team needs first.
     frames["anomalies"] = queries.fetch(conn, anomalies_stmt(b.day_start, b.day_end + timedelta(days=1)))
@@ -228,6 +236,21 @@ def _context(
         "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
         "lift": _lift_context(frames["lift"]),
         "anomalies": render.records(frames["anomalies"]),
+    }
+    summary_facts = ladder.recovery_summary(
+        frames["recoveries"],
+        frames["open"],
+        day=b.day,
+        exceptions=int(summary["count"].sum()) if not summary.empty else 0,
+    )
+    ladder_rows = ladder.ladder_rows(frames["recoveries"], day=b.day)
+    context |= {
+        "summary": summary_facts,
+        "summary_periods": ladder.PERIODS,
+        "summary_text": ladder.summary_text(summary_facts),
+        "mail_subject": ladder.summary_headline(summary_facts),
+        "ladder": ladder_rows,
+        "ladder_methods": ladder.method_rows(ladder_rows),
     }
     counts = {
         "handoffs": int(headline["day"]["handoffs"]),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
+from recycle_engine.storage.delivery_repo import DeliveryRow, recent_deliveries
 from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
 
 __all__ = [
@@ -83,6 +84,8 @@ class Status:
     oldest_outcome_at: datetime | None = None
     # Processor (NMI) charges whose answer was lost: each is looked up by order id before any resend.
     charges_unanswered: int = 0
+    # The latest report e-mails, newest day first: a FAILED one needs someone (`run report --email`).
+    deliveries: list[DeliveryRow] = field(default_factory=list)
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -106,11 +109,21 @@ def gather_status(
         schedulers = _live_leases(conn, now)
         queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
         unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
+        deliveries = recent_deliveries(conn)
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
     return Status(
-        now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest, int(unanswered)
+        now,
+        last_runs,
+        recent_runs,
+        pending,
+        schedule,
+        schedulers,
+        int(queued),
+        oldest,
+        int(unanswered),
+        deliveries,
     )
 
 
@@ -212,7 +225,20 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
             f"processor charges with a lost answer: {status.charges_unanswered} "
             "(looked up by order id on the next run, before anything is sent again)"
         )
+    if status.deliveries:
+        lines.append("report e-mails:")
+        lines.extend(f"  {_delivery_line(d, at)}" for d in status.deliveries)
     return lines
+
+
+def _delivery_line(d: DeliveryRow, at: Callable[[datetime | None], str]) -> str:
+    tries = f"{d.attempts} {'try' if d.attempts == 1 else 'tries'}"
+    text = f"{d.day.isoformat()}  {d.state:8} to {d.recipients}  ({tries}, finished {at(d.finished_at)})"
+    if d.state != "SENT" and d.last_error:
+        text += (
+            f"  error: {d.last_error.splitlines()[0][:200]}; send it with `run report --date {d.day} --email`"
+        )
+    return text
 
 
 def _run_line(run: RunSummary, at: Callable[[datetime | None], str]) -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "Order",
     "OutcomeQueue",
     "ProcessorCharge",
+    "ReportDelivery",
     "RecycleProfileVersion",
     "RollupChange",
     "RollupState",
@@ -207,7 +208,13 @@ class Attempt(Base):
     response_text: Mapped[str | None] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(ID)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),)
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),
+        # The report's ladder reads approved retries by day from this index alone (migration 0014).
+        Index(
+            "ix_transactions_recovered_cover", "result", "occurred_at", "attempt", "currency", "amount_minor"
+        ),
+    )
 
 
 class ProcessorCharge(Base):
@@ -304,6 +311,16 @@ class Handoff(Base):
         ),
         Index(
             "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
+        ),
+        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0014).
+        Index(
+            "ix_handoffs_recovered_cover",
+            "state",
+            "outcome_at",
+            "source",
+            "attempt",
+            "currency",
+            "amount_minor",
         ),
         Index(
             "ix_handoffs_flagged_created_at",
@@ -484,6 +501,24 @@ class HoldoutAssignment(Base):
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
     __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id"),)
+
+
+class ReportDelivery(Base):
+    """One day's report sent on one channel (e-mail): at most one row per day and channel, so a rerun of
+    the report job finds the day SENT and does not send it again (migration 0013)."""
+
+    __tablename__ = "report_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)  # the report's local day
+    channel: Mapped[str] = mapped_column(String(16))  # "email"
+    state: Mapped[str] = mapped_column(String(12))  # SENDING, SENT or FAILED
+    recipients: Mapped[str] = mapped_column(Text)  # comma-separated addresses
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # sends tried, over every run
+    last_error: Mapped[str | None] = mapped_column(Text)  # server and failure; never credentials
+    run_id: Mapped[str | None] = mapped_column(ID)  # the report run it followed
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    __table_args__ = (UniqueConstraint("day", "channel"),)
 
 
 class NightAnomaly(Base):
