@@ -171,7 +171,7 @@ def _claim_chunk(
         counts["selected"] += 1
         try:
             plan = plan_due(settings, row, book)
-            _plan_one(
+            _plan_or_charge(
                 settings, processors, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts
             )
         except (ValueError, KeyError, InputError) as exc:
@@ -221,7 +221,7 @@ def _flush(
     )
 
 
-def _plan_one(
+def _plan_or_charge(
     settings: Settings,
     processors: Mapping[str, ProcessorGateway],
     plan: DuePlan,
@@ -233,6 +233,8 @@ def _plan_one(
     run_id: str,
     counts: Counter[str],
 ) -> None:
+    """Act on one due attempt: book its failure or new date, write its FlexFactor hand-off, queue its
+    NMI charge for after the commit, or charge an in-process processor (simulated) here and now."""
     row, planned, profile = plan.row, plan.planned, plan.profile
     if profile is None:
         c.failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
