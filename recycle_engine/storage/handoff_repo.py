@@ -31,8 +31,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The columns that say where a hand-off stands; an update that may not move its state leaves them all.
-_STANDING: Final = frozenset({"state", "vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
+# The columns beside the state that say where a hand-off stands; an event the table refuses leaves them.
+_STANDING: Final = frozenset({"vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
 _LOCK_CHUNK: Final = 256  # ids read at once: few enough that the planner reads them by primary key
 
 

@@ -212,6 +212,27 @@ def test_given_a_webhook_recorded_the_rescue_when_a_poll_read_before_it_is_writt
     assert world.subscription().status == "ACTIVE"
 
 
+def test_given_a_webhook_recorded_the_rescue_when_the_lost_send_answer_is_recorded_then_nothing_moves_back(
+    world: World,
+) -> None:
+    # given: a hand-off a webhook settled as APPROVED while its /evaluate call was timing out
+    handoff_id = hand_off(world)
+    rescued_at = SENT + timedelta(days=2)
+    webhook(world, 1, "order.completed", rescued_at)
+    # when: the sender records the lost answer (UNKNOWN: look it up before anything else)
+    lost = {"claimed_until": None, "last_error": "read timeout", "next_poll_at": rescued_at}
+    with world.engine.begin() as conn:
+        update_ = HandoffUpdate(handoff_id, lost, Event.UNKNOWN, "RESPONSE", "read timeout")
+        apply_updates(conn, [update_], now=rescued_at + timedelta(minutes=1))
+    # then: the rescue stands with no look booked, and the event says where the hand-off stands
+    with world.engine.connect() as conn:
+        row = conn.execute(select(Handoff).where(Handoff.id == handoff_id)).one()
+        last = conn.execute(select(HandoffEvent).order_by(HandoffEvent.id.desc()).limit(1)).one()
+    assert (row.state, row.next_poll_at, row.last_error) == ("APPROVED", None, "read timeout")
+    assert (last.kind, last.state_after) == ("UNKNOWN", "APPROVED")
+    assert last.detail == "read timeout; UNKNOWN not applied over APPROVED, recorded first"
+
+
 @pytest.mark.parametrize(
     "fail_at", ["UPDATE orders", "INSERT INTO fulfillments", "DELETE FROM outcome_queue"]
 )
