@@ -195,7 +195,6 @@ class SchedulerProcess:
             engine=make_engine(self.settings.database_url, pool_size=2), tablename=JOBSTORE_TABLE
         )
         scheduler = build_scheduler(self.settings, jobstore=jobstore, outcomes=self.outcomes)
-        self.scheduler = scheduler
         try:
             # Paused first: the stored jobs are brought in line with settings before any can fire.
             scheduler.start(paused=True)
@@ -208,6 +207,8 @@ class SchedulerProcess:
                 targets=self.targets,
             )
             scheduler.resume()
+            # Offered only now: a caller that saw it while sync_jobs ran could look for a job not yet in.
+            self.scheduler = scheduler
             next_runs = {job.id: str(job.next_run_time) for job in scheduler.get_jobs()}
             log.info("active: running the jobs", extra={"holder": self.lease.holder, "next_runs": next_runs})
             while not should_stop():

@@ -88,10 +88,6 @@ class Money:
     minor: int
     currency: str
 
-    @classmethod
-    def parse(cls, text: str, currency: str) -> Money:
-        return cls(parse_minor(text, currency), currency)
-
     def percent_of(self, percent: Decimal) -> int:
         """`percent` % of this amount in minor units, rounded half-up."""
         return int((Decimal(self.minor) * percent / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))

@@ -9,15 +9,28 @@ from recycle_engine.domain.outcomes import (
     OutcomeEffect,
     leaves_no_payment_token,
 )
-from recycle_engine.domain.states import FINAL_STATES, TRANSITIONS, State
+from recycle_engine.domain.states import FINAL_STATES, HOLDS, STARTS, TRANSITIONS, Event, State
 
-__all__ = ["mermaid_outcome_table", "mermaid_state_diagram"]
+__all__ = ["held_events", "mermaid_outcome_table", "mermaid_state_diagram"]
+
+
+def held_events() -> dict[State, list[Event]]:
+    """The events each state takes without moving (states.HOLDS), by state, in table order."""
+    held: dict[State, list[Event]] = {}
+    for state in State:
+        events = [event for event, states in HOLDS.items() if state in states]
+        if events:
+            held[state] = events
+    return held
 
 
 def mermaid_state_diagram() -> str:
-    """A Mermaid `stateDiagram-v2` with one edge per entry of states.TRANSITIONS, labelled by event."""
-    lines = ["stateDiagram-v2", f"    [*] --> {State.PENDING}"]
+    """A Mermaid `stateDiagram-v2`: one edge per start (states.STARTS) and per entry of
+    states.TRANSITIONS, labelled by event, and one loop per state naming the events it holds on."""
+    lines = ["stateDiagram-v2"]
+    lines += [f"    [*] --> {state} : {event}" for event, state in STARTS.items()]
     lines += [f"    {source} --> {target} : {event}" for (source, event), target in TRANSITIONS.items()]
+    lines += [f"    {state} --> {state} : {', '.join(events)}" for state, events in held_events().items()]
     lines += [f"    {state} --> [*]" for state in State if state in FINAL_STATES]
     return "\n".join(lines) + "\n"
 

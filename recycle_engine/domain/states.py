@@ -10,14 +10,16 @@ from recycle_engine.errors import IllegalTransition
 
 __all__ = [
     "FINAL_STATES",
+    "HOLDS",
     "OPEN_STATES",
+    "STARTS",
     "TRANSITIONS",
     "Event",
     "OutcomeSource",
     "Source",
     "State",
     "advance",
-    "may_overwrite",
+    "reported",
 ]
 
 
@@ -34,8 +36,9 @@ class State(enum.StrEnum):
 
 
 class Event(enum.StrEnum):
-    """What can happen to a hand-off."""
+    """What can happen to a hand-off (export and event-log column `kind`)."""
 
+    CREATED = "CREATED"  # written, body and key fixed, before any call
     ACCEPTED = "ACCEPTED"  # FlexFactor took it and answered a non-final status
     APPROVED = "APPROVED"  # FlexFactor reports a rescue
     DECLINED = "DECLINED"  # FlexFactor reports it will not rescue
@@ -44,6 +47,15 @@ class Event(enum.StrEnum):
     REJECTED = "REJECTED"  # FlexFactor refused the request (400), or it was never found after resends
     UNKNOWN = "UNKNOWN"  # the answer was lost (timeout, 5xx): look it up before anything else
     WINDOW_ENDED = "WINDOW_ENDED"  # our clock passed expires_at with no final outcome
+    # Recorded without a move (HOLDS):
+    NOT_SENT = "NOT_SENT"  # it never reached FlexFactor (unreachable, misconfigured): send it again later
+    RATE_LIMITED = "RATE_LIMITED"  # FlexFactor said slow down (429): send it again later, same key
+    ABSENT = "ABSENT"  # a lookup confirmed FlexFactor never got it: resend the same body and key
+    LOOKUP_ERROR = "LOOKUP_ERROR"  # the lookup of a lost answer failed: look again later
+    POLLED = "POLLED"  # FlexFactor is still working on it
+    POLL_ERROR = "POLL_ERROR"  # the poll failed: poll again later
+    POLL_NOT_FOUND = "POLL_NOT_FOUND"  # FlexFactor does not know the order it gave us
+    CONFLICT = "CONFLICT"  # FlexFactor reported a move the table refuses: flagged, state kept
 
 
 class Source(enum.StrEnum):
@@ -93,24 +105,51 @@ TRANSITIONS: Final[Mapping[tuple[State, Event], State]] = {
     (State.CANCELLED, Event.CANCELLED): State.CANCELLED,
 }
 
+# How a hand-off comes to be: written PENDING, or FAILED at once when its request cannot be built.
+STARTS: Final[Mapping[Event, State]] = {Event.CREATED: State.PENDING, Event.REJECTED: State.FAILED}
 
-def advance(state: State, event: Event) -> State:
-    """The state after `event`; raises IllegalTransition for a pair the table lacks."""
+# Events recorded in the event log that leave the state as it is, and the states that may take them.
+HOLDS: Final[Mapping[Event, frozenset[State]]] = {
+    Event.NOT_SENT: frozenset({_P}),
+    Event.RATE_LIMITED: frozenset({_P}),
+    Event.ABSENT: frozenset({_P}),
+    Event.LOOKUP_ERROR: frozenset({_P}),
+    Event.POLLED: OPEN_STATES,
+    Event.POLL_ERROR: OPEN_STATES,
+    Event.POLL_NOT_FOUND: OPEN_STATES,
+    Event.CONFLICT: frozenset(State),
+}
+
+
+def advance(state: State | None, event: Event) -> State:
+    """The state after `event` (`state` None: the hand-off is being created); raises IllegalTransition
+    for a pair the tables lack. Every write of a hand-off's state column goes through here."""
+    if state is None:
+        start = STARTS.get(event)
+        if start is None:
+            raise IllegalTransition(f"a hand-off cannot start with {event}")
+        return start
+    if state in HOLDS.get(event, ()):
+        return state
     try:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise IllegalTransition(f"hand-off in {state} cannot take {event}") from None
 
 
-def may_overwrite(current: State, new: State) -> bool:
-    """Whether `new` may be written over `current`: a move the table allows, or a repeat. A state read
-    before another writer recorded a final outcome (a poll racing a webhook) must not undo it."""
-    if current in OPEN_STATES or new == current:
-        return True
-    return any(TRANSITIONS.get((current, event)) == new for event in Event)
+# The event a status FlexFactor reports stands for (its non-final statuses all read as SUBMITTED).
+_REPORTED: Final[Mapping[State, Event]] = {
+    State.SUBMITTED: Event.ACCEPTED,
+    State.APPROVED: Event.APPROVED,
+    State.DECLINED: Event.DECLINED,
+    State.EXPIRED: Event.EXPIRED,
+    State.CANCELLED: Event.CANCELLED,
+}
 
 
-def state_for_event(event: Event) -> State | None:
-    """The final state an outcome event leads to from an open hand-off (None if not final)."""
-    target = TRANSITIONS.get((State.SUBMITTED, event)) or TRANSITIONS.get((State.PENDING, event))
-    return target if target in FINAL_STATES else None
+def reported(state: State) -> Event:
+    """The event of FlexFactor reporting a hand-off in `state` (an answer, a lookup, a poll)."""
+    try:
+        return _REPORTED[state]
+    except KeyError:
+        raise IllegalTransition(f"FlexFactor does not report hand-offs as {state}") from None

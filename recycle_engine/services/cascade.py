@@ -27,7 +27,8 @@ from recycle_engine.services.new_sales import (
     refused_by,
     send_at_once,
 )
-from recycle_engine.storage.order_repo import HandoffView, OrderDecline, fail_unsent_handoff, open_handoff_id
+from recycle_engine.storage.handoff_repo import fail_unsent
+from recycle_engine.storage.order_repo import HandoffView, OrderDecline, open_handoff_id
 
 __all__ = ["CascadeAnswer", "CascadeResult", "cascade_order", "cascade_target", "parse_cascade_request"]
 
@@ -194,6 +195,4 @@ def _answer(order_id: str, view: HandoffView) -> CascadeAnswer:
 def _fail_unsent(engine: Engine, handoff_id: str, error: str | None, *, now: datetime) -> None:
     # A cascade that never left us is over: the shopper has gone, so no later run may send it.
     with engine.begin() as conn:
-        fail_unsent_handoff(
-            conn, handoff_id, f"cascade not sent: {error or 'FlexFactor unreachable'}", now=now
-        )
+        fail_unsent(conn, handoff_id, f"cascade not sent: {error or 'FlexFactor unreachable'}", now=now)

@@ -22,7 +22,7 @@ from recycle_engine.config import GatewaySettings, GatewayType, Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.holdout import Arm
 from recycle_engine.domain.outcomes import FailureCause, next_bill_date, price_after_approval
-from recycle_engine.domain.states import Event, OutcomeSource, Source, State
+from recycle_engine.domain.states import Event, OutcomeSource, Source
 from recycle_engine.errors import InputError
 from recycle_engine.ports import ChargeRequest, ChargeResult, ProcessorGateway
 from recycle_engine.services.due_attempts import (
@@ -39,9 +39,9 @@ from recycle_engine.services.processor_charges import (
     record_outcomes,
 )
 from recycle_engine.storage.bulk_rows import columns_of, insert_rows, update_columns
-from recycle_engine.storage.handoff_repo import insert_events
+from recycle_engine.storage.handoff_repo import insert_created
 from recycle_engine.storage.holdout_repo import assignment_row, record_assignments
-from recycle_engine.storage.models import Attempt, Handoff, Subscription
+from recycle_engine.storage.models import Attempt, Subscription
 from recycle_engine.storage.profile_versions import ProfileBook
 from recycle_engine.storage.subscription_repo import (
     Approval,
@@ -171,7 +171,7 @@ def _claim_chunk(
         counts["selected"] += 1
         try:
             plan = plan_due(settings, row, book)
-            _plan_one(
+            _plan_or_charge(
                 settings, processors, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts
             )
         except (ValueError, KeyError, InputError) as exc:
@@ -190,8 +190,7 @@ def _claim_chunk(
 def _flush(
     conn: Connection, c: _Chunk, *, today: date, now: datetime, run_id: str, counts: Counter[str]
 ) -> None:
-    insert_rows(conn, Handoff, c.handoffs)
-    insert_events(conn, c.events)
+    insert_created(conn, c.handoffs, c.events)
     handed = {"recycle_last_ran_on": today, "next_attempt": None, "next_attempt_on": None, "updated_at": now}
     update_columns(conn, Subscription, "id", columns_of(c.handed), handed)
     insert_rows(conn, Attempt, c.attempts)
@@ -222,7 +221,7 @@ def _flush(
     )
 
 
-def _plan_one(
+def _plan_or_charge(
     settings: Settings,
     processors: Mapping[str, ProcessorGateway],
     plan: DuePlan,
@@ -234,6 +233,8 @@ def _plan_one(
     run_id: str,
     counts: Counter[str],
 ) -> None:
+    """Act on one due attempt: book its failure or new date, write its FlexFactor hand-off, queue its
+    NMI charge for after the commit, or charge an in-process processor (simulated) here and now."""
     row, planned, profile = plan.row, plan.planned, plan.profile
     if profile is None:
         c.failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
@@ -375,14 +376,14 @@ def _plan_handoff(
     key = str(uuid.uuid4())
     ff = settings.gateways[plan.gateway_id].flexfactor
     assert ff is not None
-    state, error, body = State.PENDING, None, "{}"
+    error, body = None, "{}"
     try:
         body = json.dumps(
             build_evaluate_body(_handoff_request(settings, plan, handoff_id=handoff_id, key=key, at=at))
         )
     except InputError as exc:
         # Bad data on one subscription: the hand-off fails on its own and the ladder moves on.
-        state, error = State.FAILED, str(exc)
+        error = str(exc)
     c.handoffs.append(
         {
             "id": handoff_id,
@@ -400,7 +401,6 @@ def _plan_handoff(
             "idempotency_key": key,
             "request_body": body,
             "dedupe_key": f"RECYCLE:{row.id}:{row.recycle_transaction_id}:{planned.attempt}",
-            "state": state.value,
             "created_at": now,
             "expires_at": at + timedelta(days=ff.expiry_days),
             "last_error": error,
@@ -415,9 +415,8 @@ def _plan_handoff(
     c.events.append(
         {
             "handoff_id": handoff_id,
-            "kind": "CREATED" if error is None else Event.REJECTED.value,
+            "kind": (Event.CREATED if error is None else Event.REJECTED).value,
             "source": OutcomeSource.RESPONSE.value,
-            "state_after": state.value,
             "amount_minor": planned.amount_minor,
             "idempotency_key": key,
             "detail": error,

@@ -25,7 +25,7 @@ from recycle_engine.domain.holdout import in_holdout
 from recycle_engine.domain.ladder import PlannedAttempt, next_attempt
 from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus
 from recycle_engine.domain.profiles import RecycleProfile
-from recycle_engine.domain.states import Source
+from recycle_engine.domain.states import Event, Source
 from recycle_engine.services.handoff_sending import SendResult
 from recycle_engine.storage.models import Decline, Subscription
 from recycle_engine.storage.profile_versions import ProfileBook
@@ -209,7 +209,7 @@ def continue_ladders_after(
         failed = [
             r.item.purchase_id
             for r in results
-            if r.error_kind == "rejected" and r.item.source == Source.RECYCLE.value
+            if r.failure is Event.REJECTED and r.item.source == Source.RECYCLE.value
         ]
         failed_ids = [p for p in failed if p]
         if not failed_ids:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Engine, select, update
 
-from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State
+from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State, reported
 from recycle_engine.errors import (
     FlexFactorConfigError,
     FlexFactorConflict,
@@ -30,7 +30,6 @@ from recycle_engine.storage.handoff_repo import (
     SendItem,
     apply_updates,
     claim_unanswered,
-    insert_events,
     lease_unsent,
 )
 from recycle_engine.storage.models import Handoff
@@ -53,11 +52,11 @@ RATE_LIMITED_LEASES = 3
 
 @dataclass(frozen=True)
 class SendResult:
-    """What happened to one /evaluate call: exactly one of answer or error kind is set."""
+    """What happened to one /evaluate call: exactly one of answer or failure is set."""
 
     item: SendItem
     answer: EvaluateAnswer | None = None
-    error_kind: str | None = None  # rejected, unknown, not_sent, rate_limited, config, conflict
+    failure: Event | None = None  # REJECTED, RATE_LIMITED, NOT_SENT (or misconfigured) or UNKNOWN
     error: str | None = None
 
 
@@ -100,20 +99,16 @@ def _send_one(client: FlexFactorGateway, item: SendItem) -> SendResult:
     try:
         return SendResult(item, answer=client.evaluate(body))
     except FlexFactorRejected as exc:
-        return SendResult(item, error_kind="rejected", error=exc.body.summary())
+        return SendResult(item, failure=Event.REJECTED, error=exc.body.summary())
     except FlexFactorRateLimited as exc:
-        return SendResult(item, error_kind="rate_limited", error=str(exc))
-    except FlexFactorNotSent as exc:
-        return SendResult(item, error_kind="not_sent", error=str(exc))
-    except FlexFactorConfigError as exc:
-        return SendResult(item, error_kind="config", error=str(exc))
+        return SendResult(item, failure=Event.RATE_LIMITED, error=str(exc))
+    except (FlexFactorNotSent, FlexFactorConfigError) as exc:
+        return SendResult(item, failure=Event.NOT_SENT, error=str(exc))
     except FlexFactorConflict as exc:
         # Same key still in flight at FlexFactor: its answer will come; look it up later.
-        return SendResult(item, error_kind="unknown", error=f"conflict: {exc}")
-    except FlexFactorUnknownOutcome as exc:
-        return SendResult(item, error_kind="unknown", error=str(exc))
-    except FlexFactorError as exc:
-        return SendResult(item, error_kind="unknown", error=str(exc))
+        return SendResult(item, failure=Event.UNKNOWN, error=f"conflict: {exc}")
+    except (FlexFactorUnknownOutcome, FlexFactorError) as exc:
+        return SendResult(item, failure=Event.UNKNOWN, error=str(exc))
 
 
 def _update_for(result: SendResult, now: datetime) -> HandoffUpdate:
@@ -121,7 +116,6 @@ def _update_for(result: SendResult, now: datetime) -> HandoffUpdate:
     if result.answer is not None:
         a = result.answer
         values: dict[str, Any] = {
-            "state": a.state.value,
             "flexfactor_order_id": a.flexfactor_order_id,
             "vendor_status": a.vendor_status.value,
             "submitted_at": now,
@@ -135,32 +129,21 @@ def _update_for(result: SendResult, now: datetime) -> HandoffUpdate:
                 "outcome_source": OutcomeSource.RESPONSE.value,
                 "next_poll_at": None,
             }
-            kind = Event(a.state.value).value
         else:
             values |= {"next_poll_at": now + FIRST_POLL_AFTER}
-            kind = Event.ACCEPTED.value
-        return HandoffUpdate(item.id, values, kind, OutcomeSource.RESPONSE.value)
-    if result.error_kind == "rejected":
-        values = {
-            "state": State.FAILED.value,
-            "last_error": result.error,
-            "claimed_until": None,
-            "outcome_at": now,
-        }
-        return HandoffUpdate(
-            item.id, values, Event.REJECTED.value, OutcomeSource.RESPONSE.value, result.error
-        )
-    if result.error_kind == "rate_limited":
-        # Back-pressure, not refusal: back to PENDING, leased again later in this run, same body and key.
+        return HandoffUpdate(item.id, values, reported(a.state), OutcomeSource.RESPONSE.value)
+    assert result.failure is not None
+    if result.failure is Event.REJECTED:
+        values = {"last_error": result.error, "claimed_until": None, "outcome_at": now}
+    elif result.failure in (Event.RATE_LIMITED, Event.NOT_SENT):
+        # Back-pressure, or it never reached FlexFactor: unmark it so that a later lease sends it again,
+        # same body and key.
         values = {"send_started_at": None, "claimed_until": None, "last_error": result.error}
-        return HandoffUpdate(item.id, values, "RATE_LIMITED", OutcomeSource.RESPONSE.value, result.error)
-    if result.error_kind in ("not_sent", "config"):
-        # It never reached FlexFactor: unmark it so a later pass sends it, same body and key.
-        values = {"send_started_at": None, "claimed_until": None, "last_error": result.error}
-        return HandoffUpdate(item.id, values, "NOT_SENT", OutcomeSource.RESPONSE.value, result.error)
-    # Unknown: FlexFactor may hold the order. Release the lease so a lookup settles it; never resend blind.
-    values = {"claimed_until": None, "last_error": result.error, "next_poll_at": now}
-    return HandoffUpdate(item.id, values, Event.UNKNOWN.value, OutcomeSource.RESPONSE.value, result.error)
+    else:
+        # Unknown: FlexFactor may hold the order. Release the lease so a lookup settles it; never
+        # resend blind.
+        values = {"claimed_until": None, "last_error": result.error, "next_poll_at": now}
+    return HandoffUpdate(item.id, values, result.failure, OutcomeSource.RESPONSE.value, result.error)
 
 
 def send_pending(
@@ -221,7 +204,7 @@ def send_pending(
                 break
             if items and len(inflight) < 2:
                 continue
-            done_items, futures = inflight.pop(0)
+            _, futures = inflight.pop(0)
             results = [f.result() for f in futures]
             _record(engine, results, report, skip, now, after_record)
             _give_up_throttled(results, throttled, skip, report)
@@ -248,15 +231,15 @@ def _record(
                 report.declined += 1
             if r.answer.state in FINAL_STATES:
                 report.final_ids.append(r.item.id)
-        elif r.error_kind == "rejected":
+        elif r.failure is Event.REJECTED:
             report.sent += 1
             report.failed += 1
             report.failed_items.append(r.item)
             report.final_ids.append(r.item.id)
             log.warning("hand-off rejected", extra={"handoff": r.item.id, "reason": r.error})
-        elif r.error_kind == "rate_limited":
+        elif r.failure is Event.RATE_LIMITED:
             report.rate_limited += 1
-        elif r.error_kind in ("not_sent", "config"):
+        elif r.failure is Event.NOT_SENT:
             report.not_sent += 1
             # One unreachable or misconfigured gateway must not stall the rest of the night.
             skip.add(r.item.gateway_id)
@@ -277,7 +260,7 @@ def _give_up_throttled(
 ) -> None:
     by_gateway: dict[str, bool] = {}
     for r in results:
-        limited = r.error_kind == "rate_limited"
+        limited = r.failure is Event.RATE_LIMITED
         by_gateway[r.item.gateway_id] = by_gateway.get(r.item.gateway_id, True) and limited
     for gateway, all_limited in by_gateway.items():
         throttled[gateway] = throttled.get(gateway, 0) + 1 if all_limited else 0
@@ -306,7 +289,7 @@ class LookupReport:
     resent: int = 0
     failed: int = 0
     errors: int = 0
-    error_events: list[dict[str, Any]] = field(default_factory=list)  # LOOKUP_ERROR, one per failed look-up
+    error_events: list[HandoffUpdate] = field(default_factory=list)  # LOOKUP_ERROR, one per failed look-up
     failed_ids: list[str] = field(default_factory=list)
     final_ids: list[str] = field(default_factory=list)
 
@@ -349,8 +332,7 @@ def resolve_unanswered(
                 updates.append(update)
         if updates or report.error_events:
             with engine.begin() as conn:
-                apply_updates(conn, updates, now=now)
-                insert_events(conn, report.error_events)
+                apply_updates(conn, [*updates, *report.error_events], now=now)
             report.error_events.clear()
         if len(rows) < LOOKUP_CHUNK:
             break
@@ -377,14 +359,7 @@ def _look_up(
         report.errors += 1
         log.warning("lookup failed", extra={"handoff": handoff_id, "reason": str(exc)})
         report.error_events.append(
-            {
-                "handoff_id": handoff_id,
-                "kind": "LOOKUP_ERROR",
-                "source": OutcomeSource.POLL.value,
-                "state_after": State.PENDING.value,
-                "detail": str(exc)[:500],
-                "occurred_at": now,
-            }
+            HandoffUpdate(handoff_id, {}, Event.LOOKUP_ERROR, OutcomeSource.POLL.value, str(exc)[:500])
         )
         return None
     if snap is not None:
@@ -398,8 +373,8 @@ def _look_up(
         report.failed_ids.append(handoff_id)
         return HandoffUpdate(
             handoff_id,
-            {"state": State.FAILED.value, "last_error": reason, "outcome_at": now, "claimed_until": None},
-            Event.REJECTED.value,
+            {"last_error": reason, "outcome_at": now, "claimed_until": None},
+            Event.REJECTED,
             OutcomeSource.POLL.value,
             reason,
         )
@@ -407,7 +382,7 @@ def _look_up(
     return HandoffUpdate(
         handoff_id,
         {"send_started_at": None, "claimed_until": None, "resend_count": resends + 1},
-        "ABSENT",
+        Event.ABSENT,
         OutcomeSource.POLL.value,
         "confirmed absent at FlexFactor: resend with the same body and key",
     )
@@ -423,12 +398,12 @@ def _adopt(handoff_id: str, snap: OrderSnapshot, now: datetime) -> HandoffUpdate
         "claimed_until": None,
     }
     if snap.state is None:
-        values |= {"state": State.SUBMITTED.value, "next_poll_at": now + FIRST_POLL_AFTER}
-        kind = Event.ACCEPTED.value
+        values |= {"next_poll_at": now + FIRST_POLL_AFTER}
+        event = Event.ACCEPTED
     else:
-        values |= {"state": snap.state.value, "outcome_at": now, "outcome_source": OutcomeSource.POLL.value}
-        kind = Event(snap.state.value).value
-    return HandoffUpdate(handoff_id, values, kind, OutcomeSource.POLL.value, "adopted by lookup")
+        values |= {"outcome_at": now, "outcome_source": OutcomeSource.POLL.value}
+        event = reported(snap.state)
+    return HandoffUpdate(handoff_id, values, event, OutcomeSource.POLL.value, "adopted by lookup")
 
 
 def release_leases(engine: Engine, ids: Sequence[str]) -> None:

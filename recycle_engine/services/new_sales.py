@@ -17,7 +17,7 @@ from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_eva
 from recycle_engine.config import Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.eligibility import Eligibility
-from recycle_engine.domain.states import Source, State
+from recycle_engine.domain.states import Source
 from recycle_engine.errors import InputError
 from recycle_engine.ports import FlexFactorGateway
 from recycle_engine.services.handoff_sending import send_pending
@@ -176,7 +176,6 @@ def _handoff_row(
         "idempotency_key": key,
         "request_body": json.dumps(body),
         "dedupe_key": dedupe_key,
-        "state": State.PENDING.value,
         "created_at": now,
         "expires_at": plan.expiry_at,
         "poll_count": 0,

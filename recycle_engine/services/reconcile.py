@@ -15,8 +15,8 @@ from sqlalchemy import Engine, func, or_, select
 from recycle_engine.config import Settings
 from recycle_engine.domain.ladder import local_date
 from recycle_engine.domain.outcomes import amount_mismatch
-from recycle_engine.domain.states import OPEN_STATES, TRANSITIONS, Event, OutcomeSource, State
-from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError
+from recycle_engine.domain.states import OPEN_STATES, Event, OutcomeSource, State, advance, reported
+from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError, IllegalTransition
 from recycle_engine.ports import Clock, FlexFactorGateway, OrderSnapshot
 from recycle_engine.services.anomalies import count_unsent
 from recycle_engine.services.due_attempts import continue_ladders_after
@@ -89,18 +89,25 @@ def _due_for_poll(engine: Engine, now: datetime, limit: int) -> list[_Open]:
 def _transition(
     h: _Open, event: Event, values: dict[str, Any], source: OutcomeSource, detail: str | None
 ) -> HandoffUpdate | None:
-    """A state change if the lifecycle table allows it, else None (the caller reports a conflict)."""
-    target = TRANSITIONS.get((State(h.state), event))
+    """A state change if the lifecycle table allows it from the state read, else None (the caller
+    reports a conflict); apply_updates moves it from the state recorded when it writes."""
+    target = _after(h, event)
     if target is None:
         return None
-    values = values | {"state": target.value}
     if target.value != h.state and target not in OPEN_STATES:
-        values |= {
+        values = values | {
             "outcome_at": values.get("outcome_at"),
             "outcome_source": source.value,
             "next_poll_at": None,
         }
-    return HandoffUpdate(h.id, values, event.value, source.value, detail)
+    return HandoffUpdate(h.id, values, event, source.value, detail)
+
+
+def _after(h: _Open, event: Event) -> State | None:
+    try:
+        return advance(State(h.state), event)
+    except IllegalTransition:
+        return None
 
 
 def _poll_one(client: FlexFactorGateway, h: _Open) -> OrderSnapshot | Exception:
@@ -118,18 +125,14 @@ def _poll_updates(
     expired = h.expires_at is not None and h.expires_at <= now
     if isinstance(snap, FlexFactorNotFoundError):
         counts["poll_not_found"] += 1
-        values = base | {
-            "state": h.state,
-            "attention": "UNKNOWN_AT_FLEXFACTOR",
-            "next_poll_at": now + POLL_EVERY,
-        }
+        values = base | {"attention": "UNKNOWN_AT_FLEXFACTOR", "next_poll_at": now + POLL_EVERY}
         values.pop("outcome_at")
-        return [HandoffUpdate(h.id, values, "POLL_NOT_FOUND", OutcomeSource.POLL.value, str(snap))]
+        return [HandoffUpdate(h.id, values, Event.POLL_NOT_FOUND, OutcomeSource.POLL.value, str(snap))]
     if isinstance(snap, Exception):
         counts["poll_errors"] += 1
-        values = base | {"state": h.state, "next_poll_at": now + timedelta(hours=1), "last_error": str(snap)}
+        values = base | {"next_poll_at": now + timedelta(hours=1), "last_error": str(snap)}
         values.pop("outcome_at")
-        return [HandoffUpdate(h.id, values, "POLL_ERROR", OutcomeSource.POLL.value, str(snap))]
+        return [HandoffUpdate(h.id, values, Event.POLL_ERROR, OutcomeSource.POLL.value, str(snap))]
     counts["polled"] += 1
     extra: dict[str, Any] = {"vendor_status": snap.status_name}
     if h.submitted_at is None:
@@ -139,14 +142,14 @@ def _poll_updates(
     if snap.needs_attention:
         extra["attention"] = snap.needs_attention
     if snap.state is not None:
-        update = _transition(h, Event(snap.state.value), base | extra, OutcomeSource.POLL, "poll")
+        update = _transition(h, reported(snap.state), base | extra, OutcomeSource.POLL, "poll")
         if update is None:
             counts["conflicts"] += 1
             return [
                 HandoffUpdate(
                     h.id,
-                    {"state": h.state, "attention": "STATUS_MISMATCH"},
-                    "CONFLICT",
+                    {"attention": "STATUS_MISMATCH"},
+                    Event.CONFLICT,
                     OutcomeSource.POLL.value,
                     snap.status_name,
                 )
@@ -156,10 +159,10 @@ def _poll_updates(
     if expired:
         # Still open at FlexFactor after our window: settled by the caller (cancel, then EXPIRED).
         return []
-    # The state is unchanged; it is written so the event row records where the hand-off stands.
-    values = base | extra | {"state": h.state, "next_poll_at": now + POLL_EVERY}
+    # The state is unchanged; the event row records where the hand-off stands.
+    values = base | extra | {"next_poll_at": now + POLL_EVERY}
     values.pop("outcome_at")
-    return [HandoffUpdate(h.id, values, "POLLED", OutcomeSource.POLL.value, snap.status_name)]
+    return [HandoffUpdate(h.id, values, Event.POLLED, OutcomeSource.POLL.value, snap.status_name)]
 
 
 def _mismatch_events(
@@ -174,7 +177,7 @@ def _mismatch_events(
     detail = amount_mismatch(h.amount_minor, h.currency, snap.amount_minor, snap.currency)
     if detail is None:
         return []
-    state_after = next((u.values["state"] for u in updates if "state" in u.values), h.state)
+    state_after = next((s.value for u in updates if (s := _after(h, u.event)) is not None), h.state)
     return [
         {
             "handoff_id": h.id,
@@ -247,7 +250,7 @@ def _settlement(
         # FlexFactor had already finished it: its answer wins over our expiry.
         upd = _transition(
             h,
-            Event(final.state.value),
+            reported(final.state),
             {"outcome_at": now, "vendor_status": final.status_name},
             OutcomeSource.POLL,
             "final at cancel",
@@ -255,7 +258,7 @@ def _settlement(
     else:
         upd = _transition(h, Event.WINDOW_ENDED, {"outcome_at": now}, OutcomeSource.EXPIRY, "window ended")
     if upd is not None:
-        counts["expired" if upd.values["state"] == State.EXPIRED.value else "settled_at_cancel"] += 1
+        counts["expired" if _after(h, upd.event) is State.EXPIRED else "settled_at_cancel"] += 1
     return upd
 
 

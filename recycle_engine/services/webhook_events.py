@@ -14,6 +14,7 @@ from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent, event_outc
 from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State, advance
 from recycle_engine.errors import IllegalTransition, StorageError
 from recycle_engine.storage import webhook_repo as repo
+from recycle_engine.storage.handoff_repo import write_handoff
 from recycle_engine.storage.models import Handoff
 
 __all__ = [
@@ -123,18 +124,17 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
                 reason = "no change"
                 detail += "; the cancel reconcile sent when it closed the window"
             else:
-                attention, reason, kind = TERMINAL_CONFLICT, "terminal conflict", "CONFLICT"
+                attention, reason, kind = TERMINAL_CONFLICT, "terminal conflict", Event.CONFLICT.value
                 detail += f" refused: hand-off already {state.value}"
         else:
             reason = "applied" if new_state != state else "no change"
     elif attention is not None:
         kind = attention
-    if new_state != state:
+    move = (state, outcome) if outcome is not None and new_state != state else None
+    if move is not None:
         # Writing a final state queues the outcome for orders and subscriptions (storage.outcome_queue).
         outcome_at = event_time(event.timestamp, received_at=now, sent_at=ref.sent_at)
-        values.update(
-            state=new_state.value, outcome_at=outcome_at, outcome_source=OutcomeSource.WEBHOOK.value
-        )
+        values.update(outcome_at=outcome_at, outcome_source=OutcomeSource.WEBHOOK.value)
         if state is State.EXPIRED and new_state is State.APPROVED:
             values["late_outcome"] = True
     if state is State.PENDING and new_state is not State.PENDING and ref.submitted_at is None:
@@ -143,7 +143,7 @@ def record_event(conn: Connection, *, gateway_id: str, event: WebhookEvent, now:
     if attention is not None and _ATTENTION_RANK.get(ref.attention or "", 0) <= _ATTENTION_RANK[attention]:
         values["attention"] = attention
     if values:
-        repo.update_handoff(conn, ref.id, values, now=now)
+        write_handoff(conn, ref.id, values, now=now, move=move)
     order_key = event.flexfactor_order_id or ref.flexfactor_order_id or ref.id
     repo.append_event(
         conn,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, or_, select, update
 
-from recycle_engine.domain.states import State, may_overwrite
+from recycle_engine.domain.states import Event, OutcomeSource, State, advance
+from recycle_engine.errors import IllegalTransition
 from recycle_engine.storage.bulk_rows import insert_rows, update_columns
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from recycle_engine.storage.outcome_queue import enqueue, news_of
@@ -20,15 +21,18 @@ __all__ = [
     "SendItem",
     "apply_updates",
     "claim_unanswered",
+    "fail_unsent",
     "failure_reasons",
+    "insert_created",
     "insert_events",
     "lease_unsent",
+    "write_handoff",
 ]
 
 log = logging.getLogger(__name__)
 
-# The columns that say where a hand-off stands; an update that may not move its state leaves them all.
-_STANDING: Final = frozenset({"state", "vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
+# The columns beside the state that say where a hand-off stands; an event the table refuses leaves them.
+_STANDING: Final = frozenset({"vendor_status", "next_poll_at", "outcome_at", "outcome_source"})
 _LOCK_CHUNK: Final = 256  # ids read at once: few enough that the planner reads them by primary key
 
 
@@ -53,18 +57,91 @@ class SendItem:
 
 @dataclass(frozen=True)
 class HandoffUpdate:
-    """New values for one hand-off plus the event that explains them."""
+    """An event for one hand-off and the other values it brings. The state column is never among
+    `values`: it follows from the event over the state recorded when the update is written."""
 
     id: str
     values: dict[str, Any]
-    event_kind: str
+    event: Event
     source: str
     detail: str | None = None
-    kept_state: str | None = None  # set when the hand-off's recorded outcome stands over `values`
+
+    def __post_init__(self) -> None:
+        if "state" in self.values:
+            raise ValueError(f"hand-off {self.id}: the state follows from the event {self.event}, not values")
+
+
+def _state_column(state: State) -> dict[str, str]:
+    """The only write of a hand-off's `state` column in the code base, always of a state that
+    domain.states.advance returned (tests/unit/test_state_writes.py holds every module to it)."""
+    return {"state": state.value}
 
 
 def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     insert_rows(conn, HandoffEvent, rows)
+
+
+def insert_created(
+    conn: Connection, handoffs: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]
+) -> None:
+    """Write new hand-offs with their first events, one each (CREATED; REJECTED for a request that
+    could not be built): each row starts in the state its event starts a hand-off in."""
+    start = {e["handoff_id"]: advance(None, Event(e["kind"])) for e in events}
+    missing = [h["id"] for h in handoffs if h["id"] not in start]
+    if missing or len(start) != len(handoffs):
+        raise ValueError(f"hand-offs {missing} need exactly one creation event each")
+    insert_rows(conn, Handoff, [{**h, **_state_column(start[h["id"]])} for h in handoffs])
+    insert_events(conn, [{**e, "state_after": start[e["handoff_id"]].value} for e in events])
+
+
+def fail_unsent(conn: Connection, handoff_id: str, reason: str, *, now: datetime) -> bool:
+    """Settle a PENDING hand-off that never left us as FAILED, with its event; False if it has since
+    been leased or sent (then its sender owns it)."""
+    failed = advance(State.PENDING, Event.REJECTED)
+    moved = conn.execute(
+        update(Handoff)
+        .where(
+            Handoff.id == handoff_id,
+            Handoff.state == State.PENDING.value,
+            Handoff.send_started_at.is_(None),
+            Handoff.claimed_until.is_(None),
+        )
+        .values(**_state_column(failed), last_error=reason, outcome_at=now, updated_at=now)
+    ).rowcount
+    if moved:
+        conn.execute(
+            insert(HandoffEvent).values(
+                handoff_id=handoff_id,
+                kind=Event.REJECTED.value,
+                source=OutcomeSource.RESPONSE.value,
+                state_after=failed.value,
+                detail=reason,
+                occurred_at=now,
+            )
+        )
+    return bool(moved)
+
+
+def write_handoff(
+    conn: Connection,
+    handoff_id: str,
+    values: Mapping[str, Any],
+    *,
+    now: datetime,
+    move: tuple[State, Event] | None = None,
+) -> None:
+    """Write values of one hand-off whose row the caller holds locked and, with `move` (the state it
+    read, the event), the state the event leads to; a move into a final outcome state queues the
+    outcome for applying. Raises IllegalTransition for a move the lifecycle forbids."""
+    if "state" in values:
+        raise ValueError(f"hand-off {handoff_id}: the state follows from an event, not values")
+    row = dict(values)
+    if move is not None:
+        row |= _state_column(advance(*move))
+    news = news_of(handoff_id, row, now)
+    if news is not None:
+        enqueue(conn, [news])
+    conn.execute(update(Handoff).where(Handoff.id == handoff_id).values({**row, "updated_at": now}))
 
 
 def lease_unsent(
@@ -168,63 +245,79 @@ def claim_unanswered(
 
 
 def apply_updates(conn: Connection, updates: Sequence[HandoffUpdate], *, now: datetime) -> None:
-    """Write new hand-off values and append their events; one set-based update per column set.
+    """Write each update's event (the state column moving as domain.states.advance says, from the
+    state recorded now) and values, and append the events; one set-based update per column set.
 
-    A move into a final outcome state queues the outcome for applying, in the same transaction. A state
-    the lifecycle does not allow over the recorded one (SUBMITTED read by a poll before a webhook
-    recorded APPROVED) is not written; the update's other values and its event are."""
-    updates = _lawful(conn, updates)
-    enqueue(conn, [n for u in updates if (n := news_of(u.id, u.values, now)) is not None])
-    groups: dict[tuple[str, ...], list[HandoffUpdate]] = {}
-    for u in updates:
-        groups.setdefault(tuple(sorted(u.values)), []).append(u)
+    A move into a final outcome state queues the outcome for applying, in the same transaction. An
+    event the lifecycle refuses over the recorded state (DECLINED polled before a webhook recorded
+    APPROVED) moves nothing and leaves the columns that say where it stands; its other values and its
+    event row are written."""
+    moves = _moves(conn, updates)
+    enqueue(conn, [n for m in moves if (n := news_of(m.update.id, m.values, now)) is not None])
+    groups: dict[tuple[str, ...], list[_Move]] = {}
+    for m in moves:
+        groups.setdefault(tuple(sorted(m.values)), []).append(m)
     for cols, group in groups.items():
-        members = list({u.id: u for u in group}.values())  # one row per hand-off: the last update wins
-        columns = {"id": [u.id for u in members], **{c: [u.values[c] for u in members] for c in cols}}
+        members = list({m.update.id: m for m in group}.values())  # one row per hand-off: the last wins
+        columns = {"id": [m.update.id for m in members], **{c: [m.values[c] for m in members] for c in cols}}
         update_columns(conn, Handoff, "id", columns, {"updated_at": now})
     insert_events(
         conn,
         [
             {
-                "handoff_id": u.id,
-                "kind": u.event_kind,
-                "source": u.source,
-                "state_after": u.kept_state or u.values.get("state", State.PENDING.value),
-                "flexfactor_order_id": u.values.get("flexfactor_order_id"),
-                "vendor_status": u.values.get("vendor_status"),
-                "detail": u.detail,
+                "handoff_id": m.update.id,
+                "kind": m.update.event.value,
+                "source": m.update.source,
+                "state_after": m.state_after.value,
+                "flexfactor_order_id": m.values.get("flexfactor_order_id"),
+                "vendor_status": m.values.get("vendor_status"),
+                "detail": m.detail,
                 "occurred_at": now,
             }
-            for u in updates
+            for m in moves
         ],
     )
 
 
-def _lawful(conn: Connection, updates: Sequence[HandoffUpdate]) -> list[HandoffUpdate]:
-    """The updates as they may be written over the states recorded now, read under a row lock on
-    PostgreSQL so that no other writer moves them before this transaction writes (on SQLite the
+@dataclass(frozen=True)
+class _Move:
+    update: HandoffUpdate
+    values: dict[str, Any]  # the update's values, with the state column when the event moves it
+    state_after: State
+    detail: str | None
+
+
+def _moves(conn: Connection, updates: Sequence[HandoffUpdate]) -> list[_Move]:
+    """Each update over the state recorded now (and over the updates before it), read under a row lock
+    on PostgreSQL so that no other writer moves them before this transaction writes (on SQLite the
     transaction already holds the only write lock)."""
-    ids = sorted({u.id for u in updates if "state" in u.values})
-    recorded: dict[str, str] = {}
+    ids = sorted({u.id for u in updates})
+    recorded: dict[str, State] = {}
     for start in range(0, len(ids), _LOCK_CHUNK):
         stmt = select(Handoff.id, Handoff.state).where(Handoff.id.in_(ids[start : start + _LOCK_CHUNK]))
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        recorded.update((row.id, row.state) for row in conn.execute(stmt))
-    lawful: list[HandoffUpdate] = []
+        recorded.update((row.id, State(row.state)) for row in conn.execute(stmt))
+    moves: list[_Move] = []
     for u in updates:
-        new, now_in = u.values.get("state"), recorded.get(u.id)
-        if new is None or now_in is None or may_overwrite(State(now_in), State(new)):
-            lawful.append(u)
+        now_in = recorded.get(u.id)
+        if now_in is None:
+            log.warning("update of an unknown hand-off dropped", extra={"handoff": u.id, "event": u.event})
             continue
-        log.info(
-            "recorded outcome kept",
-            extra={"handoff": u.id, "recorded": now_in, "read": new, "source": u.source},
-        )
-        kept = {k: v for k, v in u.values.items() if k not in _STANDING}
-        detail = f"{u.detail or u.event_kind}; {new} not written over {now_in}, recorded first"
-        lawful.append(replace(u, values=kept, detail=detail, kept_state=now_in))
-    return lawful
+        try:
+            after = advance(now_in, u.event)
+        except IllegalTransition:
+            log.info(
+                "recorded outcome kept",
+                extra={"handoff": u.id, "recorded": now_in.value, "event": u.event.value, "source": u.source},
+            )
+            kept = {k: v for k, v in u.values.items() if k not in _STANDING}
+            detail = f"{u.detail or u.event.value}; {u.event.value} not applied over {now_in.value}, recorded first"
+            moves.append(_Move(u, kept, now_in, detail))
+            continue
+        recorded[u.id] = after
+        moves.append(_Move(u, u.values | _state_column(after), after, u.detail))
+    return moves
 
 
 def failure_reasons(conn: Connection, run_id: str) -> list[tuple[str, str, int]]:

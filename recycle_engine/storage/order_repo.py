@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select
 
 from recycle_engine.domain.states import OPEN_STATES, Event, OutcomeSource, State
-from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, Order
+from recycle_engine.storage.handoff_repo import insert_created
+from recycle_engine.storage.models import Decline, Handoff, Order
 
 __all__ = [
     "HandoffView",
     "OrderDecline",
     "existing_handoff",
-    "fail_unsent_handoff",
     "handoff_views",
     "insert_handoff",
     "open_handoff_id",
@@ -131,45 +131,15 @@ def existing_handoff(conn: Connection, dedupe_key: str) -> tuple[str, str] | Non
 
 def insert_handoff(conn: Connection, row: Mapping[str, Any], *, now: datetime) -> None:
     """Write one PENDING hand-off and its CREATED event; the unique dedupe_key refuses a second one."""
-    conn.execute(insert(Handoff).values(**row))
-    conn.execute(
-        insert(HandoffEvent).values(
-            handoff_id=row["id"],
-            kind="CREATED",
-            source=OutcomeSource.RESPONSE.value,
-            state_after=row["state"],
-            amount_minor=row["amount_minor"],
-            idempotency_key=row["idempotency_key"],
-            occurred_at=now,
-        )
-    )
-
-
-def fail_unsent_handoff(conn: Connection, handoff_id: str, reason: str, *, now: datetime) -> bool:
-    """Settle a PENDING hand-off that never left us as FAILED, with its event; False if it has since
-    been leased or sent (then its sender owns it)."""
-    failed = conn.execute(
-        update(Handoff)
-        .where(
-            Handoff.id == handoff_id,
-            Handoff.state == State.PENDING.value,
-            Handoff.send_started_at.is_(None),
-            Handoff.claimed_until.is_(None),
-        )
-        .values(state=State.FAILED.value, last_error=reason, outcome_at=now, updated_at=now)
-    ).rowcount
-    if failed:
-        conn.execute(
-            insert(HandoffEvent).values(
-                handoff_id=handoff_id,
-                kind=Event.REJECTED.value,
-                source=OutcomeSource.RESPONSE.value,
-                state_after=State.FAILED.value,
-                detail=reason,
-                occurred_at=now,
-            )
-        )
-    return bool(failed)
+    event = {
+        "handoff_id": row["id"],
+        "kind": Event.CREATED.value,
+        "source": OutcomeSource.RESPONSE.value,
+        "amount_minor": row["amount_minor"],
+        "idempotency_key": row["idempotency_key"],
+        "occurred_at": now,
+    }
+    insert_created(conn, [row], [event])
 
 
 def handoff_views(conn: Connection, handoff_ids: Sequence[str]) -> dict[str, HandoffView]:

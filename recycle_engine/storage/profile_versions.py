@@ -99,9 +99,6 @@ class ProfileBook:
         self._current = {p.id: version_of(profile_content(p)) for p in profiles.values()}
         self._built: dict[tuple[str, str], RecycleProfile] = {}
 
-    def current_version(self, profile_id: str) -> str | None:
-        return self._current.get(profile_id)
-
     def profile(self, profile_id: str | None, version: str | None) -> RecycleProfile | None:
         """The profile to plan with; None when the profile is neither in settings nor recorded.
 

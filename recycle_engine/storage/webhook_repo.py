@@ -14,7 +14,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import StorageError
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery, WebhookNonce
-from recycle_engine.storage.outcome_queue import enqueue, news_of
 
 __all__ = [
     "DbNonceCache",
@@ -28,7 +27,6 @@ __all__ = [
     "fit_key",
     "ping",
     "record_delivery",
-    "update_handoff",
 ]
 
 _ID_CHARS = 64  # width of the id columns (String(64))
@@ -161,14 +159,6 @@ def find_handoff(
         if row is not None:
             return HandoffRef(*row)
     return None
-
-
-def update_handoff(conn: Connection, handoff_id: str, values: dict[str, Any], *, now: datetime) -> None:
-    """Write new hand-off values; a move into a final outcome state queues the outcome for applying."""
-    news = news_of(handoff_id, values, now)
-    if news is not None:
-        enqueue(conn, [news])
-    conn.execute(update(Handoff).where(Handoff.id == handoff_id).values({**values, "updated_at": now}))
 
 
 def append_event(conn: Connection, row: dict[str, Any]) -> bool:

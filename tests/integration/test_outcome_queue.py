@@ -17,6 +17,7 @@ from sqlalchemy import Engine, event, func, insert, select, text, update
 
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.config import Settings
+from recycle_engine.domain.states import Event, State, reported
 from recycle_engine.services.outcomes import _chunks, apply_outcomes
 from recycle_engine.services.webhook_events import store_delivery
 from recycle_engine.storage.db import make_engine
@@ -116,9 +117,9 @@ def hand_off(world: World, n: int = 1) -> str:
 
 def settle(world: World, handoff_id: str, state: str, at: datetime, source: str = "POLL") -> None:
     """Record a final state as reconcile does (poll, lookup, evaluate answer and settlement alike)."""
-    values = {"state": state, "outcome_at": at, "outcome_source": source, "next_poll_at": None}
+    values = {"outcome_at": at, "outcome_source": source, "next_poll_at": None}
     with world.engine.begin() as conn:
-        apply_updates(conn, [HandoffUpdate(handoff_id, values, state, source)], now=at)
+        apply_updates(conn, [HandoffUpdate(handoff_id, values, reported(State(state)), source)], now=at)
 
 
 def webhook(world: World, n: int, name: str, at: datetime) -> list[str]:
@@ -191,13 +192,12 @@ def test_given_a_webhook_recorded_the_rescue_when_a_poll_read_before_it_is_writt
     webhook(world, 1, "order.completed", rescued_at)
     # when: the poll, which read FlexFactor still processing, records what it read
     read = {
-        "state": "SUBMITTED",
         "vendor_status": "Processing",
         "next_poll_at": SENT + timedelta(days=3),
         "last_error": None,
     }
     with world.engine.begin() as conn:
-        update_ = HandoffUpdate(handoff_id, read, "ACCEPTED", "POLL", "polled")
+        update_ = HandoffUpdate(handoff_id, read, Event.ACCEPTED, "POLL", "polled")
         apply_updates(conn, [update_], now=rescued_at + timedelta(minutes=1))
     # then: the rescue stands, queued once; the poll's event records what it read and that it was not written
     with world.engine.connect() as conn:
@@ -206,10 +206,31 @@ def test_given_a_webhook_recorded_the_rescue_when_a_poll_read_before_it_is_writt
     assert (row.state, row.outcome_source, row.next_poll_at) == ("APPROVED", "WEBHOOK", None)
     assert world.queued() == [(handoff_id, "APPROVED")]
     assert (last.kind, last.source, last.state_after) == ("ACCEPTED", "POLL", "APPROVED")
-    assert last.detail == "polled; SUBMITTED not written over APPROVED, recorded first"
+    assert last.detail == "polled; ACCEPTED not applied over APPROVED, recorded first"
     # and the rescue is applied once
     assert world.apply(rescued_at + timedelta(hours=1))["approved"] == 1
     assert world.subscription().status == "ACTIVE"
+
+
+def test_given_a_webhook_recorded_the_rescue_when_the_lost_send_answer_is_recorded_then_nothing_moves_back(
+    world: World,
+) -> None:
+    # given: a hand-off a webhook settled as APPROVED while its /evaluate call was timing out
+    handoff_id = hand_off(world)
+    rescued_at = SENT + timedelta(days=2)
+    webhook(world, 1, "order.completed", rescued_at)
+    # when: the sender records the lost answer (UNKNOWN: look it up before anything else)
+    lost = {"claimed_until": None, "last_error": "read timeout", "next_poll_at": rescued_at}
+    with world.engine.begin() as conn:
+        update_ = HandoffUpdate(handoff_id, lost, Event.UNKNOWN, "RESPONSE", "read timeout")
+        apply_updates(conn, [update_], now=rescued_at + timedelta(minutes=1))
+    # then: the rescue stands with no look booked, and the event says where the hand-off stands
+    with world.engine.connect() as conn:
+        row = conn.execute(select(Handoff).where(Handoff.id == handoff_id)).one()
+        last = conn.execute(select(HandoffEvent).order_by(HandoffEvent.id.desc()).limit(1)).one()
+    assert (row.state, row.next_poll_at, row.last_error) == ("APPROVED", None, "read timeout")
+    assert (last.kind, last.state_after) == ("UNKNOWN", "APPROVED")
+    assert last.detail == "read timeout; UNKNOWN not applied over APPROVED, recorded first"
 
 
 @pytest.mark.parametrize(
@@ -330,7 +351,7 @@ def test_given_an_applier_holding_a_queued_expiry_when_a_rescue_is_recorded_then
     recorded = threading.Event()
 
     def rescue() -> None:
-        with engine.begin() as conn:  # as storage.webhook_repo.update_handoff writes it
+        with engine.begin() as conn:  # as storage.handoff_repo.write_handoff writes it
             enqueue(conn, [QueuedNews(handoff_id, "APPROVED", LATE, "WEBHOOK")])
             conn.execute(update(Handoff).values(state="APPROVED", outcome_at=LATE, updated_at=LATE))
         recorded.set()

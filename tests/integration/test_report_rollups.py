@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.cli import main
+from recycle_engine.domain.states import Event
 from recycle_engine.services.rollups import RollupRefresh, refresh_rollups
 from recycle_engine.services.webhook_events import record_event
 from recycle_engine.storage import rollup_repo
@@ -210,8 +211,8 @@ def test_given_writes_by_every_path_when_refreshed_between_them_then_rollups_equ
         "polls": lambda conn: apply_updates(
             conn,
             [
-                HandoffUpdate("h00", {"state": "APPROVED", "outcome_at": now}, "APPROVED", "POLL"),
-                HandoffUpdate("h14", {"state": "DECLINED", "outcome_at": now}, "DECLINED", "POLL"),
+                HandoffUpdate("h00", {"outcome_at": now}, Event.APPROVED, "POLL"),
+                HandoffUpdate("h14", {"outcome_at": now}, Event.DECLINED, "POLL"),
             ],
             now=now,
         ),

@@ -529,6 +529,37 @@ def test_given_an_active_scheduler_process_when_it_gets_a_stop_signal_then_it_ex
     engine.dispose()
 
 
+def test_given_an_active_scheduler_still_syncing_its_jobs_then_it_is_not_offered_until_every_job_is_in(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: an active scheduler held inside sync_jobs, before any job is in its store
+    settings, path = write_settings(tmp_path, sqlite_url, FAR_FUTURE_JOBS)
+    syncing, go_on = threading.Event(), threading.Event()
+
+    def held_sync(*args: Any, **kwargs: Any) -> None:
+        syncing.set()
+        assert go_on.wait(20), "the test never let the sync go on"
+        sync_jobs(*args, **kwargs)
+
+    monkeypatch.setattr("jobs.schedule.sync_jobs", held_sync)
+    process = SchedulerProcess(settings, path, targets={"submit": ref(slow_probe)}, lease_s=2)
+    thread = threading.Thread(target=process.run)
+    thread.start()
+    try:
+        assert syncing.wait(20)
+        # then: no scheduler is offered while its jobs are not all in
+        assert process.scheduler is None
+        # when: the sync ends
+        go_on.set()
+        _wait_for(lambda: process.scheduler is not None, 20, "the scheduler")
+        # then: the scheduler offered already holds every job
+        assert [job.id for job in process.scheduler.get_jobs()] == ["submit"]  # type: ignore[union-attr]
+    finally:
+        go_on.set()
+        process.request_stop()
+        thread.join(timeout=20)
+
+
 def test_given_a_running_job_when_a_stop_is_requested_then_the_job_finishes_before_the_lease_is_released(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -543,9 +574,15 @@ def test_given_a_running_job_when_a_stop_is_requested_then_the_job_finishes_befo
         process.scheduler.modify_job("submit", next_run_time=datetime.now(UTC))  # type: ignore[union-attr]
         assert RUNNING.acquire(timeout=10)
         # when
+        held = _lease_holder(engine)
+        assert held is not None
         process.request_stop(signal.SIGTERM)
-        time.sleep(2.5)  # longer than the lease: it must be renewed while the job finishes
-        # then
+        # then: past the lease held at the stop, it is still held, renewed while the job finishes
+        first_expiry = held[1]
+        _wait_for(lambda: datetime.now(UTC) > first_expiry, 20, "the lease held at the stop to run out")
+        renewed = _lease_holder(engine)
+        assert renewed is not None
+        assert renewed[1] > first_expiry
         assert thread.is_alive()
         assert _holder_pid(engine) == os.getpid()
         RELEASE.set()

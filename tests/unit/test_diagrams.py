@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from recycle_engine.domain.diagrams import mermaid_outcome_table, mermaid_state_diagram
+from recycle_engine.domain.diagrams import held_events, mermaid_outcome_table, mermaid_state_diagram
 from recycle_engine.domain.outcomes import OrderKind
-from recycle_engine.domain.states import FINAL_STATES, TRANSITIONS, State
+from recycle_engine.domain.states import FINAL_STATES, HOLDS, STARTS, TRANSITIONS, State
 
 
 def test_given_the_lifecycle_table_then_every_transition_is_drawn_once() -> None:
@@ -15,7 +15,20 @@ def test_given_the_lifecycle_table_then_every_transition_is_drawn_once() -> None
     assert lines[0] == "stateDiagram-v2"
     edges = [line.strip() for line in lines if " : " in line]
     expected = [f"{source} --> {target} : {event}" for (source, event), target in TRANSITIONS.items()]
+    expected += [f"[*] --> {state} : {event}" for event, state in STARTS.items()]
+    expected += [f"{state} --> {state} : {', '.join(events)}" for state, events in held_events().items()]
     assert sorted(edges) == sorted(expected)
+
+
+def test_given_the_hold_table_then_each_held_event_is_drawn_on_every_state_that_takes_it() -> None:
+    # when
+    lines = {line.strip() for line in mermaid_state_diagram().splitlines()}
+
+    # then
+    for event, states in HOLDS.items():
+        for state in states:
+            loops = [line.split(" : ")[1] for line in lines if line.startswith(f"{state} --> {state} : ")]
+            assert any(event in loop.split(", ") for loop in loops)
 
 
 def test_given_the_lifecycle_table_then_it_starts_at_pending_and_ends_at_every_final_state() -> None:
@@ -23,7 +36,7 @@ def test_given_the_lifecycle_table_then_it_starts_at_pending_and_ends_at_every_f
     lines = {line.strip() for line in mermaid_state_diagram().splitlines()}
 
     # then
-    assert f"[*] --> {State.PENDING}" in lines
+    assert f"[*] --> {State.PENDING} : CREATED" in lines
     assert {f"{state} --> [*]" for state in FINAL_STATES} <= lines
 
 

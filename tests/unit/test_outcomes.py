@@ -20,7 +20,8 @@ from recycle_engine.domain.outcomes import (
     order_kind,
     price_after_approval,
 )
-from recycle_engine.domain.states import Source, State, may_overwrite
+from recycle_engine.domain.states import Event, Source, State, advance
+from recycle_engine.errors import IllegalTransition
 
 
 def an_outcome(**overrides: Any) -> OutcomeEffect:
@@ -271,20 +272,25 @@ def test_given_the_status_enums_then_they_carry_the_crm_spellings() -> None:
 
 
 @pytest.mark.parametrize(
-    ("current", "new", "allowed"),
+    ("recorded", "event", "after"),
     [
-        (State.PENDING, State.SUBMITTED, True),
-        (State.SUBMITTED, State.APPROVED, True),
-        (State.SUBMITTED, State.PENDING, True),  # open states move freely (a lost answer looked up)
-        (State.APPROVED, State.APPROVED, True),  # a repeat of the same news
-        (State.EXPIRED, State.APPROVED, True),  # a rescue after we settled the window: real money
-        (State.APPROVED, State.SUBMITTED, False),  # a poll read before the webhook's rescue
-        (State.DECLINED, State.PENDING, False),
-        (State.APPROVED, State.CANCELLED, False),  # the table has no way back from a rescue
-        (State.FAILED, State.SUBMITTED, False),
+        (State.PENDING, Event.ACCEPTED, State.SUBMITTED),
+        (State.SUBMITTED, Event.APPROVED, State.APPROVED),
+        (State.SUBMITTED, Event.POLLED, State.SUBMITTED),  # a poll of an open hand-off records, no move
+        (State.APPROVED, Event.APPROVED, State.APPROVED),  # a repeat of the same news
+        (State.EXPIRED, Event.APPROVED, State.APPROVED),  # a rescue after we settled the window: real money
+        (State.APPROVED, Event.ACCEPTED, None),  # a poll read before the webhook's rescue
+        (State.APPROVED, Event.POLLED, None),
+        (State.DECLINED, Event.UNKNOWN, None),
+        (State.APPROVED, Event.CANCELLED, None),  # the table has no way back from a rescue
+        (State.FAILED, Event.ACCEPTED, None),
     ],
 )
-def test_given_a_recorded_state_then_only_moves_the_lifecycle_allows_may_overwrite_it(
-    current: State, new: State, allowed: bool
+def test_given_a_recorded_state_then_only_events_the_lifecycle_allows_move_it(
+    recorded: State, event: Event, after: State | None
 ) -> None:
-    assert may_overwrite(current, new) is allowed
+    if after is None:
+        with pytest.raises(IllegalTransition):
+            advance(recorded, event)
+    else:
+        assert advance(recorded, event) is after
