@@ -6,9 +6,10 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from jobs.alerts import send_alert
 from recycle_engine import bootstrap
+from recycle_engine.adapters.alerts import send_alert
 from recycle_engine.adapters.clock import SystemClock
+from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.config import Need
 from recycle_engine.domain.anomalies import Anomaly
 from recycle_engine.services.report import run_report
@@ -42,7 +43,9 @@ def run(config_path: str) -> dict[str, int]:
         counts = {name: int(n) for name, n in result.counts.items()}
         if settings.reports.email is not None:
             # The report is written whatever the mail does: a failed send is recorded and alerted, not raised.
-            delivery = email_report(settings, app.engine, report_files(result), clock=clock, alert=alert)
+            delivery = email_report(
+                settings, app.engine, report_files(result), send=send_message, clock=clock, alert=alert
+            )
             counts["email_sent"] = int(delivery.state == "SENT")
             counts["email_failed"] = int(delivery.state == "FAILED")
     finally:

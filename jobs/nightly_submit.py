@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from jobs.alerts import send_alert
 from jobs.triggers import due_windows
 from recycle_engine import bootstrap
+from recycle_engine.adapters.alerts import send_alert
 from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly

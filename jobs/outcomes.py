@@ -12,7 +12,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from sqlalchemy import Engine, insert, select, update
 
-from jobs.alerts import send_alert
+from recycle_engine.adapters.alerts import send_alert
 from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import new_run_id
 from recycle_engine.storage.models import JobRun

@@ -179,9 +179,10 @@ def _exit_if_unsent(job: str, run_id: str | None, unsent: int) -> None:
 @reports_errors
 def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) -> None:
     """Render the daily recovery report for day D and print the HTML path."""
-    from jobs.alerts import send_alert
     from recycle_engine import bootstrap
+    from recycle_engine.adapters.alerts import send_alert
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.adapters.smtp_mail import send_message
     from recycle_engine.config import Need
     from recycle_engine.domain.anomalies import Anomaly
     from recycle_engine.errors import ConfigError
@@ -205,7 +206,9 @@ def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) ->
         result = run_report(settings, app.engine, day=local_day, now=now, clock=clock)
         click.echo(str(result.html_path))
         delivery = (
-            email_report(settings, app.engine, report_files(result), clock=clock, alert=alert)
+            email_report(
+                settings, app.engine, report_files(result), send=send_message, clock=clock, alert=alert
+            )
             if send_email
             else None
         )

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.config import EmailSettings, Settings
 from recycle_engine.domain.anomalies import Anomaly, AnomalyKind
 from recycle_engine.errors import ConfigError, RecycleEngineError, ReportDeliveryError
@@ -71,9 +70,9 @@ def email_report(
     files: ReportFiles,
     *,
     clock: Clock,
+    send: Send,
     alert: Alert | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    send: Send = send_message,
 ) -> DeliveryResult:
     """Send the report of `files.day` to `reports.email.to`, unless that day was sent already.
 

@@ -21,6 +21,7 @@ from freezegun import freeze_time
 from sqlalchemy import Engine, select, text
 
 from jobs import daily_report
+from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.domain.anomalies import Anomaly
@@ -152,8 +153,12 @@ def test_given_a_report_when_it_is_emailed_then_it_arrives_with_both_files_and_a
     result = run_report(settings, engine, day=DAY, now=NOW)
     clock = FixedClock(NOW + timedelta(minutes=1))
     # when
-    first = email_report(settings, engine, report_files(result), clock=clock, sleep=pytest.fail)
-    again = email_report(settings, engine, report_files(result), clock=clock, sleep=pytest.fail)
+    first = email_report(
+        settings, engine, report_files(result), send=send_message, clock=clock, sleep=pytest.fail
+    )
+    again = email_report(
+        settings, engine, report_files(result), send=send_message, clock=clock, sleep=pytest.fail
+    )
     # then: one mail, the summary in its body, the HTML and the CSV attached byte for byte
     assert (first.state, first.attempts) == ("SENT", 1)
     assert again.state == "ALREADY_SENT"
@@ -193,7 +198,13 @@ def test_given_an_unreachable_server_when_the_report_is_emailed_then_it_is_retri
 
     # when
     outcome = email_report(
-        settings, engine, report_files(result), clock=FixedClock(NOW), sleep=waits.append, alert=alert
+        settings,
+        engine,
+        report_files(result),
+        send=send_message,
+        clock=FixedClock(NOW),
+        sleep=waits.append,
+        alert=alert,
     )
     # then: three tries, waits of 5 s then 10 s, a FAILED row, an anomaly alerted and recorded
     assert (outcome.state, outcome.attempts) == ("FAILED", 3)
@@ -222,7 +233,9 @@ def test_given_many_tries_when_every_send_fails_then_the_waits_double_up_to_ten_
     result = run_report(settings, engine, day=DAY, now=NOW)
     waits: list[float] = []
     # when
-    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=waits.append)
+    outcome = email_report(
+        settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=waits.append
+    )
     # then
     assert outcome.attempts == 6
     assert waits == [100.0, 200.0, 400.0, 600.0, 600.0]
@@ -238,9 +251,13 @@ def test_given_a_server_that_refuses_the_recipients_when_it_accepts_them_later_t
     result = run_report(settings, engine, day=DAY, now=NOW)
     waits: list[float] = []
     # when
-    failed = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=waits.append)
+    failed = email_report(
+        settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=waits.append
+    )
     inbox.refuse_rcpt = False
-    sent = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=waits.append)
+    sent = email_report(
+        settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=waits.append
+    )
     # then
     assert failed.state == "FAILED"
     assert failed.error is not None
@@ -260,7 +277,9 @@ def test_given_starttls_and_a_server_without_it_when_the_report_is_emailed_then_
     settings = mail_settings(tmp_path, db_url, port, starttls="true", attempts=1)
     result = run_report(settings, engine, day=DAY, now=NOW)
     # when
-    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=pytest.fail)
+    outcome = email_report(
+        settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=pytest.fail
+    )
     # then: refused before any login or message
     assert outcome.state == "FAILED"
     assert outcome.error is not None
@@ -281,7 +300,12 @@ def test_given_a_wrong_password_when_the_report_is_emailed_then_the_password_is_
     ours = PASSWORD
     # when
     outcome = email_report(
-        settings, engine, report_files(result), clock=FixedClock(NOW), sleep=lambda _s: None
+        settings,
+        engine,
+        report_files(result),
+        send=send_message,
+        clock=FixedClock(NOW),
+        sleep=lambda _s: None,
     )
     # then: failed with the server's 535, and the password we sent is nowhere
     assert outcome.state == "FAILED"
@@ -310,7 +334,9 @@ def test_given_a_server_that_repeats_the_credentials_when_it_refuses_then_the_re
     result = run_report(settings, engine, day=DAY, now=NOW)
     caplog.set_level(logging.DEBUG)
     # when
-    outcome = email_report(settings, engine, report_files(result), clock=FixedClock(NOW), sleep=pytest.fail)
+    outcome = email_report(
+        settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=pytest.fail
+    )
     # then
     assert outcome.error is not None
     assert "550 5.7.1 <hidden> with password <hidden> may not send" in outcome.error

@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import Engine, insert, select, text
 
-from jobs.alerts import send_alert
 from jobs.leader import Lease
 from jobs.schedule import JobOutcomes, SchedulerProcess, build_scheduler, next_fire_times, sync_jobs
+from recycle_engine.adapters.alerts import send_alert
 from recycle_engine.adapters.clock import FixedClock, SystemClock
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.services.job_runs import finish_run, start_run
