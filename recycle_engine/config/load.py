@@ -8,6 +8,7 @@ pydantic models (each key's own check). A path reported by an earlier pass is no
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
@@ -241,7 +242,11 @@ class _References:
             return None
         known = self.ids.get("gateways", {})
         if gateway_id not in known:
-            self.source.add(path, f"unknown gateway {gateway_id!r}; gateways: {', '.join(known) or 'none'}")
+            self.source.add(
+                path,
+                f"unknown gateway {gateway_id!r}{_did_you_mean(gateway_id, known)}; "
+                f"gateways: {', '.join(known) or 'none'}",
+            )
             return None
         if flexfactor_refused and self.types.get(gateway_id) == GatewayType.FLEXFACTOR.value:
             self.source.add(path, f"{gateway_id!r} is a FlexFactor gateway: {flexfactor_refused}")
@@ -297,9 +302,10 @@ class _References:
                 is_flexfactor = (
                     isinstance(value, str) and self.types.get(value) == GatewayType.FLEXFACTOR.value
                 )
+                # Only the real slot 1-3 gets FlexFactor's placement rule; `7-10` is a typo, not a placement.
                 reason = (
                     "FlexFactor can be chosen only for slots 4-6, 7-9 and final"
-                    if is_flexfactor
+                    if is_flexfactor and name.strip() == "1-3"
                     else f"unknown slot {name!r}; slots: 4-6, 7-9, final"
                 )
                 self.source.add(slot_path, f"{reason}; attempts 1-3 always run on the declining gateway")
@@ -350,6 +356,14 @@ class _References:
         """The raw entry at a path such as recycle_profiles[0]."""
         key, _, index = path.partition("[")
         return dict(self._entries(self.tree, key)).get(int(index.rstrip("]")))
+
+
+def _did_you_mean(written: str, known: Iterable[str]) -> str:
+    """A hint for a misspelt id: the same letters in another case first, else the closest id."""
+    names = list(known)
+    same = [name for name in names if name.casefold() == written.casefold()]
+    close = same or difflib.get_close_matches(written, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _get(raw: Any, key: str) -> Any:
