@@ -103,7 +103,7 @@ def config_check_cmd(
     import json
 
     from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.config import describe_settings, load_settings
+    from recycle_engine.config import describe_settings, key_lines, load_settings
     from recycle_engine.domain.ladder import local_date
     from recycle_engine.errors import ConfigError
     from recycle_engine.money import Money, is_known_currency, parse_minor
@@ -129,6 +129,7 @@ def config_check_cmd(
         sample=sample,
         decline_on=local_date(SystemClock().now(), settings.timezone),
         read_database=not no_database,
+        line_of=key_lines(config_path),
     )
     if output_format == "json":
         click.echo(json.dumps(review_json(settings, review), indent=2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -34,7 +34,7 @@ from recycle_engine.config.values import ERROR_TYPE, Context, Need, show
 from recycle_engine.domain.profiles import attempt_label
 from recycle_engine.errors import ConfigError, ConfigProblem
 
-__all__ = ["NEEDED_BY", "describe_database", "describe_settings", "load_settings", "require"]
+__all__ = ["NEEDED_BY", "describe_database", "describe_settings", "key_lines", "load_settings", "require"]
 
 # The commands that need each kind of credential (README: "Which command needs which secret").
 NEEDED_BY: Final[Mapping[Need, str]] = {
@@ -105,6 +105,13 @@ def load_settings(
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise ConfigError(problems or [ConfigProblem(name, "incomplete settings")], source=name)
     return checked.settings(path.resolve(), unset)
+
+
+def key_lines(path: Path) -> Callable[[str], int | None]:
+    """The line of a key path (or of its nearest written parent) in a settings file `load_settings` accepted."""
+    source = Source(str(path), {})
+    read_yaml(path.read_text(encoding="utf-8"), source)
+    return source.line_of
 
 
 def require(settings: Settings, *needs: Need) -> None:

@@ -26,7 +26,8 @@ def review_lines(review: ConfigReview) -> list[str]:
         lines.append(f"in-flight subscriptions: {review.database_note}")
     warnings = [(item, w) for item in review.profiles for w in item.warnings]
     for item, warning in warnings:
-        lines.append(f"warning: recycle profile {item.profile.id}, {warning.key}: {warning.message}")
+        at = f" (line {warning.line})" if warning.line else ""
+        lines.append(f"warning: {warning.path}{at}, profile {item.profile.id}: {warning.message}")
     return lines
 
 
@@ -117,11 +118,11 @@ def review_json(settings: Settings, review: ConfigReview) -> dict[str, Any]:
     """The documented JSON of a valid configuration (README, "config check --format json")."""
     warnings = []
     profiles = []
-    for index, item in enumerate(review.profiles):
+    for item in review.profiles:
         profile = item.profile
-        base = f"recycle_profiles[{index}]"
         warnings += [
-            {"profile": profile.id, "path": f"{base}.{w.key}", "message": w.message} for w in item.warnings
+            {"profile": profile.id, "path": w.path, "line": w.line, "message": w.message}
+            for w in item.warnings
         ]
         profiles.append(
             {

@@ -27,7 +27,7 @@ from recycle_engine.money import Money
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.profile_versions import ProfileBook, stored_versions
 
-__all__ = ["ConfigReview", "FollowedVersion", "ProfileReview", "review_settings"]
+__all__ = ["ConfigReview", "FollowedVersion", "PlacedWarning", "ProfileReview", "review_settings"]
 
 Planner = Callable[[RecycleProfile], tuple[ReviewedAttempt, ...]]
 _FLAGS = {"bill_on_saturday": "bill on Saturday", "hold_recycle_price": "hold recycle price"}
@@ -46,11 +46,20 @@ class FollowedVersion:
 
 
 @dataclass(frozen=True)
+class PlacedWarning:
+    """A ladder warning at its key path and line in the settings file."""
+
+    path: str  # e.g. recycle_profiles[0].slots.final
+    line: int | None
+    message: str
+
+
+@dataclass(frozen=True)
 class ProfileReview:
     profile: RecycleProfile
     version: str
     attempts: tuple[ReviewedAttempt, ...]
-    warnings: tuple[LadderWarning, ...]
+    warnings: tuple[PlacedWarning, ...]
     followed: tuple[FollowedVersion, ...]  # empty when the database was not read
 
 
@@ -63,10 +72,16 @@ class ConfigReview:
 
 
 def review_settings(
-    settings: Settings, *, sample: Money, decline_on: date, read_database: bool
+    settings: Settings,
+    *,
+    sample: Money,
+    decline_on: date,
+    read_database: bool,
+    line_of: Callable[[str], int | None] = lambda path: None,
 ) -> ConfigReview:
     """Plan every profile for `sample` from a decline on `decline_on`; with `read_database`, also count the
-    in-flight subscriptions per version (never creating a database or its schema)."""
+    in-flight subscriptions per version (never creating a database or its schema). `line_of` places
+    warnings in the file (profiles are in file order)."""
     flexfactor = {g.id for g in settings.flexfactor_gateways()}
 
     def attempts_of(profile: RecycleProfile) -> tuple[ReviewedAttempt, ...]:
@@ -89,12 +104,20 @@ def review_settings(
             profile=profile,
             version=profile_version(profile),
             attempts=attempts_of(profile),
-            warnings=tuple(ladder_warnings(profile, flexfactor)),
+            warnings=tuple(
+                _placed(f"recycle_profiles[{index}]", w, line_of)
+                for w in ladder_warnings(profile, flexfactor)
+            ),
             followed=tuple(followed.get(profile.id, ())),
         )
-        for profile in settings.recycle_profiles.values()
+        for index, profile in enumerate(settings.recycle_profiles.values())
     )
     return ConfigReview(sample, decline_on, reviews, note)
+
+
+def _placed(base: str, warning: LadderWarning, line_of: Callable[[str], int | None]) -> PlacedWarning:
+    path = f"{base}.{warning.key}"
+    return PlacedWarning(path, line_of(path), warning.message)
 
 
 def _read_followed(

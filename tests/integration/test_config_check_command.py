@@ -49,9 +49,13 @@ def test_given_the_shipped_settings_when_checked_then_attempt_4_shows_when_what_
     assert rows[0][:5] == ["4", "9", "47.49", "USD", "5"]
     assert "slot 4-6: FlexFactor (flexfactor-main): the hand-off ends the ladder" in out
     assert "only if FlexFactor refuses attempt 4" in out
+    final_line = next(
+        n for n, text in enumerate(SHIPPED.read_text().splitlines(), 1) if "final: flexfactor" in text
+    )
     assert (
-        "warning: recycle profile default, slots.final: slot final (attempt final) is never reached as "
-        "configured: FlexFactor takes attempt 4, which ends the ladder" in out
+        f"warning: recycle_profiles[0].slots.final (line {final_line}), profile default: slot final "
+        "(attempt final) is never reached as configured: FlexFactor takes attempt 4, which ends the ladder"
+        in out
     )
     assert out.rstrip().endswith("settings are valid (1 warning)")
 
@@ -116,7 +120,12 @@ def test_given_json_when_checked_then_the_document_has_the_documented_keys() -> 
     assert doc["schema"] == 1
     assert doc["ok"] is True
     assert doc["errors"] == []
-    assert [w["path"] for w in doc["warnings"]] == ["recycle_profiles[0].slots.final"]
+    assert [(w["profile"], w["path"]) for w in doc["warnings"]] == [
+        ("default", "recycle_profiles[0].slots.final")
+    ]
+    assert (
+        SHIPPED.read_text().splitlines()[doc["warnings"][0]["line"] - 1].strip() == "final: flexfactor-main"
+    )
     assert {u["variable"] for u in doc["unset_variables"]} >= {"FLEXFACTOR_APP_SECRET"}
     default = doc["profiles"][0]
     assert default["id"] == "default"
