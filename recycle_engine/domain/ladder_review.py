@@ -127,12 +127,16 @@ def ladder_warnings(profile: RecycleProfile, flexfactor_gateways: Collection[str
             unless += f" and for the {profile.holdout_percent} % holdout"
         for slot, attempts in later.items():
             names = ", ".join(attempt_label(a) for a in attempts)
-            what = f"attempt {names}" if len(attempts) == 1 else f"attempts {names}"
+            what = (
+                f"attempt {names} (slot {slot.value}) never runs"
+                if len(attempts) == 1
+                else (f"attempts {names} (slot {slot.value}) never run")
+            )
             warnings.append(
                 LadderWarning(
                     f"slots.{slot.value}",
-                    f"slot {slot.value} ({what}) is never reached as configured: FlexFactor takes attempt "
-                    f"{attempt_label(handoff)}, which ends the ladder; {unless}",
+                    f"{what} as configured: FlexFactor takes attempt {attempt_label(handoff)}, "
+                    f"which ends the ladder; {unless}",
                 )
             )
     for slot, numbers in _SLOT_ATTEMPTS.items():

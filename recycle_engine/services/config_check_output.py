@@ -205,5 +205,8 @@ def problems_json(source: str, problems: tuple[ConfigProblem, ...]) -> dict[str,
         ],
         "warnings": [],
         "unset_variables": [],
+        "sample_price": None,
+        "decline_on": None,
+        "in_flight_note": None,
         "profiles": [],
     }

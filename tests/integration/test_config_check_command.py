@@ -53,9 +53,8 @@ def test_given_the_shipped_settings_when_checked_then_attempt_4_shows_when_what_
         n for n, text in enumerate(SHIPPED.read_text().splitlines(), 1) if "final: flexfactor" in text
     )
     assert (
-        f"warning: recycle_profiles[0].slots.final (line {final_line}), profile default: slot final "
-        "(attempt final) is never reached as configured: FlexFactor takes attempt 4, which ends the ladder"
-        in out
+        f"warning: recycle_profiles[0].slots.final (line {final_line}), profile default: attempt final "
+        "(slot final) never runs as configured: FlexFactor takes attempt 4, which ends the ladder" in out
     )
     assert out.rstrip().endswith("settings are valid (1 warning)")
 
@@ -163,6 +162,9 @@ def test_given_broken_settings_and_json_when_checked_then_every_problem_is_in_th
     doc = json.loads(out)
     assert doc["ok"] is False
     assert doc["profiles"] == []
+    assert set(doc) == set(
+        json.loads(check("--config", str(SHIPPED), "--format", "json", "--no-database")[1])
+    )
     by_path = {e["path"]: e for e in doc["errors"]}
     assert set(by_path) == {"gateways", "timezone", "batching.batch_sise"}
     assert by_path["timezone"]["line"] == 1

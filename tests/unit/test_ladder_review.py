@@ -98,7 +98,7 @@ def test_given_flexfactor_at_attempt_4_and_a_7_9_slot_when_checked_then_the_slot
     # then
     assert [w.key for w in warnings] == ["slots.7-9"]
     assert warnings[0].message == (
-        "slot 7-9 (attempts 7, 8) is never reached as configured: FlexFactor takes attempt 4, "
+        "attempts 7, 8 (slot 7-9) never run as configured: FlexFactor takes attempt 4, "
         "which ends the ladder; it runs only for a hand-off FlexFactor refuses"
     )
 
