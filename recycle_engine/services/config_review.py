@@ -3,13 +3,15 @@ in-flight subscriptions follow, compared with the settings."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import quote
 
-from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.config import Settings, describe_database
@@ -131,7 +133,9 @@ def _read_followed(
     where = describe_database(settings.database_url)
     if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
         return f"not compared: no database yet ({where})"
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = (
+        _read_only_engine(url) if url.get_backend_name() == "sqlite" else make_engine(settings.database_url)
+    )
     try:
         with engine.connect() as conn:
             if not inspect(conn).has_table("recycle_profile_versions"):
@@ -156,6 +160,14 @@ def _read_followed(
     finally:
         engine.dispose()
     return None
+
+
+def _read_only_engine(url: URL) -> Engine:
+    """SQLite opened read-only: the engine's own engine takes the write lock at BEGIN, and a check must
+    neither wait behind a nightly run nor block one."""
+    uri = f"file:{quote(str(Path(url.database or '').resolve()))}?mode=ro"
+    # A creator, not a URL: SQLAlchemy would decode the quoting that keeps '#', '?' or '%' in a folder name.
+    return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=5))
 
 
 def _changes(old: RecycleProfile, new: RecycleProfile, attempts_of: Planner, currency: str) -> list[str]:

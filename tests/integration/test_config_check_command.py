@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from recycle_engine.cli import main
 from recycle_engine.domain.profile_versions import profile_version
-from recycle_engine.storage.db import make_engine
+from recycle_engine.storage.db import make_engine, upgrade
 from tests.factories import SANDBOX_ENV, a_settings_file, load_test_settings
 from tests.integration.test_ladder_versions import LADDER_A, LADDER_B, import_one
 
@@ -249,3 +249,30 @@ def test_given_subscriptions_on_the_current_ladder_when_checked_then_they_are_co
     assert code == 0, out
     assert f"    1 follow {profile_version(settings.recycle_profiles['default'])}: these settings" in out
     assert "differs" not in out
+
+
+def test_given_a_run_holding_the_sqlite_write_lock_when_checked_then_the_check_reads_without_waiting(
+    tmp_path: Path,
+) -> None:
+    # given: a folder name a URI would misread, and a writer in the middle of a transaction
+    folder = tmp_path / "book #1 %20"
+    folder.mkdir()
+    database = folder / "book.db"
+    db_url = f"sqlite:///{database}?timeout=3"
+    upgrade(db_url, "head")
+    path = a_settings_file(folder, db_url=db_url, attempts=LADDER_A)
+    settings = load_test_settings(path)
+    writer = make_engine(db_url)
+    import_one(tmp_path, settings, writer)
+    with writer.begin() as conn:  # BEGIN IMMEDIATE: the write lock, as a nightly run holds it
+        conn.exec_driver_sql("UPDATE subscriptions SET updated_at = updated_at")
+
+        # when
+        code, out, err = check(
+            "--config", str(path), env=SANDBOX_ENV | {"RECYCLE_ENGINE_SQLITE_TIMEOUT": "1"}
+        )
+
+    writer.dispose()
+    # then
+    assert code == 0, err
+    assert f"    1 follow {profile_version(settings.recycle_profiles['default'])}: these settings" in out
