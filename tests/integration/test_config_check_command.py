@@ -276,3 +276,22 @@ def test_given_a_run_holding_the_sqlite_write_lock_when_checked_then_the_check_r
     # then
     assert code == 0, err
     assert f"    1 follow {profile_version(settings.recycle_profiles['default'])}: these settings" in out
+
+
+def test_given_an_unreachable_postgresql_when_checked_then_it_says_so_and_still_shows_the_ladders(
+    tmp_path: Path,
+) -> None:
+    # given: nothing listens on port 1
+    path = a_settings_file(tmp_path, db_url="postgresql+psycopg://engine@127.0.0.1:1/book")
+
+    # when
+    code, out, err = check("--config", str(path), env=SANDBOX_ENV)
+
+    # then
+    assert code == 0, err
+    assert (
+        "in-flight subscriptions: not compared: cannot read the database (postgresql at 127.0.0.1:1/book)"
+        in out
+    )
+    assert "recycle profile default (version " in out
+    assert "Traceback" not in out + err
