@@ -24,7 +24,7 @@ from recycle_engine.domain.ladder_review import (
 )
 from recycle_engine.domain.profile_versions import profile_content, profile_version
 from recycle_engine.domain.profiles import RecycleProfile
-from recycle_engine.errors import StorageError
+from recycle_engine.errors import InputError, StorageError
 from recycle_engine.money import Money
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.profile_versions import ProfileBook, stored_versions
@@ -87,15 +87,22 @@ def review_settings(
     flexfactor = {g.id for g in settings.flexfactor_gateways()}
 
     def attempts_of(profile: RecycleProfile) -> tuple[ReviewedAttempt, ...]:
-        return tuple(
-            review_ladder(
-                profile,
-                decline_on=decline_on,
-                sample_minor=sample.minor,
-                currency=sample.currency,
-                flexfactor_gateways=flexfactor,
+        try:
+            return tuple(
+                review_ladder(
+                    profile,
+                    decline_on=decline_on,
+                    sample_minor=sample.minor,
+                    currency=sample.currency,
+                    flexfactor_gateways=flexfactor,
+                )
             )
-        )
+        except ValueError as exc:
+            # e.g. a minimum price of 5.50 shown in JPY: the sample's currency, not the settings, is at fault
+            raise InputError(
+                f"recycle profile {profile.id} cannot be shown in {sample.currency}: {exc}; "
+                "choose another --currency"
+            ) from None
 
     followed: dict[str, list[FollowedVersion]] = {}
     note: str | None = "not compared (config check --no-database)"

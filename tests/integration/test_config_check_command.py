@@ -295,3 +295,24 @@ def test_given_an_unreachable_postgresql_when_checked_then_it_says_so_and_still_
     )
     assert "recycle profile default (version " in out
     assert "Traceback" not in out + err
+
+
+def test_given_a_minimum_price_with_cents_when_shown_in_yen_then_it_says_to_choose_another_currency(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = tmp_path / "settings.yaml"
+    path.write_text(SHIPPED.read_text().replace('minimum_price: "5.00"', 'minimum_price: "5.50"'))
+
+    # when
+    code, _, err = check(
+        "--config", str(path), "--no-database", "--currency", "JPY", "--sample-price", "4999"
+    )
+
+    # then
+    assert code == 1
+    assert (
+        "recycle profile default cannot be shown in JPY: 5.50 has more than 0 decimal places for JPY" in err
+    )
+    assert "choose another --currency" in err
+    assert "Traceback" not in err
