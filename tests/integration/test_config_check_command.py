@@ -316,3 +316,39 @@ def test_given_a_minimum_price_with_cents_when_shown_in_yen_then_it_says_to_choo
     )
     assert "choose another --currency" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "exit_code", "words"),
+    [
+        (
+            ('{attempt: final, days: 5, reduction: "10"}', '{attempt: final, days: 5, reduction: "100"}'),
+            0,
+            "recycle_profiles[0].attempts (line {line}), profile default: reductions add up to 105 % by "
+            "attempt final: from there every attempt charges the minimum price 5.00",
+        ),
+        (('"7-9": null', '"7-10": flexfactor-main'), 2, "unknown slot '7-10'; slots: 4-6, 7-9, final"),
+        (('"4-6": flexfactor-main', '"4-6": FlexFactor-Main'), 2, "(did you mean 'flexfactor-main'?)"),
+        (('minimum_price: "5.00"', 'minimum_price: "1000000000000"'), 2, "must be at most 999999999.999"),
+        (("    slots:\n", "    slots\n"), 2, "not valid YAML: the key on line"),
+    ],
+    ids=["reductions-105", "slot-7-10", "gateway-case", "minimum-price-max", "yaml-syntax"],
+)
+def test_given_a_finance_edit_of_the_shipped_settings_when_checked_then_it_is_warned_or_refused_in_words(
+    tmp_path: Path, edit: tuple[str, str], exit_code: int, words: str
+) -> None:
+    # given
+    old, new = edit
+    text = SHIPPED.read_text()
+    assert old in text
+    path = tmp_path / "settings.yaml"
+    path.write_text(text.replace(old, new, 1))
+    line = next(n for n, row in enumerate(path.read_text().splitlines(), 1) if row.strip() == "attempts:")
+
+    # when
+    code, out, err = check("--config", str(path), "--no-database")
+
+    # then
+    assert code == exit_code, out + err
+    assert words.format(line=line) in (out if exit_code == 0 else err)
+    assert "Traceback" not in err
