@@ -26,8 +26,6 @@ from recycle_engine.domain.profile_versions import profile_content, profile_vers
 from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.errors import InputError, StorageError
 from recycle_engine.money import Money
-from recycle_engine.storage.db import make_engine
-from recycle_engine.storage.profile_versions import ProfileBook, stored_versions
 
 __all__ = ["ConfigReview", "FollowedVersion", "PlacedWarning", "ProfileReview", "review_settings"]
 
@@ -140,6 +138,10 @@ def _read_followed(
     where = describe_database(settings.database_url)
     if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
         return f"not compared: no database yet ({where})"
+    # Imported here: the mapped models cost a check that reads no database (--no-database, no file yet).
+    from recycle_engine.storage.db import make_engine
+    from recycle_engine.storage.profile_versions import ProfileBook, stored_versions
+
     engine = (
         _read_only_engine(url) if url.get_backend_name() == "sqlite" else make_engine(settings.database_url)
     )
