@@ -71,9 +71,11 @@ class ConfigProblem:
     path: str
     message: str
     line: int | None = None
+    column: int | None = None  # 1-based; only where the reader knows it (YAML syntax)
 
     def __str__(self) -> str:
-        where = f"{self.path} (line {self.line})" if self.line else self.path
+        at = f"line {self.line}, column {self.column}" if self.line and self.column else f"line {self.line}"
+        where = f"{self.path} ({at})" if self.line else self.path
         return f"{where}: {self.message}"
 
 

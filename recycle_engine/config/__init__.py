@@ -11,7 +11,14 @@ Callers import from here.
 
 from __future__ import annotations
 
-from recycle_engine.config.load import NEEDED_BY, describe_database, describe_settings, load_settings, require
+from recycle_engine.config.load import (
+    NEEDED_BY,
+    describe_database,
+    describe_settings,
+    key_lines,
+    load_settings,
+    require,
+)
 from recycle_engine.config.model import (
     JOB_DEFAULTS,
     AnomalyThresholds,
@@ -63,6 +70,7 @@ __all__ = [
     "UnsetCredential",
     "describe_database",
     "describe_settings",
+    "key_lines",
     "load_settings",
     "require",
     "sections",

@@ -8,8 +8,9 @@ pydantic models (each key's own check). A path reported by an earlier pass is no
 
 from __future__ import annotations
 
+import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -33,7 +34,7 @@ from recycle_engine.config.values import ERROR_TYPE, Context, Need, show
 from recycle_engine.domain.profiles import attempt_label
 from recycle_engine.errors import ConfigError, ConfigProblem
 
-__all__ = ["NEEDED_BY", "describe_database", "describe_settings", "load_settings", "require"]
+__all__ = ["NEEDED_BY", "describe_database", "describe_settings", "key_lines", "load_settings", "require"]
 
 # The commands that need each kind of credential (README: "Which command needs which secret").
 NEEDED_BY: Final[Mapping[Need, str]] = {
@@ -105,6 +106,13 @@ def load_settings(
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise ConfigError(problems or [ConfigProblem(name, "incomplete settings")], source=name)
     return checked.settings(path.resolve(), unset)
+
+
+def key_lines(path: Path) -> Callable[[str], int | None]:
+    """The line of a key path (or of its nearest written parent) in a settings file `load_settings` accepted."""
+    source = Source(str(path), {})
+    read_yaml(path.read_text(encoding="utf-8"), source)
+    return source.line_of
 
 
 def require(settings: Settings, *needs: Need) -> None:
@@ -242,7 +250,11 @@ class _References:
             return None
         known = self.ids.get("gateways", {})
         if gateway_id not in known:
-            self.source.add(path, f"unknown gateway {gateway_id!r}; gateways: {', '.join(known) or 'none'}")
+            self.source.add(
+                path,
+                f"unknown gateway {gateway_id!r}{_did_you_mean(gateway_id, known)}; "
+                f"gateways: {', '.join(known) or 'none'}",
+            )
             return None
         if flexfactor_refused and self.types.get(gateway_id) == GatewayType.FLEXFACTOR.value:
             self.source.add(path, f"{gateway_id!r} is a FlexFactor gateway: {flexfactor_refused}")
@@ -298,9 +310,10 @@ class _References:
                 is_flexfactor = (
                     isinstance(value, str) and self.types.get(value) == GatewayType.FLEXFACTOR.value
                 )
+                # Only the real slot 1-3 gets FlexFactor's placement rule; `7-10` is a typo, not a placement.
                 reason = (
                     "FlexFactor can be chosen only for slots 4-6, 7-9 and final"
-                    if is_flexfactor
+                    if is_flexfactor and name.strip() == "1-3"
                     else f"unknown slot {name!r}; slots: 4-6, 7-9, final"
                 )
                 self.source.add(slot_path, f"{reason}; attempts 1-3 always run on the declining gateway")
@@ -351,6 +364,14 @@ class _References:
         """The raw entry at a path such as recycle_profiles[0]."""
         key, _, index = path.partition("[")
         return dict(self._entries(self.tree, key)).get(int(index.rstrip("]")))
+
+
+def _did_you_mean(written: str, known: Iterable[str]) -> str:
+    """A hint for a misspelt id: the same letters in another case first, else the closest id."""
+    names = list(known)
+    same = [name for name in names if name.casefold() == written.casefold()]
+    close = same or difflib.get_close_matches(written, names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _get(raw: Any, key: str) -> Any:

@@ -35,6 +35,7 @@ from recycle_engine.config.values import (
     DEFAULT_DATABASE_URL,
     Need,
     Section,
+    amount,
     boolean,
     choice,
     credential,
@@ -319,7 +320,7 @@ class AttemptEntry(Section):
     days: Annotated[int, V(whole(0, 365))] = Field(
         description="days after the previous attempt that ran (attempt 1: after the decline)"
     )
-    reduction: Annotated[Decimal, V(decimal())] = Field(
+    reduction: Annotated[Decimal, V(amount())] = Field(
         Decimal(0), description="added to the reduction so far: percent of the original, or an amount"
     )
     skip: Flag = Field(False, description="true: never charged; adds no days and no reduction")
@@ -348,7 +349,7 @@ class RecycleProfileEntry(Section):
     reduction_type: Annotated[ReductionType, V(choice(ReductionType, "reduction type"))] = Field(
         ReductionType.PERCENT, description="percent or flat"
     )
-    minimum_price: Annotated[Decimal, V(decimal())] = Field(
+    minimum_price: Annotated[Decimal, V(amount())] = Field(
         Decimal(0), description="a reduced price never goes below this"
     )
     bill_on_saturday: Flag = Field(False, description="move every attempt forward to a Saturday")

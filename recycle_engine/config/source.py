@@ -179,6 +179,46 @@ class Source:
         return marked
 
 
+_BAD_START = re.compile(r"found character '(.+)' that cannot start any token")
+_UNDEFINED_ALIAS = re.compile(r"found undefined alias '(.+)'")
+_FLOW_CLOSERS: Final = {"flow mapping": ("{", "}"), "flow sequence": ("[", "]")}
+
+
+def explain_yaml(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's parser terms in plain words, for someone editing the file by hand."""
+    problem, context = exc.problem or "", exc.context or ""
+    since = f" on line {exc.context_mark.line + 1}" if exc.context_mark else ""
+    for name, (opener, closer) in _FLOW_CLOSERS.items():
+        if name in context:
+            return (
+                f"the '{opener}' opened{since} is not closed with '{closer}' before this point, "
+                "or two of its entries have no ',' between them"
+            )
+    if r"'\t'" in problem:
+        return "a tab character; indent with spaces only"
+    if match := _BAD_START.search(problem):
+        return f"a value cannot start with {match.group(1)!r}; put the value in quotes"
+    if "mapping values are not allowed" in problem:
+        return (
+            "a ':' where no value can start: put quotes around text that contains ': ', "
+            "or indent this line like the keys beside it"
+        )
+    if "could not find expected ':'" in problem:
+        return f"the key{since} has no ':' after it; write key: value"
+    if "quoted scalar" in context:
+        return f"the quote opened{since} is never closed"
+    if "expected <block end>" in problem:
+        return (
+            f"this line is not indented like the entries it follows (the block starting{since}); "
+            "line it up with them, using spaces"
+        )
+    if match := _UNDEFINED_ALIAS.search(problem):
+        return f"'*{match.group(1)}' refers to an anchor '&{match.group(1)}' that is not defined before it"
+    if "end of stream" in problem:
+        return f"the file ends inside a value that started{since}"
+    return " ".join(part for part in (problem, f"({context}{since})" if context else "") if part)
+
+
 def read_yaml(text: str, source: Source) -> Any:
     """The document as plain values (None when empty); raises ConfigError when it is not YAML at all."""
     loader = yaml.SafeLoader(text)
@@ -186,8 +226,8 @@ def read_yaml(text: str, source: Source) -> Any:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        problem = ConfigProblem(source.source, f"not valid YAML: {exc.problem or exc.context}", line)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        problem = ConfigProblem(source.source, f"not valid YAML: {explain_yaml(exc)}", line, column)
         raise ConfigError([problem], source=source.source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", source=source.source) from None

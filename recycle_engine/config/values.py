@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from recycle_engine.config.source import EnvText, YamlMap, join, kind
+from recycle_engine.money import CURRENCY_EXPONENTS, MAX_MINOR
 from recycle_engine.storage.db import sqlite_busy_timeout
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "Context",
     "Need",
     "Section",
+    "amount",
     "boolean",
     "choice",
     "credential",
@@ -247,6 +249,25 @@ def decimal(high: Decimal | None = None) -> Check:
         return amount
 
     return decimal_check
+
+
+def amount() -> Check:
+    """A non-negative money amount in major units that every known currency can hold in MAX_MINOR."""
+    exponent = max(CURRENCY_EXPONENTS.values())
+    largest = Decimal(MAX_MINOR).scaleb(-exponent)
+    as_decimal = decimal()
+
+    def amount_check(value: Any, info: ValidationInfo) -> Decimal:
+        written: Decimal = as_decimal(value, info)
+        # Checked here, not when a price is planned: past this, planning an attempt would fail every night.
+        if written > largest:
+            fail(
+                f"must be at most {largest}, the largest amount the engine handles in every currency "
+                f"(10^12 - 1 minor units); got {show(value if isinstance(value, EnvText) else written)}"
+            )
+        return written
+
+    return amount_check
 
 
 def ident(value: Any, info: ValidationInfo | None = None) -> str:
