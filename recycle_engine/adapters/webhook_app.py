@@ -143,6 +143,12 @@ class _Receiver:
         self.tally = AcceptedTally()
 
     async def receive(self, request: Request) -> Response:
+        if self.writer is None:
+            return await self._receive(request)
+        with self.writer.receiving():
+            return await self._receive(request)
+
+    async def _receive(self, request: Request) -> Response:
         gateway_id = str(request.path_params["gateway_id"])
         now = self.clock.now()
         nonce = request.headers.get("x-fc-nonce")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,9 +32,14 @@ class InboxWriter:
     unapplied), whenever `wake()` is called, every `poll_s` seconds (deliveries another service
     process journalled) and at `stop()`, which drains before it returns.
 
-    `on_applied(handoff_ids)` runs after each committed batch with the hand-offs it moved into a final
-    state (serve passes services.outcomes.apply_outcomes); at start it also gets those whose webhook
-    outcome is still queued. Its failure is logged: reconcile applies queued outcomes later."""
+    Acknowledgements come first: before each of its transactions the writer waits, up to
+    `max_yield_s`, while deliveries are being received (`receiving()`), so that an answer to FlexFactor
+    waits for at most one small batch (`batch` deliveries) of the writer's, never for a backlog.
+
+    `on_applied(handoff_ids)` runs after committed batches with the hand-offs they moved into a final
+    state, up to `batch` at a time (serve passes services.outcomes.apply_outcomes); at start it also
+    gets those whose webhook outcome is still queued. Its failure is logged: reconcile applies queued
+    outcomes later."""
 
     def __init__(
         self,
@@ -40,14 +47,16 @@ class InboxWriter:
         clock: Clock,
         *,
         on_applied: OnApplied | None = None,
-        batch: int = 200,
+        batch: int = 50,
         poll_s: float = 5.0,
+        max_yield_s: float = 1.0,
     ) -> None:
         self._engine, self._clock, self._on_applied = engine, clock, on_applied
-        self._batch, self._poll_s = batch, poll_s
+        self._batch, self._poll_s, self._max_yield_s = batch, poll_s, max_yield_s
         self._cond = threading.Condition()
         self._woken = True  # drain once at start
         self._stopping = False
+        self._receiving = 0  # deliveries between arrival and answer
         self._failed: set[int] = set()
         self._asked = self._answered = 0  # drain requests made, and those a finished pass covered
         self._thread: threading.Thread | None = None
@@ -58,11 +67,23 @@ class InboxWriter:
             self._thread = threading.Thread(target=self._run, name="webhook-inbox-writer", daemon=True)
             self._thread.start()
 
+    @contextmanager
+    def receiving(self) -> Iterator[None]:
+        """Around the receipt of one delivery, up to its answer: the writer lets it go first."""
+        with self._cond:
+            self._receiving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._receiving -= 1
+                self._cond.notify_all()
+
     def wake(self) -> None:
         """A delivery entered the inbox."""
         with self._cond:
             self._woken = True
-            self._cond.notify()
+            self._cond.notify_all()
 
     def drained(self, timeout_s: float = 60.0) -> bool:
         """Wait until a pass that began after this call has ended: everything acknowledged before the
@@ -78,7 +99,7 @@ class InboxWriter:
         """Apply what the inbox holds, then end the thread (graceful shutdown)."""
         with self._cond:
             self._stopping = True
-            self._cond.notify()
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -99,10 +120,21 @@ class InboxWriter:
             if stopping:
                 return
 
+    def _yield_to_receivers(self) -> None:
+        """Wait while deliveries are being received, for at most `max_yield_s` (not when stopping)."""
+        deadline = time.monotonic() + self._max_yield_s
+        with self._cond:
+            while self._receiving and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
     def drain(self) -> int:
         """Apply batches until the inbox holds nothing this writer can apply; how many it applied."""
         applied = 0
         while True:
+            self._yield_to_receivers()
             try:
                 done = apply_inbox(
                     self._engine, now=self._clock.now(), limit=self._batch, skip=frozenset(self._failed)
@@ -113,6 +145,7 @@ class InboxWriter:
             self._failed.update(done.failed)
             applied += done.applied
             if done.handoff_ids:
+                self._yield_to_receivers()
                 self._apply_outcomes(done.handoff_ids)
             if done.applied == 0:
                 return applied
@@ -127,8 +160,8 @@ class InboxWriter:
         except (SQLAlchemyError, StorageError):
             log.exception("outcome queue not readable at start; reconcile applies it")
             return
-        if ids:
-            self._apply_outcomes(ids)
+        for start in range(0, len(ids), self._batch):
+            self._apply_outcomes(ids[start : start + self._batch])
 
     def _apply_outcomes(self, handoff_ids: list[str]) -> None:
         if self._on_applied is None:
