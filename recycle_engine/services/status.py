@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
+from recycle_engine.domain.anomalies import INBOX_STALE_AFTER
+from recycle_engine.storage import webhook_inbox
 from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
 
 __all__ = [
@@ -83,6 +85,9 @@ class Status:
     oldest_outcome_at: datetime | None = None
     # Processor (NMI) charges whose answer was lost: each is looked up by order id before any resend.
     charges_unanswered: int = 0
+    # Webhook deliveries acknowledged to FlexFactor and not yet applied by `serve`, and the oldest's arrival.
+    webhooks_waiting: int = 0
+    oldest_webhook_at: datetime | None = None
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -106,11 +111,22 @@ def gather_status(
         schedulers = _live_leases(conn, now)
         queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
         unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
+        inbox = webhook_inbox.backlog(conn)
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
     return Status(
-        now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest, int(unanswered)
+        now,
+        last_runs,
+        recent_runs,
+        pending,
+        schedule,
+        schedulers,
+        int(queued),
+        oldest,
+        int(unanswered),
+        inbox.waiting,
+        inbox.oldest_received_at,
     )
 
 
@@ -211,6 +227,16 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
         lines.append(
             f"processor charges with a lost answer: {status.charges_unanswered} "
             "(looked up by order id on the next run, before anything is sent again)"
+        )
+    if status.webhooks_waiting:
+        stuck = (
+            status.oldest_webhook_at is not None
+            and status.now - status.oldest_webhook_at >= INBOX_STALE_AFTER
+        )
+        lines.append(
+            f"webhooks acknowledged, not yet applied: {status.webhooks_waiting} "
+            f"(oldest {at(status.oldest_webhook_at)})"
+            + ("  NOT DRAINING: is `serve` running? it applies them when it starts" if stuck else "")
         )
     return lines
 

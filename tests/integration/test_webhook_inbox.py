@@ -30,7 +30,9 @@ from recycle_engine.config import Settings
 from recycle_engine.ports import Clock
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64
+from recycle_engine.services.anomalies import check_night
 from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.services.status import gather_status, render_status
 from recycle_engine.services.webhook_events import accept_delivery
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, Subscription, WebhookDelivery
@@ -240,6 +242,35 @@ def test_given_a_busy_writer_when_the_service_stops_then_it_applies_every_acknow
     for h in handoffs:
         assert webhook_events(engine, h["handoff_id"]) == ["APPROVED"]
         assert outcome_applied(engine, h["handoff_id"])
+
+
+def test_given_deliveries_acknowledged_long_ago_and_not_applied_then_status_and_the_anomalies_show_the_backlog(
+    tmp_path: Path, db_url: str, engine: Engine
+) -> None:
+    # given: two acknowledged deliveries that no running service has applied for 20 minutes
+    settings = load_test_settings(a_settings_file(tmp_path, db_url=db_url))
+    received = datetime(2026, 6, 11, 7, 0, tzinfo=UTC)
+    for h in handoffs_waiting_for_outcome(engine, 2):
+        body = completed(h)
+        accept_delivery(
+            engine,
+            gateway_id="ff",
+            event=parse_event(body),
+            nonce=new_nonce(),
+            body=body.decode(),
+            now=received,
+        )
+    now = received + timedelta(minutes=20)
+    # when
+    status = gather_status(engine, now=now, crons={}, next_fire_times={})
+    anomalies = check_night(settings, engine, day=now.date(), now=now)
+    # then
+    assert (status.webhooks_waiting, status.oldest_webhook_at) == (2, received)
+    assert render_status(status, settings.timezone)[-1] == (
+        "webhooks acknowledged, not yet applied: 2 (oldest 2026-06-11T03:00:00-04:00)"
+        "  NOT DRAINING: is `serve` running? it applies them when it starts"
+    )
+    assert [a.kind.value for a in anomalies if a.kind.value == "WEBHOOK_BACKLOG"] == ["WEBHOOK_BACKLOG"]
 
 
 # --- `recycle-engine serve` in a process of its own --------------------------------------------------
