@@ -113,7 +113,11 @@ class InboxWriter:
                     self._cond.wait(self._poll_s)
                 self._woken = False
                 stopping, asked = self._stopping, self._asked
-            self.drain()
+            try:
+                self.drain()
+            except Exception:
+                # The deliveries stay in the inbox; the next wake-up or poll tries again.
+                log.exception("webhook inbox writer pass failed")
             with self._cond:
                 self._answered = asked
                 self._cond.notify_all()

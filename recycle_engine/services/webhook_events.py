@@ -285,11 +285,12 @@ def apply_inbox(
 ) -> InboxPass:
     """Apply up to `limit` inbox deliveries, oldest first, in one transaction (each is taken from the
     inbox in the transaction that applies it, so it applies once whatever crashes). If that transaction
-    fails, each delivery is tried in its own, and one that still fails stays in the inbox, reported in
-    `failed`; `skip` names such deliveries so that the next pass does not try them again.
+    fails, each delivery is tried in its own; one that fails alone stays in the inbox, is logged and
+    reported in `failed`, and `skip` names such deliveries so that later passes leave them be (they
+    show in `status` until someone looks).
 
     `now` is when they are applied; each event is applied as of its own receipt, as the synchronous
-    path does. Raises StorageError when the database cannot be read."""
+    path does. Raises StorageError when the database is unavailable: nothing is marked failed then."""
     try:
         with engine.connect() as conn:
             rows = [r for r in inbox.next_rows(conn, limit + len(skip)) if r.delivery_id not in skip][:limit]
@@ -301,7 +302,9 @@ def apply_inbox(
     try:
         with engine.begin() as conn:
             ids = [_apply_one(conn, row, now) for row in rows]
-    except SQLAlchemyError:
+    except StorageError:
+        raise
+    except Exception:
         log.warning("applying a batch of webhook deliveries failed; applying them one by one", exc_info=True)
     else:
         done.applied = len(rows)
@@ -311,7 +314,10 @@ def apply_inbox(
         try:
             with engine.begin() as conn:
                 handoff_id = _apply_one(conn, row, now)
-        except SQLAlchemyError:
+        except StorageError:
+            raise
+        except Exception:
+            # One bad delivery never stops the others; it stays in the inbox, where status shows it.
             log.exception(
                 "webhook delivery not applied; it stays in the inbox", extra={"delivery": row.delivery_id}
             )

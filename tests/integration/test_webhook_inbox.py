@@ -273,6 +273,51 @@ def test_given_deliveries_acknowledged_long_ago_and_not_applied_then_status_and_
     assert [a.kind.value for a in anomalies if a.kind.value == "WEBHOOK_BACKLOG"] == ["WEBHOOK_BACKLOG"]
 
 
+def poison_events_of(engine: Engine, handoff_id: str) -> None:
+    """A database that refuses every handoff_events row of one hand-off (a fault of that row alone)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON handoff_events "
+                f"WHEN NEW.handoff_id = '{handoff_id}' BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.handoff_id = '{handoff_id}' THEN RAISE EXCEPTION 'poisoned row'; END IF; "
+                "RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON handoff_events FOR EACH ROW EXECUTE FUNCTION poison()"
+            )
+
+
+def test_given_one_delivery_the_database_refuses_when_the_writer_applies_a_batch_then_the_others_apply_and_it_waits(
+    tmp_path: Path, db_url: str, engine: Engine
+) -> None:
+    # given
+    settings = load_test_settings(a_settings_file(tmp_path, db_url=db_url))
+    handoffs = handoffs_waiting_for_outcome(engine, 3)
+    poison_events_of(engine, handoffs[1]["handoff_id"])
+    clock = FixedClock(datetime(2026, 6, 11, 7, 0, tzinfo=UTC))
+    app = create_app(settings, engine, clock, on_accepted=applies_outcomes(settings, engine, clock, []))
+    with serving(app) as url:
+        # when
+        answers = [post(f"{url}/webhooks/flexfactor/ff", completed(h), at=clock.now()) for h in handoffs]
+        assert app.state.inbox_writer.drained(DEADLINE_S)
+        # then: the refused one stays acknowledged and waiting, and the service goes on
+        later = handoffs_waiting_for_outcome(engine, 1)[0]
+        assert post(f"{url}/webhooks/flexfactor/ff", completed(later), at=clock.now()).status_code == 200
+        assert app.state.inbox_writer.drained(DEADLINE_S)
+    assert [a.status_code for a in answers] == [200] * 3
+    for h in (handoffs[0], handoffs[2], later):
+        assert webhook_events(engine, h["handoff_id"]) == ["APPROVED"]
+        assert outcome_applied(engine, h["handoff_id"])
+    assert webhook_events(engine, handoffs[1]["handoff_id"]) == []
+    assert inbox_waiting(engine) == 1
+    assert reasons(engine) == ["applied", "queued", "applied", "applied"]
+
+
 # --- `recycle-engine serve` in a process of its own --------------------------------------------------
 
 
