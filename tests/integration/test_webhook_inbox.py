@@ -433,3 +433,29 @@ def test_given_serve_killed_9_after_acknowledging_and_before_applying_when_it_st
         assert reasons(engine) == ["applied"] * 3
     finally:
         engine.dispose()
+
+
+def test_given_serve_killed_9_right_after_a_burst_is_acknowledged_when_it_starts_again_then_each_applies_once(
+    tmp_path: Path, db_url: str, engine: Engine
+) -> None:
+    # given: 30 deliveries acknowledged at once; the kill lands while most or all wait in the inbox
+    # (the writer lets answers go first), on SQLite too, where no lock can hold the writer alone
+    settings_path = a_settings_file(tmp_path, db_url=db_url)
+    handoffs = handoffs_waiting_for_outcome(engine, 30)
+    with serve_process(settings_path, tmp_path) as (proc, url):
+        hook = f"{url}/webhooks/flexfactor/ff"
+        with ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(lambda h: post(hook, completed(h), at=SystemClock().now()), handoffs))
+        # when
+        proc.kill()
+        proc.wait(30)
+    assert [a.status_code for a in answers] == [200] * 30
+    with serve_process(settings_path, tmp_path):
+        wait_until(
+            lambda: all(outcome_applied(engine, h["handoff_id"]) for h in handoffs), "outcomes applied"
+        )
+    # then
+    assert inbox_waiting(engine) == 0
+    for h in handoffs:
+        assert webhook_events(engine, h["handoff_id"]) == ["APPROVED"]
+    assert reasons(engine) == ["applied"] * 30
