@@ -459,3 +459,35 @@ def test_given_serve_killed_9_right_after_a_burst_is_acknowledged_when_it_starts
     for h in handoffs:
         assert webhook_events(engine, h["handoff_id"]) == ["APPROVED"]
     assert reasons(engine) == ["applied"] * 30
+
+
+@pytest.mark.postgres
+def test_given_acknowledged_deliveries_not_yet_applied_when_serve_gets_sigterm_then_it_applies_them_and_exits_0(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # given: a session holds the hand-offs table, so three acknowledged deliveries wait in the inbox
+    engine = make_engine(pg_url)
+    try:
+        settings_path = a_settings_file(tmp_path, db_url=pg_url)
+        handoffs = handoffs_waiting_for_outcome(engine, 3)
+        with serve_process(settings_path, tmp_path) as (proc, url):
+            with engine.connect() as holder:
+                holder.execute(text("LOCK TABLE handoffs IN EXCLUSIVE MODE"))
+                answers = [
+                    post(f"{url}/webhooks/flexfactor/ff", completed(h), at=SystemClock().now())
+                    for h in handoffs
+                ]
+                waiting = inbox_waiting(engine)
+                # when: asked to stop, then the table is free again
+                proc.terminate()
+                holder.rollback()
+            exit_code = proc.wait(60)
+        # then
+        assert [a.status_code for a in answers] == [200] * 3
+        assert (waiting, exit_code) == (3, 0)
+        assert inbox_waiting(engine) == 0
+        for h in handoffs:
+            assert webhook_events(engine, h["handoff_id"]) == ["APPROVED"]
+            assert outcome_applied(engine, h["handoff_id"])
+    finally:
+        engine.dispose()
