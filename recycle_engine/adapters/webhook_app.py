@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from recycle_engine.adapters.flexfactor_webhooks import (
     NonceCache,
+    WebhookEvent,
     WebhookMalformed,
     WebhookRejected,
     parse_event,
@@ -35,8 +36,9 @@ from recycle_engine.config import Settings
 from recycle_engine.errors import InputError, StorageError
 from recycle_engine.ports import Clock, FlexFactorGateway
 from recycle_engine.services.cascade import cascade_order, parse_cascade_request
+from recycle_engine.services.inbox_writer import InboxWriter
 from recycle_engine.services.new_sales import Refused
-from recycle_engine.services.webhook_events import record_refusal, store_delivery
+from recycle_engine.services.webhook_events import accept_delivery, record_refusal, store_delivery
 from recycle_engine.storage.webhook_repo import DbNonceCache, Delivery, ping
 
 __all__ = ["AcceptedTally", "OnAccepted", "cascade_route", "create_app", "serve", "serving"]
@@ -81,28 +83,56 @@ class _Refused(Exception):
 
 
 def create_app(
-    settings: Settings, engine: Engine, clock: Clock, *, on_accepted: OnAccepted | None = None
+    settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    *,
+    on_accepted: OnAccepted | None = None,
+    apply_inline: bool = False,
 ) -> Starlette:
     """The service as an ASGI app: POST /webhooks/flexfactor/{gateway_id}, POST /cascade, GET /healthz.
 
-    `on_accepted(handoff_ids)` runs after the response, once an event has moved hand-offs into a final
-    state (bootstrap passes services.outcomes.apply_outcomes); its failure is logged, and reconcile
-    applies the outcome later."""
-    receiver = _Receiver(settings, engine, clock, on_accepted)
-    return Starlette(
+    An accepted delivery is answered 200 once it is journalled and in the webhook inbox; the app's
+    single writer (services.inbox_writer, started and drained with the app's lifespan) applies it to its
+    hand-off and then calls `on_accepted(handoff_ids)` with the hand-offs that reached a final state
+    (serve passes services.outcomes.apply_outcomes). `apply_inline=True` is the former synchronous path,
+    kept for comparison: each request applies its event before answering, on_accepted after the answer."""
+    writer = None if apply_inline else InboxWriter(engine, clock, on_applied=on_accepted)
+    receiver = _Receiver(settings, engine, clock, on_accepted, writer)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if writer is not None:
+            writer.start()
+        try:
+            yield
+        finally:
+            if writer is not None:
+                await run_in_threadpool(writer.stop)
+
+    app = Starlette(
         routes=[
             Route(WEBHOOK_PATH, receiver.receive, methods=["POST"]),
             Route("/healthz", receiver.healthz, methods=["GET"]),
             cascade_route(settings, engine, clock),
-        ]
+        ],
+        lifespan=lifespan,
     )
+    app.state.inbox_writer = writer
+    return app
 
 
 class _Receiver:
     def __init__(
-        self, settings: Settings, engine: Engine, clock: Clock, on_accepted: OnAccepted | None
+        self,
+        settings: Settings,
+        engine: Engine,
+        clock: Clock,
+        on_accepted: OnAccepted | None,
+        writer: InboxWriter | None,
     ) -> None:
         self.settings, self.engine, self.clock, self.on_accepted = settings, engine, clock, on_accepted
+        self.writer = writer
         self.max_body = settings.serve.max_body_bytes
         # One cache per gateway: its purge uses that gateway's freshness window.
         self.nonces: dict[str, NonceCache] = {
@@ -113,6 +143,12 @@ class _Receiver:
         self.tally = AcceptedTally()
 
     async def receive(self, request: Request) -> Response:
+        if self.writer is None:
+            return await self._receive(request)
+        with self.writer.receiving():
+            return await self._receive(request)
+
+    async def _receive(self, request: Request) -> Response:
         gateway_id = str(request.path_params["gateway_id"])
         now = self.clock.now()
         nonce = request.headers.get("x-fc-nonce")
@@ -146,9 +182,11 @@ class _Receiver:
             event = parse_event(raw)
         except WebhookMalformed as exc:
             return await self._refuse(gateway_id, now, 400, str(exc), nonce=nonce, body=body_text)
+        if self.writer is None:
+            return await self._apply_inline(gateway_id, event, nonce or "", body_text, now)
         try:
-            stored = await run_in_threadpool(
-                store_delivery,
+            accepted = await run_in_threadpool(
+                accept_delivery,
                 self.engine,
                 gateway_id=gateway_id,
                 event=event,
@@ -159,7 +197,38 @@ class _Receiver:
         except StorageError:
             log.exception("webhook event not stored; answering 503 so FlexFactor resends")
             return JSONResponse({"error": "storage unavailable"}, 503)
+        if not accepted.is_duplicate:
+            self.writer.wake()
+        status = "duplicate" if accepted.is_duplicate else "accepted"
+        self._log_accepted(gateway_id, event, status, now)
+        return JSONResponse({"status": status, "delivery": accepted.delivery_id}, 200)
+
+    async def _apply_inline(
+        self, gateway_id: str, event: WebhookEvent, nonce: str, body_text: str, now: datetime
+    ) -> Response:
+        """The synchronous path: the event is applied before the answer (see create_app)."""
+        try:
+            stored = await run_in_threadpool(
+                store_delivery,
+                self.engine,
+                gateway_id=gateway_id,
+                event=event,
+                nonce=nonce,
+                body=body_text,
+                now=now,
+            )
+        except StorageError:
+            log.exception("webhook event not stored; answering 503 so FlexFactor resends")
+            return JSONResponse({"error": "storage unavailable"}, 503)
         reason = "duplicate" if stored.effect is None else stored.effect.reason
+        self._log_accepted(gateway_id, event, reason, now)
+        background = None
+        if self.on_accepted is not None and stored.handoff_ids:
+            background = BackgroundTask(self._after_commit, stored.handoff_ids)
+        status = "duplicate" if stored.is_duplicate else "accepted"
+        return JSONResponse({"status": status, "reason": reason}, 200, background=background)
+
+    def _log_accepted(self, gateway_id: str, event: WebhookEvent, reason: str, now: datetime) -> None:
         summary = self.tally.add(event.event, reason, now)
         if summary is not None:
             log.info("webhooks accepted", extra=summary)
@@ -170,16 +239,10 @@ class _Receiver:
                 "event": event.event,
                 "flexfactor_order_id": event.flexfactor_order_id,
                 "external_order_id": event.external_order_id,
-                "handoff": stored.effect.handoff_id if stored.effect else None,
                 "reason": reason,
                 "resent": event.is_resent,
             },
         )
-        background = None
-        if self.on_accepted is not None and stored.handoff_ids:
-            background = BackgroundTask(self._after_commit, stored.handoff_ids)
-        status = "duplicate" if stored.is_duplicate else "accepted"
-        return JSONResponse({"status": status, "reason": reason}, 200, background=background)
 
     async def _read_body(self, request: Request) -> bytes:
         """The raw bytes, whatever the Content-Type; refused above max_body_bytes before and while reading."""
@@ -323,7 +386,7 @@ def _config(app: Starlette, *, host: str = "127.0.0.1", port: int = 0) -> uvicor
         app,
         host=host,
         port=port,
-        lifespan="off",
+        lifespan="on",  # starts the inbox writer, and drains it after the last request
         access_log=False,
         log_config=None,  # keep the engine's structured logging
         server_header=False,

@@ -7,8 +7,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Final
 
 __all__ = [
+    "INBOX_STALE_AFTER",
     "Anomaly",
     "AnomalyKind",
     "AnomalyThresholds",
@@ -20,6 +22,7 @@ __all__ = [
     "refused_webhooks_anomaly",
     "unsent_anomaly",
     "unresolved_handoffs_anomaly",
+    "webhook_backlog_anomaly",
     "webhook_silence_anomaly",
 ]
 
@@ -35,6 +38,7 @@ class AnomalyKind(enum.StrEnum):
     UNSENT = "UNSENT"  # a run ended with hand-offs never sent (FlexFactor rate limited or unreachable)
     UNRESOLVED_HANDOFFS = "UNRESOLVED_HANDOFFS"  # sent, answer lost, and no look-up settles them
     REPORT_NOT_SENT = "REPORT_NOT_SENT"  # the report could not be e-mailed after every retry
+    WEBHOOK_BACKLOG = "WEBHOOK_BACKLOG"  # webhooks acknowledged but not applied: the inbox is not draining
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class NightFacts:
     jobs_due: Mapping[str, date] = field(default_factory=dict)  # job -> the local day it was last due
     jobs_succeeded: Mapping[str, bool] = field(default_factory=dict)  # job -> a run for that day succeeded
     unresolved: int = 0  # hand-offs sent at least pending_age_hours ago and still PENDING (answer lost)
+    inbox_waiting: int = 0  # webhook deliveries acknowledged and not yet applied
+    inbox_oldest_at: datetime | None = None  # when the oldest of them arrived
 
 
 def handoff_count_anomaly(handoffs: int, history: Sequence[int], t: AnomalyThresholds) -> Anomaly | None:
@@ -132,6 +138,21 @@ def webhook_silence_anomaly(
     )
 
 
+# `serve` applies a delivery within seconds of its acknowledgement; one waiting this long is stuck.
+INBOX_STALE_AFTER: Final = timedelta(minutes=15)
+
+
+def webhook_backlog_anomaly(waiting: int, oldest_at: datetime | None, now: datetime) -> Anomaly | None:
+    """Webhook deliveries acknowledged at least INBOX_STALE_AFTER ago and still not applied."""
+    if waiting == 0 or oldest_at is None or now - oldest_at < INBOX_STALE_AFTER:
+        return None
+    return Anomaly(
+        AnomalyKind.WEBHOOK_BACKLOG,
+        f"{waiting} webhooks acknowledged but not applied, the oldest since "
+        f"{oldest_at.isoformat(timespec='minutes')}: is `serve` running? it applies them when it starts",
+    )
+
+
 def unresolved_handoffs_anomaly(unresolved: int, t: AnomalyThresholds) -> Anomaly | None:
     """Hand-offs whose answer was lost stay unresolved: the "was it received?" look-up keeps failing."""
     if unresolved == 0:
@@ -177,5 +198,6 @@ def check_night_facts(facts: NightFacts, t: AnomalyThresholds, *, now: datetime)
         refused_webhooks_anomaly(facts.refused_webhooks, t),
         webhook_silence_anomaly(facts.last_webhook_at, facts.old_submitted, now, t),
         unresolved_handoffs_anomaly(facts.unresolved, t),
+        webhook_backlog_anomaly(facts.inbox_waiting, facts.inbox_oldest_at, now),
     ]
     return [a for a in found if a is not None] + missed_job_anomalies(facts.jobs_due, facts.jobs_succeeded)

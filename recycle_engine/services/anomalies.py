@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly, NightFacts, check_night_facts, unsent_anomaly
+from recycle_engine.storage import webhook_inbox
 from recycle_engine.storage.anomaly_repo import (
     DueWindow,
     handoffs_by_day,
@@ -53,6 +54,7 @@ def night_facts(
         )
         succeeded = job_succeeded_within(conn, due)
         unresolved = unresolved_handoffs(conn, now, age=timedelta(hours=t.pending_age_hours))
+        inbox = webhook_inbox.backlog(conn)
     return NightFacts(
         handoffs=counts[day],
         history=[counts[d] for d in trailing if d in ran],
@@ -64,6 +66,8 @@ def night_facts(
         jobs_due={w.job: w.due_on for w in due if w.job in succeeded},
         jobs_succeeded=succeeded,
         unresolved=unresolved,
+        inbox_waiting=inbox.waiting,
+        inbox_oldest_at=inbox.oldest_received_at,
     )
 
 

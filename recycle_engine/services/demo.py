@@ -96,8 +96,11 @@ def _demo_settings(source: Path, workdir: Path, base_url: str) -> Path:
 
 
 @contextmanager
-def _services(settings_source: Path, workdir: Path) -> Iterator[tuple[Settings, Engine, Any]]:
-    """Start the sandbox and the webhook service on free loopback ports; stop both on exit."""
+def _services(
+    settings_source: Path, workdir: Path
+) -> Iterator[tuple[Settings, Engine, Any, Callable[[], object]]]:
+    """Start the sandbox and the webhook service on free loopback ports; stop both on exit. The last
+    item waits until the service has applied every webhook it acknowledged."""
     from recycle_engine.adapters.webhook_app import create_app, serving
     from recycle_engine.sandbox.server import SandboxConfig, run_sandbox
     from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64
@@ -116,10 +119,11 @@ def _services(settings_source: Path, workdir: Path) -> Iterator[tuple[Settings, 
         def on_accepted(ids: list[str]) -> None:
             apply_outcomes(settings, engine, now=clock.now(), handoff_ids=ids)
 
-        url = stack.enter_context(serving(create_app(settings, engine, clock, on_accepted=on_accepted)))
+        app = create_app(settings, engine, clock, on_accepted=on_accepted)
+        url = stack.enter_context(serving(app))
         gateway = settings.flexfactor_gateways()[0].id
         sandbox.state.apply_config({"webhook_url": f"{url}/webhooks/flexfactor/{gateway}"})
-        yield settings, engine, sandbox
+        yield settings, engine, sandbox, app.state.inbox_writer.drained
 
 
 def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = None) -> DemoResult:
@@ -133,7 +137,7 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
 
     say = progress or (lambda _msg: None)
     prepare_workdir(options.workdir, force=options.force, cwd=Path.cwd())
-    with _services(options.settings_path, options.workdir) as (settings, engine, sandbox):
+    with _services(options.settings_path, options.workdir) as (settings, engine, sandbox, webhooks_applied):
         tz = settings.timezone
         plan = BookPlan(options.subscriptions, options.nights, options.start, options.seed)
         feeds = dict(write_feeds(plan, settings, options.workdir / "feed"))
@@ -148,6 +152,7 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
             clock = FixedClock(submit_at)
             clients = flexfactor_clients(settings, clock)
             sandbox.state.move_clock(now=submit_at)  # delivers the webhooks that fell due since yesterday
+            webhooks_applied()
             if day in feeds:
                 imported = import_declines(
                     feeds[day],
@@ -162,6 +167,7 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
             _add(counts, sub.counts)
             reconcile_at = datetime.combine(day, time(3, 30), tz)
             sandbox.state.move_clock(now=reconcile_at)
+            webhooks_applied()
             clock.at = reconcile_at.astimezone(clock.at.tzinfo)
             rec = run_reconcile(
                 settings, engine, clients, at=reconcile_at, now=reconcile_at, send_clock=clock

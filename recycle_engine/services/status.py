@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
+from recycle_engine.domain.anomalies import INBOX_STALE_AFTER
+from recycle_engine.storage import webhook_inbox
 from recycle_engine.storage.delivery_repo import DeliveryRow, recent_deliveries
 from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
 
@@ -86,6 +88,9 @@ class Status:
     charges_unanswered: int = 0
     # The latest report e-mails, newest day first: a FAILED one needs someone (`run report --email`).
     deliveries: list[DeliveryRow] = field(default_factory=list)
+    # Webhook deliveries acknowledged to FlexFactor and not yet applied by `serve`, and the oldest's arrival.
+    webhooks_waiting: int = 0
+    oldest_webhook_at: datetime | None = None
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -110,6 +115,7 @@ def gather_status(
         queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
         unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
         deliveries = recent_deliveries(conn)
+        inbox = webhook_inbox.backlog(conn)
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
@@ -124,6 +130,8 @@ def gather_status(
         oldest,
         int(unanswered),
         deliveries,
+        inbox.waiting,
+        inbox.oldest_received_at,
     )
 
 
@@ -228,6 +236,16 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
     if status.deliveries:
         lines.append("report e-mails:")
         lines.extend(f"  {_delivery_line(d, at)}" for d in status.deliveries)
+    if status.webhooks_waiting:
+        stuck = (
+            status.oldest_webhook_at is not None
+            and status.now - status.oldest_webhook_at >= INBOX_STALE_AFTER
+        )
+        lines.append(
+            f"webhooks acknowledged, not yet applied: {status.webhooks_waiting} "
+            f"(oldest {at(status.oldest_webhook_at)})"
+            + ("  NOT DRAINING: is `serve` running? it applies them when it starts" if stuck else "")
+        )
     return lines
 
 

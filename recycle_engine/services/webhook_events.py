@@ -1,4 +1,8 @@
-"""Store verified FlexFactor webhook events once per (OrderId, Event) and apply them to their hand-offs."""
+"""Store verified FlexFactor webhook events once per (OrderId, Event) and apply them to their hand-offs.
+
+`accept_delivery` journals an event and puts it in the inbox (what the 200 waits for); `apply_inbox`,
+run by the service's single writer, applies the inbox to the hand-offs. `store_delivery` does both in
+one transaction: the synchronous path, kept for comparison (bench/webhook_load.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +14,15 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent, event_outcome
+from recycle_engine.adapters.flexfactor_webhooks import (
+    WebhookEvent,
+    WebhookMalformed,
+    event_outcome,
+    parse_event,
+)
 from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State, advance
 from recycle_engine.errors import IllegalTransition, StorageError
+from recycle_engine.storage import webhook_inbox as inbox
 from recycle_engine.storage import webhook_repo as repo
 from recycle_engine.storage.handoff_repo import write_handoff
 from recycle_engine.storage.models import Handoff
@@ -20,8 +30,12 @@ from recycle_engine.storage.models import Handoff
 __all__ = [
     "ATTENTION_EVENTS",
     "TERMINAL_CONFLICT",
+    "AcceptedDelivery",
     "EventEffect",
+    "InboxPass",
     "StoredDelivery",
+    "accept_delivery",
+    "apply_inbox",
     "dedupe_key",
     "record_event",
     "record_refusal",
@@ -186,13 +200,8 @@ class StoredDelivery:
     handoff_ids: list[str] = field(default_factory=list)  # hand-offs whose outcome must now be applied
 
 
-def store_delivery(
-    engine: Engine, *, gateway_id: str, event: WebhookEvent, nonce: str, body: str, now: datetime
-) -> StoredDelivery:
-    """Journal a verified event and apply it, in one transaction; a repeat of (OrderId, Event) only journals.
-
-    Raises StorageError when the database fails, so that the caller answers 5xx and FlexFactor resends."""
-    delivery = repo.Delivery(
+def _accepted(gateway_id: str, event: WebhookEvent, nonce: str, body: str, now: datetime) -> repo.Delivery:
+    return repo.Delivery(
         gateway_id=gateway_id,
         received_at=now,
         accepted=True,
@@ -206,6 +215,15 @@ def store_delivery(
         body=body,
         dedupe_key=dedupe_key(event),
     )
+
+
+def store_delivery(
+    engine: Engine, *, gateway_id: str, event: WebhookEvent, nonce: str, body: str, now: datetime
+) -> StoredDelivery:
+    """Journal a verified event and apply it, in one transaction; a repeat of (OrderId, Event) only journals.
+
+    Raises StorageError when the database fails, so that the caller answers 5xx and FlexFactor resends."""
+    delivery = _accepted(gateway_id, event, nonce, body, now)
     try:
         with engine.begin() as conn:
             delivery_id = repo.claim_delivery(conn, delivery)
@@ -222,6 +240,113 @@ def store_delivery(
         raise StorageError("cannot store the webhook delivery") from exc
     ids = [effect.handoff_id] if effect.handoff_id and effect.reached_final_state else []
     return StoredDelivery(delivery_id, is_duplicate=False, effect=effect, handoff_ids=ids)
+
+
+@dataclass(frozen=True)
+class AcceptedDelivery:
+    """A delivery journalled and, unless a duplicate, waiting in the inbox."""
+
+    delivery_id: int
+    is_duplicate: bool
+
+
+def accept_delivery(
+    engine: Engine, *, gateway_id: str, event: WebhookEvent, nonce: str, body: str, now: datetime
+) -> AcceptedDelivery:
+    """Journal a verified event and put it in the inbox, in one small transaction; a repeat of
+    (OrderId, Event) is journalled as a duplicate and goes nowhere. `body` must be the verified body
+    whole, as text: the writer parses it again.
+
+    Raises StorageError when the database fails, so that the caller answers 5xx and FlexFactor resends."""
+    delivery = replace(_accepted(gateway_id, event, nonce, body, now), reason="queued")
+    try:
+        with engine.begin() as conn:
+            delivery_id = repo.claim_delivery(conn, delivery)
+            if delivery_id is None:
+                duplicate = replace(delivery, reason="duplicate", is_duplicate=True, dedupe_key=None)
+                return AcceptedDelivery(repo.record_delivery(conn, duplicate), is_duplicate=True)
+            inbox.put(conn, delivery_id=delivery_id, gateway_id=repo.fit(gateway_id) or "", received_at=now)
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot store the webhook delivery") from exc
+    return AcceptedDelivery(delivery_id, is_duplicate=False)
+
+
+@dataclass
+class InboxPass:
+    """What one pass over the inbox did."""
+
+    applied: int = 0  # deliveries taken from the inbox and applied
+    handoff_ids: list[str] = field(default_factory=list)  # hand-offs whose outcome must now be applied
+    failed: list[int] = field(default_factory=list)  # delivery ids left in the inbox after an error
+
+
+def apply_inbox(
+    engine: Engine, *, now: datetime, limit: int = 200, skip: frozenset[int] = frozenset()
+) -> InboxPass:
+    """Apply up to `limit` inbox deliveries, oldest first, in one transaction (each is taken from the
+    inbox in the transaction that applies it, so it applies once whatever crashes). If that transaction
+    fails, each delivery is tried in its own; one that fails alone stays in the inbox, is logged and
+    reported in `failed`, and `skip` names such deliveries so that later passes leave them be (they
+    show in `status` until someone looks).
+
+    `now` is when they are applied; each event is applied as of its own receipt, as the synchronous
+    path does. Raises StorageError when the database is unavailable: nothing is marked failed then."""
+    try:
+        with engine.connect() as conn:
+            rows = [r for r in inbox.next_rows(conn, limit + len(skip)) if r.delivery_id not in skip][:limit]
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot read the webhook inbox") from exc
+    done = InboxPass()
+    if not rows:
+        return done
+    try:
+        with engine.begin() as conn:
+            ids = [_apply_one(conn, row, now) for row in rows]
+    except StorageError:
+        raise
+    except Exception:
+        log.warning("applying a batch of webhook deliveries failed; applying them one by one", exc_info=True)
+    else:
+        done.applied = len(rows)
+        done.handoff_ids = [i for i in ids if i is not None]
+        return done
+    for row in rows:
+        try:
+            with engine.begin() as conn:
+                handoff_id = _apply_one(conn, row, now)
+        except StorageError:
+            raise
+        except Exception:
+            # One bad delivery never stops the others; it stays in the inbox, where status shows it.
+            log.exception(
+                "webhook delivery not applied; it stays in the inbox", extra={"delivery": row.delivery_id}
+            )
+            done.failed.append(row.delivery_id)
+            continue
+        done.applied += 1
+        if handoff_id is not None:
+            done.handoff_ids.append(handoff_id)
+    return done
+
+
+def _apply_one(conn: Connection, row: inbox.InboxRow, now: datetime) -> str | None:
+    """Take one delivery from the inbox and apply its event; the hand-off id if it reached a final state."""
+    if not inbox.take(conn, row.delivery_id):
+        return None  # another writer applied it
+    try:
+        event = parse_event((row.body or "").encode("utf-8"))
+    except WebhookMalformed as exc:
+        # It parsed when it was accepted; only an edited journal row can land here.
+        repo.finish_delivery(
+            conn, row.delivery_id, reason=f"unreadable: {exc}", handoff_id=None, applied_at=None
+        )
+        return None
+    effect = record_event(conn, gateway_id=row.gateway_id, event=event, now=row.received_at)
+    applied_at = None if effect.reason == "unknown order" else now
+    repo.finish_delivery(
+        conn, row.delivery_id, reason=effect.reason, handoff_id=effect.handoff_id, applied_at=applied_at
+    )
+    return effect.handoff_id if effect.handoff_id and effect.reached_final_state else None
 
 
 def record_refusal(engine: Engine, delivery: repo.Delivery) -> None:

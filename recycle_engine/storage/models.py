@@ -45,6 +45,7 @@ __all__ = [
     "SchedulerLease",
     "Subscription",
     "WebhookDelivery",
+    "WebhookInbox",
     "WebhookNonce",
 ]
 
@@ -401,6 +402,18 @@ class WebhookDelivery(Base):
     handoff_id: Mapped[str | None] = mapped_column(ID)
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (Index(None, "accepted", "applied_at"),)
+
+
+class WebhookInbox(Base):
+    """An accepted delivery acknowledged to FlexFactor and not yet applied to its hand-off.
+
+    Written with its delivery before the 200, deleted in the transaction that applies it (the service's
+    single writer, services.inbox_writer): a crash in between leaves it here for the next start."""
+
+    __tablename__ = "webhook_inbox"
+    delivery_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhook_deliveries.id"), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(ID)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WebhookNonce(Base):

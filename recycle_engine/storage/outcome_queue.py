@@ -17,7 +17,7 @@ from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Handoff, OutcomeQueue
 from recycle_engine.storage.types import UTCDateTime
 
-__all__ = ["OUTCOME_STATES", "Pending", "QueuedNews", "enqueue", "news_of", "pending", "queued"]
+__all__ = ["OUTCOME_STATES", "Pending", "QueuedNews", "enqueue", "news_of", "pending", "queued", "queued_by"]
 
 # The final states whose outcome reaches orders and purchases (FAILED: never accepted, nothing to apply).
 OUTCOME_STATES: Final = (
@@ -98,3 +98,10 @@ def queued(conn: Connection, handoff_ids: Sequence[str]) -> set[str]:
     """Those of `handoff_ids` whose outcome is still to apply (readers: a final hand-off not queued
     has had its outcome applied)."""
     return {p.handoff_id for p in pending(conn, handoff_ids)}
+
+
+def queued_by(conn: Connection, outcome_source: str) -> list[str]:
+    """Hand-offs whose outcome from `outcome_source` (e.g. WEBHOOK) is still to apply, oldest first."""
+    q = OutcomeQueue
+    stmt = select(q.handoff_id).where(q.outcome_source == outcome_source).order_by(q.outcome_at, q.handoff_id)
+    return list(conn.execute(stmt).scalars())

@@ -65,6 +65,7 @@ from recycle_engine.storage.models import (
     Subscription,
     WebhookDelivery,
 )
+from recycle_engine.storage.webhook_inbox import backlog
 from tests.conftest import _fresh_pg, _fresh_sqlite
 from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings, outcome_applied
 
@@ -368,12 +369,13 @@ def wait_for_webhooks(sandbox: RunningSandbox, engine: Engine, played: Played) -
                 .join(Handoff, Handoff.id == OutcomeQueue.handoff_id)
                 .where(Handoff.outcome_source == "WEBHOOK")
             ).scalar_one()
-        if not pending and journaled == posted and unapplied == 0:
+            waiting = backlog(conn).waiting  # acknowledged, not yet applied by the service's writer
+        if not pending and journaled == posted and waiting == 0 and unapplied == 0:
             return
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"webhooks not settled: {len(pending)} pending, {journaled}/{posted} journaled, "
-                f"{unapplied} outcomes unapplied; on_accepted errors: {played.on_accepted_errors}"
+                f"{waiting} in the inbox, {unapplied} outcomes unapplied; on_accepted errors: {played.on_accepted_errors}"
             )
         time.sleep(0.02)
 

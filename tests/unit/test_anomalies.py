@@ -15,6 +15,7 @@ from recycle_engine.domain.anomalies import (
     handoff_count_anomaly,
     missed_job_anomalies,
     refused_webhooks_anomaly,
+    webhook_backlog_anomaly,
     webhook_silence_anomaly,
 )
 
@@ -126,3 +127,22 @@ def test_given_every_rule_broken_then_each_anomaly_is_listed_once_in_a_fixed_ord
         AnomalyKind.WEBHOOK_SILENCE,
         AnomalyKind.JOB_NOT_RUN,
     ]
+
+
+def test_given_webhooks_acknowledged_15_minutes_ago_and_still_unapplied_then_the_backlog_fires() -> None:
+    # given: exactly 15 minutes counts as stuck; a second less does not
+    assert webhook_backlog_anomaly(3, NOW - timedelta(minutes=15), NOW) is not None
+    assert webhook_backlog_anomaly(3, NOW - timedelta(minutes=15) + timedelta(seconds=1), NOW) is None
+    assert webhook_backlog_anomaly(0, None, NOW) is None
+
+
+def test_given_a_stuck_webhook_inbox_when_the_night_is_checked_then_it_is_named_with_its_size() -> None:
+    # when
+    found = check_night_facts(
+        a_normal_night(inbox_waiting=7, inbox_oldest_at=NOW - timedelta(hours=2)), T, now=NOW
+    )
+    # then
+    assert [a.kind for a in found] == [AnomalyKind.WEBHOOK_BACKLOG]
+    assert found[0].reason.startswith(
+        "7 webhooks acknowledged but not applied, the oldest since 2026-06-20T04:30"
+    )
