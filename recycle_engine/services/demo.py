@@ -264,7 +264,7 @@ def _pct(value: float) -> str:
 def format_summary(result: DemoResult) -> list[str]:
     """The lines `recycle-engine demo` prints at the end: the report's counts and both of its rates."""
     lines = [f"{result.nights} nights, {result.handoffs:,} FlexFactor hand-offs"]
-    money = ", ".join(str(Money(m, c)) for c, m in sorted(result.recovered.items())) or "nothing"
+    money = ", ".join(Money(m, c).format_grouped() for c, m in sorted(result.recovered.items())) or "nothing"
     lines.append(f"recovered through FlexFactor: {money}")
     lines.append(
         f"  {'slot':<12} {'hand-offs':>9} {'recovered':>9} {'lost':>6} {'pending':>7} {'failed':>6}"
