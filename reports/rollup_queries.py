@@ -49,7 +49,7 @@ def _totals(n: Any, amount: Any) -> list[Any]:
 
 
 def cohort_facts_stmt(bounds: ReportBounds) -> Query:
-    """Hand-offs made in the cohort range by local creation day (`cohort`), state, currency, day of
+    """Hand-offs submitted in the cohort range by local submission day (`cohort`), state, currency, day of
     the window recovered on (`recovery_day`, approvals only) and reversal (REFUNDED or CHARGEBACK)."""
     c = CohortRollup
     keys = [c.day.label("cohort"), c.state, c.currency, c.recovery_day, c.reversal]

@@ -43,7 +43,7 @@ def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
     dialect = conn.dialect.name
     days = days_between(dialect, submitted(), Handoff.outcome_at)
     inner = select(
-        _local_day(Handoff.created_at, bounds).label("cohort"),
+        _local_day(submitted(), bounds).label("cohort"),
         Handoff.state,
         Handoff.currency,
         Handoff.amount_minor,
@@ -51,7 +51,7 @@ def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
             "recovery_day"
         ),
         _reversal().label("reversal"),
-    ).where(within(Handoff.created_at, bounds.cohort_start, bounds.day_end))
+    ).where(within(submitted(), bounds.cohort_start, bounds.day_end))
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"]))
 
 
@@ -68,7 +68,7 @@ def decline_cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame
         .join(Decline, Decline.transaction_id == Handoff.transaction_id)
         .where(
             within(Decline.declined_at, bounds.cohort_start, bounds.day_end),
-            Handoff.created_at < bounds.day_end,
+            submitted() < bounds.day_end,
         )
     )
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "reversal"]))
@@ -91,7 +91,7 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
         )
         .select_from(Handoff)
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)
-        .where(within(Handoff.created_at, bounds.month_start, bounds.day_end))
+        .where(within(submitted(), bounds.month_start, bounds.day_end))
     )
     if name == "cycle":
         inner = inner.where(Handoff.source == "RECYCLE")

@@ -312,6 +312,8 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
+        # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0014).
+        Index("ix_handoffs_submitted_or_created", text("coalesce(submitted_at, created_at)")),
     )
 
 
@@ -539,7 +541,8 @@ class BreakdownRollup(Base):
 
 
 class RollupChange(Base):
-    """The creation instant of hand-offs written since the rollups were last refreshed (by trigger)."""
+    """The submission instant (report_sql.submitted(), by migration 0014; the column keeps its first
+    name) of hand-offs written since the rollups were last refreshed, noted by trigger."""
 
     __tablename__ = "report_rollup_changes"
     # One row per changed hand-off on PostgreSQL (its triggers cannot skip instants noted already).

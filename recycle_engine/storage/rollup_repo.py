@@ -86,7 +86,7 @@ def save_state(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) 
 
 
 def take_changes(conn: Connection) -> list[datetime]:
-    """Delete the noted creation instants and return exactly those deleted.
+    """Delete the noted submission instants and return exactly those deleted.
 
     On PostgreSQL the DELETE sees only notes committed before it; a writer committing later keeps
     its note for the next refresh, so no change is lost between the read and the recompute."""
@@ -94,9 +94,11 @@ def take_changes(conn: Connection) -> list[datetime]:
 
 
 def handoff_days(conn: Connection, tz: ZoneInfo) -> list[date]:
-    """Every local day from the first hand-off's to the last one's (an index answers both ends)."""
-    first, last = conn.execute(select(func.min(Handoff.created_at), func.max(Handoff.created_at))).one()
-    if first is None:
+    """Every local submission day from the first hand-off's to the last one's (an index answers both ends)."""
+    # Two statements: SQLite answers a lone MIN or MAX from the index's end, not both in one.
+    first = conn.execute(select(func.min(submitted()))).scalar()
+    last = conn.execute(select(func.max(submitted()))).scalar()
+    if first is None or last is None:
         return []
     start, end = first.astimezone(tz).date(), last.astimezone(tz).date()
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
@@ -157,20 +159,22 @@ def _count_and_sum(amount: Any) -> list[Any]:
 
 
 def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple[Any, Any]:
-    """(cohort rows, breakdown rows) of the hand-offs made on local days first..last, columns named as
-    the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
+    """(cohort rows, breakdown rows) of the hand-offs submitted on local days first..last (a hand-off not
+    yet sent, on the day it was queued), columns named as the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
     computed keys with bound parameters otherwise.
 
     Declines are read as they are when the day is recomputed: a hand-off is made from a decline on
     record, and a decline never changes once imported (no trigger watches `declines`)."""
     start, end = local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
     h, d = Handoff, Decline
-    day = local_date(h.created_at, tz, start=start, end=end, dialect=dialect)
+    # Grouped by submission day (docs/domain.md section 10): a rerun queued one night and sent the
+    # next counts on the night it was sent.
+    day = local_date(submitted(), tz, start=start, end=end, dialect=dialect)
     decline_day = local_date(d.declined_at, tz, start=start - DECLINE_LOOKBACK, end=end, dialect=dialect)
     flag = func.upper(h.attention)  # a refund or chargeback on a recovery: shown, never subtracted
     approved_on = whole_days(dialect, days_between(dialect, submitted(), h.outcome_at), up=True)
     joined = select().select_from(h).outerjoin(d, d.transaction_id == h.transaction_id)
-    where = within(h.created_at, start, end)
+    where = within(submitted(), start, end)
 
     facts = joined.add_columns(
         day.label("day"),
