@@ -34,9 +34,18 @@ def _local_day(column: Any, bounds: ReportBounds) -> ColumnElement[str]:
     return case(*whens, else_=literal(days[-1].isoformat()))
 
 
-def _reversal() -> ColumnElement[Any]:
+def _later(bounds: ReportBounds) -> ColumnElement[bool]:
+    """Final only after the report day: open as of its end."""
+    return Handoff.outcome_at >= bounds.day_end
+
+
+def _state(bounds: ReportBounds) -> ColumnElement[Any]:
+    return case((_later(bounds), literal("SUBMITTED")), else_=Handoff.state)
+
+
+def _reversal(bounds: ReportBounds) -> ColumnElement[Any]:
     flag = func.upper(Handoff.attention)
-    return case((flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None)
+    return case((_later(bounds), None), (flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None)
 
 
 def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
@@ -44,13 +53,13 @@ def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
     days = days_between(dialect, submitted(), Handoff.outcome_at)
     inner = select(
         _local_day(submitted(), bounds).label("cohort"),
-        Handoff.state,
+        _state(bounds).label("state"),
         Handoff.currency,
         Handoff.amount_minor,
-        case((Handoff.state == "APPROVED", whole_days(dialect, days, up=True)), else_=None).label(
+        case((_state(bounds) == "APPROVED", whole_days(dialect, days, up=True)), else_=None).label(
             "recovery_day"
         ),
-        _reversal().label("reversal"),
+        _reversal(bounds).label("reversal"),
     ).where(within(submitted(), bounds.cohort_start, bounds.day_end))
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"]))
 
@@ -59,9 +68,9 @@ def decline_cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame
     inner = (
         select(
             _local_day(Decline.declined_at, bounds).label("cohort"),
-            Handoff.state,
+            _state(bounds).label("state"),
             Handoff.currency,
-            _reversal().label("reversal"),
+            _reversal(bounds).label("reversal"),
             Handoff.amount_minor,
         )
         .select_from(Handoff)
@@ -87,7 +96,11 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
     code = Decline.response_code if name == "reason" else literal(None, sa.String)
     inner = (
         select(
-            key[name].label("key"), code.label("code"), Handoff.state, Handoff.currency, Handoff.amount_minor
+            key[name].label("key"),
+            code.label("code"),
+            _state(bounds).label("state"),
+            Handoff.currency,
+            Handoff.amount_minor,
         )
         .select_from(Handoff)
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)

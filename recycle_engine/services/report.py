@@ -54,8 +54,9 @@ class ReportResult:
 def run_report(
     settings: Settings, engine: Engine, *, day: date, now: datetime, clock: Clock | None = None
 ) -> ReportResult:
-    """Render the report for local day `day` (settings.timezone) as of `now`, and record a "report" run
-    (its finish stamped by `clock` when given).
+    """Render the report for local day `day` (settings.timezone), generated at `now` and reading the book
+    as of the end of that day (or `now`, if earlier), and record a "report" run (its finish stamped by
+    `clock` when given).
 
     Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
     when the database fails and RecycleEngineError when the files cannot be written."""
@@ -167,7 +168,8 @@ def _context(
     bucket_counts = pending.groupby("bucket", sort=False)["n"].sum()
     exceptions = reconciliation.exception_rows(frames["exceptions"])
     summary = reconciliation.exception_summary(exceptions, frames["webhooks"])
-    prev_day, next_day = b.day - timedelta(days=1), b.day + timedelta(days=1)
+    # No "next day" link: the next day's report does not exist as of this day's end (the index has it).
+    prev_day = b.day - timedelta(days=1)
     present = set(render.existing_reports(settings.reports.output_dir))
 
     by_key = frames["breakdowns"]
@@ -184,9 +186,9 @@ def _context(
         "first_cohort": b.first_cohort,
         "tz_name": str(b.tz.key),
         "generated_at": b.now,
+        "as_of": b.as_of,
         "prev_href": render.report_name(prev_day) if prev_day in present else None,
         "prev_day": prev_day,
-        "next_href": render.report_name(next_day) if next_day in present else None,
         "headline": headline,
         "amounts": render.records(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent)),
         "fee_percent": fee_percent,

@@ -61,6 +61,9 @@ MAX_SPAN_DAYS: Final = 31  # days recomputed by one statement: bounds its sort, 
 # their zone had this long before the hand-offs (exact unless the zone changed its rules since).
 DECLINE_LOOKBACK: Final = timedelta(days=5 * 366)
 REVERSAL_FLAGS: Final = ("REFUNDED", "CHARGEBACK")
+# Outcomes (late rescues included) come within weeks of the send; later ones are dated with the offset
+# in force this long after the days recomputed (exact unless the zone changed its rules in between).
+OUTCOME_LOOKAHEAD: Final = timedelta(days=120)
 
 
 def lock_state(conn: Connection, *, now: datetime) -> str:
@@ -173,6 +176,7 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
     decline_day = local_date(d.declined_at, tz, start=start - DECLINE_LOOKBACK, end=end, dialect=dialect)
     flag = func.upper(h.attention)  # a refund or chargeback on a recovery: shown, never subtracted
     approved_on = whole_days(dialect, days_between(dialect, submitted(), h.outcome_at), up=True)
+    outcome_day = local_date(h.outcome_at, tz, start=start, end=end + OUTCOME_LOOKAHEAD, dialect=dialect)
     joined = select().select_from(h).outerjoin(d, d.transaction_id == h.transaction_id)
     where = within(submitted(), start, end)
 
@@ -183,10 +187,12 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
         h.currency.label("currency"),
         case((h.state == State.APPROVED.value, approved_on), else_=None).label("recovery_day"),
         case((flag.in_(REVERSAL_FLAGS), flag), else_=None).label("reversal"),
+        outcome_day.label("outcome_day"),
         h.amount_minor.label("amount_minor"),
     ).where(where)
     f = facts.subquery("facts")
-    keys = [f.c[k] for k in ("day", "decline_day", "state", "currency", "recovery_day", "reversal")]
+    names = ("day", "decline_day", "state", "currency", "recovery_day", "reversal", "outcome_day")
+    keys = [f.c[k] for k in names]
     cohorts = select(*keys, *_count_and_sum(f.c.amount_minor)).group_by(*keys)
 
     per_handoff = joined.add_columns(
@@ -204,6 +210,7 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
         ),
         h.state.label("state"),
         h.currency.label("currency"),
+        outcome_day.label("outcome_day"),
         h.amount_minor.label("amount_minor"),
     ).where(where)
     # One pass over the days' hand-offs feeds every breakdown: both databases materialize a CTE that
@@ -212,7 +219,8 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
     parts = []
     for name in BREAKDOWN_NAMES:
         code = r.c.code if name == "reason" else sa.cast(sa.null(), sa.String(64))
-        group = [r.c.day, r.c[name], *([r.c.code] if name == "reason" else []), r.c.state, r.c.currency]
+        code_key = [r.c.code] if name == "reason" else []
+        group = [r.c.day, r.c[name], *code_key, r.c.state, r.c.currency, r.c.outcome_day]
         part = select(
             r.c.day,
             sa.cast(literal(name), sa.String(24)).label("breakdown"),
@@ -220,6 +228,7 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
             code.label("code"),
             r.c.state,
             r.c.currency,
+            r.c.outcome_day,
             *_count_and_sum(r.c.amount_minor),
         ).group_by(*group)
         parts.append(part.where(r.c.cycle.is_not(None)) if name == "cycle" else part)

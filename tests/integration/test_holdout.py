@@ -196,6 +196,8 @@ def seed_groups(engine: Engine) -> None:
                     purchase_id=names[name],
                     transaction_id=names[name].replace("sub", "txn"),
                     gateway_id="ff",
+                    # a final state is reached at a time: the report reads states as of its day
+                    outcome_at=NIGHT + timedelta(days=1) if state != "SUBMITTED" else None,
                 )
                 for name, state in states.items()
             ],

@@ -1,4 +1,5 @@
-"""report rollups by submission day: a hand-off counts on the local day it was sent, not queued
+"""report rollups by submission day (a hand-off counts on the local day it was sent, not queued), and
+the local day each became final (a past day's report reads states as they were)
 
 Revision ID: 0014
 Revises: 0009
@@ -108,6 +109,8 @@ def _forget_rollups() -> None:
 def upgrade() -> None:
     # A refresh recomputes the hand-offs of a range of submission days; this index finds them.
     op.create_index(INDEX, "handoffs", [sa.text(SUBMITTED.format(row=""))], unique=False)
+    for table in ("report_cohort_rollups", "report_breakdown_rollups"):
+        op.add_column(table, sa.Column("outcome_day", sa.Date(), nullable=True))
     _replace_triggers(SUBMITTED)
     _forget_rollups()
 
@@ -116,3 +119,5 @@ def downgrade() -> None:
     _replace_triggers(CREATED)
     op.drop_index(INDEX, table_name="handoffs")
     _forget_rollups()
+    for table in ("report_cohort_rollups", "report_breakdown_rollups"):
+        op.drop_column(table, "outcome_day")
