@@ -39,6 +39,7 @@ __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
 NEARING_EXPIRY_DAYS = 3
+FINAL_RATE_DAYS = 28  # closed submission cohorts the final rates are quoted over: four whole weeks
 STUCK_AFTER = timedelta(hours=1)
 _OPEN = [State.PENDING.value, State.SUBMITTED.value]
 
@@ -75,6 +76,13 @@ class ReportBounds:
         """The instant the report reads the book at: the end of its day, or `now` while the day lasts.
         Nothing that happened later shows, so a past day re-rendered reads as it did."""
         return min(self.now, self.day_end)
+
+    @property
+    def closed_cohorts(self) -> tuple[date, date]:
+        """The submission days the final rates are quoted over: the last FINAL_RATE_DAYS whose windows
+        have closed and been settled by the end of the report day (recovery.is_closed)."""
+        last = self.day - timedelta(days=self.window_days + 1)
+        return last - timedelta(days=FINAL_RATE_DAYS - 1), last
 
     @property
     def cohort_days(self) -> list[date]:

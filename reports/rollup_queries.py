@@ -3,6 +3,7 @@ whatever the size of the history (services/rollups.py keeps them current)."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
@@ -60,16 +61,17 @@ def _as_of(rollup: type[CohortRollup] | type[BreakdownRollup], bounds: ReportBou
     return then
 
 
-def cohort_facts_stmt(bounds: ReportBounds) -> Query:
+def cohort_facts_stmt(bounds: ReportBounds, days: tuple[date, date] | None = None) -> Query:
     """Hand-offs submitted in the cohort range by local submission day (`cohort`), state, currency, day
     of the window recovered on (`recovery_day`, approvals only) and reversal (REFUNDED or CHARGEBACK),
-    each as of the end of the report day."""
+    each as of the end of the report day; `days` (first, last) instead of the cohort range."""
     c = CohortRollup
     then = _as_of(c, bounds)
+    first, last = days or (bounds.first_cohort, bounds.day)
     inner = (
         select(c.day.label("cohort"), then["state"].label("state"), c.currency, c.handoffs, c.amount_minor)
         .add_columns(then["recovery_day"].label("recovery_day"), then["reversal"].label("reversal"))
-        .where(c.day >= bounds.first_cohort, c.day <= bounds.day)
+        .where(c.day >= first, c.day <= last)
         .subquery()
     )
     keys = [inner.c[k] for k in ("cohort", "state", "currency", "recovery_day", "reversal")]
@@ -92,16 +94,17 @@ def decline_cohort_stmt(bounds: ReportBounds) -> Query:
     return select(*keys, *_totals(inner.c.handoffs, inner.c.amount_minor)).group_by(*keys).order_by(*keys)
 
 
-def breakdowns_stmt(bounds: ReportBounds) -> Query:
+def breakdowns_stmt(bounds: ReportBounds, days: tuple[date, date] | None = None) -> Query:
     """Month-to-date hand-offs of every breakdown of the report (BREAKDOWNS) and of the recycle saves
     ("cycle": recycle hand-offs only, no reruns or cascades, by billing cycle as text), by breakdown,
     key (`key`, plus the response code for reasons), state as of the end of the report day and
-    currency: one statement for all seven."""
+    currency: one statement for all seven. `days` (first, last) instead of the month to date."""
     b = BreakdownRollup
+    first, last = days or (bounds.month_first, bounds.day)
     inner = (
         select(b.breakdown, b.breakdown_key.label("key"), b.code, _as_of(b, bounds)["state"].label("state"))
         .add_columns(b.currency, b.handoffs, b.amount_minor)
-        .where(b.breakdown.in_([*BREAKDOWNS, SAVES]), b.day >= bounds.month_first, b.day <= bounds.day)
+        .where(b.breakdown.in_([*BREAKDOWNS, SAVES]), b.day >= first, b.day <= last)
         .subquery()
     )
     keys = [inner.c[k] for k in ("breakdown", "key", "code", "state", "currency")]

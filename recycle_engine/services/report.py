@@ -133,6 +133,11 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
         "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
         "breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b)),
+        # The final rates: cohorts whose windows have all closed, read apart from the cohort range.
+        "closed_facts": rollup_queries.fetch_cohorts(
+            conn, rollup_queries.cohort_facts_stmt(b, days=b.closed_cohorts)
+        ),
+        "closed_breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b, days=b.closed_cohorts)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
@@ -155,10 +160,12 @@ def _context(
     fee = settings.reports.fee_percent
     fee_percent = Decimal(str(fee)) if fee is not None else None
     facts = frames["facts"]
-    periods = recovery.with_periods(facts, day=b.day, month_first=b.month_first)
+    # The day and the month are in progress; the closed cohorts give the final rates.
+    closed = frames["closed_facts"].assign(period="final")
+    periods = pd.concat([recovery.with_periods(facts, day=b.day, month_first=b.month_first), closed])
     head = recovery.count_summary(periods, ["period"]).set_index("period")
     empty = {c: 0 for c in head.columns} | {"rate_to_date": float("nan"), "rate_settled": float("nan")}
-    headline = {p: (head.loc[p].to_dict() if p in head.index else empty) for p in ("day", "month")}
+    headline = {p: (head.loc[p].to_dict() if p in head.index else empty) for p in ("day", "month", "final")}
     month = facts[facts["cohort"].astype(str) >= b.month_first.isoformat()]
 
     cohorts = recovery.cohort_table(facts, day=b.day, window_days=b.window_days)
@@ -174,8 +181,15 @@ def _context(
 
     by_key = frames["breakdowns"]
     breakdowns = []
-    for name, part in recovery.breakdowns(by_key, list(rollup_queries.BREAKDOWNS)).items():
+    names = list(rollup_queries.BREAKDOWNS)
+    finals = recovery.breakdowns(frames["closed_breakdowns"], names, limit=10**9)
+    for name, part in recovery.breakdowns(by_key, names).items():
         rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
+        final = finals[name].counts
+        keys = zip(final["key"], final["code"], strict=True)
+        final_rates = dict(zip(keys, final["rate_to_date"], strict=True))
+        for row in rows:
+            row["rate_final"] = final_rates.get((row["key"], row["code"]), float("nan"))
         title = rollup_queries.BREAKDOWNS[name]
         breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
     cycles = by_key[by_key["breakdown"] == rollup_queries.SAVES].drop(columns="breakdown")
@@ -184,6 +198,7 @@ def _context(
         "day": b.day,
         "month_first": b.month_first,
         "first_cohort": b.first_cohort,
+        "closed_cohorts": b.closed_cohorts,
         "tz_name": str(b.tz.key),
         "generated_at": b.now,
         "as_of": b.as_of,
