@@ -39,7 +39,7 @@ __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
 NEARING_EXPIRY_DAYS = 3
-FINAL_RATE_DAYS = 28  # closed submission cohorts the final rates are quoted over: four whole weeks
+FINAL_RATE_DAYS = 7  # closed submission cohorts the final rates are quoted over: a whole week
 STUCK_AFTER = timedelta(hours=1)
 _OPEN = [State.PENDING.value, State.SUBMITTED.value]
 

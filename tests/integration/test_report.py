@@ -237,7 +237,7 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     html = result.html_path.read_text(encoding="utf-8")
     assert result.html_path.name == "recovery-2026-06-12.html"
     # in progress on the day 3 ÷ (3 + 1 + 2) and the month 4 ÷ (4 + 1 + 3); final over the closed cohorts
-    # (submitted 2026-04-24 to 2026-05-21): the late approval and the overdue one, 1 ÷ 2
+    # (submitted 2026-05-15 to 2026-05-21): the late approval and the overdue one, 1 ÷ 2
     rates = (
         r"Recovery rate: recovered ÷ \(recovered \+ lost \+ pending\)</th>\s*"
         + 3 * r'<td class="num">50.0 %</td>'

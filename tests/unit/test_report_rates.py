@@ -60,9 +60,9 @@ def test_given_cohorts_of_every_age_then_closed_cohorts_are_those_past_their_win
     assert sorted(closed["cohort"]) == ["2026-05-01", "2026-06-08"]
 
 
-def test_given_a_report_day_then_final_rates_cover_the_four_weeks_of_cohorts_closed_by_then() -> None:
+def test_given_a_report_day_then_final_rates_cover_the_week_of_cohorts_closed_by_then() -> None:
     bounds = ReportBounds.for_day(DAY, ZoneInfo("America/New_York"), datetime(2026, 7, 1, 10, tzinfo=UTC))
     first, last = bounds.closed_cohorts
-    assert (first, last) == (date(2026, 5, 12), date(2026, 6, 8))
+    assert (first, last) == (date(2026, 6, 2), date(2026, 6, 8))
     assert recovery.is_closed((DAY - last).days, bounds.window_days)
     assert not recovery.is_closed((DAY - last).days - 1, bounds.window_days)
