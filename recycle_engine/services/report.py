@@ -205,7 +205,9 @@ def _context(
         "prev_href": render.report_name(prev_day) if prev_day in present else None,
         "prev_day": prev_day,
         "headline": headline,
-        "amounts": render.records(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent)),
+        "amounts": render.records(
+            _in_period_order(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent))
+        ),
         "fee_percent": fee_percent,
         "activity": render.records(recovery.activity_summary(frames["activity"])),
         "breakdowns": breakdowns,
@@ -253,6 +255,12 @@ def _context(
         "anomalies": len(frames["anomalies"]),
     }
     return context, counts
+
+
+def _in_period_order(amounts: pd.DataFrame) -> pd.DataFrame:
+    # Per currency: the day, the month to date, then the closed cohorts (not alphabetical).
+    order = amounts["period"].map({"day": 0, "month": 1, "final": 2})
+    return amounts.assign(_o=order).sort_values(["currency", "_o"]).drop(columns="_o")
 
 
 def _decline_cohorts(facts: pd.DataFrame) -> list[dict[str, Any]]:
