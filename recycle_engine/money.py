@@ -112,5 +112,10 @@ class Money:
         exp = currency_exponent(self.currency)
         return f"{self.to_decimal():.{exp}f} {self.currency}"
 
+    def format_grouped(self) -> str:
+        """Human text with thousands grouped, "3,467.90 USD": how the report and the demo show money."""
+        exp = currency_exponent(self.currency)
+        return f"{self.to_decimal():,.{exp}f} {self.currency}"
+
     def __str__(self) -> str:
         return self.format()

@@ -22,7 +22,7 @@ class Lift:
     """FlexFactor group against holdout group, on the subscriptions whose outcome is settled."""
 
     groups: pd.DataFrame  # per arm: assigned, recovered, lost, pending, settled, rate_settled, rate_to_date
-    amounts: pd.DataFrame  # per currency: each arm's settled and recovered minor units and rate by amount
+    amounts: pd.DataFrame  # per currency: each arm's submitted and recovered minor units and rate by amount
     lift: float  # rate_settled(FLEXFACTOR) - rate_settled(HOLDOUT); NaN without both groups
     low: float  # 95 % interval of the lift (normal approximation)
     high: float
@@ -75,24 +75,25 @@ def lift_summary(facts: pd.DataFrame) -> Lift:
 
 
 def _amounts(facts: pd.DataFrame) -> pd.DataFrame:
-    """Per currency and arm: the settled attempt amounts, what was recovered of them, and the rate."""
+    """Per currency and arm: the attempt amounts of every subscription that reached the slot (pending
+    ones too), what was recovered of them, and the rate by amount, recovered ÷ submitted, as every
+    table of the report defines it."""
     columns = ["currency"] + [
-        f"{m}_{arm.lower()}" for arm in ARMS for m in ("settled_minor", "recovered_minor")
+        f"{m}_{arm.lower()}" for arm in ARMS for m in ("submitted_minor", "recovered_minor")
     ]
-    settled = facts[facts["outcome"] != "pending"] if not facts.empty else facts
-    if settled.empty:
+    if facts.empty:
         return pd.DataFrame({c: [] for c in [*columns, "rate_flexfactor", "rate_holdout", "difference"]})
-    wide = settled.groupby(["currency", "arm"])[["assigned_minor", "recovered_minor"]].sum().unstack("arm")
+    wide = facts.groupby(["currency", "arm"])[["assigned_minor", "recovered_minor"]].sum().unstack("arm")
     out = pd.DataFrame({"currency": wide.index})
     for arm in ARMS:
-        for src, name in (("assigned_minor", "settled_minor"), ("recovered_minor", "recovered_minor")):
+        for src, name in (("assigned_minor", "submitted_minor"), ("recovered_minor", "recovered_minor")):
             values = wide[(src, arm)] if (src, arm) in wide.columns else pd.Series(0, index=wide.index)
             out[f"{name}_{arm.lower()}"] = values.fillna(0).astype("int64").to_numpy()
     for arm in ARMS:
         low = arm.lower()
         out[f"rate_{low}"] = [
             rate(r, s)
-            for r, s in zip(out[f"recovered_minor_{low}"], out[f"settled_minor_{low}"], strict=True)
+            for r, s in zip(out[f"recovered_minor_{low}"], out[f"submitted_minor_{low}"], strict=True)
         ]
     out["difference"] = out["rate_flexfactor"] - out["rate_holdout"]
     return out.sort_values("currency").reset_index(drop=True)

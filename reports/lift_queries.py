@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy import and_, case, func, literal, or_, select
 
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.domain.states import Source, State
@@ -23,20 +23,34 @@ __all__ = ["lift_facts_stmt"]
 
 
 def lift_facts_stmt(bounds: ReportBounds) -> Query:
-    """Holdout assignments made up to the end of the report day, by arm, currency and outcome now.
+    """Holdout assignments made up to the end of the report day, by arm, currency and outcome as of then.
 
-    Recovered: the recycled decline was approved after its first FlexFactor slot, by FlexFactor or by
-    a later ordinary attempt (`recovered_minor` is what was collected). Pending: not recovered and
-    still on that ladder. Lost: everything else (failed out, cancelled, or a newer decline took over)."""
+    Recovered: the recycled decline was approved by the end of the report day, after its first
+    FlexFactor slot, by FlexFactor or by a later ordinary attempt (`recovered_minor` is what was
+    collected). Pending: not recovered then, and still on that ladder now or recovered since. Lost:
+    everything else (failed out, cancelled, or a newer decline took over; a subscription lost after the
+    report day but pending on it counts as lost: its status keeps no history)."""
     a = HoldoutAssignment
+    at = bounds.as_of
     by_processor = (
         select(func.max(Attempt.amount_minor))
         .where(
             Attempt.subscription_id == a.subscription_id,
             Attempt.decline_transaction_id == a.decline_transaction_id,
             Attempt.result == "APPROVED",
+            Attempt.occurred_at < at,
         )
         .scalar_subquery()
+    )
+    later = (
+        select(Attempt.id)
+        .where(
+            Attempt.subscription_id == a.subscription_id,
+            Attempt.decline_transaction_id == a.decline_transaction_id,
+            Attempt.result == "APPROVED",
+            Attempt.occurred_at >= at,
+        )
+        .exists()
     )
     by_flexfactor = (
         select(func.max(Handoff.amount_minor))
@@ -48,13 +62,29 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
             # of all hand-offs) for as selective as the purchase, and walked every approved hand-off
             # once per assignment (minutes on a book of 100,000).
             func.coalesce(Handoff.state, "") == State.APPROVED.value,
+            Handoff.outcome_at < at,
         )
         .scalar_subquery()
     )
+    later_by_flexfactor = (
+        select(Handoff.id)
+        .where(
+            Handoff.purchase_id == a.subscription_id,
+            Handoff.transaction_id == a.decline_transaction_id,
+            Handoff.source == Source.RECYCLE.value,
+            func.coalesce(Handoff.state, "") == State.APPROVED.value,
+            Handoff.outcome_at >= at,
+        )
+        .exists()
+    )
     recovered = func.coalesce(by_flexfactor, by_processor)
-    still_recycling = and_(
-        Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
-        Subscription.recycle_transaction_id == a.decline_transaction_id,
+    still_recycling = or_(
+        and_(
+            Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
+            Subscription.recycle_transaction_id == a.decline_transaction_id,
+        ),
+        later,
+        later_by_flexfactor,
     )
     outcome = case(
         (recovered.is_not(None), literal("recovered")),

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Connection, Row, Select, func, literal, select
+from sqlalchemy import ColumnElement, Connection, Row, Select, case, func, literal, select
 
 from recycle_engine.domain.states import State
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
@@ -39,6 +39,7 @@ __all__ += ["open_by_age_stmt", "webhooks_stmt"]
 
 EXCEPTION_ROW_LIMIT = 200  # rows listed per exception kind; the count is always the full count
 NEARING_EXPIRY_DAYS = 3
+FINAL_RATE_DAYS = 7  # closed submission cohorts the final rates are quoted over: a whole week
 STUCK_AFTER = timedelta(hours=1)
 _OPEN = [State.PENDING.value, State.SUBMITTED.value]
 
@@ -69,6 +70,19 @@ class ReportBounds:
             *(day, tz, now, window_days, month_first, first_cohort),
             *(local_midnight(d, tz) for d in (day, day + timedelta(days=1), month_first, first_cohort)),
         )
+
+    @property
+    def as_of(self) -> datetime:
+        """The instant the report reads the book at: the end of its day, or `now` while the day lasts.
+        Nothing that happened later shows, so a past day re-rendered reads as it did."""
+        return min(self.now, self.day_end)
+
+    @property
+    def closed_cohorts(self) -> tuple[date, date]:
+        """The submission days the final rates are quoted over: the last FINAL_RATE_DAYS whose windows
+        have closed and been settled by the end of the report day (recovery.is_closed)."""
+        last = self.day - timedelta(days=self.window_days + 1)
+        return last - timedelta(days=FINAL_RATE_DAYS - 1), last
 
     @property
     def cohort_days(self) -> list[date]:
@@ -132,25 +146,60 @@ def activity_stmt(bounds: ReportBounds) -> Query:
     return grouped(inner, ["state", "currency", "late"])
 
 
+def _open_at(at: datetime) -> ColumnElement[bool]:
+    """Open at instant `at`: submitted (or queued) before it, and not final before it. Written as an OR
+    of two index ranges (open now; final since `at`), so a current report reads only open hand-offs
+    and the outcomes of the hours since its day ended."""
+    # submitted() < at, spelled so that no index serves it: the history before `at` is all of it.
+    before = sa.or_(
+        Handoff.submitted_at < at, sa.and_(Handoff.submitted_at.is_(None), Handoff.created_at < at)
+    )
+    return sa.and_(sa.or_(Handoff.state.in_(_OPEN), Handoff.outcome_at >= at), before)
+
+
+def _state_at(at: datetime) -> ColumnElement[str]:
+    """The state at instant `at`: final since then means open then, SUBMITTED if FlexFactor had
+    accepted it, else still PENDING."""
+    since = Handoff.outcome_at >= at
+    accepted = sa.and_(Handoff.submitted_at.is_not(None), Handoff.submitted_at < at)
+    return case(
+        (sa.and_(since, accepted), literal(State.SUBMITTED.value)),
+        (since, literal(State.PENDING.value)),
+        else_=Handoff.state,
+    )
+
+
 def open_by_age_stmt(bounds: ReportBounds, dialect: str) -> Query:
-    """Open hand-offs by whole days since submission at `now`, state and currency."""
-    age = whole_days(dialect, days_between(dialect, submitted(), _at(bounds.now)), up=False)
-    inner = select(age.label("age_days"), *_cols(Handoff, "state currency amount_minor"))
-    inner = inner.where(Handoff.state.in_(_OPEN))
+    """Hand-offs open at the end of the report day (`as_of`) by whole days since submission then,
+    state then and currency."""
+    at = bounds.as_of
+    age = whole_days(dialect, days_between(dialect, submitted(), _at(at)), up=False)
+    inner = select(
+        age.label("age_days"), _state_at(at).label("state"), *_cols(Handoff, "currency amount_minor")
+    )
+    inner = inner.where(_open_at(at))
     return grouped(inner, ["age_days", "state", "currency"])
 
 
-def _row_columns() -> list[Any]:
-    names = "order_id source gateway_id state amount_minor currency created_at expires_at outcome_at"
-    return [Handoff.id.label("handoff_id"), *_cols(Handoff, names)]
+def _row_columns(at: datetime) -> list[Any]:
+    """A listed hand-off's columns, its state and outcome time as they were at `at`."""
+    names = "order_id source gateway_id amount_minor currency created_at expires_at"
+    return [
+        Handoff.id.label("handoff_id"),
+        *_cols(Handoff, names),
+        _state_at(at).label("state"),
+        case((Handoff.outcome_at < at, Handoff.outcome_at), else_=sa.null()).label("outcome_at"),
+    ]
 
 
 def nearing_expiry_stmt(bounds: ReportBounds) -> Query:
-    """Open hand-offs whose window closes within three days of `now`, soonest first, with the full count."""
-    horizon = bounds.now + timedelta(days=NEARING_EXPIRY_DAYS)
+    """Hand-offs open at `as_of` whose window closes within three days of it, soonest first, with the
+    full count."""
+    at = bounds.as_of
+    horizon = at + timedelta(days=NEARING_EXPIRY_DAYS)
     return (
-        select(*_row_columns(), func.count().over().label("total"))
-        .where(Handoff.state.in_(_OPEN), Handoff.expires_at >= bounds.now, Handoff.expires_at < horizon)
+        select(*_row_columns(at), func.count().over().label("total"))
+        .where(_open_at(at), Handoff.expires_at >= at, Handoff.expires_at < horizon)
         .order_by(Handoff.expires_at, Handoff.id)
         .limit(EXCEPTION_ROW_LIMIT)
     )
@@ -171,10 +220,11 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     if kind == "AMOUNT_MISMATCH":
         return _amount_mismatch_stmt(bounds)
     if kind == "ATTENTION":
-        return _flagged_stmt()
+        return _flagged_stmt(bounds)
     detail: Any = literal(None)
+    at = bounds.as_of
     if kind == "PAST_EXPIRY":
-        where = [Handoff.state.in_(_OPEN), Handoff.expires_at < bounds.now]
+        where = [_open_at(bounds.as_of), Handoff.expires_at < bounds.as_of]
     elif kind == "FAILED":
         where = [
             Handoff.state == State.FAILED.value,
@@ -188,7 +238,13 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
             within(Handoff.outcome_at, bounds.cohort_start, bounds.day_end),
         ]
     elif kind == "STUCK_PENDING":
-        where = [Handoff.state == State.PENDING.value, Handoff.send_started_at < bounds.now - STUCK_AFTER]
+        # Still PENDING at `as_of`, its send started an hour before. A resend clears send_started_at,
+        # so one resent since and settled is not listed in a re-render.
+        where = [
+            _open_at(at),
+            _state_at(at) == State.PENDING.value,
+            Handoff.send_started_at < at - STUCK_AFTER,
+        ]
         detail = Handoff.last_error
     else:
         raise ValueError(f"unknown exception kind {kind!r}")
@@ -196,7 +252,7 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     # own filter, and only they are sorted. Left to itself, PostgreSQL may instead walk the creation
     # index over the whole history to avoid the sort (0.85 s of a 1.5 s report at 5,000,000 hand-offs).
     matches = (
-        select(literal(kind).label("kind"), *_row_columns(), detail.label("detail"))
+        select(literal(kind).label("kind"), *_row_columns(at), detail.label("detail"))
         .where(*where)
         .cte(f"{kind.lower()}_matches")
         .prefix_with("MATERIALIZED", dialect="postgresql")
@@ -208,14 +264,15 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     )
 
 
-def _flagged_stmt() -> Query:
-    """Flagged hand-offs, oldest first, each with the count of its flag. Refunds and chargebacks stay
-    flagged for good, so they grow with the history: the rows come from the partial index of flagged
-    hand-offs in creation order (stopping at the limit), the counts from the attention index alone; a
-    window count would read every flagged row."""
-    flagged = Handoff.attention.is_not(None)
+def _flagged_stmt(bounds: ReportBounds) -> Query:
+    """Flagged hand-offs made by the end of the report day, oldest first, each with the count of its
+    flag. Refunds and chargebacks stay flagged for good, so they grow with the history: the rows come
+    from the partial index of flagged hand-offs in creation order (stopping at the limit), the counts
+    from the attention index alone; a window count would read every flagged row. A flag carries no
+    time of its own: one raised after the report day on an older hand-off shows in a re-render."""
+    flagged = sa.and_(Handoff.attention.is_not(None), Handoff.created_at < bounds.day_end)
     listed = (
-        select(*_row_columns(), Handoff.attention.label("detail"))
+        select(*_row_columns(bounds.as_of), Handoff.attention.label("detail"))
         .where(flagged)
         .order_by(Handoff.created_at, Handoff.id)
         .limit(EXCEPTION_ROW_LIMIT)
@@ -247,7 +304,7 @@ def _amount_mismatch_stmt(bounds: ReportBounds) -> Query:
     return (
         select(
             literal("AMOUNT_MISMATCH").label("kind"),
-            *_row_columns(),
+            *_row_columns(bounds.as_of),
             e.detail.label("detail"),
             func.count().over().label("total"),
         )

@@ -30,7 +30,7 @@ __all__ += [
     "count_summary",
 ]
 __all__ += ["median_recovery_days", "pending_by_age", "rate", "reason_key", "recovery_curve"]
-__all__ += ["with_periods"]
+__all__ += ["closed_cohorts", "is_closed", "with_periods"]
 
 # domain.md section 10: the unit is the hand-off, and FAILED (never accepted) stays outside every rate.
 STATE_GROUPS: Final = {
@@ -256,14 +256,18 @@ def _recovered_on(facts: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.float64]]:
 
 
 def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd.DataFrame:
-    """Per submission cohort: counts, both rates, share recovered by day N, and its status.
+    """Per submission cohort: counts, both rates, share recovered by day N, its status and its final
+    rate.
 
     A share by day N is shown once the cohort is N days old (NaN before). A cohort is "final" when
     none of its hand-offs is pending, "in progress" while its window runs, and "window closed" when
-    the window has ended with hand-offs still pending (they are reconciliation exceptions)."""
+    the window has ended with hand-offs still pending (they are reconciliation exceptions). The final
+    rate (`rate_final`, recovered ÷ every hand-off accepted) is quoted only once the window is over
+    (is_closed()): before, losses have yet to come and any rate is one in progress."""
     table = count_summary(facts, ["cohort"])
     if table.empty:
-        return table.assign(age_days=[], status=[], **{f"share_d{n}": [] for n in CHECKPOINT_DAYS})
+        shares: dict[str, list[float]] = {f"share_d{n}": [] for n in CHECKPOINT_DAYS}
+        return table.assign(age_days=[], status=[], rate_final=[], **shares)
     table["age_days"] = [_age(c, day) for c in table["cohort"]]
     row_of = {c: i for i, c in enumerate(table["cohort"])}
     rows = np.array([row_of[c] for c in facts["cohort"]], dtype="int64")
@@ -280,7 +284,22 @@ def cohort_table(facts: pd.DataFrame, *, day: date, window_days: int = 21) -> pd
         "final" if pending == 0 else ("in progress" if age <= window_days else "window closed")
         for pending, age in zip(table["pending"], table["age_days"], strict=True)
     ]
+    closed = np.array([is_closed(int(age), window_days) for age in ages], dtype=bool)
+    table["rate_final"] = np.where(closed, table["rate_to_date"].to_numpy(dtype="float64"), np.nan)
     return table.sort_values("cohort", ascending=False).reset_index(drop=True)
+
+
+def is_closed(age_days: int, window_days: int) -> bool:
+    """Whether every window of a submission cohort `age_days` old has closed and been settled: a window
+    opened on day C closes on day C + window, and the night after settles it (as the cohort status)."""
+    return age_days > window_days
+
+
+def closed_cohorts(facts: pd.DataFrame, *, day: date, window_days: int) -> pd.DataFrame:
+    """The rows of `facts` (with `cohort`) whose cohort's windows have all closed by the end of `day`."""
+    if facts.empty:
+        return facts
+    return facts[_ages(facts, day) > window_days]
 
 
 def checkpoint(facts: pd.DataFrame, *, day: date, n_days: int = 10) -> pd.DataFrame:

@@ -52,12 +52,7 @@ def fmt_money(minor: object, currency: object) -> str:
     """Minor units as "1,234.50 USD" (money.Money does the exponent); a dash when missing."""
     if _missing(minor) or not currency:
         return DASH
-    text = Money(int(minor), str(currency)).format()  # type: ignore[call-overload]
-    number, code = text.split(" ")
-    whole, _, frac = number.partition(".")
-    sign = "-" if whole.startswith("-") else ""
-    grouped = f"{int(whole.lstrip('-')):,}"
-    return f"{sign}{grouped}{'.' + frac if frac else ''} {code}"
+    return Money(int(minor), str(currency)).format_grouped()  # type: ignore[call-overload]
 
 
 def fmt_pct(share: object) -> str:
@@ -152,12 +147,21 @@ def _atomic(path: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes the file 0600 whatever the umask; a report is read by whoever may read the folder.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
             yield fh
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    # Reading the umask means setting it; the old value is restored at once.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> Path:

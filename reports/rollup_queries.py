@@ -3,12 +3,14 @@ whatever the size of the history (services/rollups.py keeps them current)."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, literal, select
 
+from recycle_engine.domain.states import State
 from recycle_engine.storage.models import BreakdownRollup, CohortRollup
 from reports.queries import ReportBounds, fetch
 
@@ -48,56 +50,65 @@ def _totals(n: Any, amount: Any) -> list[Any]:
     ]
 
 
-def cohort_facts_stmt(bounds: ReportBounds) -> Query:
-    """Hand-offs made in the cohort range by local creation day (`cohort`), state, currency, day of
-    the window recovered on (`recovery_day`, approvals only) and reversal (REFUNDED or CHARGEBACK)."""
+def _as_of(rollup: type[CohortRollup] | type[BreakdownRollup], bounds: ReportBounds) -> dict[str, Any]:
+    """The rollup's state, recovery day and reversal as they stood at the end of the report day: a
+    hand-off that became final later was still open then (a past day re-rendered reads as it did)."""
+    later = rollup.outcome_day > bounds.day
+    then: dict[str, Any] = {"state": case((later, literal(State.SUBMITTED.value)), else_=rollup.state)}
+    if rollup is CohortRollup:
+        then["recovery_day"] = case((later, sa.null()), else_=CohortRollup.recovery_day)
+        then["reversal"] = case((later, sa.null()), else_=CohortRollup.reversal)
+    return then
+
+
+def cohort_facts_stmt(bounds: ReportBounds, days: tuple[date, date] | None = None) -> Query:
+    """Hand-offs submitted in the cohort range by local submission day (`cohort`), state, currency, day
+    of the window recovered on (`recovery_day`, approvals only) and reversal (REFUNDED or CHARGEBACK),
+    each as of the end of the report day; `days` (first, last) instead of the cohort range."""
     c = CohortRollup
-    keys = [c.day.label("cohort"), c.state, c.currency, c.recovery_day, c.reversal]
-    return (
-        select(*keys, *_totals(c.handoffs, c.amount_minor))
-        .where(c.day >= bounds.first_cohort, c.day <= bounds.day)
-        .group_by(c.day, c.state, c.currency, c.recovery_day, c.reversal)
-        .order_by(c.day, c.state, c.currency, c.recovery_day, c.reversal)
+    then = _as_of(c, bounds)
+    first, last = days or (bounds.first_cohort, bounds.day)
+    inner = (
+        select(c.day.label("cohort"), then["state"].label("state"), c.currency, c.handoffs, c.amount_minor)
+        .add_columns(then["recovery_day"].label("recovery_day"), then["reversal"].label("reversal"))
+        .where(c.day >= first, c.day <= last)
+        .subquery()
     )
+    keys = [inner.c[k] for k in ("cohort", "state", "currency", "recovery_day", "reversal")]
+    return select(*keys, *_totals(inner.c.handoffs, inner.c.amount_minor)).group_by(*keys).order_by(*keys)
 
 
 def decline_cohort_stmt(bounds: ReportBounds) -> Query:
-    """Hand-offs made up to the report day for the declines of the cohort range, by local decline day
-    (`cohort`), state, currency and reversal; hand-offs with no decline on record are left out."""
+    """Hand-offs submitted up to the report day for the declines of the cohort range, by local decline
+    day (`cohort`), state, currency and reversal as of the end of the report day; hand-offs with no
+    decline on record are left out."""
     c = CohortRollup
-    return (
-        select(
-            c.decline_day.label("cohort"),
-            c.state,
-            c.currency,
-            c.reversal,
-            *_totals(c.handoffs, c.amount_minor),
-        )
+    then = _as_of(c, bounds)
+    inner = (
+        select(c.decline_day.label("cohort"), then["state"].label("state"), c.currency)
+        .add_columns(then["reversal"].label("reversal"), c.handoffs, c.amount_minor)
         .where(c.decline_day >= bounds.first_cohort, c.decline_day <= bounds.day, c.day <= bounds.day)
-        .group_by(c.decline_day, c.state, c.currency, c.reversal)
-        .order_by(c.decline_day, c.state, c.currency, c.reversal)
+        .subquery()
     )
+    keys = [inner.c[k] for k in ("cohort", "state", "currency", "reversal")]
+    return select(*keys, *_totals(inner.c.handoffs, inner.c.amount_minor)).group_by(*keys).order_by(*keys)
 
 
-def breakdowns_stmt(bounds: ReportBounds) -> Query:
+def breakdowns_stmt(bounds: ReportBounds, days: tuple[date, date] | None = None) -> Query:
     """Month-to-date hand-offs of every breakdown of the report (BREAKDOWNS) and of the recycle saves
     ("cycle": recycle hand-offs only, no reruns or cascades, by billing cycle as text), by breakdown,
-    key (`key`, plus the response code for reasons), state and currency: one statement for all seven."""
+    key (`key`, plus the response code for reasons), state as of the end of the report day and
+    currency: one statement for all seven. `days` (first, last) instead of the month to date."""
     b = BreakdownRollup
-    keys = [b.breakdown, b.breakdown_key, b.code, b.state, b.currency]
-    return (
-        select(
-            b.breakdown,
-            b.breakdown_key.label("key"),
-            b.code,
-            b.state,
-            b.currency,
-            *_totals(b.handoffs, b.amount_minor),
-        )
-        .where(b.breakdown.in_([*BREAKDOWNS, SAVES]), b.day >= bounds.month_first, b.day <= bounds.day)
-        .group_by(*keys)
-        .order_by(*keys)
+    first, last = days or (bounds.month_first, bounds.day)
+    inner = (
+        select(b.breakdown, b.breakdown_key.label("key"), b.code, _as_of(b, bounds)["state"].label("state"))
+        .add_columns(b.currency, b.handoffs, b.amount_minor)
+        .where(b.breakdown.in_([*BREAKDOWNS, SAVES]), b.day >= first, b.day <= last)
+        .subquery()
     )
+    keys = [inner.c[k] for k in ("breakdown", "key", "code", "state", "currency")]
+    return select(*keys, *_totals(inner.c.handoffs, inner.c.amount_minor)).group_by(*keys).order_by(*keys)
 
 
 def fetch_cohorts(conn: Connection, stmt: Query) -> pd.DataFrame:

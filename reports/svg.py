@@ -47,7 +47,9 @@ def line_chart(
         body.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
         body.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" {_FONT}>{pct} %</text>')
     for x in x_ticks:
-        body.append(f'<text x="{sx(x):.1f}" y="{height - 10}" text-anchor="middle" {_FONT}>day {x}</text>')
+        # A tick on the right edge ends there: centred, "day 21" would run past the chart and be clipped.
+        anchor = "end" if x >= x_max else "middle"
+        body.append(f'<text x="{sx(x):.1f}" y="{height - 10}" text-anchor="{anchor}" {_FONT}>day {x}</text>')
     if points:
         path = " ".join(f"{sx(x):.1f},{sy(s):.1f}" for x, s in points)
         body.append(f'<polyline points="{path}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')

@@ -34,24 +34,33 @@ def _local_day(column: Any, bounds: ReportBounds) -> ColumnElement[str]:
     return case(*whens, else_=literal(days[-1].isoformat()))
 
 
-def _reversal() -> ColumnElement[Any]:
+def _later(bounds: ReportBounds) -> ColumnElement[bool]:
+    """Final only after the report day: open as of its end."""
+    return Handoff.outcome_at >= bounds.day_end
+
+
+def _state(bounds: ReportBounds) -> ColumnElement[Any]:
+    return case((_later(bounds), literal("SUBMITTED")), else_=Handoff.state)
+
+
+def _reversal(bounds: ReportBounds) -> ColumnElement[Any]:
     flag = func.upper(Handoff.attention)
-    return case((flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None)
+    return case((_later(bounds), None), (flag.in_(["REFUNDED", "CHARGEBACK"]), flag), else_=None)
 
 
 def cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
     dialect = conn.dialect.name
     days = days_between(dialect, submitted(), Handoff.outcome_at)
     inner = select(
-        _local_day(Handoff.created_at, bounds).label("cohort"),
-        Handoff.state,
+        _local_day(submitted(), bounds).label("cohort"),
+        _state(bounds).label("state"),
         Handoff.currency,
         Handoff.amount_minor,
-        case((Handoff.state == "APPROVED", whole_days(dialect, days, up=True)), else_=None).label(
+        case((_state(bounds) == "APPROVED", whole_days(dialect, days, up=True)), else_=None).label(
             "recovery_day"
         ),
-        _reversal().label("reversal"),
-    ).where(within(Handoff.created_at, bounds.cohort_start, bounds.day_end))
+        _reversal(bounds).label("reversal"),
+    ).where(within(submitted(), bounds.cohort_start, bounds.day_end))
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "recovery_day", "reversal"]))
 
 
@@ -59,16 +68,16 @@ def decline_cohort_facts(conn: Connection, bounds: ReportBounds) -> pd.DataFrame
     inner = (
         select(
             _local_day(Decline.declined_at, bounds).label("cohort"),
-            Handoff.state,
+            _state(bounds).label("state"),
             Handoff.currency,
-            _reversal().label("reversal"),
+            _reversal(bounds).label("reversal"),
             Handoff.amount_minor,
         )
         .select_from(Handoff)
         .join(Decline, Decline.transaction_id == Handoff.transaction_id)
         .where(
             within(Decline.declined_at, bounds.cohort_start, bounds.day_end),
-            Handoff.created_at < bounds.day_end,
+            submitted() < bounds.day_end,
         )
     )
     return fetch(conn, grouped(inner, ["cohort", "state", "currency", "reversal"]))
@@ -87,11 +96,15 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
     code = Decline.response_code if name == "reason" else literal(None, sa.String)
     inner = (
         select(
-            key[name].label("key"), code.label("code"), Handoff.state, Handoff.currency, Handoff.amount_minor
+            key[name].label("key"),
+            code.label("code"),
+            _state(bounds).label("state"),
+            Handoff.currency,
+            Handoff.amount_minor,
         )
         .select_from(Handoff)
         .outerjoin(Decline, Decline.transaction_id == Handoff.transaction_id)
-        .where(within(Handoff.created_at, bounds.month_start, bounds.day_end))
+        .where(within(submitted(), bounds.month_start, bounds.day_end))
     )
     if name == "cycle":
         inner = inner.where(Handoff.source == "RECYCLE")

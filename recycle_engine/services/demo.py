@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import Settings, load_settings
@@ -20,6 +20,7 @@ from recycle_engine.errors import InputError
 from recycle_engine.money import Money
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Handoff
+from recycle_engine.storage.report_sql import local_midnight, submitted
 
 __all__ = ["DEMO_MARKER", "DemoOptions", "DemoResult", "prepare_workdir", "run_demo"]
 
@@ -187,7 +188,10 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
         result = DemoResult(
             report_path=report.html_path, index_path=report.index_path, nights=options.nights, counts=counts
         )
-        _summarise(engine, result)
+        windows = [g.flexfactor.expiry_days for g in settings.flexfactor_gateways() if g.flexfactor]
+        # Closed cohorts, as the report's final rates: submitted at least a whole window before the last day.
+        closed_before = local_midnight(day - timedelta(days=max(windows, default=21)), tz)
+        _summarise(engine, result, closed_before=closed_before)
         return result
 
 
@@ -235,19 +239,23 @@ def _add(total: dict[str, int], more: Mapping[str, int]) -> None:
         total[k] = total.get(k, 0) + int(v)
 
 
-def _summarise(engine: Engine, result: DemoResult) -> None:
-    """Every hand-off of the demo by slot, counted with the report's own function and definitions."""
+def _summarise(engine: Engine, result: DemoResult, *, closed_before: datetime) -> None:
+    """Every hand-off of the demo by slot, counted with the report's own function and definitions: the
+    rate to date over all of them, the final rate over those submitted before `closed_before`."""
     import pandas as pd
 
     from reports.recovery import count_summary
 
     slot = func.coalesce(Handoff.slot, Handoff.source).label("slot")
+    closed = case((submitted() < closed_before, True), else_=False).label("closed")
     with engine.connect() as conn:
         facts = pd.DataFrame(
             conn.execute(
-                select(slot, Handoff.state, func.count().label("n")).group_by(slot, Handoff.state)
+                select(slot, Handoff.state, closed, func.count().label("n")).group_by(
+                    slot, Handoff.state, closed
+                )
             ).all(),
-            columns=["slot", "state", "n"],
+            columns=["slot", "state", "closed", "n"],
         )
         amounts = conn.execute(
             select(Handoff.currency, func.sum(Handoff.amount_minor))
@@ -255,12 +263,16 @@ def _summarise(engine: Engine, result: DemoResult) -> None:
             .group_by(Handoff.currency)
         )
         result.recovered = {c: int(m or 0) for c, m in amounts}
+    finals = count_summary(facts[facts["closed"].astype(bool)], ["slot"]).set_index("slot")["rate_to_date"]
     for row in count_summary(facts, ["slot"]).to_dict("records"):
         result.by_slot.append(
             {key: row[key] for key in ("slot", "handoffs", "recovered", "lost", "pending", "failed")}
-            | {"rate_to_date": float(row["rate_to_date"]), "rate_settled": float(row["rate_settled"])}
+            | {"rate_to_date": float(row["rate_to_date"]), "rate_final": float(finals.get(row["slot"], NAN))}
         )
         result.handoffs += int(row["handoffs"])
+
+
+NAN = float("nan")
 
 
 def _pct(value: float) -> str:
@@ -270,21 +282,24 @@ def _pct(value: float) -> str:
 def format_summary(result: DemoResult) -> list[str]:
     """The lines `recycle-engine demo` prints at the end: the report's counts and both of its rates."""
     lines = [f"{result.nights} nights, {result.handoffs:,} FlexFactor hand-offs"]
-    money = ", ".join(str(Money(m, c)) for c, m in sorted(result.recovered.items())) or "nothing"
+    money = ", ".join(Money(m, c).format_grouped() for c, m in sorted(result.recovered.items())) or "nothing"
     lines.append(f"recovered through FlexFactor: {money}")
     lines.append(
         f"  {'slot':<12} {'hand-offs':>9} {'recovered':>9} {'lost':>6} {'pending':>7} {'failed':>6}"
-        f" {'to date':>7} {'settled':>7}"
+        f" {'to date':>7} {'final':>7}"
     )
     for s in result.by_slot:
         lines.append(
             f"  {s['slot']:<12} {s['handoffs']:>9,} {s['recovered']:>9,} {s['lost']:>6,} {s['pending']:>7,}"
-            f" {s['failed']:>6,} {_pct(s['rate_to_date']):>7} {_pct(s['rate_settled']):>7}"
+            f" {s['failed']:>6,} {_pct(s['rate_to_date']):>7} {_pct(s['rate_final']):>7}"
         )
     lines.append(
         "  rate to date = recovered / (recovered + lost + pending); still-pending hand-offs count as not yet"
     )
-    lines.append("  rate settled = recovered / (recovered + lost); pending hand-offs are left out")
+    lines.append(
+        "  rate final = the same over hand-offs whose window has closed (submitted a whole window before"
+        " the last night); a dash until one has"
+    )
     lines.append("  (the report's definitions; its breakdowns show the same counts for the month to date)")
     lines.append(f"report: {result.report_path}")
     lines.append(f"all reports: {result.index_path}")

@@ -59,8 +59,9 @@ class ReportResult:
 def run_report(
     settings: Settings, engine: Engine, *, day: date, now: datetime, clock: Clock | None = None
 ) -> ReportResult:
-    """Render the report for local day `day` (settings.timezone) as of `now`, and record a "report" run
-    (its finish stamped by `clock` when given).
+    """Render the report for local day `day` (settings.timezone), generated at `now` and reading the book
+    as of the end of that day (or `now`, if earlier), and record a "report" run (its finish stamped by
+    `clock` when given).
 
     Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
     when the database fails and RecycleEngineError when the files cannot be written."""
@@ -139,6 +140,11 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         "facts": rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(b)),
         "decline_facts": rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(b)),
         "breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b)),
+        # The final rates: cohorts whose windows have all closed, read apart from the cohort range.
+        "closed_facts": rollup_queries.fetch_cohorts(
+            conn, rollup_queries.cohort_facts_stmt(b, days=b.closed_cohorts)
+        ),
+        "closed_breakdowns": queries.fetch(conn, rollup_queries.breakdowns_stmt(b, days=b.closed_cohorts)),
         "activity": queries.fetch(conn, queries.activity_stmt(b)),
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
@@ -162,10 +168,12 @@ def _context(
     fee = settings.reports.fee_percent
     fee_percent = Decimal(str(fee)) if fee is not None else None
     facts = frames["facts"]
-    periods = recovery.with_periods(facts, day=b.day, month_first=b.month_first)
+    # The day and the month are in progress; the closed cohorts give the final rates.
+    closed = frames["closed_facts"].assign(period="final")
+    periods = pd.concat([recovery.with_periods(facts, day=b.day, month_first=b.month_first), closed])
     head = recovery.count_summary(periods, ["period"]).set_index("period")
     empty = {c: 0 for c in head.columns} | {"rate_to_date": float("nan"), "rate_settled": float("nan")}
-    headline = {p: (head.loc[p].to_dict() if p in head.index else empty) for p in ("day", "month")}
+    headline = {p: (head.loc[p].to_dict() if p in head.index else empty) for p in ("day", "month", "final")}
     month = facts[facts["cohort"].astype(str) >= b.month_first.isoformat()]
 
     cohorts = recovery.cohort_table(facts, day=b.day, window_days=b.window_days)
@@ -175,13 +183,21 @@ def _context(
     bucket_counts = pending.groupby("bucket", sort=False)["n"].sum()
     exceptions = reconciliation.exception_rows(frames["exceptions"])
     summary = reconciliation.exception_summary(exceptions, frames["webhooks"])
-    prev_day, next_day = b.day - timedelta(days=1), b.day + timedelta(days=1)
+    # No "next day" link: the next day's report does not exist as of this day's end (the index has it).
+    prev_day = b.day - timedelta(days=1)
     present = set(render.existing_reports(settings.reports.output_dir))
 
     by_key = frames["breakdowns"]
     breakdowns = []
-    for name, part in recovery.breakdowns(by_key, list(rollup_queries.BREAKDOWNS)).items():
+    names = list(rollup_queries.BREAKDOWNS)
+    finals = recovery.breakdowns(frames["closed_breakdowns"], names, limit=10**9)
+    for name, part in recovery.breakdowns(by_key, names).items():
         rows = render.attach_amounts(part.counts, part.amounts, ["key", "code"])
+        final = finals[name].counts
+        keys = zip(final["key"], final["code"], strict=True)
+        final_rates = dict(zip(keys, final["rate_to_date"], strict=True))
+        for row in rows:
+            row["rate_final"] = final_rates.get((row["key"], row["code"]), float("nan"))
         title = rollup_queries.BREAKDOWNS[name]
         breakdowns.append({"name": name, "title": title, "rows": rows, "hidden": part.hidden})
     cycles = by_key[by_key["breakdown"] == rollup_queries.SAVES].drop(columns="breakdown")
@@ -190,13 +206,16 @@ def _context(
         "day": b.day,
         "month_first": b.month_first,
         "first_cohort": b.first_cohort,
+        "closed_cohorts": b.closed_cohorts,
         "tz_name": str(b.tz.key),
         "generated_at": b.now,
+        "as_of": b.as_of,
         "prev_href": render.report_name(prev_day) if prev_day in present else None,
         "prev_day": prev_day,
-        "next_href": render.report_name(next_day) if next_day in present else None,
         "headline": headline,
-        "amounts": render.records(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent)),
+        "amounts": render.records(
+            _in_period_order(recovery.amount_summary(periods, ["period"], fee_percent=fee_percent))
+        ),
         "fee_percent": fee_percent,
         "activity": render.records(recovery.activity_summary(frames["activity"])),
         "breakdowns": breakdowns,
@@ -259,6 +278,12 @@ def _context(
         "anomalies": len(frames["anomalies"]),
     }
     return context, counts
+
+
+def _in_period_order(amounts: pd.DataFrame) -> pd.DataFrame:
+    # Per currency: the day, the month to date, then the closed cohorts (not alphabetical).
+    order = amounts["period"].map({"day": 0, "month": 1, "final": 2})
+    return amounts.assign(_o=order).sort_values(["currency", "_o"]).drop(columns="_o")
 
 
 def _decline_cohorts(facts: pd.DataFrame) -> list[dict[str, Any]]:

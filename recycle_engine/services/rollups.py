@@ -1,4 +1,5 @@
-"""Keep the report's daily rollups current: recompute the local days whose hand-offs changed, or all."""
+"""Keep the report's daily rollups current: recompute the local submission days whose hand-offs
+changed, or all."""
 
 from __future__ import annotations
 

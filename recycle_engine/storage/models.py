@@ -330,6 +330,8 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
+        # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0014).
+        Index("ix_handoffs_submitted_or_created", text("coalesce(submitted_at, created_at)")),
     )
 
 
@@ -556,22 +558,25 @@ class NightAnomaly(Base):
 
 
 class CohortRollup(Base):
-    """Hand-offs made on one local day by decline day, state, currency, day of recovery and reversal."""
+    """Hand-offs submitted on one local day by decline day, state, currency, day of recovery, reversal
+    and the local day their state became final (so a past day's report reads their state as it was)."""
 
     __tablename__ = "report_cohort_rollups"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were made
+    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were submitted
     decline_day: Mapped[date | None] = mapped_column(Date, index=True)  # local day of their decline
     state: Mapped[str] = mapped_column(String(12))
     currency: Mapped[str] = mapped_column(CCY)
     recovery_day: Mapped[int | None] = mapped_column(Integer)  # day of the window approved on
     reversal: Mapped[str | None] = mapped_column(String(12))  # REFUNDED or CHARGEBACK after approval
+    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0014)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
 
 
 class BreakdownRollup(Base):
-    """Hand-offs made on one local day by one breakdown's key (slot, reason, gateway, card, cycle)."""
+    """Hand-offs submitted on one local day by one breakdown's key (slot, reason, gateway, card, cycle),
+    state, currency and the local day their state became final."""
 
     __tablename__ = "report_breakdown_rollups"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -581,13 +586,15 @@ class BreakdownRollup(Base):
     code: Mapped[str | None] = mapped_column(String(64))  # the decline's response code (reasons only)
     state: Mapped[str] = mapped_column(String(12))
     currency: Mapped[str] = mapped_column(CCY)
+    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0014)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (Index(None, "breakdown", "day"),)
 
 
 class RollupChange(Base):
-    """The creation instant of hand-offs written since the rollups were last refreshed (by trigger)."""
+    """The submission instant (report_sql.submitted(), by migration 0014; the column keeps its first
+    name) of hand-offs written since the rollups were last refreshed, noted by trigger."""
 
     __tablename__ = "report_rollup_changes"
     # One row per changed hand-off on PostgreSQL (its triggers cannot skip instants noted already).

@@ -61,6 +61,9 @@ MAX_SPAN_DAYS: Final = 31  # days recomputed by one statement: bounds its sort, 
 # their zone had this long before the hand-offs (exact unless the zone changed its rules since).
 DECLINE_LOOKBACK: Final = timedelta(days=5 * 366)
 REVERSAL_FLAGS: Final = ("REFUNDED", "CHARGEBACK")
+# Outcomes (late rescues included) come within weeks of the send; later ones are dated with the offset
+# in force this long after the days recomputed (exact unless the zone changed its rules in between).
+OUTCOME_LOOKAHEAD: Final = timedelta(days=120)
 
 
 def lock_state(conn: Connection, *, now: datetime) -> str:
@@ -86,7 +89,7 @@ def save_state(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) 
 
 
 def take_changes(conn: Connection) -> list[datetime]:
-    """Delete the noted creation instants and return exactly those deleted.
+    """Delete the noted submission instants and return exactly those deleted.
 
     On PostgreSQL the DELETE sees only notes committed before it; a writer committing later keeps
     its note for the next refresh, so no change is lost between the read and the recompute."""
@@ -94,9 +97,11 @@ def take_changes(conn: Connection) -> list[datetime]:
 
 
 def handoff_days(conn: Connection, tz: ZoneInfo) -> list[date]:
-    """Every local day from the first hand-off's to the last one's (an index answers both ends)."""
-    first, last = conn.execute(select(func.min(Handoff.created_at), func.max(Handoff.created_at))).one()
-    if first is None:
+    """Every local submission day from the first hand-off's to the last one's (an index answers both ends)."""
+    # Two statements: SQLite answers a lone MIN or MAX from the index's end, not both in one.
+    first = conn.execute(select(func.min(submitted()))).scalar()
+    last = conn.execute(select(func.max(submitted()))).scalar()
+    if first is None or last is None:
         return []
     start, end = first.astimezone(tz).date(), last.astimezone(tz).date()
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
@@ -157,20 +162,23 @@ def _count_and_sum(amount: Any) -> list[Any]:
 
 
 def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple[Any, Any]:
-    """(cohort rows, breakdown rows) of the hand-offs made on local days first..last, columns named as
-    the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
+    """(cohort rows, breakdown rows) of the hand-offs submitted on local days first..last (a hand-off not
+    yet sent, on the day it was queued), columns named as the rollup tables name them. Grouped over labelled subquery columns: PostgreSQL refuses to match
     computed keys with bound parameters otherwise.
 
     Declines are read as they are when the day is recomputed: a hand-off is made from a decline on
     record, and a decline never changes once imported (no trigger watches `declines`)."""
     start, end = local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
     h, d = Handoff, Decline
-    day = local_date(h.created_at, tz, start=start, end=end, dialect=dialect)
+    # Grouped by submission day (docs/domain.md section 10): a rerun queued one night and sent the
+    # next counts on the night it was sent.
+    day = local_date(submitted(), tz, start=start, end=end, dialect=dialect)
     decline_day = local_date(d.declined_at, tz, start=start - DECLINE_LOOKBACK, end=end, dialect=dialect)
     flag = func.upper(h.attention)  # a refund or chargeback on a recovery: shown, never subtracted
     approved_on = whole_days(dialect, days_between(dialect, submitted(), h.outcome_at), up=True)
+    outcome_day = local_date(h.outcome_at, tz, start=start, end=end + OUTCOME_LOOKAHEAD, dialect=dialect)
     joined = select().select_from(h).outerjoin(d, d.transaction_id == h.transaction_id)
-    where = within(h.created_at, start, end)
+    where = within(submitted(), start, end)
 
     facts = joined.add_columns(
         day.label("day"),
@@ -179,10 +187,12 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
         h.currency.label("currency"),
         case((h.state == State.APPROVED.value, approved_on), else_=None).label("recovery_day"),
         case((flag.in_(REVERSAL_FLAGS), flag), else_=None).label("reversal"),
+        outcome_day.label("outcome_day"),
         h.amount_minor.label("amount_minor"),
     ).where(where)
     f = facts.subquery("facts")
-    keys = [f.c[k] for k in ("day", "decline_day", "state", "currency", "recovery_day", "reversal")]
+    names = ("day", "decline_day", "state", "currency", "recovery_day", "reversal", "outcome_day")
+    keys = [f.c[k] for k in names]
     cohorts = select(*keys, *_count_and_sum(f.c.amount_minor)).group_by(*keys)
 
     per_handoff = joined.add_columns(
@@ -200,6 +210,7 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
         ),
         h.state.label("state"),
         h.currency.label("currency"),
+        outcome_day.label("outcome_day"),
         h.amount_minor.label("amount_minor"),
     ).where(where)
     # One pass over the days' hand-offs feeds every breakdown: both databases materialize a CTE that
@@ -208,7 +219,8 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
     parts = []
     for name in BREAKDOWN_NAMES:
         code = r.c.code if name == "reason" else sa.cast(sa.null(), sa.String(64))
-        group = [r.c.day, r.c[name], *([r.c.code] if name == "reason" else []), r.c.state, r.c.currency]
+        code_key = [r.c.code] if name == "reason" else []
+        group = [r.c.day, r.c[name], *code_key, r.c.state, r.c.currency, r.c.outcome_day]
         part = select(
             r.c.day,
             sa.cast(literal(name), sa.String(24)).label("breakdown"),
@@ -216,6 +228,7 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
             code.label("code"),
             r.c.state,
             r.c.currency,
+            r.c.outcome_day,
             *_count_and_sum(r.c.amount_minor),
         ).group_by(*group)
         parts.append(part.where(r.c.cycle.is_not(None)) if name == "cycle" else part)

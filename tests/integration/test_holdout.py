@@ -196,6 +196,8 @@ def seed_groups(engine: Engine) -> None:
                     purchase_id=names[name],
                     transaction_id=names[name].replace("sub", "txn"),
                     gateway_id="ff",
+                    # a final state is reached at a time: the report reads states as of its day
+                    outcome_at=NIGHT + timedelta(days=1) if state != "SUBMITTED" else None,
                 )
                 for name, state in states.items()
             ],
@@ -240,5 +242,6 @@ def test_given_both_groups_when_the_report_renders_then_it_shows_them_side_by_si
     assert "sample sizes 3 (FlexFactor) and 4 (holdout)" in text
     assert "normal approximation for a difference of two proportions" in text
     assert "It includes 0" in text
-    # amounts: FlexFactor recovered 40.00 + 36.00 of 120.00 settled; holdout 35.00 of 160.00
-    assert "USD 120.00 USD 76.00 USD 63.3 % 160.00 USD 35.00 USD 21.9 % +41.5 points" in text
+    # amounts, rate by amount as everywhere (pending included): FlexFactor recovered 40.00 + 36.00 of
+    # 160.00 submitted; holdout 35.00 of 200.00
+    assert "USD 160.00 USD 76.00 USD 47.5 % 200.00 USD 35.00 USD 17.5 % +30.0 points" in text

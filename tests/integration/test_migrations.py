@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import warnings
+from datetime import UTC, datetime
+
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, delete, insert, inspect, select, text, update
+from sqlalchemy.exc import SAWarning
 
 from recycle_engine.storage.db import alembic_config, make_engine
-from recycle_engine.storage.models import Base
+from recycle_engine.storage.models import Base, Handoff, RollupChange
+from tests.integration.test_report import a_handoff
 
 
 def test_given_a_migrated_database_then_it_matches_the_models_exactly(db_url: str) -> None:
     # given
     engine = make_engine(db_url)
     # when
-    with engine.connect() as conn:
+    with engine.connect() as conn, warnings.catch_warnings():
+        # SQLite's reflection cannot read an index on an expression: that one is compared below.
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression", SAWarning)
+        warnings.filterwarnings("ignore", "autogenerate skipping metadata-specified expression", UserWarning)
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         tables = set(inspect(conn).get_table_names())
+        submission_index = _index_expression(conn, "ix_handoffs_submitted_or_created")
     engine.dispose()
     # then
     assert diff == []
     assert {"handoffs", "handoff_events", "subscriptions", "declines", "changes"} <= tables
+    assert submission_index.lower() == "coalesce(submitted_at, created_at)"
+
+
+def _index_expression(conn: Connection, name: str) -> str:
+    """The expression an index of handoffs is on, as the database keeps it ("" when missing)."""
+    if conn.dialect.name == "postgresql":
+        stmt = "SELECT pg_get_expr(indexprs, indrelid) FROM pg_index WHERE indexrelid = to_regclass(%s)"
+        found = conn.exec_driver_sql(stmt, (name,)).scalar()
+    else:
+        stmt = "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'handoffs' AND name = ?"
+        sql = conn.exec_driver_sql(stmt, (name,)).scalar()
+        found = sql[sql.index("(") + 1 : sql.rindex(")")] if sql else None
+    return str(found or "")
 
 
 def test_given_a_sqlite_database_then_it_runs_in_wal_mode(sqlite_url: str) -> None:
@@ -100,3 +122,27 @@ def test_given_outcomes_recorded_before_the_queue_when_migrated_then_the_unappli
         "ho-waiting": False,
         "ho-open": False,
     }
+
+
+def test_given_0014_then_triggers_note_the_submission_instant_and_a_downgrade_notes_the_creation_instant(
+    db_url: str,
+) -> None:
+    # given: a hand-off queued at one instant and sent at another
+    queued, sent = datetime(2026, 7, 1, 2, tzinfo=UTC), datetime(2026, 7, 1, 6, 30, tzinfo=UTC)
+    engine = make_engine(db_url)
+
+    def noted_when_sent(handoff_id: str) -> set[datetime]:
+        row = a_handoff(handoff_id, created=queued, state="PENDING", amount=100) | {"submitted_at": None}
+        with engine.begin() as conn:
+            conn.execute(insert(Handoff), [row])
+            conn.execute(delete(RollupChange))
+            conn.execute(update(Handoff).where(Handoff.id == handoff_id).values(submitted_at=sent))
+            return set(conn.execute(select(RollupChange.created_at)).scalars())
+
+    # when / then: at head, the day it left and the day it joined; before 0014, its creation only
+    assert noted_when_sent("h-head") == {queued, sent}
+    command.downgrade(alembic_config(db_url), "0009")
+    assert noted_when_sent("h-0009") == {queued}
+    command.upgrade(alembic_config(db_url), "head")
+    assert noted_when_sent("h-again") == {queued, sent}
+    engine.dispose()

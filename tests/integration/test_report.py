@@ -236,8 +236,15 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     # then: the headline, by count and by amount per currency, and the fee
     html = result.html_path.read_text(encoding="utf-8")
     assert result.html_path.name == "recovery-2026-06-12.html"
-    assert "75.0 %" in html  # settled on the day: 3 ÷ (3 + 1)
-    assert "80.0 %" in html  # settled month to date: 4 ÷ (4 + 1)
+    # in progress on the day 3 ÷ (3 + 1 + 2) and the month 4 ÷ (4 + 1 + 3); final over the closed cohorts
+    # (submitted 2026-05-15 to 2026-05-21): the late approval and the overdue one, 1 ÷ 2
+    rates = (
+        r"Recovery rate: recovered ÷ \(recovered \+ lost \+ pending\)</th>\s*"
+        + 3 * r'<td class="num">50.0 %</td>'
+    )
+    assert re.search(rates, html)
+    assert "Recovery rate settled" not in html
+    assert "How the rates are defined" in html
     refunded = (
         r"later refunded \(shown, not subtracted\)</th>\s*<td class=\"num\">0</td><td class=\"num\">1</td>"
     )
@@ -251,7 +258,7 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     assert "insufficient funds" in html
     assert "Insufficient Funds" not in html
     # then: recycle saves per cycle (the rerun and the cascade are initial sales, left out)
-    saves = r'<th scope="row">2</th><td class="num">7</td><td class="num">3</td>\s*<td class="num">1</td><td class="num">2</td><td class="num">75.0 %</td>'
+    saves = r'<th scope="row">2</th><td class="num">7</td><td class="num">3</td>\s*<td class="num">1</td><td class="num">2</td><td class="num">50.0 %</td>'
     assert re.search(saves, html)
     # then: the three hand-offs with a decline on record, in the cohort of their decline day
     declined = r'<th scope="row">2026-05-31</th><td class="num">3</td><td class="num">2</td>\s*<td class="num">1</td><td class="num">0</td>'

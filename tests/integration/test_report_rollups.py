@@ -299,3 +299,51 @@ def test_given_the_cli_when_asked_for_help_then_rebuild_rollups_explains_itself(
     result = CliRunner().invoke(main, ["db", "rebuild-rollups", "--help"])
     assert result.exit_code == 0
     assert "rollups" in result.stdout
+
+
+# --- the day a hand-off counts on -----------------------------------------------------------------
+
+
+def _day_counts(engine: Engine, day: date, now: datetime) -> tuple[int, int]:
+    """(hand-offs of the cohort `day`, hand-offs of the month-to-date slot breakdown) read from rollups."""
+    bounds = ReportBounds.for_day(day, NEW_YORK, now)
+    with engine.connect() as conn:
+        facts = rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(bounds))
+        by_key = fetch(conn, rollup_queries.breakdowns_stmt(bounds))
+    slots = by_key[by_key["breakdown"] == "slot"]
+    return int(facts.loc[facts["cohort"] == day.isoformat(), "n"].sum()), int(slots["n"].sum())
+
+
+def test_given_a_rerun_queued_one_day_and_sent_the_next_then_it_counts_on_the_day_it_was_sent(
+    db_url: str,
+) -> None:
+    # given: a rerun queued at 22:00 on 30 June in New York, not yet sent, rolled up
+    engine = make_engine(db_url)
+    queued = datetime(2026, 7, 1, 2, 0, tzinfo=UTC)
+    sent = datetime(2026, 7, 1, 6, 30, tzinfo=UTC)  # 02:30 on 1 July in New York
+    rerun = a_handoff(
+        "rerun-1", created=queued, state="PENDING", amount=4_990, source="RERUN", slot=None, attempt=None
+    )
+    rerun |= {"send_started_at": None, "submitted_at": None, "dedupe_key": "RERUN:ord-rerun-1"}
+    with engine.begin() as conn:
+        conn.execute(insert(Handoff), [rerun])
+    refresh_rollups(engine, NEW_YORK, now=queued)
+    # when: the next night sends it and FlexFactor accepts it
+    with engine.begin() as conn:
+        conn.execute(
+            update(Handoff)
+            .where(Handoff.id == "rerun-1")
+            .values(
+                state="SUBMITTED",
+                send_started_at=sent,
+                first_sent_at=sent,
+                submitted_at=sent,
+                expires_at=sent + timedelta(days=21),
+            )
+        )
+    refresh_rollups(engine, NEW_YORK, now=sent)
+    # then: 1 July's report counts it (its cohort and its month), 30 June's does not
+    assert _day_counts(engine, date(2026, 7, 1), sent) == (1, 1)
+    assert _day_counts(engine, date(2026, 6, 30), sent) == (0, 0)
+    assert _same_as_scratch(engine, NEW_YORK) == []
+    engine.dispose()

@@ -41,9 +41,10 @@ def test_given_60_of_100_against_40_of_100_settled_then_the_lift_is_20_points_wi
     assert groups.loc["FLEXFACTOR", "rate_to_date"] == pytest.approx(60 / 105)
     assert groups.loc["HOLDOUT", "rate_settled"] == pytest.approx(0.40)
     usd = result.amounts.set_index("currency").loc["USD"]
-    assert (usd["settled_minor_flexfactor"], usd["recovered_minor_flexfactor"]) == (10_000, 5_400)
-    assert (usd["settled_minor_holdout"], usd["recovered_minor_holdout"]) == (10_000, 4_000)
-    assert usd["difference"] == pytest.approx(0.54 - 0.40)
+    # rate by amount, as everywhere in the report: recovered ÷ submitted, pending included
+    assert (usd["submitted_minor_flexfactor"], usd["recovered_minor_flexfactor"]) == (10_500, 5_400)
+    assert (usd["submitted_minor_holdout"], usd["recovered_minor_holdout"]) == (10_000, 4_000)
+    assert usd["difference"] == pytest.approx(5_400 / 10_500 - 0.40)
 
 
 def test_given_two_currencies_then_counts_add_up_and_amounts_stay_apart() -> None:
@@ -56,7 +57,7 @@ def test_given_two_currencies_then_counts_add_up_and_amounts_stay_apart() -> Non
     assert (result.n_flexfactor, result.n_holdout) == (2, 1)
     assert list(result.amounts["currency"]) == ["EUR", "USD"]
     eur = result.amounts.set_index("currency").loc["EUR"]
-    assert (eur["settled_minor_flexfactor"], eur["settled_minor_holdout"]) == (2_000, 3_000)
+    assert (eur["submitted_minor_flexfactor"], eur["submitted_minor_holdout"]) == (2_000, 3_000)
 
 
 def test_given_no_holdout_group_then_the_lift_is_undefined_not_zero() -> None:
