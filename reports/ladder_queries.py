@@ -1,7 +1,7 @@
 """SQL for money recovered by every rung of the ladder, by local day of recovery, method and attempt.
 
 Ordinary retries on the declining gateway are approved `transactions`; FlexFactor, reruns and cascades
-are approved hand-offs, dated by their outcome. Both are read through covering indexes (migration 0014)
+are approved hand-offs, dated by their outcome. Both are read through covering indexes (migration 0011)
 over the previous month's first day to the report's day: a few thousand grouped rows whatever the
 size of the history."""
 

@@ -211,7 +211,7 @@ class Attempt(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     __table_args__ = (
         UniqueConstraint("subscription_id", "decline_transaction_id", "attempt"),
-        # The report's ladder reads approved retries by day from this index alone (migration 0014).
+        # The report's ladder reads approved retries by day from this index alone (migration 0011).
         Index(
             "ix_transactions_recovered_cover", "result", "occurred_at", "attempt", "currency", "amount_minor"
         ),
@@ -313,7 +313,7 @@ class Handoff(Base):
         Index(
             "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
         ),
-        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0014).
+        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0011).
         Index(
             "ix_handoffs_recovered_cover",
             "state",
@@ -330,7 +330,7 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
-        # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0014).
+        # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0013).
         Index("ix_handoffs_submitted_or_created", text("coalesce(submitted_at, created_at)")),
     )
 
@@ -520,7 +520,7 @@ class HoldoutAssignment(Base):
 
 class ReportDelivery(Base):
     """One day's report sent on one channel (e-mail): at most one row per day and channel, so a rerun of
-    the report job finds the day SENT and does not send it again (migration 0013)."""
+    the report job finds the day SENT and does not send it again (migration 0010)."""
 
     __tablename__ = "report_deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -569,7 +569,7 @@ class CohortRollup(Base):
     currency: Mapped[str] = mapped_column(CCY)
     recovery_day: Mapped[int | None] = mapped_column(Integer)  # day of the window approved on
     reversal: Mapped[str | None] = mapped_column(String(12))  # REFUNDED or CHARGEBACK after approval
-    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0014)
+    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
 
@@ -586,14 +586,14 @@ class BreakdownRollup(Base):
     code: Mapped[str | None] = mapped_column(String(64))  # the decline's response code (reasons only)
     state: Mapped[str] = mapped_column(String(12))
     currency: Mapped[str] = mapped_column(CCY)
-    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0014)
+    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (Index(None, "breakdown", "day"),)
 
 
 class RollupChange(Base):
-    """The submission instant (report_sql.submitted(), by migration 0014; the column keeps its first
+    """The submission instant (report_sql.submitted(), by migration 0013; the column keeps its first
     name) of hand-offs written since the rollups were last refreshed, noted by trigger."""
 
     __tablename__ = "report_rollup_changes"

@@ -124,7 +124,7 @@ def test_given_outcomes_recorded_before_the_queue_when_migrated_then_the_unappli
     }
 
 
-def test_given_0014_then_triggers_note_the_submission_instant_and_a_downgrade_notes_the_creation_instant(
+def test_given_0013_then_triggers_note_the_submission_instant_and_a_downgrade_notes_the_creation_instant(
     db_url: str,
 ) -> None:
     # given: a hand-off queued at one instant and sent at another
@@ -139,9 +139,9 @@ def test_given_0014_then_triggers_note_the_submission_instant_and_a_downgrade_no
             conn.execute(update(Handoff).where(Handoff.id == handoff_id).values(submitted_at=sent))
             return set(conn.execute(select(RollupChange.created_at)).scalars())
 
-    # when / then: at head, the day it left and the day it joined; before 0014, its creation only
+    # when / then: at head, the day it left and the day it joined; before 0013, its creation only
     assert noted_when_sent("h-head") == {queued, sent}
-    command.downgrade(alembic_config(db_url), "0009")
+    command.downgrade(alembic_config(db_url), "0012")
     assert noted_when_sent("h-0009") == {queued}
     command.upgrade(alembic_config(db_url), "head")
     assert noted_when_sent("h-again") == {queued, sent}

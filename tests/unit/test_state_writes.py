@@ -46,6 +46,7 @@ ALLOWED: Final = {
     ("recycle_engine/storage/order_repo.py", "handoff_views"): "a hand-off's state, read into a view",
     ("recycle_engine/adapters/flexfactor_codes.py", "evaluate_answer"): "FlexFactor's answer, read",
     ("recycle_engine/adapters/flexfactor_codes.py", "order_snapshot"): "FlexFactor's order, read",
+    ("reports/rollup_queries.py", "_as_of"): "a rollup's state as of the report day, read",
     ("recycle_engine/storage/delivery_repo.py", "claim_delivery"): "report_deliveries.state",
     ("recycle_engine/storage/delivery_repo.py", "finish_delivery"): "report_deliveries.state",
 }

@@ -1,8 +1,8 @@
 """report rollups by submission day (a hand-off counts on the local day it was sent, not queued), and
 the local day each became final (a past day's report reads states as they were)
 
-Revision ID: 0014
-Revises: 0009
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-05 18:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0009"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
