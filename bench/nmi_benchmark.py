@@ -9,7 +9,7 @@ temporary SQLite file (claims run in a thread, so this process's CPU covers the 
   bare     N sales through one requests.Session to the same fake at the same concurrency: form post
            and key=value parse, nothing recorded
 
-Prints CPU per attempt for each arm and the ratios; asserts nothing. Not part of the test suite.
+Prints CPU per attempt for each arm and the ratios; exits with 1 when an attempt or hand-off failed. Not part of the test suite.
 
     .venv/bin/python -m bench.nmi_benchmark [--attempts 2000] [--concurrency 16]
 """

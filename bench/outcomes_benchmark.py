@@ -289,7 +289,11 @@ def check_applied(engine: Engine, rows: int, approved: int) -> None:
                 )
             }
         )
-    assert (unapplied, active, held) == (0, approved, approved), (unapplied, active, held)
+    if (unapplied, active, held) != (0, approved, approved):
+        raise SystemExit(
+            f"NOT A MEASUREMENT: {unapplied:,} outcomes left unapplied, {active:,} purchases saved and "
+            f"{held:,} fulfillments held of {approved:,} approved"
+        )
     # A save moves the order, the fulfillment and four fields of the purchase; a failed outcome ends
     # the purchase with its status and its failure cause (docs: "CRM outbox statuses").
     failed = rows - approved
@@ -305,7 +309,9 @@ def check_applied(engine: Engine, rows: int, approved: int) -> None:
         }
     )
     if changes != expected:
-        raise SystemExit(f"outcomes applied with other change rows than expected: {changes} != {expected}")
+        raise SystemExit(
+            f"NOT A MEASUREMENT: other change rows than the outcomes write: {changes} != {expected}"
+        )
 
 
 @dataclass

@@ -17,7 +17,8 @@ Hand-offs per second is the run's FlexFactor hand-offs that FlexFactor accepted 
 over the run's whole wall time (selection, processor attempts and recording included); a hand-off it
 refused, whose answer was lost or that was never sent is counted apart and named with its reason, and the
 figures then say the run is not a measurement. The sandbox runs in its own process on the same machine and
-its CPU is printed too. Prints figures and ratios; asserts nothing.
+its CPU is printed too. Prints figures and ratios; times are never asserted, but
+a run with failed hand-offs ends with exit code 1.
 
     .venv/bin/python -m bench.submit_benchmark [--latencies 0,100] [--concurrency 64] [--explain]
 """

@@ -8,8 +8,8 @@ that bound beside the measured rate. Beside it, measured in the same run on the 
 `requests` clients in as many processes as the run has workers, each with `--concurrency` threads
 (bench/client_throughput.py's baseline arm), which is what the gateway and this machine give a client
 that does nothing else. A run near both is limited by the gateway; one well below them is limited by
-the engine or the machine (the CPU columns and the load average tell which). Prints figures; asserts
-nothing.
+the engine or the machine (the CPU columns and the load average tell which). Prints figures; exits
+with 1 when a hand-off failed.
 
     .venv/bin/python -m bench.workers_benchmark [--workers 1,2,4] [--latency 100] [--concurrency 16]
 """
