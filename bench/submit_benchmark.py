@@ -236,7 +236,8 @@ class SubmitOutput:
     unparsed: tuple[str, ...] = ()
 
 
-# Hand-offs that left without an accepted answer: refused (400), answer lost, never sent, left unsent.
+# Counts of hand-offs without an accepted answer (refused with a 400, answer lost, never sent, left
+# unsent) and of calls answered 429: a run with any of them did not measure a clean night.
 NOT_HANDED_OFF: Final = ("failed", "unknown", "not_sent", "unsent", "rate_limited")
 
 
