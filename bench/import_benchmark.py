@@ -122,8 +122,11 @@ def measure(name: str, action: Callable[[], int]) -> Figure:
     child = context.Process(target=_measured, args=(sender, action))
     child.start()
     sender.close()
-    rows, seconds, peak, before = receiver.recv()
+    answer = receiver.recv()
     child.join()
+    if isinstance(answer, str):  # the measure refused its own result: say why, in this process
+        raise SystemExit(answer)
+    rows, seconds, peak, before = answer
     mb = 1024 * 1024
     return Figure(name, rows, seconds, peak / mb, (peak - before) / mb)
 
@@ -131,7 +134,12 @@ def measure(name: str, action: Callable[[], int]) -> Figure:
 def _measured(sender: Connection, action: Callable[[], int]) -> None:
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
-    rows = action()
+    try:
+        rows = action()
+    except SystemExit as exc:
+        sender.send(str(exc))
+        sender.close()
+        return
     seconds = time.perf_counter() - started
     own, children = (
         resource.getrusage(who).ru_maxrss * 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -223,9 +231,21 @@ def main() -> None:
             """One measure on a fresh database; returns the rows it wrote."""
             engine.dispose(close=False)  # a forked process opens connections of its own
             if name == FULL:
-                import_declines(feed, settings=settings, engine=engine, clock=clock)
-                return total_rows
+                result = import_declines(feed, settings=settings, engine=engine, clock=clock)
+                if result.accepted != total_rows:
+                    # A feed the import refuses would be measured as fast rejection, not as an import.
+                    reasons = result.rejects_path.read_text(encoding="utf-8").splitlines()[1:4]
+                    raise SystemExit(
+                        f"NOT A MEASUREMENT: the import stored {result.accepted:,} of {total_rows:,} rows "
+                        f"({result.rejected:,} rejected, {result.duplicates:,} duplicates); first rejects:\n"
+                        + "\n".join(reasons)
+                    )
+                return result.accepted
             if name == BARE:
+                if len(records) != total_rows:
+                    raise SystemExit(
+                        f"NOT A MEASUREMENT: {len(records):,} of {total_rows:,} feed rows passed the checks"
+                    )
                 bare_executemany(engine=engine, records=records)
                 return len(records)
             naive_orm(engine=engine, records=records[:naive_rows])

@@ -13,9 +13,12 @@ kept between runs unless --rebuild), then:
               (its own CPU and its reaped workers', as last read while the command ran), peak RSS
               from /proc VmHWM of the child and its workers
 
-Hand-offs per second is the run's FlexFactor hand-offs over the run's whole wall time (selection,
-processor attempts and recording included). The sandbox runs in its own process on the same machine and
-its CPU is printed too. Prints figures and ratios; asserts nothing.
+Hand-offs per second is the run's FlexFactor hand-offs that FlexFactor accepted (answered with a decision)
+over the run's whole wall time (selection, processor attempts and recording included); a hand-off it
+refused, whose answer was lost or that was never sent is counted apart and named with its reason, and the
+figures then say the run is not a measurement. The sandbox runs in its own process on the same machine and
+its CPU is printed too. Prints figures and ratios; times are never asserted, but
+a run with failed hand-offs ends with exit code 1.
 
     .venv/bin/python -m bench.submit_benchmark [--latencies 0,100] [--concurrency 64] [--explain]
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -46,6 +50,8 @@ from sqlalchemy import Engine, event
 
 from bench.book import NIGHT, Book, BookShape, build_book, write_settings
 from bench.client_throughput import baseline_arm, body_template
+from recycle_engine.adapters.clock import SEND_CLOCK_ENV
+from recycle_engine.cli.app import EXIT_INCOMPLETE
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig
 from recycle_engine.services.submit import due_rows
 from recycle_engine.storage.db import alembic_config, make_engine
@@ -61,6 +67,9 @@ SANDBOX_ENV: Final = {
     "FLEXFACTOR_SITE_ID": SandboxConfig.site_id,
     "FLEXFACTOR_ENVIRONMENT_KEY": "bench-env-key",
     "FLEXFACTOR_HMAC_SIGNING_KEY": SANDBOX_SIGNING_KEY_B64,
+    # The sandbox's clock is frozen at the book's night, so FlexFactor's window must count from the
+    # run's `--at` too: by the real clock every expiryDateUtc lies months past the sandbox's 21 days.
+    SEND_CLOCK_ENV: "at",
 }
 _BARE_SELECT: Final = """
 SELECT s.id, s.order_id, s.product_id, s.billing_cycle, s.billing_interval_days, s.price_minor, s.currency,
@@ -218,17 +227,42 @@ def sandbox(latency_ms: int) -> Iterator[Sandbox]:
 
 
 @dataclass(frozen=True)
+class SubmitOutput:
+    """What `run submit` printed: its counts, its `failed N: reason` lines, and any line not understood."""
+
+    run_id: str | None  # None: no counts line was printed
+    counts: dict[str, int]
+    failures: tuple[str, ...] = ()
+    unparsed: tuple[str, ...] = ()
+
+
+# Counts of hand-offs without an accepted answer (refused with a 400, answer lost, never sent, left
+# unsent) and of calls answered 429: a run with any of them did not measure a clean night.
+NOT_HANDED_OFF: Final = ("failed", "unknown", "not_sent", "unsent", "rate_limited")
+
+
+@dataclass(frozen=True)
 class SubmitRun:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float  # the largest single process
     total_rss_mb: float  # the sum of every process's peak (workers), an upper bound
-    counts: dict[str, int]
+    output: SubmitOutput
     sandbox_cpu_s: float
+    returncode: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.output.counts
 
     @property
     def handoffs(self) -> int:
-        return self.counts.get("sent", 0)
+        """Hand-offs FlexFactor accepted; `sent` also counts the ones it refused or never answered."""
+        return self.counts.get("accepted", 0)
+
+    @property
+    def not_handed_off(self) -> dict[str, int]:
+        return {key: self.counts[key] for key in NOT_HANDED_OFF if self.counts.get(key)}
 
     @property
     def per_second(self) -> float:
@@ -237,6 +271,21 @@ class SubmitRun:
     @property
     def cpu_per_1000(self) -> float:
         return self.cpu_s * 1000 / self.handoffs if self.handoffs else float("nan")
+
+    def problems(self) -> list[str]:
+        """Why this run's figures do not measure a night of hand-offs; empty when they do."""
+        found = []
+        if self.returncode:
+            found.append(f"run submit ended with exit code {self.returncode}")
+        if self.output.run_id is None:
+            found.append("run submit printed no counts line")
+        if self.not_handed_off:
+            found.append(
+                "hand-offs not handed off: " + ", ".join(f"{k} {v:,}" for k, v in self.not_handed_off.items())
+            )
+        found += [f"  {line}" for line in self.output.failures]
+        found += [f"  unrecognised output: {line}" for line in self.output.unparsed]
+        return found
 
 
 def run_submit_process(settings_path: Path, box: Sandbox, *, workers: int = 1) -> SubmitRun:
@@ -260,11 +309,13 @@ def run_submit_process(settings_path: Path, box: Sandbox, *, workers: int = 1) -
         out.seek(0)
         err.seek(0)
         text, errors = out.read().decode(), err.read().decode()
-    if process.returncode != 0:
-        raise SystemExit(f"run submit failed ({process.returncode}):\n{errors[-3000:]}")
+    output = parse_submit_output(text)
+    # Exit code 3 is a run that left hand-offs unsent: its counts are printed and reported as a problem.
+    if process.returncode not in (0, EXIT_INCOMPLETE) or output.run_id is None:
+        raise SystemExit(f"run submit failed ({process.returncode}):\n{text[-2000:]}\n{errors[-3000:]}")
     largest, total = (max(peaks.values()), sum(peaks.values())) if peaks else (0, 0)
     cpu = usage.ru_utime + usage.ru_stime + sum(unwaited.values())
-    return SubmitRun(wall, cpu, largest / 1024, total / 1024, _counts(text), sandbox_cpu)
+    return SubmitRun(wall, cpu, largest / 1024, total / 1024, output, sandbox_cpu, process.returncode)
 
 
 def _watch_peaks(pid: int, peaks: dict[int, int], unwaited: dict[int, float]) -> None:
@@ -300,11 +351,33 @@ def _watch_peaks(pid: int, peaks: dict[int, int], unwaited: dict[int, float]) ->
         time.sleep(0.2)
 
 
-def _counts(output: str) -> dict[str, int]:
-    # The last line reads "submit RUN_ID: key value, key value, ..."
-    line = output.strip().splitlines()[-1]
-    pairs = line.split(": ", 1)[1].split(", ")
-    return {key: int(value) for key, value in (pair.rsplit(" ", 1) for pair in pairs)}
+_COUNTS_LINE: Final = re.compile(r"^submit (?P<run>\S+): (?P<pairs>.*)$")
+_PAIR: Final = re.compile(r"^(?P<key>[a-z_]+) (?P<value>\d+)$")
+_FAILURE_LINE: Final = re.compile(r"^(failed|not sent) \d+: |^\.\.\. \d+ more with \d+ other reasons$")
+
+
+def parse_submit_output(text: str) -> SubmitOutput:
+    """`run submit`'s stdout: "submit RUN_ID: key value, key value, ..." and, after it, one
+    "failed N: <reason>" (or "not sent N: <reason>") line per distinct reason. Any other line is kept
+    as unparsed, never dropped."""
+    run_id: str | None = None
+    counts: dict[str, int] = {}
+    failures: list[str] = []
+    unparsed: list[str] = []
+    for line in (raw.strip() for raw in text.splitlines()):
+        if not line:
+            continue
+        if _FAILURE_LINE.match(line):
+            failures.append(line)
+            continue
+        found = _COUNTS_LINE.match(line)
+        pairs = [_PAIR.match(pair) for pair in found["pairs"].split(", ")] if found else []
+        if not found or run_id is not None or not all(pairs):
+            unparsed.append(line)
+            continue
+        run_id = found["run"]
+        counts.update({m["key"]: int(m["value"]) for m in pairs if m})
+    return SubmitOutput(run_id, counts, tuple(failures), tuple(unparsed))
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -401,40 +474,81 @@ def main() -> None:
     )
     template_body = body_template()
     rows: list[str] = []
+    troubles: list[str] = []
     for latency in latencies:
         with sandbox(latency) as box, book_copy(template, f"l{latency}") as url:
             # The baseline's bodies are dated now, so it runs before the clock is set to the night.
             bare = baseline_arm(box.base_url, args.concurrency, args.baseline_seconds, template_body)
-            box.freeze(NIGHT)
-            with tempfile.TemporaryDirectory() as folder:
-                settings_path = write_settings(
-                    Path(folder) / "settings.yaml",
-                    db_url=url,
-                    base_url=box.base_url,
-                    batch_size=args.batch_size,
-                    concurrency=args.concurrency,
-                )
-                run = run_submit_process(settings_path, box)
-                if args.explain and latency == latencies[-1]:
-                    print_outcome_plan(url, settings_path)
+            run = submit_night(
+                url,
+                box,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                explain_outcomes=args.explain and latency == latencies[-1],
+            )
         rows.append(
-            f"{latency:>5}ms | {run.wall_s:7.1f} {run.handoffs:>7,} {run.counts.get('charged', 0):>7,} | "
+            f"{latency:>5}ms | {run.wall_s:7.1f} {run.handoffs:>7,} {book.due_flexfactor:>7,} "
+            f"{sum(run.not_handed_off.values()):>7,} {run.counts.get('charged', 0):>7,} | "
             f"{run.per_second:8.1f} {bare.per_second:8.1f} {ratio(run.per_second, bare.per_second):6.2f} | "
             f"{run.cpu_per_1000:7.2f} {bare.cpu_ms_per_call:7.2f} {ratio(run.cpu_per_1000, bare.cpu_ms_per_call):6.2f} | "
-            f"{run.peak_rss_mb:6.0f} | {run.sandbox_cpu_s:6.1f} | {bare.errors}/{run.counts.get('unknown', 0)}"
+            f"{run.peak_rss_mb:6.0f} | {run.sandbox_cpu_s:6.1f} | {bare.errors:>6,}"
         )
+        troubles += [f"{latency} ms: {line}" for line in run.problems()]
+        if bare.errors:
+            troubles.append(f"{latency} ms: the bare baseline had {bare.errors:,} failed calls")
     print(
         f"\nrun submit, concurrency {args.concurrency}, batch {args.batch_size} "
         "(targets at 100 ms: ratio >= 0.85; CPU ratio <= 2.00; peak RSS < 400 MB)"
     )
     header = (
-        f"{'latency':>7} | {'wall s':>7} {'handoffs':>7} {'charged':>7} | {'ho/s':>8} {'bare/s':>8} {'ratio':>6} | "
-        f"{'cpu s/1k':>7} {'bare':>7} {'ratio':>6} | {'RSS MB':>6} | {'sb cpu':>6} | err b/unknown"
+        f"{'latency':>7} | {'wall s':>7} {'handoffs':>7} {'due ff':>7} {'NOT ho':>7} {'charged':>7} | "
+        f"{'ho/s':>8} {'bare/s':>8} {'ratio':>6} | {'cpu s/1k':>7} {'bare':>7} {'ratio':>6} | "
+        f"{'RSS MB':>6} | {'sb cpu':>6} | {'bare err':>6}"
     )
     print(header)
     print("-" * len(header))
     for line in rows:
         print(line)
+    print(
+        "\nhandoffs: accepted by FlexFactor (ho/s and cpu s/1k count only these); due ff: due tonight on "
+        "FlexFactor slots; NOT ho: refused, answer lost, never sent or left unsent."
+    )
+    if troubles:
+        print("\n" + "!" * 100)
+        print(
+            "NOT A MEASUREMENT: hand-offs failed, so the figures above do not measure a night of hand-offs."
+        )
+        for line in troubles:
+            print(f"  {line}")
+        print("!" * 100)
+        raise SystemExit(1)
+
+
+def submit_night(
+    url: str,
+    box: Sandbox,
+    *,
+    batch_size: int,
+    concurrency: int,
+    workers: int = 1,
+    rate_limit_per_second: float = 10_000,
+    explain_outcomes: bool = False,
+) -> SubmitRun:
+    """`run submit --at NIGHT` on the book at `url` against `box`, its clock frozen at the night."""
+    box.freeze(NIGHT)
+    with tempfile.TemporaryDirectory() as folder:
+        settings_path = write_settings(
+            Path(folder) / "settings.yaml",
+            db_url=url,
+            base_url=box.base_url,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            rate_limit_per_second=rate_limit_per_second,
+        )
+        run = run_submit_process(settings_path, box, workers=workers)
+        if explain_outcomes:
+            print_outcome_plan(url, settings_path)
+    return run
 
 
 if __name__ == "__main__":
