@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -61,11 +62,19 @@ def serve_url(tmp_path: Path, db_url: str) -> Iterator[str]:
 
 
 def reasons(db_url: str) -> list[tuple[int, str | None]]:
+    """The journal's (status, reason) rows once serve's writer has applied every acknowledged delivery
+    (an accepted one reads "queued" until then)."""
     engine = make_engine(db_url)
+    deadline = time.monotonic() + 30
     try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(WebhookDelivery).order_by(WebhookDelivery.id))
-            return [(row.http_status, row.reason) for row in rows]
+        while True:
+            with engine.connect() as conn:
+                rows = conn.execute(select(WebhookDelivery).order_by(WebhookDelivery.id))
+                found = [(row.http_status, row.reason) for row in rows]
+            if all(reason != "queued" for _, reason in found):
+                return found
+            assert time.monotonic() < deadline, f"serve's writer did not apply {found}"
+            time.sleep(0.02)
     finally:
         engine.dispose()
 
