@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -102,15 +103,29 @@ _MAX_REASONS = 10
 
 
 def _failure_lines(engine: Engine, run_id: str) -> list[str]:
-    """`failed N: <reason>` (and `not sent N: <reason>`) per distinct error of the run's hand-offs."""
     from recycle_engine.storage.handoff_repo import failure_reasons
 
     with engine.connect() as conn:
-        reasons = failure_reasons(conn, run_id)
-    lines = [f"{'failed' if state == 'FAILED' else 'not sent'} {n}: {error}" for state, error, n in reasons]
+        return failure_lines(failure_reasons(conn, run_id))
+
+
+_TRACE = re.compile(r" \(trace [^)]*\)")
+
+
+def failure_lines(reasons: list[tuple[str, str, int]]) -> list[str]:
+    """`failed N: <reason>` (and `not sent N: <reason>`) per distinct reason, most frequent first.
+
+    FlexFactor's error text carries a trace id unique to each call; it is left out so that 599 identical
+    refusals read as one line, not as ten lines and "589 more with 589 other reasons"."""
+    grouped: dict[tuple[str, str], int] = {}
+    for state, error, n in reasons:
+        key = (state, _TRACE.sub("", error))
+        grouped[key] = grouped.get(key, 0) + n
+    ranked = sorted(grouped.items(), key=lambda item: (-item[1], item[0][1]))
+    lines = [f"{'failed' if state == 'FAILED' else 'not sent'} {n}: {error}" for (state, error), n in ranked]
     if len(lines) > _MAX_REASONS:
-        rest = sum(n for _s, _e, n in reasons[_MAX_REASONS:])
-        lines = [*lines[:_MAX_REASONS], f"... {rest} more with {len(reasons) - _MAX_REASONS} other reasons"]
+        rest = sum(n for _key, n in ranked[_MAX_REASONS:])
+        lines = [*lines[:_MAX_REASONS], f"... {rest} more with {len(ranked) - _MAX_REASONS} other reasons"]
     return lines
 
 
