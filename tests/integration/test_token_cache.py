@@ -27,6 +27,7 @@ from recycle_engine.services.submit import run_submit
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import FlexFactorTokenCache, Handoff
 from tests.factories import SANDBOX_ENV, a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.integration import test_workers as workers_night
 from tests.integration.test_flexfactor_client import a_body
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -307,3 +308,28 @@ def test_given_a_database_without_the_cache_table_when_calling_then_the_call_suc
     # then: the cache never fails a call; the token lives in the process as before
     assert answer.flexfactor_order_id
     assert _token_calls(sandbox) == 1
+
+
+# --- a multi-worker night ---------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_given_a_night_run_by_four_worker_processes_when_they_hand_off_then_one_token_call_serves_all(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # given: a sandbox process, 400 hand-offs and 10 processor charges due, for `run submit --workers 4`
+    sandbox = workers_night.Sandbox(latency_ms=0)
+    try:
+        env = workers_night._book(tmp_path, pg_url, sandbox, handoffs=400, charges=10, concurrency=4)
+        # when
+        proc = workers_night._cli("run", "submit", "--at", NIGHT.isoformat(), "--workers", "4", env=env)
+        out, err = proc.communicate(timeout=300)
+        token_calls = requests.get(f"{sandbox.admin}/requests?path=/oauth2/token", timeout=30).json()["items"]
+        evaluates = sandbox.evaluates()
+    finally:
+        sandbox.close()
+    # then: four processes, one token call between them
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert "handoffs_created 400," in out.decode()
+    assert [e["status"] for e in evaluates] == [200] * 400
+    assert len(token_calls) == 1
