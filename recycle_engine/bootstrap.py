@@ -62,7 +62,7 @@ def flexfactor_clients(
         assert ff is not None
         cache = (
             SealedTokenCache(
-                engine,
+                engine.url.render_as_string(hide_password=False),
                 base_url=ff.base_url,
                 app_key=ff.app_key,
                 app_secret=ff.app_secret,

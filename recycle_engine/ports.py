@@ -137,6 +137,10 @@ class TokenCache(Protocol):
         """Forget `failed` (FlexFactor answered 401 to it) unless another token already replaced it."""
         ...
 
+    def close(self) -> None:
+        """Release its database connections."""
+        ...
+
 
 @dataclass(frozen=True)
 class ChargeRequest:

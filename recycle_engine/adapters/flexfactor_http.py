@@ -186,8 +186,10 @@ class FlexFactorClient:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections; the client is unusable afterwards."""
+        """Release pooled connections (and the token cache's); the client is unusable afterwards."""
         self._session.close()
+        if self._token_cache is not None:
+            self._token_cache.close()
 
     # --- the port ---------------------------------------------------------------------------------
 

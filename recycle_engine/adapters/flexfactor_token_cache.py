@@ -7,6 +7,9 @@ from the app secret, which comes from the environment and is never stored: a dum
 database yields no usable token. Its expiry stays in clear, so a reader knows when to renew without
 unsealing. A token that does not unseal (the secret was rotated, or another key wrote it) is a miss.
 
+The cache has its own small engine (storage.token_cache_repo.cache_engine): a run may call FlexFactor
+inside one of its transactions, so the cache must neither wait for that run's lock nor its connections.
+
 Concurrency: on PostgreSQL the process that finds no usable token fetches while it holds the row
 lock, so workers starting together wait for its token instead of each fetching one (the wait is
 bounded: past it a process fetches its own). On SQLite the only lock is the whole database's, which
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import StorageError
@@ -52,16 +55,19 @@ class SealedTokenCache:
     """ports.TokenCache in the flexfactor_token_cache table, for one (base_url, app key)."""
 
     def __init__(
-        self, engine: Engine, *, base_url: str, app_key: str, app_secret: str, lock_wait_s: float
+        self, database_url: str, *, base_url: str, app_key: str, app_secret: str, lock_wait_s: float
     ) -> None:
-        self._engine = engine
+        self._engine = repo.cache_engine(database_url)
         self._key = repo.CacheKey(base_url.rstrip("/"), key_fingerprint(app_key))
         self._fernet = _fernet(app_secret, self._key)
-        self._holds_lock = engine.dialect.name == "postgresql"
+        self._holds_lock = self._engine.dialect.name == "postgresql"
         self._lock_wait_ms = max(1, int(lock_wait_s * 1000))
 
     def __repr__(self) -> str:
         return f"SealedTokenCache(base_url={self._key.base_url!r})"
+
+    def close(self) -> None:
+        self._engine.dispose()
 
     def current(self, now: datetime, fetch: Callable[[], BearerToken]) -> BearerToken:
         try:

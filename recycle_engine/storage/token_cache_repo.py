@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
-from sqlalchemy import ColumnElement, Connection, and_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, create_engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 
+from recycle_engine.storage.db import make_engine, normalise_url
 from recycle_engine.storage.models import FlexFactorTokenCache
 
-__all__ = ["CacheKey", "CachedRow", "clear", "ensure", "read", "replace"]
+__all__ = ["CacheKey", "CachedRow", "cache_engine", "clear", "ensure", "read", "replace"]
+
+# How long a write to the cache waits for SQLite's lock before giving up (the token is then kept in
+# the process only): the lock may be held by this very process, around the call that wants a token.
+SQLITE_WRITE_WAIT_S: Final = 0.1
 
 _T = FlexFactorTokenCache
 
@@ -29,6 +36,23 @@ class CachedRow:
     expires_at: datetime | None
     renew_at: datetime | None
     version: int
+
+
+def cache_engine(url: str) -> Engine:
+    """The cache's own small engine on the run's database.
+
+    Its own, because a run may call FlexFactor inside one of its transactions (settling an expired
+    hand-off, say), holding SQLite's database lock or the connections of its pool. So on SQLite reads
+    take no lock (WAL gives them the last committed row) and a write waits SQLITE_WRITE_WAIT_S at
+    most, where the engine's own transactions take the lock at BEGIN and wait 30 s; on PostgreSQL it
+    has its own pool of one connection (two at most)."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return make_engine(url, pool_size=1)
+    parsed = parsed.difference_update_query(["timeout"])
+    # pysqlite's own transactions: a SELECT runs outside one, a write begins a deferred one.
+    args = {"check_same_thread": False, "timeout": SQLITE_WRITE_WAIT_S}
+    return create_engine(parsed, connect_args=args)
 
 
 def ensure(conn: Connection, key: CacheKey, now: datetime) -> None:

@@ -227,6 +227,29 @@ def test_given_two_processes_on_a_revoked_token_when_both_meet_the_401_then_one_
     assert _statuses(sandbox, "/evaluate") == [200, 200, 401, 200, 401, 200]
 
 
+@pytest.mark.timeout(60, method="thread")  # a hang in SQLite's busy wait, where signals wait too
+def test_given_the_run_holds_a_transaction_when_its_call_needs_a_token_then_the_cache_does_not_wait_for_it(
+    sandbox: RunningSandbox, settings: Settings, db_url: str
+) -> None:
+    # given: a run whose own transaction is open around a FlexFactor call (reconcile settles an
+    # expired hand-off so), on a database whose writers wait an hour for a lock
+    patient_url = db_url + "?timeout=3600" if db_url.startswith("sqlite") else db_url
+    engine = make_engine(patient_url)
+    client = flexfactor_clients(settings, FixedClock(NIGHT), engine=engine)["ff"]
+    assert isinstance(client, FlexFactorClient)
+    try:
+        with engine.begin() as conn:
+            conn.execute(select(FlexFactorTokenCache.version)).all()
+            # when: the call inside it fetches a token (a hang here is the failure)
+            answer = client.evaluate(_body())
+    finally:
+        client.close()
+        engine.dispose()
+    # then
+    assert answer.flexfactor_order_id
+    assert _token_calls(sandbox) == 1
+
+
 # --- what the database holds ----------------------------------------------------------------------
 
 
@@ -264,7 +287,7 @@ def test_given_a_token_sealed_under_another_secret_when_read_then_it_is_a_miss_a
     db_url: str,
 ) -> None:
     # given: a row written under the old secret
-    engine = make_engine(db_url)
+    caches: list[SealedTokenCache] = []
     fetched: list[str] = []
 
     def fetch_as(value: str) -> Callable[[], BearerToken]:
@@ -275,9 +298,11 @@ def test_given_a_token_sealed_under_another_secret_when_read_then_it_is_a_miss_a
         return fetch
 
     def cache(secret: str) -> SealedTokenCache:
-        return SealedTokenCache(
-            engine, base_url="http://ff.test/v1", app_key="key", app_secret=secret, lock_wait_s=5
+        made = SealedTokenCache(
+            db_url, base_url="http://ff.test/v1", app_key="key", app_secret=secret, lock_wait_s=5
         )
+        caches.append(made)
+        return made
 
     try:
         old = cache("old-secret").current(NIGHT, fetch_as("token-old"))
@@ -285,7 +310,8 @@ def test_given_a_token_sealed_under_another_secret_when_read_then_it_is_a_miss_a
         new = cache("new-secret").current(NIGHT, fetch_as("token-new"))
         again = cache("new-secret").current(NIGHT, fetch_as("token-unwanted"))
     finally:
-        engine.dispose()
+        for made in caches:
+            made.close()
     # then: the old row did not unseal, so a token was fetched and stored under the new secret
     assert (old.value, new.value, again.value) == ("token-old", "token-new", "token-new")
     assert fetched == ["token-old", "token-new"]
