@@ -62,6 +62,10 @@ class SealedTokenCache:
         self._fernet = _fernet(app_secret, self._key)
         self._holds_lock = self._engine.dialect.name == "postgresql"
         self._lock_wait_ms = max(1, int(lock_wait_s * 1000))
+        # The version of the last token FlexFactor refused us. Never taken back from the table, even
+        # when clearing it there failed (SQLite locked by this very process): a second 401 on the same
+        # token would read as wrong credentials. Versions only grow, so the last one is enough.
+        self._refused: int | None = None
 
     def __repr__(self) -> str:
         return f"SealedTokenCache(base_url={self._key.base_url!r})"
@@ -86,11 +90,12 @@ class SealedTokenCache:
     def drop(self, failed: BearerToken, now: datetime) -> None:
         if failed.version is None:
             return  # never shared
+        self._refused = failed.version
         try:
             with self._engine.begin() as conn:
                 repo.clear(conn, self._key, version=failed.version, now=now)
         except _DB_ERRORS as exc:
-            # The next reader unseals it, meets the same 401 and drops it then.
+            # Another process reading it meets the same 401 and drops it then.
             self._warn("drop", exc)
 
     def _fetch_holding_lock(self, now: datetime, fetch: Callable[[], BearerToken]) -> BearerToken:
@@ -144,7 +149,7 @@ class SealedTokenCache:
     def _usable(self, row: repo.CachedRow | None, now: datetime) -> BearerToken | None:
         if row is None or row.sealed_token is None or row.expires_at is None or row.renew_at is None:
             return None
-        if now >= row.renew_at:
+        if now >= row.renew_at or row.version == self._refused:
             return None
         try:
             value = self._fernet.decrypt(row.sealed_token.encode("ascii")).decode("utf-8")

@@ -250,6 +250,30 @@ def test_given_the_run_holds_a_transaction_when_its_call_needs_a_token_then_the_
     assert _token_calls(sandbox) == 1
 
 
+def test_given_a_revoked_token_met_inside_the_runs_own_transaction_then_one_reauth_and_the_call_succeeds(
+    sandbox: RunningSandbox, process: Callable[..., FlexFactorClient], settings: Settings, db_url: str
+) -> None:
+    # given: a shared token, revoked; a run whose open transaction (on SQLite: the database's lock)
+    # keeps the cache from forgetting it
+    process().evaluate(_body())
+    _admin(sandbox, "tokens/revoke", {})
+    engine = make_engine(db_url)
+    client = flexfactor_clients(settings, FixedClock(NIGHT), engine=engine)["ff"]
+    assert isinstance(client, FlexFactorClient)
+    try:
+        with engine.begin() as conn:
+            conn.execute(select(FlexFactorTokenCache.version)).all()
+            # when
+            answer = client.evaluate(_body())
+    finally:
+        client.close()
+        engine.dispose()
+    # then: the token that failed is never taken back from the cache, whatever the cache could write
+    assert answer.flexfactor_order_id
+    assert _statuses(sandbox, "/evaluate") == [200, 401, 200]
+    assert _token_calls(sandbox) == 2
+
+
 # --- what the database holds ----------------------------------------------------------------------
 
 
