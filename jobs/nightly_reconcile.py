@@ -27,7 +27,12 @@ def run(config_path: str) -> dict[str, int]:
     app = bootstrap.build_app(settings, clock)
     try:
         result = run_reconcile(
-            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), at=now, now=now, clock=clock
+            settings,
+            app.engine,
+            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
+            at=now,
+            now=now,
+            clock=clock,
         )
         alert_unsent(settings, "reconcile", result.run_id, result.counts.get("unsent", 0))
     finally:

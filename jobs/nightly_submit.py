@@ -38,7 +38,7 @@ def run(config_path: str) -> dict[str, int]:
         result = run_submit(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, clock),
+            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
             bootstrap.processors(settings),
             at=now,
             now=now,

@@ -42,16 +42,37 @@ def build_app(settings: Settings, clock: Clock, *, pool_size: int | None = None)
     return App(settings=settings, engine=make_engine(settings.database_url, pool_size=size), clock=clock)
 
 
-def flexfactor_clients(settings: Settings, clock: Clock) -> dict[str, FlexFactorGateway]:
-    """One pooled client per FlexFactor gateway; refuses when a credential it sends is missing."""
+def flexfactor_clients(
+    settings: Settings, clock: Clock, *, engine: Engine | None = None
+) -> dict[str, FlexFactorGateway]:
+    """One pooled client per FlexFactor gateway; refuses when a credential it sends is missing.
+
+    With `engine`, the clients keep their token in its flexfactor_token_cache table, sealed, so every
+    process on that database shares one token until shortly before it expires."""
     require(settings, Need.FLEXFACTOR)
     from recycle_engine.adapters.flexfactor_http import FlexFactorClient
+    from recycle_engine.storage.sealed_token_cache import SealedTokenCache
 
+    http = settings.http
+    # How long a process waits for another's token call before making its own: one call's worst case.
+    lock_wait_s = (http.connect_timeout_s + http.read_timeout_s) * (http.max_retries + 1)
     clients: dict[str, FlexFactorGateway] = {}
     for gw in settings.flexfactor_gateways():
-        assert gw.flexfactor is not None
+        ff = gw.flexfactor
+        assert ff is not None
+        cache = (
+            SealedTokenCache(
+                engine.url.render_as_string(hide_password=False),
+                base_url=ff.base_url,
+                app_key=ff.app_key,
+                app_secret=ff.app_secret,
+                lock_wait_s=lock_wait_s,
+            )
+            if engine is not None
+            else None
+        )
         clients[gw.id] = FlexFactorClient(
-            gw.flexfactor, settings.http, settings.batching, clock, gateway_id=gw.id
+            ff, settings.http, settings.batching, clock, gateway_id=gw.id, token_cache=cache
         )
     return clients
 

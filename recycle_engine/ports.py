@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from recycle_engine.domain.states import State
 
 __all__ = [
+    "BearerToken",
     "ChargeRequest",
     "ChargeResult",
     "Clock",
@@ -19,6 +20,7 @@ __all__ = [
     "LookupProcessor",
     "OrderSnapshot",
     "ProcessorGateway",
+    "TokenCache",
     "VendorStatus",
 ]
 
@@ -109,6 +111,34 @@ class FlexFactorGateway(Protocol):
     def external_cancel(self, external_order_id: str) -> OrderSnapshot | None:
         """POST /orders/{orderId}/external-cancel, by our orderId; returns as `cancel` does.
         Raises FlexFactorNotFoundError when FlexFactor holds no order with that orderId."""
+        ...
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """A FlexFactor access token and when to stop using it. `version` is the shared cache's row
+    version it was read or written as (None: known to this process only)."""
+
+    value: str = field(repr=False)
+    expires_at: datetime
+    renew_at: datetime
+    version: int | None = None
+
+
+class TokenCache(Protocol):
+    """Where a FlexFactor token outlives the process that fetched it. It never fails a call: when
+    it cannot help it fetches, and a race between processes costs at most an extra fetch."""
+
+    def current(self, now: datetime, fetch: Callable[[], BearerToken]) -> BearerToken:
+        """A token usable at `now`: the shared one, else `fetch()`'s, offered to the others."""
+        ...
+
+    def drop(self, failed: BearerToken, now: datetime) -> None:
+        """Forget `failed` (FlexFactor answered 401 to it) unless another token already replaced it."""
+        ...
+
+    def close(self) -> None:
+        """Release its database connections."""
         ...
 
 

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -36,7 +35,14 @@ from recycle_engine.errors import (
     FlexFactorUnknownOutcome,
     InputError,
 )
-from recycle_engine.ports import Clock, EvaluateAnswer, FlexFactorGateway, OrderSnapshot
+from recycle_engine.ports import (
+    BearerToken,
+    Clock,
+    EvaluateAnswer,
+    FlexFactorGateway,
+    OrderSnapshot,
+    TokenCache,
+)
 
 __all__ = ["FlexFactorClient", "TokenBucket", "retry_after_s"]
 
@@ -131,13 +137,6 @@ class TokenBucket:
             self._capacity = max(1.0, min(self._max_capacity, self._rate))
 
 
-@dataclass(frozen=True)
-class _Token:
-    value: str = field(repr=False)
-    expires_at: datetime
-    renew_at: datetime
-
-
 class FlexFactorClient:
     """ports.FlexFactorGateway over HTTP for one FlexFactor gateway (one credential set). Thread-safe."""
 
@@ -150,7 +149,10 @@ class FlexFactorClient:
         *,
         gateway_id: str,
         sleep: Callable[[float], None] = time.sleep,
+        token_cache: TokenCache | None = None,
     ) -> None:
+        """`token_cache`: where the token outlives this process (bootstrap passes the database's);
+        without one each client fetches its own."""
         self._settings = settings
         self._http = http
         self._clock = clock
@@ -167,8 +169,9 @@ class FlexFactorClient:
         self._session.mount("http://", adapter)
         self._session.headers.update({"Accept": "application/json", "User-Agent": _USER_AGENT})
         _environment_read_once(self._session, self._base)
-        self._token: _Token | None = None
+        self._token: BearerToken | None = None
         self._token_lock = threading.Lock()
+        self._token_cache = token_cache
         self.token_fetches = 0  # for operators and tests: how many times we asked for a token
 
     def __repr__(self) -> str:
@@ -183,8 +186,10 @@ class FlexFactorClient:
         self.close()
 
     def close(self) -> None:
-        """Release pooled connections; the client is unusable afterwards."""
+        """Release pooled connections (and the token cache's); the client is unusable afterwards."""
         self._session.close()
+        if self._token_cache is not None:
+            self._token_cache.close()
 
     # --- the port ---------------------------------------------------------------------------------
 
@@ -440,19 +445,23 @@ class FlexFactorClient:
 
     # --- token ------------------------------------------------------------------------------------
 
-    def _current_token(self) -> _Token:
+    def _current_token(self) -> BearerToken:
         token = self._token
         if token is not None and self._clock.now() < token.renew_at:
             return token
         with self._token_lock:
             # Another thread may have fetched it while we waited for the lock.
             token = self._token
-            if token is None or self._clock.now() >= token.renew_at:
-                token = self._fetch_token()
+            now = self._clock.now()
+            if token is None or now >= token.renew_at:
+                if self._token_cache is None:
+                    token = self._fetch_token()
+                else:
+                    token = self._token_cache.current(now, self._fetch_token)
                 self._token = token
             return token
 
-    def _new_token(self, value: str, expires_at: datetime) -> _Token:
+    def _new_token(self, value: str, expires_at: datetime) -> BearerToken:
         now = self._clock.now()
         renew_at = expires_at - TOKEN_MARGIN
         if renew_at <= now:
@@ -463,15 +472,18 @@ class FlexFactorClient:
                 extra={"gateway": self.gateway_id, "expires_at": expires_at.isoformat()},
             )
             renew_at = now + TOKEN_MARGIN
-        return _Token(value=value, expires_at=expires_at, renew_at=renew_at)
+        return BearerToken(value=value, expires_at=expires_at, renew_at=renew_at)
 
-    def _drop_token(self, failed: _Token) -> None:
+    def _drop_token(self, failed: BearerToken) -> None:
         with self._token_lock:
-            # Only the token that failed: 64 threads seeing one 401 must cause one new fetch.
+            # Only the token that failed: 64 threads seeing one 401 must cause one new fetch, and
+            # one write to the shared cache, which itself keeps a token another process put after it.
             if self._token is failed:
                 self._token = None
+                if self._token_cache is not None:
+                    self._token_cache.drop(failed, self._clock.now())
 
-    def _fetch_token(self) -> _Token:
+    def _fetch_token(self) -> BearerToken:
         path = "/oauth2/token"
         data = json.dumps({"AppKey": self._settings.app_key, "AppSecret": self._settings.app_secret}).encode()
         attempts = self._http.max_retries + 1

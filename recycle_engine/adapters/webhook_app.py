@@ -322,7 +322,7 @@ def cascade_route(
             if not built:
                 from recycle_engine.bootstrap import flexfactor_clients
 
-                built.append(flexfactor_clients(settings, clock))
+                built.append(flexfactor_clients(settings, clock, engine=engine))
             return built[0]
 
     async def cascade(request: Request) -> Response:

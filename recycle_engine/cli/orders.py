@@ -63,7 +63,7 @@ def rerun_cmd(
     clock = SystemClock()
     app = bootstrap.build_app(settings, clock)
     try:
-        clients = bootstrap.flexfactor_clients(settings, clock) if send_now else {}
+        clients = bootstrap.flexfactor_clients(settings, clock, engine=app.engine) if send_now else {}
         report = rerun_orders(
             settings, app.engine, clients, ids, gateway_id=gateway_id, now=clock.now(), send_now=send_now
         )
@@ -113,7 +113,11 @@ def cascade_cmd(order_id: str, config_path: Path) -> None:
     app = bootstrap.build_app(settings, clock)
     try:
         outcome = cascade_order(
-            settings, app.engine, bootstrap.flexfactor_clients(settings, clock), order_id, now=clock.now()
+            settings,
+            app.engine,
+            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
+            order_id,
+            now=clock.now(),
         )
     finally:
         app.close()

@@ -69,7 +69,9 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
             result = run_submit(
                 settings,
                 app.engine,
-                {} if dry_run else bootstrap.flexfactor_clients(settings, LogicalClock(at)),
+                {}
+                if dry_run
+                else bootstrap.flexfactor_clients(settings, LogicalClock(at), engine=app.engine),
                 bootstrap.processors(settings),
                 at=at,
                 now=clock.now(),
@@ -150,7 +152,7 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
         result = run_reconcile(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, LogicalClock(at)),
+            bootstrap.flexfactor_clients(settings, LogicalClock(at), engine=app.engine),
             at=at,
             now=clock.now(),
             clock=clock,

@@ -1,4 +1,5 @@
-"""The sandbox's /_sandbox admin API, loopback only: clock, faults, config, logs, orders, webhooks, reset."""
+"""The sandbox's /_sandbox admin API, loopback only: clock, faults, config, logs, orders, webhooks,
+token revocation, reset."""
 
 from __future__ import annotations
 
@@ -117,6 +118,15 @@ async def admin_send_webhook(request: Request, state: SandboxState) -> Response:
     return _json(200, {"delivered": error is None, "error": error})
 
 
+async def admin_revoke_tokens(request: Request, state: SandboxState) -> Response:
+    """Revoke every bearer token issued so far, as FlexFactor may before `expires`: the next call
+    with one is answered 401."""
+    with state.lock:
+        revoked = len(state.store.tokens)
+        state.store.tokens.clear()
+    return _json(200, {"revoked": revoked})
+
+
 def _admin_routes() -> list[Route]:
     return [
         Route("/_sandbox/health", admin(admin_health), methods=["GET"]),
@@ -129,4 +139,5 @@ def _admin_routes() -> list[Route]:
         Route("/_sandbox/faults", admin(admin_faults), methods=["GET", "POST"]),
         Route("/_sandbox/config", admin(admin_config), methods=["GET", "POST"]),
         Route("/_sandbox/reset", admin(admin_reset), methods=["POST"]),
+        Route("/_sandbox/tokens/revoke", admin(admin_revoke_tokens), methods=["POST"]),
     ]

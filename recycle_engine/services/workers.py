@@ -175,7 +175,7 @@ def _work(job: _Job, results: Connection) -> None:
     clock = SystemClock()
     app = bootstrap.build_app(job.settings, clock, pool_size=WORKER_POOL_SIZE)
     # FlexFactor's dates are read against the night being run, not the wall clock.
-    clients = bootstrap.flexfactor_clients(job.settings, LogicalClock(job.at))
+    clients = bootstrap.flexfactor_clients(job.settings, LogicalClock(job.at), engine=app.engine)
     try:
         result = run_submit(
             job.settings,

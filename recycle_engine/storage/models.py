@@ -29,6 +29,7 @@ __all__ = [
     "CohortRollup",
     "Customer",
     "Decline",
+    "FlexFactorTokenCache",
     "Fulfillment",
     "Handoff",
     "HandoffEvent",
@@ -485,6 +486,23 @@ class SchedulerLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FlexFactorTokenCache(Base):
+    """The FlexFactor bearer token shared by every process using one credential set, sealed.
+
+    The token is Fernet-sealed under a key derived from the app secret, which is never stored, so
+    a dump of this table yields no usable token; expiry is in clear so a reader knows when to renew.
+    `version` moves on every write, so a process drops only the token it saw fail."""
+
+    __tablename__ = "flexfactor_token_cache"
+    base_url: Mapped[str] = mapped_column(String(512), primary_key=True)
+    key_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed_token: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class RecycleProfileVersion(Base):
