@@ -84,6 +84,7 @@ class LoggedRequest:
     status: int | None = None
     order_id: str | None = None
     idempotency_key: str | None = None
+    retry_after: str | None = None  # the Retry-After header of a 429, as sent
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class LoggedRequest:
             "status": self.status,
             "order_id": self.order_id,
             "idempotency_key": self.idempotency_key,
+            "retry_after": self.retry_after,
             "at": iso(self.at),
         }
 

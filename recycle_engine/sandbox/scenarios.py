@@ -217,6 +217,7 @@ def _plan_purchase(
 
 FAULT_ACTIONS: Final = frozenset({"503", "502", "500_after", "429", "timeout", "timeout_after", "malformed"})
 _RATES = ("error_5xx_rate", "rate_429_rate", "timeout_rate", "drop_webhook_rate", "duplicate_webhook_rate")
+RETRY_AFTER_FORMS: Final = ("seconds", "http-date")
 
 
 @dataclass
@@ -236,6 +237,8 @@ class FaultSettings:
     error_5xx_rate: float = 0.0
     rate_429_rate: float = 0.0
     retry_after_s: int = 1
+    # How a 429 says it: delta-seconds, or an HTTP date retry_after_s on from the sandbox clock.
+    retry_after_as: str = "seconds"
     timeout_rate: float = 0.0
     timeout_hang_s: float = 30.0
     drop_webhook_rate: float = 0.0
@@ -273,6 +276,11 @@ class Faults:
             new.script = list(self.settings.script)
             for key, value in changes.items():
                 if key in ("reset", "script"):
+                    continue
+                if key == "retry_after_as":
+                    if value not in RETRY_AFTER_FORMS:
+                        raise ValueError(f"retry_after_as must be one of {list(RETRY_AFTER_FORMS)}")
+                    new.retry_after_as = value
                     continue
                 if not hasattr(new, key):
                     raise ValueError(f"unknown fault {key!r}")

@@ -77,6 +77,7 @@ def _server(app: Starlette) -> uvicorn.Server:
             log_config=None,
             timeout_graceful_shutdown=2,
             backlog=2048,
+            date_header=False,  # the /v1 answers carry the sandbox clock's Date instead
         )
     )
 

@@ -9,6 +9,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -23,7 +24,8 @@ from recycle_engine.sandbox.replies import (
     _replay_or_conflict,
     field_errors,
 )
-from recycle_engine.sandbox.scenarios import Evaluation, plan_outcome, validate_evaluate
+from recycle_engine.sandbox.scenarios import Evaluation, FaultSettings, plan_outcome, validate_evaluate
+from recycle_engine.sandbox.signing import http_date
 from recycle_engine.sandbox.state import SandboxState, new_token
 
 __all__ = ["Deferred", "Handler", "evaluate", "token", "vendor"]
@@ -44,6 +46,14 @@ class Deferred:
 Handler = Callable[[Request, SandboxState, LoggedRequest], Awaitable["Response | Deferred"]]
 
 
+def _retry_after(faults: FaultSettings, at: datetime) -> dict[str, str]:
+    """A 429's Retry-After; as a date, it counts from the Date of the same answer (the request's time)."""
+    if faults.retry_after_as == "http-date":
+        until = at + timedelta(seconds=faults.retry_after_s)
+        return {"Retry-After": http_date(until), "Date": http_date(at)}
+    return {"Retry-After": str(faults.retry_after_s)}
+
+
 def vendor(
     template: str, handler: Handler, *, needs_auth: bool = True
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -54,6 +64,10 @@ def vendor(
         entry = state.log_request(request.method, request.url.path[3:])
         response = await _answer(request, state, entry, template, handler, needs_auth)
         entry.status = response.status_code
+        entry.retry_after = response.headers.get("retry-after")
+        # FlexFactor's Date is the sandbox clock's (uvicorn's own, the real time, is off): a Retry-After
+        # date is read against it.
+        response.headers.setdefault("date", http_date(state.clock.now()))
         return response
 
     return endpoint
@@ -74,8 +88,11 @@ async def _answer(
     if action == "502" or action == "503":
         return Response(_GATEWAY_ERROR % int(action), int(action), media_type="text/html")
     if action == "429":
-        retry_after = {"Retry-After": str(faults.settings.retry_after_s)}
-        return _json(429, {"status": 429, "title": "Too Many Requests"}, headers=retry_after)
+        return _json(
+            429,
+            {"status": 429, "title": "Too Many Requests"},
+            headers=_retry_after(faults.settings, entry.at),
+        )
     outcome = await handler(request, state, entry)
     latency_s = faults.settings.latency_ms / 1000
     if isinstance(outcome, Response):

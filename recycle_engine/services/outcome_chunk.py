@@ -305,6 +305,7 @@ def _staged(
         gateway_id,
         r.sub_status,
         cause,
+        r.failure_cause,
         r.outcome_source or _SOURCE,
         shippable,
     )

@@ -65,6 +65,7 @@ class RecycleOutcome(NamedTuple):
     gateway_id: str | None  # gateway of the next scheduled rebill
     old_status: str | None
     cause: str | None  # RECYCLE_FAILED cause
+    old_cause: str | None  # the purchase's cause before this outcome: an approval clears it
     source: str  # how the outcome reached us: the change rows' source
     shippable: bool
 
@@ -86,6 +87,7 @@ _STAGING = Table(
     Column("gateway_id", String(64)),
     Column("old_status", String(32)),
     Column("cause", String(32)),
+    Column("old_cause", String(32)),
     Column("source", String(16)),
     Column("shippable", Boolean),
     prefixes=["TEMPORARY"],
@@ -261,6 +263,10 @@ def _insert_changes(conn: Connection, reasons: tuple[str, str], *, now: datetime
             approved
         ),
         _changes_of("SUBSCRIPTION", sub, "gateway_id", null(), s.c.gateway_id, reasons[0]).where(approved),
+        # A revived purchase (a late rescue of one our settlement failed): the CRM clears its cause.
+        _changes_of("SUBSCRIPTION", sub, "failure_cause", s.c.old_cause, null(), reasons[0]).where(
+            approved, s.c.old_cause.is_not(None)
+        ),
         _changes_of(
             "ORDER",
             s.c.order_id,

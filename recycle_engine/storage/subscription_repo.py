@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     bindparam,
     insert,
+    select,
     update,
 )
 
@@ -181,6 +182,7 @@ def apply_approvals(
     """ACTIVE at the next cycle, paid order COMPLETE, HOLD fulfillments; returns fulfillments created."""
     if not approvals:
         return 0
+    cleared = _causes(conn, [a.subscription_id for a in approvals])
     conn.execute(
         update(Subscription)
         .where(Subscription.id == bindparam("b_id"))
@@ -232,6 +234,8 @@ def apply_approvals(
         changes.append(change("SUBSCRIPTION", sub, "billing_cycle", a.billing_cycle, a.billing_cycle + 1))
         changes.append(change("SUBSCRIPTION", sub, "next_bill_on", None, a.next_bill_on))
         changes.append(change("SUBSCRIPTION", sub, "gateway_id", None, a.gateway_id))
+        if sub in cleared:
+            changes.append(change("SUBSCRIPTION", sub, "failure_cause", cleared[sub], None))
         if a.order_id:
             changes.append(change("ORDER", a.order_id, "status", OrderStatus.DECLINED, "COMPLETE"))
     record_changes(conn, changes)
@@ -250,6 +254,21 @@ def apply_approvals(
             source=item_source,
         )
     return created
+
+
+_IDS_PER_READ = 1000  # well under SQLite's bound-parameter limit
+
+
+def _causes(conn: Connection, subscription_ids: Sequence[str]) -> dict[str, str]:
+    """The failure causes an approval clears, by purchase: the CRM must drop them too."""
+    found: dict[str, str] = {}
+    for start in range(0, len(subscription_ids), _IDS_PER_READ):
+        ids = subscription_ids[start : start + _IDS_PER_READ]
+        stmt = select(Subscription.id, Subscription.failure_cause).where(
+            Subscription.id.in_(ids), Subscription.failure_cause.is_not(None)
+        )
+        found.update((sub, cause) for sub, cause in conn.execute(stmt) if cause is not None)
+    return found
 
 
 def create_fulfillments(

@@ -26,11 +26,13 @@ The scenario is played once per database (a few seconds); each test reads one as
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -50,6 +52,7 @@ from recycle_engine.config import Settings
 from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
+from recycle_engine.services.export import ExportFormat, export_changes
 from recycle_engine.services.outcomes import apply_outcomes
 from recycle_engine.services.reconcile import run_reconcile
 from recycle_engine.services.submit import run_submit
@@ -673,6 +676,27 @@ def test_given_a_window_we_settled_as_expired_when_flexfactor_reports_a_late_res
     ]
 
 
+def test_given_a_purchase_failed_then_saved_late_when_changes_are_exported_then_the_crm_clears_its_cause_once(
+    played: Played,
+) -> None:
+    # given: night 21 failed two purchases (FLEXFACTOR_FAILED); a late rescue saved one of them, while
+    # the night-1 rescue saved a purchase that never failed
+    # when: the CRM reads the outbox
+    out = io.StringIO()
+    export_changes(played.engine, out, since=NIGHT0, fmt=ExportFormat.CSV)
+    causes = [
+        (r["entity_id"], r["old_value"], r["new_value"], r["source"])
+        for r in csv.DictReader(io.StringIO(out.getvalue()))
+        if r["field"] == "failure_cause" and r["entity_id"] in ("sub-late-applied", "sub-rescued")
+    ]
+    # then: the cause is set by the settlement and cleared (empty) by the rescue, once each; the
+    # purchase saved at its first outcome never had a cause to clear
+    assert causes == [
+        ("sub-late-applied", "", "FLEXFACTOR_FAILED", "EXPIRY"),
+        ("sub-late-applied", "FLEXFACTOR_FAILED", "", "WEBHOOK"),
+    ]
+
+
 def test_given_a_window_we_settled_as_expired_when_a_late_rescue_finds_the_purchase_revived_then_it_is_a_reconciliation_exception(
     played: Played,
 ) -> None:
@@ -785,8 +809,12 @@ def test_given_the_book_when_22_nights_pass_then_every_order_and_subscription_ch
     # given / when: the book played over 23 nights
     with played.engine.connect() as conn:
         changes = list(conn.execute(select(Change).order_by(Change.id)))
+
+    def ordered(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return sorted(rows, key=lambda row: tuple("" if v is None else v for v in row))  # None sorts first
+
     by_handoff = {
-        name: sorted(
+        name: ordered(
             (c.entity, c.entity_id, c.field, c.old_value, c.new_value, c.source)
             for c in changes
             if c.handoff_id == handoff_id
@@ -818,9 +846,11 @@ def test_given_the_book_when_22_nights_pass_then_every_order_and_subscription_ch
         "declined": failed("declined", "RESPONSE"),
         "cancelled": failed("cancelled", "WEBHOOK"),
         "expired": failed("expired", "EXPIRY"),
-        "late-applied": sorted(
+        "late-applied": ordered(
             failed("late-applied", "EXPIRY")
             + saved("late-applied", "WEBHOOK", "2026-07-31", "RECYCLE_FAILED")
+            # The revival clears the cause it had: the CRM must not keep it.
+            + [("SUBSCRIPTION", "sub-late-applied", "failure_cause", "FLEXFACTOR_FAILED", None, "WEBHOOK")]
         ),
         "late-unapplied": failed("late-unapplied", "EXPIRY"),
         "rr-trial": [],

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,44 @@ def test_given_a_429_burst_with_retry_after_when_submit_runs_then_no_call_goes_o
     first_429 = next(datetime.fromisoformat(e["at"]) for e in calls if e["status"] == 429)
     first_200 = next(datetime.fromisoformat(e["at"]) for e in calls if e["status"] == 200)
     assert first_200 - first_429 >= timedelta(seconds=0.9)
+
+
+def test_given_a_429_burst_with_an_http_date_retry_after_when_submit_runs_then_no_call_goes_out_before_that_date(
+    world: tuple[Settings, Engine, Path], sandbox: RunningSandbox
+) -> None:
+    # given: FlexFactor names the end of its quiet as an HTTP date, a second on by its clock (which
+    # runs from the night, months away from the real date), with every 429 of a burst
+    settings, engine, _ = world
+    _admin(sandbox, "clock", {"frozen": False})
+    _admin(
+        sandbox,
+        "faults",
+        {
+            "retry_after_s": 1,
+            "retry_after_as": "http-date",
+            "script": [{"path": "/evaluate", "action": "429", "count": 8}],
+        },
+    )
+
+    # when
+    result = _submit(settings, engine)
+
+    # then: every hand-off went out once, none was left unsent ...
+    assert _states(engine)["PENDING"] == 0
+    _answered_once(sandbox, engine)
+    assert result.counts["sent"] == HANDOFFS
+    assert "unsent" not in result.counts
+    # ... each 429 said when by date, and the first call to get through came at or after that date
+    calls = _evaluates(sandbox)
+    limited = [e for e in calls if e["status"] == 429]
+    assert len(limited) >= 8
+    until = [parsedate_to_datetime(e["retry_after"]) for e in limited]
+    assert all(
+        d - datetime.fromisoformat(e["at"]).replace(microsecond=0) == timedelta(seconds=1)
+        for d, e in zip(until, limited, strict=True)
+    )
+    first_200 = next(datetime.fromisoformat(e["at"]) for e in calls if e["status"] == 200)
+    assert first_200 >= until[0]
 
 
 def test_given_flexfactor_answers_only_429_when_submit_runs_then_it_ends_incomplete_and_reconcile_sends_the_rest(

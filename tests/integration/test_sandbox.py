@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -641,6 +642,46 @@ def test_given_a_scripted_refusal_when_evaluated_then_it_answers_without_making_
         assert refused.headers["Retry-After"] == "3"
     assert retried.status_code == 200
     assert len(api.orders()) == 1
+
+
+def test_given_a_429_as_an_http_date_when_evaluated_then_date_and_retry_after_follow_the_sandbox_clock(
+    api: SandboxApi,
+) -> None:
+    # given: the sandbox clock stands at the night, months from the real date
+    api.admin("/clock", {"now": NOW.isoformat(), "frozen": True})
+    api.admin(
+        "/faults",
+        {
+            "retry_after_s": 3,
+            "retry_after_as": "http-date",
+            "script": [{"path": "/evaluate", "action": "429"}],
+        },
+    )
+
+    body = a_mit_body(NOW)
+
+    # when
+    refused = api.post("/evaluate", body)
+    answered = api.post("/evaluate", body)
+
+    # then: the quiet ends three seconds after the answer's Date, both by the sandbox clock
+    assert refused.status_code == 429
+    assert parsedate_to_datetime(refused.headers["Date"]) == NOW
+    assert parsedate_to_datetime(refused.headers["Retry-After"]) == NOW + timedelta(seconds=3)
+    assert parsedate_to_datetime(answered.headers["Date"]) == NOW
+    logged = api.admin("/requests?path=/evaluate")["items"]
+    assert [e["retry_after"] for e in logged] == [refused.headers["Retry-After"], None]
+
+
+def test_given_an_unknown_retry_after_form_when_posted_then_the_admin_api_names_the_forms(
+    api: SandboxApi,
+) -> None:
+    # given / when
+    answer = api.session.post(f"{api.admin_url}/faults", json={"retry_after_as": "minutes"}, timeout=5)
+
+    # then
+    assert answer.status_code == 400
+    assert "retry_after_as must be one of ['seconds', 'http-date']" in answer.text
 
 
 def test_given_500_after_processing_when_resent_with_the_same_key_then_the_first_order_replays(
