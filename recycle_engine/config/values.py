@@ -75,6 +75,7 @@ class Need(enum.Enum):
     WEBHOOKS = "to verify FlexFactor webhooks"
     CASCADE = "for POST /cascade"
     NMI = "to charge on NMI"
+    CRM = "to call the CRM"
 
 
 @dataclass
