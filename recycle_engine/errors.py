@@ -22,6 +22,11 @@
         ├── ProcessorConfigError       the processor refused our credentials: not retried
         └── ProcessorUnknownOutcome    timeout, 5xx, reset or unreadable answer after sending: it may
                                        have charged; look the charge up by our order id before resending
+    └── CrmError                 anything that went wrong talking to the merchant's CRM
+        ├── CrmRefused                 an ERROR envelope (credentials, IP allow-list, a refused change)
+        ├── CrmUnavailable             no answer after retries (connect error, timeout, 5xx): nothing
+                                       is known; a change may or may not have been applied
+        └── CrmProtocolError           an answer we cannot read (not JSON, no envelope)
 
 Messages are built from ids and codes, never from card data, tokens or secrets.
 """
@@ -34,6 +39,10 @@ from dataclasses import dataclass, field
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "CrmError",
+    "CrmProtocolError",
+    "CrmRefused",
+    "CrmUnavailable",
     "DatabaseBusy",
     "DatabaseDiskError",
     "DatabaseUnreachable",
@@ -195,3 +204,24 @@ class ProcessorConfigError(ProcessorError):
 class ProcessorUnknownOutcome(ProcessorError):
     """The request may have reached the processor but its answer was lost (timeout, 5xx, reset,
     malformed): the charge must be looked up by our order id before anything is sent again."""
+
+
+class CrmError(RecycleEngineError):
+    """A call to the merchant's CRM failed."""
+
+
+class CrmRefused(CrmError):
+    """The CRM answered `result: ERROR`; `message` is its text (checked for card numbers before use)."""
+
+    def __init__(self, endpoint: str, message: str) -> None:
+        super().__init__(f"CRM {endpoint} refused: {message}")
+        self.endpoint = endpoint
+        self.message = message
+
+
+class CrmUnavailable(CrmError):
+    """No usable answer after the retries; for an update, the CRM may have applied it."""
+
+
+class CrmProtocolError(CrmError):
+    """An answer that is not the CRM's JSON envelope."""

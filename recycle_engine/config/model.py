@@ -531,7 +531,7 @@ class CrmSettings(Section):
     results_per_page: Annotated[int, V(whole(1, 200, why=" (the CRM's largest page)"))] = Field(
         200, description="rows per page of a query"
     )
-    rate_limit_per_second: Annotated[float, V(number(0, 1000, above=True))] = Field(
+    rate_limit_per_second: Annotated[float, V(number(0, 100_000, above=True))] = Field(
         5.0, description="most calls to the CRM per second"
     )
     connect_timeout_s: Annotated[float, V(number(0, 300, above=True))] = Field(

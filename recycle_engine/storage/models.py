@@ -26,6 +26,8 @@ __all__ = [
     "Base",
     "BreakdownRollup",
     "Change",
+    "CrmCursor",
+    "CrmReject",
     "CohortRollup",
     "Customer",
     "Decline",
@@ -555,3 +557,25 @@ class RollupState(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     rebuilt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CrmCursor(Base):
+    """How far a CRM pull has read: the end of the last window read in full (the next starts there,
+    less the lookback)."""
+
+    __tablename__ = "crm_cursors"
+    name: Mapped[str] = mapped_column(ID, primary_key=True)  # "declines"
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CrmReject(Base):
+    """A CRM row the import checks refused, with why; the row as checked, card numbers already removed."""
+
+    __tablename__ = "crm_rejects"
+    transaction_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    row: Mapped[str] = mapped_column(Text)  # JSON of the feed columns, masked
+    run_id: Mapped[str | None] = mapped_column(ID)
+    rejected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -1,0 +1,43 @@
+"""crm: the pull cursor and the rows the import checks refused
+
+Revision ID: 0012
+Revises: 0009
+Create Date: 2026-12-05 18:50:00
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0012"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "crm_cursors",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_crm_cursors"),
+    )
+    op.create_table(
+        "crm_rejects",
+        sa.Column("transaction_id", sa.String(64), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("row", sa.Text(), nullable=False),
+        sa.Column("run_id", sa.String(64), nullable=True),
+        sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("transaction_id", name="pk_crm_rejects"),
+    )
+    op.create_index("ix_crm_rejects_rejected_at", "crm_rejects", ["rejected_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_crm_rejects_rejected_at", table_name="crm_rejects")
+    op.drop_table("crm_rejects")
+    op.drop_table("crm_cursors")
