@@ -161,3 +161,78 @@ def crm_fake_cmd(host: str, port: int, declines_csv: Path | None, allowed: tuple
         pass
     finally:
         server.server_close()
+
+
+@crm_group.command("push")
+@click.option(
+    "--since",
+    "since_text",
+    default=None,
+    help="Queue the changes from this time (ISO 8601 with "
+    "offset) instead of from the last push; for the first push or to re-queue a period.",
+)
+@config_option
+@reports_errors
+def push_cmd(since_text: str | None, config_path: Path) -> None:
+    """Deliver the change outbox (`export changes`) to the CRM, each change once.
+
+    Exit code 1 when the CRM could not be reached and changes wait for a later push; a change the CRM
+    refused is recorded with its message (`crm deliveries --state REFUSED`) and does not stop the others.
+    """
+    import sys
+
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.config import Need
+    from recycle_engine.services.crm_push import push_changes
+
+    settings = bootstrap.load_settings_file(config_path, Need.CRM)
+    client = bootstrap.crm_client(settings)
+    app = bootstrap.build_app(settings, SystemClock())
+    try:
+        result = push_changes(settings, app.engine, client, now=app.clock.now(), since=instant(since_text))
+    finally:
+        client.close()
+        app.close()
+    click.echo(f"push {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    if result.unreachable:
+        click.echo(f"error: {result.stopped}", err=True)
+        sys.exit(1)
+    if result.stopped:
+        click.echo(f"waiting: {result.stopped}")
+
+
+@crm_group.command("deliveries")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(
+        ["PENDING", "SENDING", "RETRY", "DELIVERED", "REFUSED", "UNSUPPORTED", "FAILED"], case_sensitive=False
+    ),
+    help="Only these states (repeatable).",
+)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000), help="Rows shown.")
+@config_option
+@reports_errors
+def deliveries_cmd(states: tuple[str, ...], limit: int, config_path: Path) -> None:
+    """Changes on their way to the CRM, newest first: state, attempts and the CRM's answer."""
+    from recycle_engine import bootstrap
+    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.storage import crm_repo
+
+    settings = bootstrap.load_settings_file(config_path)
+    app = bootstrap.build_app(settings, SystemClock())
+    try:
+        with app.engine.connect() as conn:
+            rows = crm_repo.deliveries(conn, [s.upper() for s in states], limit)
+    finally:
+        app.close()
+    if not rows:
+        click.echo("no deliveries")
+    for d in rows:
+        answer = f"  {d.answer}" if d.answer else ""
+        click.echo(
+            f"{d.change_id:>10}  {d.state:11} attempts {d.attempts}  {d.entity} {d.entity_id} "
+            f"{d.field} -> {d.new_value}{answer}"
+        )

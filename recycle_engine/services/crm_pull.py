@@ -39,7 +39,7 @@ __all__ = ["JOB", "PullResult", "pull_declines"]
 
 log = logging.getLogger(__name__)
 
-JOB: Final = "crm-pull"
+JOB: Final = "pull"  # the job name of settings.yaml, so status and the missed-job check find its runs
 TRANSACTIONS: Final = "/transactions/query/"
 ORDERS: Final = "/order/query/"
 PURCHASES: Final = "/purchase/query/"

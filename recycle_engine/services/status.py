@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -13,7 +13,15 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
-from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
+from recycle_engine.storage import crm_repo
+from recycle_engine.storage.models import (
+    CrmReject,
+    Handoff,
+    JobRun,
+    OutcomeQueue,
+    ProcessorCharge,
+    SchedulerLease,
+)
 
 __all__ = [
     "ACTIVE_LEASE",
@@ -83,6 +91,9 @@ class Status:
     oldest_outcome_at: datetime | None = None
     # Processor (NMI) charges whose answer was lost: each is looked up by order id before any resend.
     charges_unanswered: int = 0
+    # Deliveries of the change outbox to the CRM, by state (empty without `crm push`).
+    crm_deliveries: dict[str, int] = field(default_factory=dict)
+    crm_rejects: int = 0
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -106,11 +117,23 @@ def gather_status(
         schedulers = _live_leases(conn, now)
         queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
         unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
+        deliveries = crm_repo.delivery_counts(conn)
+        rejects = conn.execute(select(func.count()).select_from(CrmReject)).scalar_one()
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
     return Status(
-        now, last_runs, recent_runs, pending, schedule, schedulers, int(queued), oldest, int(unanswered)
+        now,
+        last_runs,
+        recent_runs,
+        pending,
+        schedule,
+        schedulers,
+        int(queued),
+        oldest,
+        int(unanswered),
+        deliveries,
+        int(rejects),
     )
 
 
@@ -211,6 +234,18 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
         lines.append(
             f"processor charges with a lost answer: {status.charges_unanswered} "
             "(looked up by order id on the next run, before anything is sent again)"
+        )
+    if status.crm_deliveries:
+        shown = ", ".join(f"{state.lower()} {n}" for state, n in sorted(status.crm_deliveries.items()))
+        lines.append(f"changes to the CRM: {shown}")
+        refused = status.crm_deliveries.get("REFUSED", 0) + status.crm_deliveries.get("FAILED", 0)
+        if refused:
+            lines.append(
+                f"  {refused} refused or failed: `recycle-engine crm deliveries --state REFUSED --state FAILED`"
+            )
+    if status.crm_rejects:
+        lines.append(
+            f"CRM rows rejected by the import checks: {status.crm_rejects} (`recycle-engine crm rejects`)"
         )
     return lines
 

@@ -6,13 +6,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 
-from recycle_engine.storage.models import CrmCursor, CrmReject
+from recycle_engine.storage.models import CrmCursor, CrmDelivery, CrmReject
+from recycle_engine.storage.upsert import insert_ignore
 
-__all__ = ["DECLINES", "RejectedRow", "read_cursor", "recent_rejects", "save_cursor", "save_rejects"]
+__all__ = [
+    "DECLINES",
+    "OPEN_STATES",
+    "PUSH",
+    "Delivery",
+    "RejectedRow",
+    "deliveries",
+    "delivery_counts",
+    "open_deliveries",
+    "mark",
+    "queue_changes",
+    "read_cursor",
+    "recent_rejects",
+    "save_cursor",
+    "save_rejects",
+]
 
-DECLINES = "declines"
+DECLINES = "declines"  # cursor of the pull: end of the last window read
+PUSH = "push"  # cursor of the push: when changes were last queued
 
 
 @dataclass(frozen=True)
@@ -68,3 +85,78 @@ def recent_rejects(conn: Connection, limit: int) -> list[RejectedRow]:
         .limit(limit)
     ).all()
     return [RejectedRow(*row) for row in rows]
+
+
+# The change outbox's deliveries
+
+OPEN_STATES = ("PENDING", "SENDING", "RETRY")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    change_id: int
+    entity: str
+    entity_id: str
+    field: str
+    new_value: str | None
+    endpoint: str | None
+    params: str | None
+    state: str
+    attempts: int
+    answer: str | None = None
+    updated_at: datetime | None = None
+    next_try_at: datetime | None = None
+
+
+def queue_changes(conn: Connection, rows: Sequence[dict[str, object]]) -> int:
+    """Add deliveries for changes not queued before; returns how many are new."""
+    if not rows:
+        return 0
+    return insert_ignore(conn, CrmDelivery, rows, ["change_id"])
+
+
+def open_deliveries(conn: Connection, limit: int) -> list[Delivery]:
+    """Open deliveries in change order (a later change of a purchase must land last)."""
+    rows = conn.execute(
+        select(*_DELIVERY_COLUMNS)
+        .where(CrmDelivery.state.in_(OPEN_STATES))
+        .order_by(CrmDelivery.change_id)
+        .limit(limit)
+    ).all()
+    return [Delivery(*row) for row in rows]
+
+
+def mark(conn: Connection, change_id: int, *, now: datetime, run_id: str, **values: object) -> None:
+    conn.execute(
+        update(CrmDelivery)
+        .where(CrmDelivery.change_id == change_id)
+        .values(updated_at=now, run_id=run_id, **values)
+    )
+
+
+def deliveries(conn: Connection, states: Sequence[str], limit: int) -> list[Delivery]:
+    stmt = select(*_DELIVERY_COLUMNS).order_by(CrmDelivery.change_id.desc()).limit(limit)
+    if states:
+        stmt = stmt.where(CrmDelivery.state.in_(states))
+    return [Delivery(*row) for row in conn.execute(stmt).all()]
+
+
+def delivery_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(CrmDelivery.state, func.count()).group_by(CrmDelivery.state)).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+_DELIVERY_COLUMNS = (
+    CrmDelivery.change_id,
+    CrmDelivery.entity,
+    CrmDelivery.entity_id,
+    CrmDelivery.field,
+    CrmDelivery.new_value,
+    CrmDelivery.endpoint,
+    CrmDelivery.params,
+    CrmDelivery.state,
+    CrmDelivery.attempts,
+    CrmDelivery.answer,
+    CrmDelivery.updated_at,
+    CrmDelivery.next_try_at,
+)

@@ -81,11 +81,11 @@ def pull(settings: Settings, engine: Engine, **kwargs: object) -> dict[str, int]
 
 
 def last_run(engine: Engine) -> Row[tuple[str, str | None]]:
-    """Status and error of the latest crm-pull run."""
+    """Status and error of the latest pull run."""
     with engine.connect() as conn:
         row = conn.execute(
             select(JobRun.status, JobRun.error)
-            .where(JobRun.job == "crm-pull")
+            .where(JobRun.job == "pull")
             .order_by(JobRun.started_at.desc(), JobRun.id.desc())
         ).first()
     assert row is not None

@@ -1,4 +1,4 @@
-"""crm: the pull cursor and the rows the import checks refused
+"""crm: the pull cursor, the rows the import checks refused, the deliveries of the change outbox
 
 Revision ID: 0012
 Revises: 0009
@@ -35,9 +35,30 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("transaction_id", name="pk_crm_rejects"),
     )
     op.create_index("ix_crm_rejects_rejected_at", "crm_rejects", ["rejected_at"])
+    op.create_table(
+        "crm_deliveries",
+        sa.Column("change_id", sa.BigInteger(), nullable=False, autoincrement=False),
+        sa.Column("entity", sa.String(16), nullable=False),
+        sa.Column("entity_id", sa.String(64), nullable=False),
+        sa.Column("field", sa.String(64), nullable=False),
+        sa.Column("new_value", sa.Text(), nullable=True),
+        sa.Column("endpoint", sa.String(64), nullable=True),
+        sa.Column("params", sa.Text(), nullable=True),
+        sa.Column("state", sa.String(12), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("answer", sa.Text(), nullable=True),
+        sa.Column("next_try_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("run_id", sa.String(64), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("change_id", name="pk_crm_deliveries"),
+    )
+    op.create_index("ix_crm_deliveries_state_change_id", "crm_deliveries", ["state", "change_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_crm_deliveries_state_change_id", table_name="crm_deliveries")
+    op.drop_table("crm_deliveries")
     op.drop_index("ix_crm_rejects_rejected_at", table_name="crm_rejects")
     op.drop_table("crm_rejects")
     op.drop_table("crm_cursors")
