@@ -21,7 +21,10 @@ def records_of(
     row: Mapping[str, str], merchant_of: Mapping[str, str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(transaction, order, purchase or None) for one feed row; `merchant_of` maps gateway -> merchantId."""
-    when = datetime.fromisoformat(row["declined_at"]).astimezone(UTC)
+    # A feed row may be invalid on purpose (to see the import reject it): its values pass through as
+    # they are, except a time, which the fake needs to select by day.
+    when = datetime.fromisoformat(row["declined_at"].strip().replace("Z", "+00:00"))
+    when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     month, year = row.get("card_exp_month", ""), row.get("card_exp_year", "")
     transaction: dict[str, Any] = {
         "transactionId": row["transaction_id"],
@@ -34,7 +37,7 @@ def records_of(
         "orderId": row["order_id"],
         "purchaseId": row.get("purchase_id") or None,
         "customerId": row.get("customer_id", ""),
-        "billingCycleNumber": int(row["billing_cycle"]),
+        "billingCycleNumber": _number(row["billing_cycle"]),
         "campaignId": row.get("campaign_id", ""),
         "productId": row.get("product_id", ""),
         "totalAmount": row["amount"],
@@ -62,11 +65,11 @@ def records_of(
     }
     order = {
         "orderId": row["order_id"],
-        "orderType": _ORDER_TYPES[row["order_type"]],
+        "orderType": _ORDER_TYPES.get(row["order_type"], row["order_type"]),
         "campaignId": row.get("campaign_id", ""),
         "customerId": row.get("customer_id", ""),
         "orderStatus": "DECLINED",
-        "items": [{"productId": row.get("product_id", ""), "shippable": row["shippable"] == "true"}],
+        "items": [{"productId": row.get("product_id", ""), "shippable": row["shippable"]}],
     }
     purchase = None
     if row.get("purchase_id"):
@@ -76,19 +79,27 @@ def records_of(
             "productId": row.get("product_id", ""),
             "status": "ACTIVE",
             "price": row["amount"],
-            "billingCycleNumber": int(row["billing_cycle"]),
-            "billingIntervalDays": int(row["billing_interval_days"]),
+            "billingCycleNumber": _number(row["billing_cycle"]),
+            "billingIntervalDays": _number(row["billing_interval_days"]),
             "nextBillDate": when.date().isoformat(),
-            "trialEnabled": row["completes_trial"] == "true",
+            "trialEnabled": row["completes_trial"],
         }
     return transaction, order, purchase
 
 
+def _number(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text
+
+
 def load_feed_rows(fake: FakeCrm, rows: Iterable[Mapping[str, str]]) -> int:
-    """Add the records of `rows` to `fake`; returns how many transactions were added."""
+    """Add the records of `rows` to `fake` (a row without a readable time or ids is left out); returns
+    how many transactions were added."""
     transactions, orders, purchases = [], [], []
     for row in rows:
-        transaction, order, purchase = records_of(row)
+        try:
+            transaction, order, purchase = records_of(row)
+        except (KeyError, ValueError, AttributeError):
+            continue
         transactions.append(transaction)
         orders.append(order)
         if purchase is not None:
