@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from recycle_engine.domain.states import State
 
 __all__ = [
+    "CrmApi",
+    "CrmPage",
     "ChargeRequest",
     "ChargeResult",
     "Clock",
@@ -146,3 +148,23 @@ class LookupProcessor(ProcessorGateway, Protocol):
         """The charge sent with our `reference` as its order id, or None when the processor confirms
         it holds none. Raises ProcessorUnknownOutcome when the lookup itself fails."""
         ...
+
+
+@dataclass(frozen=True)
+class CrmPage:
+    """One page of a CRM query: its rows and the total the CRM counted when it served the page."""
+
+    rows: list[dict[str, Any]]
+    total: int
+
+
+class CrmApi(Protocol):
+    """The merchant's CRM (adapters/crm_http.CrmClient). Queries retry; `update` is sent once and
+    raises CrmRefused (an ERROR answer), CrmUnavailable (no answer: it may have been applied) or
+    CrmProtocolError."""
+
+    def query_all(self, endpoint: str, params: Mapping[str, str]) -> Iterator[CrmPage]: ...
+
+    def query_ids(self, endpoint: str, key: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    def update(self, endpoint: str, params: Mapping[str, str]) -> str: ...

@@ -11,7 +11,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import requests
@@ -21,8 +20,9 @@ from recycle_engine.adapters.flexfactor_http import TokenBucket
 from recycle_engine.config import CrmSettings
 from recycle_engine.domain.cards import mask_pans
 from recycle_engine.errors import CrmProtocolError, CrmRefused, CrmUnavailable
+from recycle_engine.ports import CrmPage as Page
 
-__all__ = ["CrmClient", "Page", "is_empty_result"]
+__all__ = ["CrmClient", "is_empty_result"]
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ _EMPTY_TEXT: Final = "matching those parameters could be found"
 def is_empty_result(message: object) -> bool:
     """An ERROR envelope that only says nothing matched: zero rows, not a failure."""
     return isinstance(message, str) and _EMPTY_TEXT in message.lower()
-
-
-@dataclass(frozen=True)
-class Page:
-    rows: list[dict[str, Any]]
-    total: int  # totalResults as the CRM counted it when it served this page
 
 
 class CrmClient:

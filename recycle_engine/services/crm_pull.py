@@ -25,10 +25,10 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from recycle_engine.adapters.crm_http import CrmClient
 from recycle_engine.adapters.crm_rows import declined_at, feed_row
 from recycle_engine.config import CrmSettings, Settings
 from recycle_engine.errors import ConfigError, InputError, RecycleEngineError, StorageError
+from recycle_engine.ports import CrmApi
 from recycle_engine.services.decline_effects import ImportSession
 from recycle_engine.services.feed_rows import FEED_COLUMNS
 from recycle_engine.services.feed_stage import collection_deferred
@@ -61,7 +61,7 @@ class PullResult:
 def pull_declines(
     settings: Settings,
     engine: Engine,
-    client: CrmClient,
+    client: CrmApi,
     *,
     now: datetime,
     until: datetime | None = None,
@@ -126,7 +126,7 @@ class _Pull:
         settings: Settings,
         crm: CrmSettings,
         engine: Engine,
-        client: CrmClient,
+        client: CrmApi,
         run_id: str,
         now: datetime,
         start: datetime,

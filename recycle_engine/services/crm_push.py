@@ -13,11 +13,12 @@ change is tried again `crm.push.retry_after_minutes` later, doubled per attempt,
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -25,7 +26,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.adapters.crm_changes import PURCHASE_QUERY, is_applied, request_for
-from recycle_engine.adapters.crm_http import CrmClient
 from recycle_engine.config import CrmSettings, Settings
 from recycle_engine.errors import (
     ConfigError,
@@ -36,6 +36,7 @@ from recycle_engine.errors import (
     RecycleEngineError,
     StorageError,
 )
+from recycle_engine.ports import CrmApi
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
 from recycle_engine.storage.models import Change
@@ -48,6 +49,9 @@ JOB: Final = "push"  # the job name of settings.yaml, so status and the missed-j
 FIRST_SINCE: Final = timedelta(days=1)  # the first push, with no cursor and no --since
 OVERLAP: Final = timedelta(minutes=10)  # PostgreSQL may commit a change after a later id was read
 PAGE: Final = 500
+BATCH: Final = (
+    100  # fresh deliveries marked SENDING in one commit (a crash costs at most this many read-backs)
+)
 
 
 @dataclass
@@ -61,7 +65,7 @@ class PushResult:
 def push_changes(
     settings: Settings,
     engine: Engine,
-    client: CrmClient,
+    client: CrmApi,
     *,
     now: datetime,
     since: datetime | None = None,
@@ -113,7 +117,7 @@ class _Push:
         self,
         crm: CrmSettings,
         engine: Engine,
-        client: CrmClient,
+        client: CrmApi,
         run_id: str,
         now: datetime,
         sleep: Callable[[float], None],
@@ -164,26 +168,82 @@ class _Push:
                 due = crm_repo.open_deliveries(conn, PAGE)
             if not due:
                 return None
-            for delivery in due:
+            at = 0
+            while at < len(due):
+                delivery = due[at]
                 if delivery.next_try_at is not None and delivery.next_try_at > self.now:
                     return (
                         f"change {delivery.change_id} waits to be tried again at {delivery.next_try_at.isoformat()}; "
                         "the changes after it wait too, so that they land in order"
                     )
+                fresh = list(itertools.takewhile(lambda d: d.state == "PENDING", due[at : at + BATCH]))
                 try:
-                    self._one(delivery)
+                    if fresh:
+                        self._fresh(fresh)
+                        at += len(fresh)
+                    else:
+                        self._one(delivery)
+                        at += 1
                 except _Stop as stop:
                     self.unreachable = True
-                    left = f"; changes from {delivery.change_id} wait for the next push"
-                    return f"{stop}{left}"
+                    return f"{stop}; the changes after it wait for a later push"
 
-    def _one(self, d: crm_repo.Delivery) -> None:
+    def _fresh(self, batch: list[crm_repo.Delivery]) -> None:
+        """Deliveries never tried: all marked SENDING in one commit before the first call, their answers
+        written together after the last. A push killed in between leaves them SENDING: read back first."""
+        with self.engine.begin() as conn:
+            crm_repo.mark_sending(conn, [d.change_id for d in batch], now=self.now, run_id=self.run_id)
+        answers: list[tuple[crm_repo.Delivery, dict[str, object]]] = []
+        try:
+            for position, d in enumerate(batch):
+                assert d.endpoint is not None, "UNSUPPORTED deliveries are never due"
+                assert d.params is not None, "UNSUPPORTED deliveries are never due"
+                try:
+                    answer = self.client.update(d.endpoint, json.loads(d.params))
+                except CrmRefused as exc:
+                    if _refuses_everything(exc):  # the API user, not these changes: they wait, untouched
+                        answers += [
+                            (u, {"state": "PENDING", "attempts": u.attempts}) for u in batch[position:]
+                        ]
+                        raise
+                    answers.append(
+                        (d, {"state": "REFUSED", "attempts": d.attempts + 1, "answer": exc.message})
+                    )
+                    self.counts["refused"] += 1
+                    log.warning(
+                        "CRM refused a change", extra={"change_id": d.change_id, "endpoint": d.endpoint}
+                    )
+                    continue
+                except (CrmUnavailable, CrmProtocolError) as exc:
+                    # Unsent ones go back to PENDING; this one may have been applied: read back, retry.
+                    answers += [
+                        (u, {"state": "PENDING", "attempts": u.attempts}) for u in batch[position + 1 :]
+                    ]
+                    self._write(answers)
+                    answers = []
+                    self._one(replace(d, state="SENDING", attempts=d.attempts + 1), tried=1, error=str(exc))
+                    return
+                answers.append((d, {"state": "DELIVERED", "attempts": d.attempts + 1, "answer": answer}))
+                self.counts["delivered"] += 1
+        finally:
+            self._write(answers)
+
+    def _write(self, answers: list[tuple[crm_repo.Delivery, dict[str, object]]]) -> None:
+        if not answers:
+            return
+        with self.engine.begin() as conn:
+            for d, values in answers:
+                crm_repo.mark(conn, d.change_id, now=self.now, run_id=self.run_id, **values)
+
+    def _one(self, d: crm_repo.Delivery, *, tried: int = 0, error: str = "") -> None:
+        """One delivery, with up to crm.max_retries retries in this push (`tried`: calls already made);
+        after a call without an answer, the purchase is read back before the next."""
         assert d.endpoint is not None, "UNSUPPORTED deliveries are never due"
         assert d.params is not None, "UNSUPPORTED deliveries are never due"
         attempts = d.attempts
         unsure = d.state in ("SENDING", "RETRY")  # an earlier call may have been applied
-        last_error = ""
-        for round_ in range(self.crm.max_retries + 1):
+        last_error = error
+        for round_ in range(tried, self.crm.max_retries + 1):
             if round_:
                 self._pause(round_)
             try:

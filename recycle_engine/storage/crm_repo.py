@@ -21,6 +21,7 @@ __all__ = [
     "delivery_counts",
     "open_deliveries",
     "mark",
+    "mark_sending",
     "queue_changes",
     "read_cursor",
     "recent_rejects",
@@ -131,6 +132,15 @@ def mark(conn: Connection, change_id: int, *, now: datetime, run_id: str, **valu
         update(CrmDelivery)
         .where(CrmDelivery.change_id == change_id)
         .values(updated_at=now, run_id=run_id, **values)
+    )
+
+
+def mark_sending(conn: Connection, change_ids: Sequence[int], *, now: datetime, run_id: str) -> None:
+    """Record that a call is about to be made for each of these deliveries (one more attempt)."""
+    conn.execute(
+        update(CrmDelivery)
+        .where(CrmDelivery.change_id.in_(change_ids))
+        .values(state="SENDING", attempts=CrmDelivery.attempts + 1, updated_at=now, run_id=run_id)
     )
 
 
