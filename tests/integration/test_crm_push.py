@@ -27,6 +27,7 @@ from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
 from recycle_engine.errors import CrmRefused
 from recycle_engine.services.crm_pull import pull_declines
 from recycle_engine.services.crm_push import PushResult, push_changes
+from recycle_engine.services.report import run_report
 from recycle_engine.storage.db import make_engine
 from tests.crm_helpers import (
     CRM_ENV,
@@ -249,3 +250,21 @@ def test_given_a_push_killed_mid_delivery_when_run_again_then_no_change_is_appli
         count(engine, "SELECT COUNT(*) FROM crm_deliveries WHERE state IN ('PENDING', 'SENDING', 'RETRY')")
         == 0
     )
+
+
+def test_given_a_change_the_crm_refused_when_the_days_report_is_written_then_its_exceptions_list_it(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given
+    a_pulled_book(fake, settings, engine, n=10)
+    fake.fake.add_faults(Fault(FaultKind.ERROR_ENVELOPE, "/purchase/update/", "Purchase is locked"))
+    push(settings, engine)
+
+    # when
+    day = PUSH_AT.astimezone(settings.timezone).date()
+    report = run_report(settings, engine, day=day, now=PUSH_AT + timedelta(hours=2))
+
+    # then
+    html = report.html_path.read_text(encoding="utf-8")
+    assert "Change refused by the CRM" in html
+    assert "crm deliveries --state REFUSED" in html
