@@ -112,6 +112,10 @@ class _Stop(Exception):
     """The CRM could not be reached: deliver nothing more this run."""
 
 
+class _Busy(Exception):
+    """Another push is delivering: leave the rest to it."""
+
+
 class _Push:
     def __init__(
         self,
@@ -187,12 +191,18 @@ class _Push:
                 except _Stop as stop:
                     self.unreachable = True
                     return f"{stop}; the changes after it wait for a later push"
+                except _Busy as busy:
+                    return str(busy)
 
     def _fresh(self, batch: list[crm_repo.Delivery]) -> None:
         """Deliveries never tried: all marked SENDING in one commit before the first call, their answers
         written together after the last. A push killed in between leaves them SENDING: read back first."""
         with self.engine.begin() as conn:
-            crm_repo.mark_sending(conn, [d.change_id for d in batch], now=self.now, run_id=self.run_id)
+            taken = crm_repo.mark_sending(
+                conn, [d.change_id for d in batch], now=self.now, run_id=self.run_id
+            )
+            if taken != len(batch):  # raising rolls the marks back: nothing was sent, the other push goes on
+                raise _Busy(f"another push is delivering change {batch[0].change_id} or those after it")
         answers: list[tuple[crm_repo.Delivery, dict[str, object]]] = []
         try:
             for position, d in enumerate(batch):
@@ -242,6 +252,13 @@ class _Push:
         assert d.params is not None, "UNSUPPORTED deliveries are never due"
         attempts = d.attempts
         unsure = d.state in ("SENDING", "RETRY")  # an earlier call may have been applied
+        if unsure and d.run_id != self.run_id:
+            with self.engine.begin() as conn:
+                # Left by a push still running, it is in flight: only that push may resolve it.
+                if crm_repo.running(conn, d.run_id) or not crm_repo.take_over(
+                    conn, d, now=self.now, run_id=self.run_id
+                ):
+                    raise _Busy(f"another push (run {d.run_id}) is delivering change {d.change_id}")
         last_error = error
         for round_ in range(tried, self.crm.max_retries + 1):
             if round_:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from recycle_engine.storage.models import CrmCursor, CrmDelivery, CrmReject
+from recycle_engine.storage.models import CrmCursor, CrmDelivery, CrmReject, JobRun
 from recycle_engine.storage.upsert import insert_ignore
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "open_deliveries",
     "mark",
     "mark_sending",
+    "running",
+    "take_over",
     "queue_changes",
     "read_cursor",
     "recent_rejects",
@@ -107,6 +109,7 @@ class Delivery:
     answer: str | None = None
     updated_at: datetime | None = None
     next_try_at: datetime | None = None
+    run_id: str | None = None
 
 
 def queue_changes(conn: Connection, rows: Sequence[dict[str, object]]) -> int:
@@ -135,13 +138,41 @@ def mark(conn: Connection, change_id: int, *, now: datetime, run_id: str, **valu
     )
 
 
-def mark_sending(conn: Connection, change_ids: Sequence[int], *, now: datetime, run_id: str) -> None:
-    """Record that a call is about to be made for each of these deliveries (one more attempt)."""
-    conn.execute(
+def mark_sending(conn: Connection, change_ids: Sequence[int], *, now: datetime, run_id: str) -> int:
+    """Record that a call is about to be made for each of these PENDING deliveries (one more attempt);
+    returns how many were still PENDING (fewer: another push took some)."""
+    return conn.execute(
         update(CrmDelivery)
-        .where(CrmDelivery.change_id.in_(change_ids))
+        .where(CrmDelivery.change_id.in_(change_ids), CrmDelivery.state == "PENDING")
         .values(state="SENDING", attempts=CrmDelivery.attempts + 1, updated_at=now, run_id=run_id)
+    ).rowcount
+
+
+def take_over(conn: Connection, d: Delivery, *, now: datetime, run_id: str) -> bool:
+    """Make this push the owner of a delivery left SENDING or RETRY, if nobody changed it since it
+    was read; False when another push got there first."""
+    return (
+        conn.execute(
+            update(CrmDelivery)
+            .where(
+                CrmDelivery.change_id == d.change_id,
+                CrmDelivery.state == d.state,
+                CrmDelivery.attempts == d.attempts,
+                CrmDelivery.run_id.is_(None) if d.run_id is None else CrmDelivery.run_id == d.run_id,
+            )
+            .values(run_id=run_id, updated_at=now)
+        ).rowcount
+        == 1
     )
+
+
+def running(conn: Connection, run_id: str | None) -> bool:
+    """Whether that job run is still RUNNING (a dead process's runs are marked ABANDONED when the next
+    run starts)."""
+    if run_id is None:
+        return False
+    status = conn.execute(select(JobRun.status).where(JobRun.id == run_id)).scalar_one_or_none()
+    return status == "RUNNING"
 
 
 def deliveries(conn: Connection, states: Sequence[str], limit: int) -> list[Delivery]:
@@ -169,4 +200,5 @@ _DELIVERY_COLUMNS = (
     CrmDelivery.answer,
     CrmDelivery.updated_at,
     CrmDelivery.next_try_at,
+    CrmDelivery.run_id,
 )

@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -268,3 +269,20 @@ def test_given_a_change_the_crm_refused_when_the_days_report_is_written_then_its
     html = report.html_path.read_text(encoding="utf-8")
     assert "Change refused by the CRM" in html
     assert "crm deliveries --state REFUSED" in html
+
+
+def test_given_two_pushes_at_once_when_they_deliver_then_each_change_reaches_the_crm_once(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given: slow updates, so the two pushes overlap
+    expected = a_pulled_book(fake, settings, engine, n=60)
+    fake.fake.add_faults(*[Fault(FaultKind.SLOW, "/purchase/update/", seconds=0.02) for _ in range(100)])
+
+    # when
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _n: push(settings, engine), range(2)))
+    push(settings, engine, PUSH_AT + timedelta(hours=1))  # whatever one left to the other is done here
+
+    # then
+    assert applied(fake) == Counter(expected)
+    assert sum(r.counts["delivered"] + r.counts["read_back"] for r in results) <= len(expected)
