@@ -286,3 +286,23 @@ def test_given_two_pushes_at_once_when_they_deliver_then_each_change_reaches_the
     # then
     assert applied(fake) == Counter(expected)
     assert sum(r.counts["delivered"] + r.counts["read_back"] for r in results) <= len(expected)
+
+
+def test_given_a_card_number_in_the_crms_error_message_when_a_change_is_refused_then_it_is_stored_masked(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given
+    a_pulled_book(fake, settings, engine, n=5)
+    fake.fake.add_faults(
+        Fault(FaultKind.ERROR_ENVELOPE, "/purchase/update/", "card 4111111111111111 is blocked")
+    )
+
+    # when
+    push(settings, engine)
+
+    # then
+    with engine.connect() as conn:
+        answers = [
+            r[0] for r in conn.execute(text("SELECT answer FROM crm_deliveries WHERE state = 'REFUSED'"))
+        ]
+    assert answers == ["card ************1111 is blocked"]

@@ -1319,3 +1319,20 @@ def test_given_a_crm_password_over_32_characters_when_loaded_then_it_is_refused(
 
     # then
     assert (problem.path, problem.message) == ("crm.password", "is longer than the CRM's 32 characters")
+
+
+def test_given_a_crm_section_when_config_check_runs_then_it_is_summarised_without_its_credentials(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + CRM)
+
+    # when
+    result = CliRunner().invoke(main, ["config", "check", "--config", str(path)], env=CRM_ENV)
+
+    # then
+    assert result.exit_code == 0, result.output
+    assert "crm: konnektive at https://api.konnektive.com; 200 rows a page" in result.output
+    assert "jobs: pull '30 1 * * *', submit" in result.output
+    assert "pw-1" not in result.output
+    assert "api-user" not in result.output
