@@ -156,6 +156,7 @@ class CrmPage:
 
     rows: list[dict[str, Any]]
     total: int
+    per_page: int  # resultsPerPage as the CRM answered it (it may cap what was asked)
 
 
 class CrmApi(Protocol):

@@ -65,7 +65,7 @@ class CrmClient:
         if body.get("result") != "SUCCESS":
             message = body.get("message")
             if is_empty_result(message):
-                return Page([], 0)
+                return Page([], 0, self._settings.results_per_page)
             raise CrmRefused(endpoint, _text(message))
         message = body.get("message")
         if not isinstance(message, dict) or not isinstance(message.get("data"), list):
@@ -73,9 +73,10 @@ class CrmClient:
         rows = [row for row in message["data"] if isinstance(row, dict)]
         try:
             total = int(message.get("totalResults") or 0)
+            per_page = int(message.get("resultsPerPage") or self._settings.results_per_page)
         except (TypeError, ValueError):
-            total = 0
-        return Page(rows, total)
+            total, per_page = 0, self._settings.results_per_page
+        return Page(rows, total, per_page)
 
     def query_all(self, endpoint: str, params: Mapping[str, str]) -> Iterator[Page]:
         """Every page of a query in turn, until a short or empty page."""
@@ -84,7 +85,8 @@ class CrmClient:
             found = self.query_page(endpoint, params, page)
             if found.rows:
                 yield found
-            if len(found.rows) < self._settings.results_per_page:
+            # A full page as the CRM sized it (it may cap our resultsPerPage) means there may be more.
+            if len(found.rows) < min(found.per_page, self._settings.results_per_page) or not found.rows:
                 return
             page += 1
 

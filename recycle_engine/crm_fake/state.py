@@ -91,6 +91,7 @@ class FakeCrm:
     password: str
     allowed_ips: frozenset[str] | None = None  # None: any caller
     hold_s: float = 30.0  # how long a TIMEOUT fault holds the answer
+    page_cap: int | None = None  # a CRM that serves fewer rows a page than asked (and says so)
     transactions: list[dict[str, Any]] = field(default_factory=list)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     purchases: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -208,6 +209,8 @@ class FakeCrm:
             return _error("resultsPerPage and page must be whole numbers")
         if not 1 <= per_page <= MAX_PAGE or page < 1:
             return _error(f"resultsPerPage must be 1 to {MAX_PAGE}, page at least 1")
+        if self.page_cap is not None:
+            per_page = min(per_page, self.page_cap)
         kind = QUERIES[endpoint]
         if kind == "transactions":
             found = self._transactions(params)

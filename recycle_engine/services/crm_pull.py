@@ -140,6 +140,8 @@ class _Pull:
         self.start, self.end = start, end
         self.importer = ImportSession(settings, dialect=engine.dialect, run_id=run_id, now=now)
         self.fed: set[str] = set()
+        with engine.connect() as conn:
+            self.rejected_before = bool(crm_repo.recent_rejects(conn, 1))
         self.line = 1  # a running row number; a reason names it as a CSV reject names its line
         self.counts = {"pages": 0, "read": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "passes": 0}
 
@@ -214,6 +216,8 @@ class _Pull:
         before = dict(self.importer.counts)
         with self.engine.begin() as conn:
             self.importer.write(conn, prepared)
+            if self.rejected_before:  # only a database that has rejects can hold one of these rows
+                crm_repo.clear_rejects(conn, [str(t) for t in prepared.columns["transaction_id"]])
             crm_repo.save_rejects(conn, saved)
         self.line += len(fresh)
         self.counts["read"] += len(fresh)

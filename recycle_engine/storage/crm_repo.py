@@ -17,6 +17,7 @@ __all__ = [
     "PUSH",
     "Delivery",
     "RejectedRow",
+    "clear_rejects",
     "deliveries",
     "delivery_counts",
     "open_deliveries",
@@ -77,6 +78,14 @@ def save_rejects(conn: Connection, rejects: Sequence[RejectedRow]) -> None:
             for r in latest.values()
         ],
     )
+
+
+def clear_rejects(conn: Connection, transaction_ids: Sequence[str]) -> None:
+    """Forget the rejects of rows now accepted (fixed in the CRM and read again)."""
+    for start in range(0, len(transaction_ids), 1000):
+        conn.execute(
+            delete(CrmReject).where(CrmReject.transaction_id.in_(transaction_ids[start : start + 1000]))
+        )
 
 
 def recent_rejects(conn: Connection, limit: int) -> list[RejectedRow]:

@@ -381,3 +381,44 @@ def test_given_a_transaction_whose_order_the_crm_lacks_when_pulled_then_the_reje
         rows[1]["transaction_id"],
         "order_id: the CRM has no such order (/order/query/)",
     )
+
+
+def test_given_a_crm_serving_smaller_pages_than_asked_when_pulled_then_every_page_is_read(
+    tmp_path: Path, db_url: str
+) -> None:
+    # given: 200 asked, 100 served (and said so in resultsPerPage)
+    running = start_fake_crm(FakeCrm(CRM_LOGIN, CRM_PASSWORD, page_cap=100))
+    settings = crm_settings(crm_settings_file(tmp_path, db_url=db_url, crm_url=running.url, per_page=200))
+    engine = make_engine(settings.database_url)
+    load_feed_rows(running.fake, feed_rows(450, DAY, seed=81))
+
+    # when
+    counts = pull(settings, engine, since=DAY, until=UNTIL)
+    running.stop()
+
+    # then
+    assert counts["accepted"] == 450
+    engine.dispose()
+
+
+def test_given_a_rejected_row_fixed_in_the_crm_when_its_period_is_read_again_then_it_is_imported_and_no_longer_listed(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given: a decline on a merchant the settings do not know
+    rows = feed_rows(3, DAY, seed=91)
+    load_feed_rows(fake.fake, rows)
+    fake.fake.transactions[1]["merchantId"] = "99"
+    pull(settings, engine, since=DAY, until=UNTIL)
+    with engine.connect() as conn:
+        assert [r.reason for r in crm_repo.recent_rejects(conn, 10)] == [
+            "gateway_id: not a gateway in the settings"
+        ]
+
+    # when: fixed at the CRM, the period is read again
+    fake.fake.transactions[1]["merchantId"] = "nmi"
+    counts = pull(settings, engine, since=DAY, until=UNTIL)
+
+    # then
+    assert (counts["accepted"], counts["duplicates"]) == (1, 2)
+    with engine.connect() as conn:
+        assert crm_repo.recent_rejects(conn, 10) == []
