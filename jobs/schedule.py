@@ -47,9 +47,11 @@ log = logging.getLogger(__name__)
 
 # Job name in settings.yaml -> entry point, as a text reference so the job store can persist it.
 JOB_TARGETS: Final[Mapping[str, str]] = {
+    "pull": "jobs.crm_sync:pull",
     "submit": "jobs.nightly_submit:run",
     "reconcile": "jobs.nightly_reconcile:run",
     "report": "jobs.daily_report:run",
+    "push": "jobs.crm_sync:push",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -11,7 +12,10 @@ from recycle_engine.config import Need, Settings, require
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
 from recycle_engine.storage.db import make_engine
 
-__all__ = ["App", "build_app", "flexfactor_clients", "load_settings_file", "processors"]
+if TYPE_CHECKING:
+    from recycle_engine.adapters.crm_http import CrmClient
+
+__all__ = ["App", "build_app", "crm_client", "flexfactor_clients", "load_settings_file", "processors"]
 
 
 def load_settings_file(path: Path, *needs: Need) -> Settings:
@@ -83,3 +87,14 @@ def processors(settings: Settings) -> dict[str, ProcessorGateway]:
 
     pool = settings.batching.concurrency
     return {g.id: processor_for(g, pool_size=pool) for g in settings.gateways.values() if not g.is_flexfactor}
+
+
+def crm_client(settings: Settings) -> CrmClient:
+    """The CRM client; refuses without a crm: section or when its login or password variable is missing."""
+    from recycle_engine.adapters.crm_http import CrmClient
+    from recycle_engine.errors import ConfigError
+
+    if settings.crm is None:
+        raise ConfigError("settings.yaml has no crm: section; add one to reach the CRM")
+    require(settings, Need.CRM)
+    return CrmClient(settings.crm)

@@ -22,7 +22,12 @@
         ├── ProcessorConfigError       the processor refused our credentials: not retried
         └── ProcessorUnknownOutcome    timeout, 5xx, reset or unreadable answer after sending: it may
                                        have charged; look the charge up by our order id before resending
-    └── ReportDeliveryError      the report could not be e-mailed (server unreachable, refused, timed out)
+    ├── ReportDeliveryError      the report could not be e-mailed (server unreachable, refused, timed out)
+    └── CrmError                 anything that went wrong talking to the merchant's CRM
+        ├── CrmRefused                 an ERROR envelope (credentials, IP allow-list, a refused change)
+        ├── CrmUnavailable             no answer after retries (connect error, timeout, 5xx): nothing
+                                       is known; a change may or may not have been applied
+        └── CrmProtocolError           an answer we cannot read (not JSON, no envelope)
 
 Messages are built from ids and codes, never from card data, tokens or secrets.
 """
@@ -35,6 +40,10 @@ from dataclasses import dataclass, field
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "CrmError",
+    "CrmProtocolError",
+    "CrmRefused",
+    "CrmUnavailable",
     "DatabaseBusy",
     "DatabaseDiskError",
     "DatabaseUnreachable",
@@ -204,3 +213,24 @@ class ProcessorUnknownOutcome(ProcessorError):
 class ReportDeliveryError(RecycleEngineError):
     """The report could not be e-mailed: the SMTP server was unreachable, refused it or timed out.
     The message names the server and the failure, never the credentials."""
+
+
+class CrmError(RecycleEngineError):
+    """A call to the merchant's CRM failed."""
+
+
+class CrmRefused(CrmError):
+    """The CRM answered `result: ERROR`; `message` is its text (checked for card numbers before use)."""
+
+    def __init__(self, endpoint: str, message: str) -> None:
+        super().__init__(f"CRM {endpoint} refused: {message}")
+        self.endpoint = endpoint
+        self.message = message
+
+
+class CrmUnavailable(CrmError):
+    """No usable answer after the retries; for an update, the CRM may have applied it."""
+
+
+class CrmProtocolError(CrmError):
+    """An answer that is not the CRM's JSON envelope."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -12,6 +12,8 @@ from recycle_engine.domain.states import State
 
 __all__ = [
     "BearerToken",
+    "CrmApi",
+    "CrmPage",
     "ChargeRequest",
     "ChargeResult",
     "Clock",
@@ -176,3 +178,24 @@ class LookupProcessor(ProcessorGateway, Protocol):
         """The charge sent with our `reference` as its order id, or None when the processor confirms
         it holds none. Raises ProcessorUnknownOutcome when the lookup itself fails."""
         ...
+
+
+@dataclass(frozen=True)
+class CrmPage:
+    """One page of a CRM query: its rows and the total the CRM counted when it served the page."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    per_page: int  # resultsPerPage as the CRM answered it (it may cap what was asked)
+
+
+class CrmApi(Protocol):
+    """The merchant's CRM (adapters/crm_http.CrmClient). Queries retry; `update` is sent once and
+    raises CrmRefused (an ERROR answer), CrmUnavailable (no answer: it may have been applied) or
+    CrmProtocolError."""
+
+    def query_all(self, endpoint: str, params: Mapping[str, str]) -> Iterator[CrmPage]: ...
+
+    def query_ids(self, endpoint: str, key: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]: ...
+
+    def update(self, endpoint: str, params: Mapping[str, str]) -> str: ...

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, Row, Select, case, func, literal, select
 
 from recycle_engine.domain.states import State
-from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
+from recycle_engine.storage.models import CrmDelivery, Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
 from recycle_engine.storage.report_sql import days_between, local_midnight, submitted, whole_days, within
 from recycle_engine.storage.types import UTCDateTime
 
@@ -324,6 +324,16 @@ def webhooks_stmt(bounds: ReportBounds) -> Query:
         WebhookDelivery.is_duplicate.label("duplicate"),
     ).where(within(WebhookDelivery.received_at, bounds.day_start, bounds.day_end))
     return grouped(inner, ["gateway_id", "accepted", "reason", "duplicate"], amount=None)
+
+
+def crm_refusals_stmt(bounds: ReportBounds) -> Query:
+    """Changes the CRM refused, or that ran out of attempts, on the day (by state)."""
+    return (
+        select(CrmDelivery.state, func.count().label("n"))
+        .where(CrmDelivery.state.in_(("REFUSED", "FAILED")))
+        .where(within(CrmDelivery.updated_at, bounds.day_start, bounds.day_end))
+        .group_by(CrmDelivery.state)
+    )
 
 
 def job_runs_stmt(bounds: ReportBounds, *, exclude_run: str | None = None) -> Query:

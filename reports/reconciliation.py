@@ -28,6 +28,8 @@ KIND_TITLES: Final = {
     "WEBHOOK_UNKNOWN_ORDER": "Webhook for an unknown order",
     "WEBHOOK_REFUSED": "Webhook refused or not applied",
     "WEBHOOK_DUPLICATE": "Duplicate webhook deliveries",
+    "CRM_REFUSED": "Change refused by the CRM",
+    "CRM_FAILED": "Change that never reached the CRM",
 }
 
 KIND_ADVICE: Final = {
@@ -49,6 +51,10 @@ KIND_ADVICE: Final = {
     "FlexFactor support if not.",
     "WEBHOOK_DUPLICATE": "Duplicates are ignored safely; act only if the count jumps (FlexFactor may be "
     "retrying because our answers time out).",
+    "CRM_REFUSED": "The CRM answered ERROR to a change `crm push` delivered. `recycle-engine crm deliveries "
+    "--state REFUSED` lists each with the CRM's message and the value meant; set it in the CRM by hand.",
+    "CRM_FAILED": "The CRM did not answer a change after every attempt. Check the CRM's status and our "
+    "network, then `recycle-engine crm deliveries --state FAILED` and set the values in the CRM by hand.",
 }
 
 # Flags as FlexFactor names them, normalised by normalise_flag().
@@ -101,8 +107,11 @@ def exception_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def exception_summary(rows: pd.DataFrame, webhooks: pd.DataFrame) -> pd.DataFrame:
-    """One line per exception kind (and flag) with its full count and what to do, most urgent first."""
+def exception_summary(
+    rows: pd.DataFrame, webhooks: pd.DataFrame, crm: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One line per exception kind (and flag) with its full count and what to do, most urgent first.
+    `crm`: the day's refused and failed CRM deliveries by state (columns state, n)."""
     lines: list[dict[str, object]] = []
     if not rows.empty:
         for (kind, flag), part in rows.groupby(["kind", "flag"], sort=False):
@@ -126,6 +135,12 @@ def exception_summary(rows: pd.DataFrame, webhooks: pd.DataFrame) -> pd.DataFram
                     "count": int(part["n"].sum()),
                     "what_to_do": advice,
                 }
+            )
+    for state, n in [] if crm is None else zip(crm["state"], crm["n"], strict=True):
+        kind = f"CRM_{state}"
+        if kind in KIND_TITLES and int(n):
+            lines.append(
+                {"kind": kind, "title": KIND_TITLES[kind], "count": int(n), "what_to_do": KIND_ADVICE[kind]}
             )
     order = {k: i for i, k in enumerate(KIND_TITLES)}
     out = pd.DataFrame(lines, columns=["kind", "title", "count", "what_to_do"])

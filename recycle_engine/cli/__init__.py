@@ -4,7 +4,7 @@ One module a command group; importing this package registers every command on `m
 
 from __future__ import annotations
 
-from recycle_engine.cli import data, db, ladder, orders, run, serve
+from recycle_engine.cli import crm, data, db, ladder, orders, run, serve
 from recycle_engine.cli.app import main
 
-__all__ = ["data", "db", "ladder", "main", "orders", "run", "serve"]
+__all__ = ["crm", "data", "db", "ladder", "main", "orders", "run", "serve"]

@@ -44,6 +44,7 @@ NEEDED_BY: Final[Mapping[Need, str]] = {
     Need.CASCADE: "serve",
     Need.NMI: "run submit (not --dry-run), scheduler",
     Need.EMAIL: "run report --email, scheduler",
+    Need.CRM: "crm pull, crm push, scheduler",
 }
 
 _FILE: Final = TypeAdapter(SettingsFile)
@@ -56,6 +57,7 @@ _ID_LISTS: Final = {
 }
 _FF_ON_PRODUCT: Final = "FlexFactor is for decline salvage only and never sells a campaign product"
 _FF_IN_ATRI: Final = "FlexFactor is never in an ATRI (routing) gateway profile"
+_FF_DECLINING_CRM: Final = "declines come from ordinary gateways; FlexFactor is never a CRM merchant here"
 _FF_DECLINING: Final = (
     "a recycle profile covers declining gateways and FlexFactor never is one; "
     "name it in a slot (4-6, 7-9 or final) instead"
@@ -223,6 +225,11 @@ class _References:
                     "needs exactly one of gateway (one gateway by id: MID scope) "
                     "or gateway_type (every gateway of a type: Gateway scope)",
                 )
+        crm = tree.get("crm")
+        merchants = crm.get("gateways") if isinstance(crm, dict) else None
+        if isinstance(merchants, dict):
+            for merchant_id, gateway in merchants.items():
+                self._gateway(f"crm.gateways.{merchant_id}", gateway, _FF_DECLINING_CRM)
 
     def _entries(self, raw: Any, key: str, path: str = "") -> list[tuple[int, Any]]:
         items = raw.get(key) if isinstance(raw, dict) else None
@@ -416,6 +423,12 @@ def describe_settings(settings: Settings) -> list[str]:
         lines.append(
             f"recycle profile {profile.id}: covers {', '.join(profile.gateways) or 'no gateway'}; "
             f"attempts {attempts}; slots {slots}"
+        )
+    if settings.crm is not None:
+        crm = settings.crm
+        lines.append(
+            f"crm: {crm.type.value} at {crm.base_url}; {crm.results_per_page} rows a page, "
+            f"at most {crm.rate_limit_per_second:g} calls a second; pull looks back {crm.pull.lookback_minutes} min"
         )
     lines.append("jobs: " + ", ".join(f"{job.name} '{job.cron}'" for job in settings.jobs.values()))
     email = settings.reports.email

@@ -69,6 +69,10 @@ __all__ = [
     "CampaignProduct",
     "CascadeProfile",
     "EmailSettings",
+    "CrmPullSettings",
+    "CrmPushSettings",
+    "CrmSettings",
+    "CrmType",
     "FlexFactorSettings",
     "GatewaySettings",
     "GatewayType",
@@ -469,12 +473,118 @@ class HttpSettings(Section):
         return self
 
 
+# The CRM (Konnektive / Checkout Champ)
+
+
+class CrmType(enum.StrEnum):
+    KONNEKTIVE = "konnektive"
+
+
+def _merchant_map(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        fail(f"must map CRM merchant ids to gateway ids, not {kind(value)}")
+    return {str(k): v for k, v in value.items()}
+
+
+def _crm_credential(value: Any, info: ValidationInfo) -> str:
+    # The CRM refuses longer login ids and passwords; say so before the first call does.
+    written = secret(value, info)
+    if len(written) > 32:
+        fail("is longer than the CRM's 32 characters")
+    return written
+
+
+@pydantic_dataclass(frozen=True)
+class CrmPullSettings(Section):
+    lookback_minutes: Annotated[int, V(whole(0, 7 * 24 * 60))] = Field(
+        60, description="each pull re-reads this many minutes before the last window read, for late rows"
+    )
+    settle_minutes: Annotated[int, V(whole(0, 24 * 60))] = Field(
+        5, description="a window closes this many minutes before now (rows still being written are left)"
+    )
+
+
+@pydantic_dataclass(frozen=True)
+class CrmPushSettings(Section):
+    max_attempts: Annotated[int, V(whole(1, 100))] = Field(
+        8, description="deliveries of one change before it is left FAILED for an operator"
+    )
+    retry_after_minutes: Annotated[int, V(whole(0, 7 * 24 * 60))] = Field(
+        15, description="first wait before a failed change is tried again, doubled each time"
+    )
+
+
+@pydantic_dataclass(frozen=True, repr=False)
+class CrmSettings(Section):
+    """The merchant's CRM: where it is, its API user, pace and timeouts. Credentials never in repr."""
+
+    type: Annotated[CrmType, V(choice(CrmType, "CRM type"))] = Field(description="konnektive")
+    login_id: Annotated[str, V(credential(Need.CRM, _crm_credential))] = Field(
+        description="API user's loginId; only as ${NAME}"
+    )
+    password: Annotated[str, V(credential(Need.CRM, _crm_credential))] = Field(
+        description="API user's password; only as ${NAME}"
+    )
+    base_url: Annotated[str, V(http_url)] = Field(
+        "https://api.konnektive.com",
+        description="API root; endpoints such as /transactions/query/ are below it",
+    )
+    results_per_page: Annotated[int, V(whole(1, 200, why=" (the CRM's largest page)"))] = Field(
+        200, description="rows per page of a query"
+    )
+    rate_limit_per_second: Annotated[float, V(number(0, 100_000, above=True))] = Field(
+        5.0, description="most calls to the CRM per second"
+    )
+    connect_timeout_s: Annotated[float, V(number(0, 300, above=True))] = Field(
+        5.0, description="seconds to open a connection to the CRM"
+    )
+    read_timeout_s: Annotated[float, V(number(0, 600, above=True))] = Field(
+        60.0, description="seconds to wait for the CRM's answer"
+    )
+    max_retries: Annotated[int, V(whole(0, 20))] = Field(
+        4, description="retries of a query that failed in transit, answered 5xx or timed out"
+    )
+    backoff_base_s: Annotated[float, V(number(0, 60))] = Field(
+        1.0, description="first wait between retries, doubled each time"
+    )
+    backoff_max_s: Annotated[float, V(number(0, 3600))] = Field(
+        60.0, description="longest wait between retries"
+    )
+    gateways: Annotated[dict[Text, Id], V(_merchant_map)] = Field(
+        default_factory=dict,
+        description="CRM merchantId -> gateway id of these settings (absent: the merchantId is the id)",
+    )
+    pull: CrmPullSettings = Field(
+        default_factory=dict, validate_default=True, description="reading declines from the CRM"
+    )
+    push: CrmPushSettings = Field(
+        default_factory=dict, validate_default=True, description="writing changes back to the CRM"
+    )
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> CrmSettings:
+        if self.backoff_max_s < self.backoff_base_s:
+            fail("must be at least backoff_base_s", at="backoff_max_s")
+        return self
+
+    def gateway_of(self, merchant_id: str) -> str:
+        return self.gateways.get(merchant_id, merchant_id)
+
+    def __repr__(self) -> str:
+        return f"CrmSettings(type={self.type.value!r}, base_url={self.base_url!r}, credentials=<hidden>)"
+
+
 # Job name -> (cron, misfire grace seconds) when settings.yaml does not say.
 JOB_DEFAULTS: Final = {
+    "pull": ("30 1 * * *", 14_400),  # read the CRM's declines before the night's submit (with crm: only)
     "submit": ("0 2 * * *", 14_400),  # the nightly run: due attempts, FlexFactor batches, reruns
     "reconcile": ("30 3 * * *", 14_400),  # apply outcomes, poll, settle expired windows
+    "push": ("30 5 * * *", 14_400),  # deliver the night's changes to the CRM (with crm: only)
     "report": ("0 6 * * *", 21_600),  # the daily recovery report
 }
+CRM_JOBS: Final = ("pull", "push")  # scheduled only when settings.yaml has a crm: section
 
 
 @dataclass(frozen=True)
@@ -513,6 +623,8 @@ def _job(name: str) -> Any:
 _SUBMIT, _SUBMIT_DEFAULTS = _job("submit")
 _RECONCILE, _RECONCILE_DEFAULTS = _job("reconcile")
 _REPORT, _REPORT_DEFAULTS = _job("report")
+_PULL, _PULL_DEFAULTS = _job("pull")
+_PUSH, _PUSH_DEFAULTS = _job("push")
 
 
 @pydantic_dataclass(frozen=True)
@@ -520,11 +632,14 @@ class JobsSection(Section):
     submit: Annotated[JobSchedule, _SUBMIT_DEFAULTS] = _SUBMIT
     reconcile: Annotated[JobSchedule, _RECONCILE_DEFAULTS] = _RECONCILE
     report: Annotated[JobSchedule, _REPORT_DEFAULTS] = _REPORT
+    pull: Annotated[JobSchedule, _PULL_DEFAULTS] = _PULL
+    push: Annotated[JobSchedule, _PUSH_DEFAULTS] = _PUSH
 
-    def settings(self) -> dict[str, JobSettings]:
+    def settings(self, *, with_crm: bool) -> dict[str, JobSettings]:
         return {
             name: JobSettings(name, schedule.cron, schedule.misfire_grace_seconds)
             for name, schedule in ((n, getattr(self, n)) for n in JOB_DEFAULTS)
+            if with_crm or name not in CRM_JOBS
         }
 
 
@@ -659,6 +774,7 @@ class Settings:
     anomalies: AnomalyThresholds
     insufficient_funds_phrases: tuple[str, ...]
     alert_command: str | None
+    crm: CrmSettings | None = None
     source_path: Path | None = None
     unset: tuple[UnsetCredential, ...] = ()  # credentials left for the commands that need them
 
@@ -713,12 +829,15 @@ class SettingsFile(Section):
     )
     batching: BatchingSettings = _section("size and pace of FlexFactor batches")
     http: HttpSettings = _section("timeouts and retries of calls to FlexFactor")
-    jobs: JobsSection = _section("cron schedules of submit, reconcile and report")
+    jobs: JobsSection = _section("cron schedules of pull, submit, reconcile, push and report")
     reports: ReportSettings = _section("where reports go")
     serve: ServeSettings = _section("the webhook and cascade HTTP service")
     anomalies: AnomalySection = _section("checks after each nightly run, alerted and reported")
     alert_command: Annotated[str | None, V(optional(text))] = Field(
         None, description="shell command run with a failed job's message"
+    )
+    crm: CrmSettings | None = Field(
+        None, description="the merchant's CRM API (absent: declines come as CSV, changes go by export)"
     )
 
     def settings(self, source_path: Path | None, unset: tuple[UnsetCredential, ...]) -> Settings:
@@ -733,12 +852,13 @@ class SettingsFile(Section):
             decline_mapping=tuple(rule.settings(i) for i, rule in enumerate(self.decline_mapping)),
             batching=self.batching,
             http=self.http,
-            jobs=self.jobs.settings(),
+            jobs=self.jobs.settings(with_crm=self.crm is not None),
             reports=self.reports,
             serve=self.serve,
             anomalies=AnomalyThresholds(**asdict(self.anomalies)),
             insufficient_funds_phrases=self.insufficient_funds_phrases,
             alert_command=self.alert_command,
+            crm=self.crm,
             source_path=source_path,
             unset=unset,
         )

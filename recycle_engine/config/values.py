@@ -81,6 +81,7 @@ class Need(enum.Enum):
     CASCADE = "for POST /cascade"
     NMI = "to charge on NMI"
     EMAIL = "to e-mail the report"
+    CRM = "to call the CRM"
 
 
 @dataclass

@@ -149,6 +149,7 @@ def _load(conn: Connection, b: queries.ReportBounds, run_id: str) -> dict[str, p
         "open": queries.fetch(conn, queries.open_by_age_stmt(b, dialect)),
         "nearing": queries.fetch(conn, queries.nearing_expiry_stmt(b)),
         "webhooks": queries.fetch(conn, queries.webhooks_stmt(b)),
+        "crm_refusals": queries.fetch(conn, queries.crm_refusals_stmt(b)),
         "jobs": queries.fetch(conn, queries.job_runs_stmt(b, exclude_run=run_id)),
         "exceptions": queries.fetch_all(
             conn, [queries.exception_stmt(b, k) for k in queries.EXCEPTION_KINDS]
@@ -182,7 +183,7 @@ def _context(
     pending = recovery.pending_by_age(frames["open"])
     bucket_counts = pending.groupby("bucket", sort=False)["n"].sum()
     exceptions = reconciliation.exception_rows(frames["exceptions"])
-    summary = reconciliation.exception_summary(exceptions, frames["webhooks"])
+    summary = reconciliation.exception_summary(exceptions, frames["webhooks"], frames["crm_refusals"])
     # No "next day" link: the next day's report does not exist as of this day's end (the index has it).
     prev_day = b.day - timedelta(days=1)
     present = set(render.existing_reports(settings.reports.output_dir))

@@ -14,9 +14,16 @@ from sqlalchemy import Engine, case, column, func, inspect, select, table
 from sqlalchemy.engine import Connection
 
 from recycle_engine.domain.anomalies import INBOX_STALE_AFTER
-from recycle_engine.storage import webhook_inbox
+from recycle_engine.storage import crm_repo, webhook_inbox
 from recycle_engine.storage.delivery_repo import DeliveryRow, recent_deliveries
-from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, ProcessorCharge, SchedulerLease
+from recycle_engine.storage.models import (
+    CrmReject,
+    Handoff,
+    JobRun,
+    OutcomeQueue,
+    ProcessorCharge,
+    SchedulerLease,
+)
 
 __all__ = [
     "ACTIVE_LEASE",
@@ -91,6 +98,9 @@ class Status:
     # Webhook deliveries acknowledged to FlexFactor and not yet applied by `serve`, and the oldest's arrival.
     webhooks_waiting: int = 0
     oldest_webhook_at: datetime | None = None
+    # Deliveries of the change outbox to the CRM, by state (empty without `crm push`).
+    crm_deliveries: dict[str, int] = field(default_factory=dict)
+    crm_rejects: int = 0
 
     @property
     def active(self) -> SchedulerRole | None:
@@ -116,6 +126,8 @@ def gather_status(
         unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
         deliveries = recent_deliveries(conn)
         inbox = webhook_inbox.backlog(conn)
+        crm_deliveries = crm_repo.delivery_counts(conn)
+        rejects = conn.execute(select(func.count()).select_from(CrmReject)).scalar_one()
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
@@ -132,6 +144,8 @@ def gather_status(
         deliveries,
         inbox.waiting,
         inbox.oldest_received_at,
+        crm_deliveries,
+        int(rejects),
     )
 
 
@@ -245,6 +259,18 @@ def render_status(status: Status, timezone: ZoneInfo) -> list[str]:
             f"webhooks acknowledged, not yet applied: {status.webhooks_waiting} "
             f"(oldest {at(status.oldest_webhook_at)})"
             + ("  NOT DRAINING: is `serve` running? it applies them when it starts" if stuck else "")
+        )
+    if status.crm_deliveries:
+        shown = ", ".join(f"{state.lower()} {n}" for state, n in sorted(status.crm_deliveries.items()))
+        lines.append(f"changes to the CRM: {shown}")
+        refused = status.crm_deliveries.get("REFUSED", 0) + status.crm_deliveries.get("FAILED", 0)
+        if refused:
+            lines.append(
+                f"  {refused} refused or failed: `recycle-engine crm deliveries --state REFUSED --state FAILED`"
+            )
+    if status.crm_rejects:
+        lines.append(
+            f"CRM rows rejected by the import checks: {status.crm_rejects} (`recycle-engine crm rejects`)"
         )
     return lines
 

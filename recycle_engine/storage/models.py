@@ -26,6 +26,9 @@ __all__ = [
     "Base",
     "BreakdownRollup",
     "Change",
+    "CrmCursor",
+    "CrmDelivery",
+    "CrmReject",
     "CohortRollup",
     "Customer",
     "Decline",
@@ -628,3 +631,50 @@ class RollupState(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     rebuilt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CrmCursor(Base):
+    """How far a CRM pull has read: the end of the last window read in full (the next starts there,
+    less the lookback)."""
+
+    __tablename__ = "crm_cursors"
+    name: Mapped[str] = mapped_column(ID, primary_key=True)  # "declines"
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CrmReject(Base):
+    """A CRM row the import checks refused, with why; the row as checked, card numbers already removed."""
+
+    __tablename__ = "crm_rejects"
+    transaction_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    row: Mapped[str] = mapped_column(Text)  # JSON of the feed columns, masked
+    run_id: Mapped[str | None] = mapped_column(ID)
+    rejected_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class CrmDelivery(Base):
+    """One change of the outbox on its way to the CRM: what is sent, how often, and the CRM's answer.
+
+    SENDING is written and committed before each call, so a delivery found SENDING (or RETRY) by a
+    later push may have been applied: the CRM's current value is read before anything is sent again."""
+
+    __tablename__ = "crm_deliveries"
+    change_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[str] = mapped_column(ID)
+    field: Mapped[str] = mapped_column(String(64))
+    new_value: Mapped[str | None] = mapped_column(Text)
+    endpoint: Mapped[str | None] = mapped_column(String(64))  # None: the CRM has no place for it
+    params: Mapped[str | None] = mapped_column(Text)  # JSON form sent, credentials not included
+    # PENDING, SENDING, RETRY, DELIVERED, REFUSED (an ERROR answer), UNSUPPORTED, FAILED (attempts spent)
+    state: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    answer: Mapped[str | None] = mapped_column(Text)
+    next_try_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    run_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (Index(None, "state", "change_id"),)

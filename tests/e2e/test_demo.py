@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,15 @@ def test_given_the_shipped_settings_when_a_short_demo_runs_then_it_hands_off_rec
         line.startswith("  rate final = the same over hand-offs whose window has closed") for line in lines
     )
     assert "recovered by poll" not in result.output
+    # the book came from the CRM fake, and the changes went back to it, each once
+    crm_line = next(line for line in lines if line.startswith("CRM: "))
+    found = re.search(
+        r"(\d[\d,]*) changes reached the CRM \(its log: (\d[\d,]*) applied\), 0 refused", crm_line
+    )
+    assert found is not None, crm_line
+    assert found.group(1) == found.group(2)
+    assert int(found.group(1).replace(",", "")) > 0
+    assert crm_line.startswith("CRM: 315 declines pulled (0 rejected)")  # 300 rebills and 15 new sales
 
 
 def test_given_stderr_piped_when_a_demo_runs_then_every_stderr_line_is_json_and_few_are_webhooks(

@@ -1224,3 +1224,115 @@ def test_given_a_missing_variable_in_an_ordinary_key_when_checked_then_it_is_nam
     assert "database.url (line 3): environment variable DB_URL is not set" in result.stderr
     assert "serve.port (line 4): environment variable DB_URL is not set" in result.stderr
     assert "unknown key 'batch_sise' (did you mean 'batch_size'?)" in result.stderr
+
+
+# The CRM section
+
+CRM_ENV = {**ENV, "CRM_LOGIN_ID": "api-user", "CRM_PASSWORD": "pw-1"}
+CRM = """\
+crm:
+  type: konnektive
+  base_url: https://api.konnektive.com
+  login_id: ${CRM_LOGIN_ID}
+  password: ${CRM_PASSWORD}
+"""
+
+
+def test_given_a_crm_section_when_loaded_then_its_keys_defaults_and_jobs_are_set(tmp_path: Path) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + CRM + "  results_per_page: 150\n  gateways: {12: nmi-main}\n")
+
+    # when
+    settings = load_settings(path, CRM_ENV)
+
+    # then
+    crm = settings.crm
+    assert crm is not None
+    assert (crm.login_id, crm.password, crm.results_per_page) == ("api-user", "pw-1", 150)
+    assert (crm.pull.lookback_minutes, crm.rate_limit_per_second) == (60, 5.0)
+    assert crm.gateway_of("12") == "nmi-main"
+    assert crm.gateway_of("nmi-backup") == "nmi-backup"
+    assert "pw-1" not in repr(crm)
+    assert list(settings.jobs) == ["pull", "submit", "reconcile", "push", "report"]
+    assert (settings.jobs["pull"].cron, settings.jobs["push"].cron) == ("30 1 * * *", "30 5 * * *")
+
+
+def test_given_no_crm_section_when_loaded_then_no_crm_job_is_scheduled(tmp_path: Path) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS)
+
+    # when
+    settings = load_settings(path, ENV)
+
+    # then
+    assert settings.crm is None
+    assert list(settings.jobs) == ["submit", "reconcile", "report"]
+
+
+def test_given_bad_crm_values_when_loaded_then_each_is_refused_at_its_key_path(tmp_path: Path) -> None:
+    # given
+    path = write(
+        tmp_path,
+        GATEWAYS
+        + "crm:\n  type: salesforce\n  login_id: plain-text\n  password: ${CRM_PASSWORD}\n"
+        + "  results_per_page: 500\n  rate_limit_per_second: 0\n  gateways: {12: ff-main, 13: nmi-typo}\n"
+        + "  pull: {lookback_minutes: -5}\n",
+    )
+
+    # when
+    problems = problems_of(path, CRM_ENV)
+
+    # then
+    by_path = {p.path: p.message for p in problems}
+    assert by_path["crm.type"].startswith("unknown CRM type 'salesforce'")
+    assert by_path["crm.login_id"].startswith("must come from the environment")
+    assert "200" in by_path["crm.results_per_page"]
+    assert "crm.rate_limit_per_second" in by_path
+    assert "FlexFactor" in by_path["crm.gateways.12"]
+    assert by_path["crm.gateways.13"].startswith("unknown gateway 'nmi-typo'")
+    assert "crm.pull.lookback_minutes" in by_path
+    assert all(p.line for p in problems)
+
+
+def test_given_crm_credentials_unset_when_loaded_for_other_needs_then_only_crm_commands_refuse(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + CRM)
+
+    # when
+    settings = load_settings(path, ENV, needs=(Need.FLEXFACTOR,))
+
+    # then
+    assert [u.variable for u in settings.missing_for(Need.CRM)] == ["CRM_LOGIN_ID", "CRM_PASSWORD"]
+    with pytest.raises(ConfigError) as caught:
+        require(settings, Need.CRM)
+    assert "CRM_LOGIN_ID is not set; it is needed to call the CRM" in str(caught.value)
+
+
+def test_given_a_crm_password_over_32_characters_when_loaded_then_it_is_refused(tmp_path: Path) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + CRM)
+
+    # when
+    problem = only_problem(path, {**CRM_ENV, "CRM_PASSWORD": "x" * 33})
+
+    # then
+    assert (problem.path, problem.message) == ("crm.password", "is longer than the CRM's 32 characters")
+
+
+def test_given_a_crm_section_when_config_check_runs_then_it_is_summarised_without_its_credentials(
+    tmp_path: Path,
+) -> None:
+    # given
+    path = write(tmp_path, GATEWAYS + CRM)
+
+    # when
+    result = CliRunner().invoke(main, ["config", "check", "--config", str(path)], env=CRM_ENV)
+
+    # then
+    assert result.exit_code == 0, result.output
+    assert "crm: konnektive at https://api.konnektive.com; 200 rows a page" in result.output
+    assert "jobs: pull '30 1 * * *', submit" in result.output
+    assert "pw-1" not in result.output
+    assert "api-user" not in result.output

@@ -31,7 +31,7 @@ from recycle_engine.storage.handoff_repo import HandoffUpdate
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES: Final = ("recycle_engine", "jobs", "reports")
 # FlexFactor's and NMI's stand-ins keep their own orders' states, never ours.
-NOT_OURS: Final = ("recycle_engine/sandbox/", "recycle_engine/nmi_fake/")
+NOT_OURS: Final = ("recycle_engine/sandbox/", "recycle_engine/nmi_fake/", "recycle_engine/crm_fake/")
 
 # (module, enclosing function) -> why the `state` written there is not a hand-off's state column.
 ALLOWED: Final = {
@@ -48,6 +48,11 @@ ALLOWED: Final = {
     ("recycle_engine/adapters/flexfactor_codes.py", "order_snapshot"): "FlexFactor's order, read",
     ("reports/rollup_queries.py", "_as_of"): "a rollup's state as of the report day, read",
     ("recycle_engine/storage/delivery_repo.py", "claim_delivery"): "report_deliveries.state",
+    ("recycle_engine/adapters/crm_rows.py", "<module>"): "the CRM's address field, mapped",
+    ("recycle_engine/services/crm_push.py", "queue"): "crm_deliveries.state",
+    ("recycle_engine/services/crm_push.py", "_fresh"): "crm_deliveries.state",
+    ("recycle_engine/services/crm_push.py", "_set"): "crm_deliveries.state",
+    ("recycle_engine/storage/crm_repo.py", "mark_sending"): "crm_deliveries.state",
     ("recycle_engine/storage/delivery_repo.py", "finish_delivery"): "report_deliveries.state",
 }
 

@@ -1,0 +1,159 @@
+"""`crm pull` and `crm push` against the CRM fake, beside a bare requests client making the same calls.
+
+The fake runs in a process of its own on loopback (`recycle-engine crm-fake --declines`), holding N
+generated declines. Each arm runs in this process:
+
+  pull      pull_declines over the whole window into a fresh SQLite file (checks, classification,
+            writes, cursor), 200 rows a page
+  bare-pull one requests.Session making the same calls: every transaction page of both decline types
+            and, per page, one /order/query/ and one /purchase/query/ call for its ids; JSON parsed,
+            nothing checked or written
+  push      push_changes delivering the status changes the pull wrote (each SENDING then DELIVERED,
+            committed around its call)
+  bare-push the same number of /purchase/update/ calls through one Session, one after another
+
+Prints wall seconds and rows a second for each arm and the ratios engine / bare; asserts nothing.
+Not part of the test suite.
+
+    .venv/bin/python -m bench.crm_benchmark [--declines 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import requests
+
+from recycle_engine.adapters.crm_http import CrmClient
+from recycle_engine.services.crm_pull import pull_declines
+from recycle_engine.services.crm_push import push_changes
+from recycle_engine.storage.db import make_engine, upgrade
+from tests.crm_helpers import CRM_LOGIN, CRM_PASSWORD, crm_settings, crm_settings_file, feed_rows, write_csv
+
+DAY = datetime(2026, 6, 1, tzinfo=UTC)
+NOW = DAY + timedelta(days=1, hours=1)
+
+
+def _serve_fake(csv_path: Path) -> tuple[subprocess.Popen[str], str]:
+    env = os.environ | {"CRM_FAKE_LOGIN_ID": CRM_LOGIN, "CRM_FAKE_PASSWORD": CRM_PASSWORD}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recycle_engine", "crm-fake", "--port", "0", "--declines", str(csv_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()  # the first line, printed once the records are loaded
+    return proc, url
+
+
+def bare_pull(url: str, per_page: int) -> int:
+    session = requests.Session()
+    credentials = {"loginId": CRM_LOGIN, "password": CRM_PASSWORD}
+    rows = 0
+    for decline_type in ("SOFT_DECLINE", "HARD_DECLINE"):
+        page = 1
+        while True:
+            form = {
+                **credentials,
+                "startDate": DAY.strftime("%m/%d/%Y"),
+                "endDate": (DAY + timedelta(days=1)).strftime("%m/%d/%Y"),
+                "responseType": decline_type,
+                "sortDir": "1",
+                "resultsPerPage": str(per_page),
+                "page": str(page),
+            }
+            body = session.post(f"{url}/transactions/query/", data=form, timeout=60).json()
+            data = body["message"]["data"] if body["result"] == "SUCCESS" else []
+            if data:
+                rows += len(data)
+                for endpoint, key in (("/order/query/", "orderId"), ("/purchase/query/", "purchaseId")):
+                    ids = ",".join(sorted({str(r[key]) for r in data if r.get(key)}))
+                    session.post(
+                        f"{url}{endpoint}",
+                        data={**credentials, key: ids, "resultsPerPage": "200"},
+                        timeout=60,
+                    ).json()
+            if len(data) < per_page:
+                break
+            page += 1
+    session.close()
+    return rows
+
+
+def bare_push(url: str, purchase_ids: list[str]) -> None:
+    session = requests.Session()
+    for purchase_id in purchase_ids:
+        form = {
+            "loginId": CRM_LOGIN,
+            "password": CRM_PASSWORD,
+            "purchaseId": purchase_id,
+            "status": "RECYCLE_BILLING",
+        }
+        session.post(f"{url}/purchase/update/", data=form, timeout=60).json()
+    session.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--declines", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = feed_rows(args.declines, DAY)
+        proc, url = _serve_fake(write_csv(folder / "declines.csv", rows))
+        try:
+            db_url = f"sqlite:///{folder}/book.db"
+            upgrade(db_url)
+            path = crm_settings_file(folder, db_url=db_url, crm_url=url)
+            settings = crm_settings(path)
+            assert settings.crm is not None
+            engine = make_engine(db_url)
+            started = time.perf_counter()
+            bare_rows = bare_pull(url, 200)
+            bare_pull_s = time.perf_counter() - started
+
+            client = CrmClient(settings.crm)
+            started = time.perf_counter()
+            pulled = pull_declines(
+                settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
+            )
+            pull_s = time.perf_counter() - started
+
+            started = time.perf_counter()
+            pushed = push_changes(settings, engine, client, now=NOW + timedelta(hours=1), since=DAY)
+            push_s = time.perf_counter() - started
+            delivered = pushed.counts["delivered"]
+            purchases = [r["purchase_id"] for r in rows if r["purchase_id"]][:delivered]
+            started = time.perf_counter()
+            bare_push(url, purchases)
+            bare_push_s = time.perf_counter() - started
+            client.close()
+            engine.dispose()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    read = pulled.counts["read"]
+    print(
+        f"declines {args.declines}: pull read {read} (accepted {pulled.counts['accepted']}), bare read {bare_rows}"
+    )
+    print(f"pull       {pull_s:8.2f} s  {read / pull_s:10.0f} rows/s")
+    print(f"bare pull  {bare_pull_s:8.2f} s  {bare_rows / bare_pull_s:10.0f} rows/s")
+    print(f"pull / bare throughput: {(read / pull_s) / (bare_rows / bare_pull_s):.2f}")
+    print(f"push       {push_s:8.2f} s  {delivered / push_s:10.0f} changes/s ({delivered} delivered)")
+    print(f"bare push  {bare_push_s:8.2f} s  {len(purchases) / bare_push_s:10.0f} calls/s")
+    print(f"push / bare throughput: {(delivered / push_s) / (len(purchases) / bare_push_s):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The fake's HTTP side: the CRM's API endpoints (POST, form or query parameters) and /_fake admin calls."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
+
+__all__ = ["FakeCrm", "Fault", "FaultKind", "RunningFakeCrm", "make_server", "start_fake_crm"]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeCrm
+    stopping: threading.Event
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle holds the body for the client's
+    # delayed ACK, about 40 ms a call, and the fake's latency would be a kernel artefact.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it
+        return  # the request log is /_fake/log, without credentials
+
+    def _send(self, status: int, body: str, content_type: str = "application/json") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        fake = self.server.fake
+        path = urlsplit(self.path).path
+        if path == "/_fake/health":
+            self._send(200, "ok", "text/plain")
+        elif path == "/_fake/log":
+            self._send(200, json.dumps(fake.log()))
+        elif path == "/_fake/purchases":
+            self._send(200, json.dumps(fake.purchases))
+        else:
+            self._send(404, "not found", "text/plain")
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        parts = urlsplit(self.path)
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if parts.path.startswith("/_fake/"):
+            self._admin(fake, parts.path, json.loads(raw or b"{}"))
+            return
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        params.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        answer = fake.call(parts.path, params, self.client_address[0])
+        if answer.hold:
+            self.server.stopping.wait(fake.hold_s)
+            self.close_connection = True
+            return
+        if answer.delay_s:
+            self.server.stopping.wait(answer.delay_s)
+        if answer.body is None:
+            self._send(answer.status, "<html><body>Server Error</body></html>", "text/html")
+        else:
+            self._send(answer.status, json.dumps(answer.body))
+
+    def _admin(self, fake: FakeCrm, path: str, body: dict[str, Any]) -> None:
+        if path == "/_fake/records":
+            fake.add(body.get("transactions", ()), body.get("orders", ()), body.get("purchases", ()))
+        elif path == "/_fake/faults":
+            fake.add_faults(*(_fault(f) for f in body.get("faults", [])))
+        elif path == "/_fake/arrivals":
+            fake.arrive_after_page(int(body["after_page"]), body.get("transactions", ()))
+        else:
+            self._send(404, "not found", "text/plain")
+            return
+        self._send(204, "")
+
+
+def _fault(raw: dict[str, Any]) -> Fault:
+    return Fault(
+        FaultKind(raw["kind"]),
+        raw.get("endpoint"),
+        raw.get("message", "Temporary error, please try again"),
+        float(raw.get("seconds", 0)),
+    )
+
+
+@dataclass
+class RunningFakeCrm:
+    """A fake serving on loopback in a thread; `url` is its root (append /transactions/query/)."""
+
+    fake: FakeCrm
+    server: _Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def stop(self) -> None:
+        self.server.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def make_server(fake: FakeCrm, host: str = "127.0.0.1", port: int = 0) -> _Server:
+    server = _Server((host, port), _Handler)
+    server.fake = fake
+    server.stopping = threading.Event()
+    return server
+
+
+def start_fake_crm(fake: FakeCrm, host: str = "127.0.0.1", port: int = 0) -> RunningFakeCrm:
+    """Serve `fake` on `host:port` (0: a free port) in a daemon thread."""
+    server = make_server(fake, host, port)
+    thread = threading.Thread(target=server.serve_forever, name="crm-fake", daemon=True)
+    thread.start()
+    return RunningFakeCrm(fake, server, thread)
