@@ -29,7 +29,7 @@ def run(config_path: str) -> dict[str, int]:
         result = run_reconcile(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
+            app.flexfactor_clients(clock),
             at=now,
             now=now,
             clock=clock,

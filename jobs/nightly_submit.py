@@ -38,7 +38,7 @@ def run(config_path: str) -> dict[str, int]:
         result = run_submit(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
+            app.flexfactor_clients(clock),
             bootstrap.processors(settings),
             at=now,
             now=now,

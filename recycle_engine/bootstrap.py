@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,15 @@ from recycle_engine.storage.db import make_engine
 if TYPE_CHECKING:
     from recycle_engine.adapters.crm_http import CrmClient
 
-__all__ = ["App", "build_app", "crm_client", "flexfactor_clients", "load_settings_file", "processors"]
+__all__ = [
+    "App",
+    "build_app",
+    "close_clients",
+    "crm_client",
+    "flexfactor_clients",
+    "load_settings_file",
+    "processors",
+]
 
 
 def load_settings_file(path: Path, *needs: Need) -> Settings:
@@ -36,8 +45,18 @@ class App:
     settings: Settings
     engine: Engine
     clock: Clock
+    _clients: list[Mapping[str, FlexFactorGateway]] = field(default_factory=list)
+
+    def flexfactor_clients(self, clock: Clock) -> dict[str, FlexFactorGateway]:
+        """One client per FlexFactor gateway sharing this database's token cache; closed with the app."""
+        clients = flexfactor_clients(self.settings, clock, engine=self.engine)
+        self._clients.append(clients)
+        return clients
 
     def close(self) -> None:
+        for clients in self._clients:
+            close_clients(clients)
+        self._clients.clear()
         self.engine.dispose()
 
 
@@ -79,6 +98,14 @@ def flexfactor_clients(
             ff, settings.http, settings.batching, clock, gateway_id=gw.id, token_cache=cache
         )
     return clients
+
+
+def close_clients(clients: Mapping[str, object]) -> None:
+    """Close each client that holds resources (an HTTP pool, its token cache's database connection)."""
+    for client in clients.values():
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
 
 
 def processors(settings: Settings) -> dict[str, ProcessorGateway]:

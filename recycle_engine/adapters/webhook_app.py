@@ -99,6 +99,7 @@ def create_app(
     kept for comparison: each request applies its event before answering, on_accepted after the answer."""
     writer = None if apply_inline else InboxWriter(engine, clock, on_applied=on_accepted)
     receiver = _Receiver(settings, engine, clock, on_accepted, writer)
+    cascade_clients: list[Mapping[str, FlexFactorGateway]] = []
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -109,12 +110,17 @@ def create_app(
         finally:
             if writer is not None:
                 await run_in_threadpool(writer.stop)
+            if cascade_clients:
+                from recycle_engine.bootstrap import close_clients
+
+                for clients in cascade_clients:
+                    close_clients(clients)
 
     app = Starlette(
         routes=[
             Route(WEBHOOK_PATH, receiver.receive, methods=["POST"]),
             Route("/healthz", receiver.healthz, methods=["GET"]),
-            cascade_route(settings, engine, clock),
+            cascade_route(settings, engine, clock, built=cascade_clients),
         ],
         lifespan=lifespan,
     )
@@ -305,17 +311,22 @@ def cascade_route(
     engine: Engine,
     clock: Clock,
     clients: Mapping[str, FlexFactorGateway] | None = None,
+    *,
+    built: list[Mapping[str, FlexFactorGateway]] | None = None,
 ) -> Route:
     """POST /cascade {"order_id": "..."}: a real-time cascade for a caller holding serve.api_key.
 
     503 while no api_key is configured; 401 for a missing or wrong bearer key; 400 for a body that is
     not exactly {"order_id": string}; 404 for an unknown order; 422 with the reason for an order that
     may not cascade; else 200 {"order_id", "result": approved|declined|unknown, "handoff_id", "reason"?}.
-    `clients` default to one FlexFactor client per gateway, built on first use."""
+    `clients` default to one FlexFactor client per gateway, built on first use and kept in `built` (the
+    app closes them when it stops: each holds a pool and its token cache's connection)."""
     api_key = settings.serve.api_key
     limit = settings.serve.max_body_bytes
     lock = threading.Lock()
-    built: list[Mapping[str, FlexFactorGateway]] = [clients] if clients is not None else []
+    built = built if built is not None else []
+    if clients is not None:
+        built.append(clients)
 
     def flexfactor() -> Mapping[str, FlexFactorGateway]:
         with lock:

@@ -63,7 +63,7 @@ def rerun_cmd(
     clock = SystemClock()
     app = bootstrap.build_app(settings, clock)
     try:
-        clients = bootstrap.flexfactor_clients(settings, clock, engine=app.engine) if send_now else {}
+        clients = app.flexfactor_clients(clock) if send_now else {}
         report = rerun_orders(
             settings, app.engine, clients, ids, gateway_id=gateway_id, now=clock.now(), send_now=send_now
         )
@@ -115,7 +115,7 @@ def cascade_cmd(order_id: str, config_path: Path) -> None:
         outcome = cascade_order(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, clock, engine=app.engine),
+            app.flexfactor_clients(clock),
             order_id,
             now=clock.now(),
         )

@@ -69,9 +69,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
             result = run_submit(
                 settings,
                 app.engine,
-                {}
-                if dry_run
-                else bootstrap.flexfactor_clients(settings, LogicalClock(at), engine=app.engine),
+                {} if dry_run else app.flexfactor_clients(LogicalClock(at)),
                 bootstrap.processors(settings),
                 at=at,
                 now=clock.now(),
@@ -152,7 +150,7 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
         result = run_reconcile(
             settings,
             app.engine,
-            bootstrap.flexfactor_clients(settings, LogicalClock(at), engine=app.engine),
+            app.flexfactor_clients(LogicalClock(at)),
             at=at,
             now=clock.now(),
             clock=clock,

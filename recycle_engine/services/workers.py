@@ -175,7 +175,7 @@ def _work(job: _Job, results: Connection) -> None:
     clock = SystemClock()
     app = bootstrap.build_app(job.settings, clock, pool_size=WORKER_POOL_SIZE)
     # FlexFactor's dates are read against the night being run, not the wall clock.
-    clients = bootstrap.flexfactor_clients(job.settings, LogicalClock(job.at), engine=app.engine)
+    clients = app.flexfactor_clients(LogicalClock(job.at))
     try:
         result = run_submit(
             job.settings,
@@ -192,9 +192,5 @@ def _work(job: _Job, results: Connection) -> None:
         log.exception("submit worker failed", extra={"worker": job.worker, "run": job.run_id})
         results.send(({}, f"{type(exc).__name__}: {exc}"))
     finally:
-        for client in clients.values():
-            close = getattr(client, "close", None)
-            if close is not None:
-                close()
-        app.close()
+        app.close()  # and the clients
         results.close()

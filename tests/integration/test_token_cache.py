@@ -383,3 +383,26 @@ def test_given_a_night_run_by_four_worker_processes_when_they_hand_off_then_one_
     assert "handoffs_created 400," in out.decode()
     assert [e["status"] for e in evaluates] == [200] * 400
     assert len(token_calls) == 1
+
+
+def test_given_an_app_whose_clients_used_the_cache_when_the_app_closes_then_no_connection_stays_open(
+    settings: Settings,
+) -> None:
+    # given: a command's app and its clients, which read and wrote the shared token
+    import gc
+    import warnings
+
+    from recycle_engine.bootstrap import build_app
+
+    app = build_app(settings, FixedClock(NIGHT))
+    app.flexfactor_clients(FixedClock(NIGHT))["ff"].evaluate(_body())
+
+    # when: the app closes and everything it built is collected
+    app.close()
+    del app
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+
+    # then: no connection of the token cache was left for the collector to close
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
