@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, Table, insert
 
-from recycle_engine.services.rollups import refresh_rollups
+from recycle_engine.services.reporting.rollups import refresh_rollups
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Base
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import requests
 
 from recycle_engine.adapters.crm_http import CrmClient
-from recycle_engine.services.crm_pull import pull_declines
-from recycle_engine.services.crm_push import push_changes
+from recycle_engine.services.crm.pull import pull_declines
+from recycle_engine.services.crm.push import push_changes
 from recycle_engine.storage.db import make_engine, upgrade
 from tests.crm_helpers import CRM_LOGIN, CRM_PASSWORD, crm_settings, crm_settings_file, feed_rows, write_csv
 

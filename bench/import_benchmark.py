@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import Settings, load_settings
-from recycle_engine.services.feed_file import read_chunks, read_header
-from recycle_engine.services.feed_rows import FEED_COLUMNS, check_chunk
-from recycle_engine.services.import_declines import import_declines
+from recycle_engine.services.intake.feed_file import read_chunks, read_header
+from recycle_engine.services.intake.feed_rows import FEED_COLUMNS, check_chunk
+from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Decline
 

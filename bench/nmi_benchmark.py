@@ -35,7 +35,7 @@ import requests
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.storage.db import make_engine, upgrade
 from tests.factories import (
     NMI_TEST_KEY,

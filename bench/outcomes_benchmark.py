@@ -8,7 +8,7 @@ CANCELLED), each with its RECYCLE_BILLING subscription waiting on it and its DEC
 order. (The queue row is written when the outcome is recorded, by the poll, webhook or answer that
 brings it, so it is part of the book, not of the work measured.)
 
-- outcomes: services.outcomes.apply_outcomes over all of them (purchases moved on or failed, orders
+- outcomes: services.outcomes.applying.apply_outcomes over all of them (purchases moved on or failed, orders
   paid, HOLD fulfillments, change rows, dequeued), as reconcile runs it.
 - bare UPDATE: one executemany `UPDATE subscriptions SET status = :status, updated_at = :now WHERE
   id = :id` over the same subscriptions, in the order apply_outcomes visits them (oldest outcome
@@ -45,7 +45,7 @@ import psutil
 from sqlalchemy import Engine, bindparam, event, func, insert, select, text, update
 
 from recycle_engine.config import Settings, load_settings
-from recycle_engine.services.outcomes import apply_outcomes
+from recycle_engine.services.outcomes.applying import apply_outcomes
 from recycle_engine.storage.db import make_engine, upgrade
 from recycle_engine.storage.models import Change, Fulfillment, Handoff, Order, OutcomeQueue, Subscription
 

@@ -18,7 +18,7 @@ assignments: the holdout section is not measured.
 Then, interleaved, `--repeat` times each, each in a fresh child process:
   bare     one GROUP BY over every hand-off joined with its decline, by the rollups' dimensions
            (day, source, slot, declining gateway, FlexFactor gateway, response code, state, currency)
-  report   services.report.run_report for 2026-06-12 as of 06:00 the next morning, the rollups current:
+  report   services.reporting.report.run_report for 2026-06-12 as of 06:00 the next morning, the rollups current:
            every query, the pandas shaping, the HTML, the CSV of the day's rows and the index
 Seconds are the call's wall time inside the child (imports excluded); peak RSS is the child's own
 high-water mark (VmHWM, read as it ends), the interpreter and its imports included.
@@ -322,7 +322,7 @@ def build(url: str, rows: int, days: int) -> None:
     _day_extras(loader)
     loader.close()
     print()
-    from recycle_engine.services.rollups import refresh_rollups
+    from recycle_engine.services.reporting.rollups import refresh_rollups
 
     engine = make_engine(url)
     refresh = refresh_rollups(engine, TZ, now=NOW, rebuild=True)
@@ -340,7 +340,7 @@ def write_night(url: str, rows: int, days: int) -> str:
     for a third of the open ones, a late approval; then the refresh a nightly run makes, timed."""
     from sqlalchemy import bindparam, insert, select, update
 
-    from recycle_engine.services.rollups import refresh_rollups
+    from recycle_engine.services.reporting.rollups import refresh_rollups
     from recycle_engine.storage.models import Decline, Handoff
 
     engine = make_engine(url)
@@ -453,7 +453,7 @@ def bare_group_by(url: str) -> dict[str, Any]:
 
 def report(url: str, day: date, now: datetime, out: Path) -> dict[str, Any]:
     from recycle_engine.config import load_settings
-    from recycle_engine.services.report import run_report
+    from recycle_engine.services.reporting.report import run_report
 
     path = out / "settings.yaml"
     path.write_text(SETTINGS.format(url=url, out=out / "reports"), encoding="utf-8")

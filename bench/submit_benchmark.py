@@ -53,7 +53,7 @@ from bench.client_throughput import baseline_arm, body_template
 from recycle_engine.adapters.clock import SEND_CLOCK_ENV
 from recycle_engine.cli.app import EXIT_INCOMPLETE
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig
-from recycle_engine.services.submit import due_rows
+from recycle_engine.services.nightly.submit import due_rows
 from recycle_engine.storage.db import alembic_config, make_engine
 
 PG_ADMIN: Final = os.environ.get(
@@ -414,7 +414,7 @@ def print_claim_plan(url: str, today: date, batch: int) -> None:
 
 def print_outcome_plan(url: str, settings_path: Path) -> None:
     from recycle_engine.config import load_settings
-    from recycle_engine.services.outcomes import apply_outcomes
+    from recycle_engine.services.outcomes.applying import apply_outcomes
 
     settings = load_settings(settings_path, env=SANDBOX_ENV)
     engine = make_engine(url)

@@ -4,7 +4,7 @@ Run: .venv/bin/python -m bench.webhook_load [--db sqlite|postgres|both] [--concu
 
 For each database, two fresh copies of one book of SUBMITTED RECYCLE hand-offs (each with its
 RECYCLE_BILLING subscription and DECLINED rebill order, as bench.outcomes_benchmark builds them), and
-on each the webhook service in a process of its own (services.outcomes.apply_outcomes wired as `serve`
+on each the webhook service in a process of its own (services.outcomes.applying.apply_outcomes wired as `serve`
 wires it):
 
 - inline (baseline, the former path): each request applies its event to the hand-off before it
@@ -60,9 +60,9 @@ TARGET_S = 1.0
 
 
 def _serve_child(url: str, apply_inline: bool, ready: Connection, stop: EventType) -> None:
-    from recycle_engine.adapters.webhook_app import create_app, serving
-    from recycle_engine.services.outcomes import apply_outcomes
+    from recycle_engine.services.outcomes.applying import apply_outcomes
     from recycle_engine.storage.db import make_engine
+    from recycle_engine.web.webhook_app import create_app, serving
 
     settings = load_settings(ROOT / "settings.yaml", FAKE_ENV)
     engine = make_engine(url)

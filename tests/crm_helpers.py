@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from recycle_engine.config import Settings, load_settings
-from recycle_engine.services.feed_rows import FEED_COLUMNS
+from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 from tests.factories import SANDBOX_ENV, a_settings_file
 
 CRM_LOGIN = "crm-test-user"

@@ -10,6 +10,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy import ColumnElement, Connection, case, func, literal, select
 
+from recycle_engine.reports.queries import ReportBounds, fetch, grouped
 from recycle_engine.storage.models import Decline, Handoff
 from recycle_engine.storage.report_sql import (
     days_between,
@@ -20,7 +21,6 @@ from recycle_engine.storage.report_sql import (
     whole_days,
     within,
 )
-from reports.queries import ReportBounds, fetch, grouped
 
 
 def _local_day(column: Any, bounds: ReportBounds) -> ColumnElement[str]:

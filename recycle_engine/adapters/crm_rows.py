@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
-from recycle_engine.services.feed_rows import FEED_COLUMNS
+from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 
 __all__ = ["ORDER_TYPES", "TRANSACTION_FIELDS", "declined_at", "feed_row"]
 

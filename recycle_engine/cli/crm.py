@@ -47,7 +47,7 @@ def pull_cmd(until_text: str | None, since_text: str | None, config_path: Path) 
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
-    from recycle_engine.services.crm_pull import pull_declines
+    from recycle_engine.services.crm.pull import pull_declines
 
     settings = bootstrap.load_settings_file(config_path, Need.CRM)
     client = bootstrap.crm_client(settings)
@@ -184,7 +184,7 @@ def push_cmd(since_text: str | None, config_path: Path) -> None:
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
-    from recycle_engine.services.crm_push import push_changes
+    from recycle_engine.services.crm.push import push_changes
 
     settings = bootstrap.load_settings_file(config_path, Need.CRM)
     client = bootstrap.crm_client(settings)

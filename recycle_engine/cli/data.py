@@ -40,7 +40,7 @@ def import_declines_cmd(feed: Path, config_path: Path) -> None:
     """
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.services.import_declines import import_declines
+    from recycle_engine.services.intake.import_declines import import_declines
 
     settings = bootstrap.load_settings_file(config_path)
     app = bootstrap.build_app(settings, SystemClock())

@@ -47,7 +47,7 @@ def db_rebuild_rollups(config_path: Path) -> None:
     itself. On SQLite the rebuild holds the write lock while it runs."""
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.bootstrap import load_settings_file
-    from recycle_engine.services.rollups import refresh_rollups
+    from recycle_engine.services.reporting.rollups import refresh_rollups
     from recycle_engine.storage.db import make_engine
 
     settings = load_settings_file(config_path)
@@ -107,8 +107,8 @@ def config_check_cmd(
     from recycle_engine.domain.ladder import local_date
     from recycle_engine.errors import ConfigError
     from recycle_engine.money import Money, is_known_currency, parse_minor
-    from recycle_engine.services.config_check_output import problems_json, review_json, review_lines
-    from recycle_engine.services.config_review import review_settings
+    from recycle_engine.services.ladder.config_check_output import problems_json, review_json, review_lines
+    from recycle_engine.services.ladder.config_review import review_settings
 
     code = currency.strip().upper()
     if not is_known_currency(code):

@@ -29,7 +29,7 @@ def ladder_versions_cmd(config_path: Path) -> None:
     A subscription follows the version it entered with; editing settings.yaml changes new entrants only."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.services.ladder_versions import format_versions, list_versions
+    from recycle_engine.services.ladder.ladder_versions import format_versions, list_versions
 
     settings = bootstrap.load_settings_file(config_path)
     app = bootstrap.build_app(settings, SystemClock())
@@ -54,7 +54,7 @@ def ladder_migrate_cmd(profile_id: str, config_path: Path) -> None:
     (reason LADDER_MIGRATED) records the move. Prints the counts."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.services.ladder_versions import migrate_profile
+    from recycle_engine.services.ladder.ladder_versions import migrate_profile
 
     settings = bootstrap.load_settings_file(config_path)
     clock = SystemClock()

@@ -56,7 +56,7 @@ def rerun_cmd(
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
-    from recycle_engine.services.rerun import rerun_orders
+    from recycle_engine.services.initial_sales.rerun import rerun_orders
 
     ids = _order_ids(order_ids, from_file)
     settings = bootstrap.load_settings_file(config_path, *([Need.FLEXFACTOR] if send_now else []))
@@ -105,8 +105,8 @@ def cascade_cmd(order_id: str, config_path: Path) -> None:
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
-    from recycle_engine.services.cascade import cascade_order
-    from recycle_engine.services.new_sales import Refused
+    from recycle_engine.services.initial_sales.cascade import cascade_order
+    from recycle_engine.services.initial_sales.new_sales import Refused
 
     settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
     clock = SystemClock()

@@ -49,9 +49,9 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.config import Need
     from recycle_engine.money import Money
-    from recycle_engine.services.overdue import warn_overdue
-    from recycle_engine.services.submit import run_submit
-    from recycle_engine.services.workers import refuse_workers_on_sqlite, run_submit_workers
+    from recycle_engine.services.nightly.overdue import warn_overdue
+    from recycle_engine.services.nightly.submit import run_submit
+    from recycle_engine.services.nightly.workers import refuse_workers_on_sqlite, run_submit_workers
 
     settings = bootstrap.load_settings_file(config_path, *([] if dry_run else [Need.FLEXFACTOR, Need.NMI]))
     clock = SystemClock()
@@ -140,7 +140,7 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.config import Need
-    from recycle_engine.services.reconcile import run_reconcile
+    from recycle_engine.services.outcomes.reconcile import run_reconcile
 
     settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
     clock = SystemClock()
@@ -201,8 +201,8 @@ def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) ->
     from recycle_engine.config import Need
     from recycle_engine.domain.anomalies import Anomaly
     from recycle_engine.errors import ConfigError
-    from recycle_engine.services.report import run_report
-    from recycle_engine.services.report_email import email_report, report_files
+    from recycle_engine.services.reporting.report import run_report
+    from recycle_engine.services.reporting.report_email import email_report, report_files
 
     settings = bootstrap.load_settings_file(config_path, *([Need.EMAIL] if send_email else []))
     if send_email and settings.reports.email is None:

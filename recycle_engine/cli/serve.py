@@ -27,8 +27,8 @@ def serve_cmd(config_path: Path, host: str | None, port: int | None) -> None:
     """HTTP service: POST /webhooks/flexfactor/{gateway_id} and GET /healthz, until SIGTERM."""
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.adapters.webhook_app import OnAccepted, create_app, serve
     from recycle_engine.config import Need, require
+    from recycle_engine.web.webhook_app import OnAccepted, create_app, serve
 
     settings = bootstrap.load_settings_file(config_path, Need.WEBHOOKS, Need.CASCADE)
     if settings.serve.api_key:
@@ -37,7 +37,7 @@ def serve_cmd(config_path: Path, host: str | None, port: int | None) -> None:
     app = bootstrap.build_app(settings, clock)
     on_accepted: OnAccepted | None = None
     try:
-        from recycle_engine.services.outcomes import apply_outcomes
+        from recycle_engine.services.outcomes.applying import apply_outcomes
     except ImportError:  # reconcile applies outcomes when this service cannot
         pass
     else:
@@ -67,7 +67,7 @@ def scheduler_cmd(config_path: Path) -> None:
     One scheduler per database is active; others wait as standbys and take over once its lease
     expires ($RECYCLE_ENGINE_SCHEDULER_LEASE_SECONDS, default 60). On a stop signal the running
     job finishes first."""
-    from jobs.schedule import serve
+    from recycle_engine.jobs.schedule import serve
 
     serve(config_path)
 
@@ -79,11 +79,11 @@ def status_cmd(config_path: Path) -> None:
     """Last job runs, pending hand-offs by age, next scheduled runs and which scheduler is active."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from jobs.schedule import next_fire_times
     from recycle_engine import bootstrap
     from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.jobs.schedule import next_fire_times
     from recycle_engine.services.job_runs import abandon_dead_runs
-    from recycle_engine.services.status import gather_status, render_status
+    from recycle_engine.services.reporting.status import gather_status, render_status
 
     settings = bootstrap.load_settings_file(config_path)
     clock = SystemClock()
@@ -242,7 +242,7 @@ def demo(config_path: Path, workdir: Path, force: bool, subscriptions: int, nigh
 
     Uses the ladders, gateways and campaigns of --config; FlexFactor calls go to a local sandbox and
     its signed webhooks to a local webhook service, both stopped when the demo ends. Prints the report path."""
-    from recycle_engine.services.demo import DemoOptions, format_summary, run_demo
+    from recycle_engine.demo.run import DemoOptions, format_summary, run_demo
 
     if not config_path.exists():
         raise click.UsageError(f"settings file {config_path} not found; pass --config PATH")

@@ -340,7 +340,7 @@ class Handoff(Base):
 
 
 class OutcomeQueue(Base):
-    """A hand-off's final outcome waiting to be applied to its order and purchase (services.outcomes).
+    """A hand-off's final outcome waiting to be applied to its order and purchase (services.outcomes.applying).
 
     Written in the transaction that records the outcome, deleted in the one that applies it. "Not yet
     applied" lives on this narrow row rather than on the wide, heavily indexed hand-off row, so applying
@@ -414,7 +414,7 @@ class WebhookInbox(Base):
     """An accepted delivery acknowledged to FlexFactor and not yet applied to its hand-off.
 
     Written with its delivery before the 200, deleted in the transaction that applies it (the service's
-    single writer, services.inbox_writer): a crash in between leaves it here for the next start."""
+    single writer, services.outcomes.inbox_writer): a crash in between leaves it here for the next start."""
 
     __tablename__ = "webhook_inbox"
     delivery_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhook_deliveries.id"), primary_key=True)
@@ -574,7 +574,7 @@ class NightAnomaly(Base):
 # --- report rollups (migration 0006) -------------------------------------------------------------
 # Hand-offs aggregated per local day of creation (settings.timezone), so the report reads a few
 # thousand rows whatever the size of the history. Triggers on `handoffs` (in the migration) note the
-# creation instant of every hand-off written in `report_rollup_changes`; services/rollups.py recomputes
+# creation instant of every hand-off written in `report_rollup_changes`; services/reporting/rollups.py recomputes
 # those days. The rows carry no natural key (several key columns may be NULL), hence the `id`.
 
 

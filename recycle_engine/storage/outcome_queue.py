@@ -2,7 +2,7 @@
 
 A row is written in the transaction that moves a hand-off into a final outcome state (evaluate answer,
 webhook, poll, lookup, expiry settlement) and deleted in the transaction that applies it
-(services.outcomes): an outcome is applied once, and a crash between the two leaves it queued."""
+(services.outcomes.applying): an outcome is applied once, and a crash between the two leaves it queued."""
 
 from __future__ import annotations
 

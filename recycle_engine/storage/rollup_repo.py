@@ -1,5 +1,5 @@
 """Report rollups: recompute the rollup rows of whole local days from hand-offs, set-based, and the
-notes of which days changed. The caller owns the transaction (see services/rollups.py)."""
+notes of which days changed. The caller owns the transaction (see services/reporting/rollups.py)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 
 from recycle_engine.ports import OrderSnapshot
-from recycle_engine.services.reconcile import run_reconcile
-from recycle_engine.services.report import run_report
+from recycle_engine.services.outcomes.reconcile import run_reconcile
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent
 from tests.integration.test_report import a_handoff, settings_for

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from jobs.nightly_submit import check_after_submit
-from jobs.triggers import due_windows
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import AnomalyKind
-from recycle_engine.services.anomalies import check_night
-from recycle_engine.services.report import run_report
+from recycle_engine.jobs.nightly_submit import check_after_submit
+from recycle_engine.jobs.triggers import due_windows
+from recycle_engine.services.nightly.anomalies import check_night
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, JobRun, NightAnomaly, WebhookDelivery
 from tests.factories import a_settings_file, load_test_settings

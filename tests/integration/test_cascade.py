@@ -15,18 +15,18 @@ from sqlalchemy import Engine, select
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
-from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.cascade import CascadeAnswer, cascade_order
-from recycle_engine.services.new_sales import Refused
-from recycle_engine.services.outcomes import apply_outcomes
-from recycle_engine.services.rerun import rerun_orders
-from recycle_engine.services.submit import run_submit
-from recycle_engine.services.webhook_events import store_delivery
+from recycle_engine.services.initial_sales.cascade import CascadeAnswer, cascade_order
+from recycle_engine.services.initial_sales.new_sales import Refused
+from recycle_engine.services.initial_sales.rerun import rerun_orders
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.outcomes.applying import apply_outcomes
+from recycle_engine.services.outcomes.webhook_events import store_delivery
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Fulfillment, Handoff, Order
+from recycle_engine.web.webhook_app import create_app, serving
 from tests.factories import outcome_applied
 from tests.factories_sales import (
     API_KEY,

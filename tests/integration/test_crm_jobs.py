@@ -15,12 +15,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from freezegun import freeze_time
 from sqlalchemy import text
 
-from jobs import crm_sync
-from jobs.schedule import JobOutcomes, build_scheduler, next_fire_times, sync_jobs
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.crm_fake.book import load_feed_rows
 from recycle_engine.crm_fake.server import RunningFakeCrm, start_fake_crm
 from recycle_engine.crm_fake.state import FakeCrm
+from recycle_engine.jobs import crm_sync
+from recycle_engine.jobs.schedule import JobOutcomes, build_scheduler, next_fire_times, sync_jobs
 from recycle_engine.storage.db import make_engine
 from tests.crm_helpers import CRM_ENV, CRM_LOGIN, CRM_PASSWORD, crm_settings, crm_settings_file, feed_rows
 from tests.factories import a_settings_file, load_test_settings

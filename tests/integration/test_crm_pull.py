@@ -27,8 +27,8 @@ from recycle_engine.crm_fake.book import load_feed_rows, records_of
 from recycle_engine.crm_fake.server import RunningFakeCrm, start_fake_crm
 from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
 from recycle_engine.errors import CrmRefused, CrmUnavailable
-from recycle_engine.services.crm_pull import pull_declines
-from recycle_engine.services.import_declines import import_declines
+from recycle_engine.services.crm.pull import pull_declines
+from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.storage import crm_repo
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import JobRun

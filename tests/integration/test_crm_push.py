@@ -26,9 +26,9 @@ from recycle_engine.crm_fake.book import load_feed_rows
 from recycle_engine.crm_fake.server import RunningFakeCrm, start_fake_crm
 from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
 from recycle_engine.errors import CrmRefused
-from recycle_engine.services.crm_pull import pull_declines
-from recycle_engine.services.crm_push import PushResult, push_changes
-from recycle_engine.services.report import run_report
+from recycle_engine.services.crm.pull import pull_declines
+from recycle_engine.services.crm.push import PushResult, push_changes
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from tests.crm_helpers import (
     CRM_ENV,

@@ -227,7 +227,7 @@ def test_given_a_mapped_engine_on_a_closed_port_when_healthz_is_asked_then_it_an
     tmp_path: Path, closed_port: int
 ) -> None:
     # given
-    from recycle_engine.adapters.webhook_app import create_app, serving
+    from recycle_engine.web.webhook_app import create_app, serving
     from tests.integration.test_webhook_service import T0, a_settings
 
     engine = make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{closed_port}/none")

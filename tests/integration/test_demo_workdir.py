@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from recycle_engine.cli import main
+from recycle_engine.demo.run import DEMO_MARKER, prepare_workdir
 from recycle_engine.errors import InputError
-from recycle_engine.services.demo import DEMO_MARKER, prepare_workdir
 from tests.conftest import ROOT
 
 

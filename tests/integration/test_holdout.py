@@ -18,8 +18,8 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.domain.holdout import in_holdout
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.report import run_report
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Handoff, HoldoutAssignment, Subscription
 from tests.factories import a_settings_file, insert_recycling_many, load_test_settings

@@ -19,11 +19,11 @@ from sqlalchemy import Engine, select
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
+from recycle_engine.demo.book import BookPlan, write_feeds
 from recycle_engine.domain.cards import luhn_ok
 from recycle_engine.errors import InputError
-from recycle_engine.services.demo_book import BookPlan, write_feeds
-from recycle_engine.services.feed_rows import FEED_COLUMNS, PAN_MARKER
-from recycle_engine.services.import_declines import ImportResult, import_declines
+from recycle_engine.services.intake.feed_rows import FEED_COLUMNS, PAN_MARKER
+from recycle_engine.services.intake.import_declines import ImportResult, import_declines
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Change, Customer, Decline, JobRun, Order, Subscription
 

@@ -17,10 +17,10 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import Settings
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.services import decline_effects
-from recycle_engine.services.decline_effects import ImportSession
-from recycle_engine.services.feed_file import read_header
-from recycle_engine.services.feed_stage import staged_chunks
-from recycle_engine.services.import_declines import import_declines
+from recycle_engine.services.intake.decline_effects import ImportSession
+from recycle_engine.services.intake.feed_file import read_header
+from recycle_engine.services.intake.feed_stage import staged_chunks
+from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Change, Customer, Decline, JobRun, Order, Subscription
 from tests.integration.test_import_declines import a_decline, a_new_sale, feed_settings, write_feed

@@ -17,9 +17,9 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
 from recycle_engine.domain.profile_versions import profile_version
-from recycle_engine.services.import_declines import import_declines
-from recycle_engine.services.ladder_versions import migrate_profile
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.intake.import_declines import import_declines
+from recycle_engine.services.ladder.ladder_versions import migrate_profile
+from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Change, RecycleProfileVersion, Subscription
 from tests.factories import SANDBOX_ENV, a_settings_file, load_test_settings

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import pickle
+import sys
 import warnings
 from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from apscheduler.job import Job
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, delete, insert, inspect, select, text, update
 from sqlalchemy.exc import SAWarning
 
+from recycle_engine.jobs.triggers import LocalCronTrigger
+from recycle_engine.services.reporting.status import JOBSTORE_TABLE
 from recycle_engine.storage.db import alembic_config, make_engine
 from recycle_engine.storage.models import Base, Handoff, RollupChange
 from tests.integration.test_report import a_handoff
@@ -146,3 +157,63 @@ def test_given_0013_then_triggers_note_the_submission_instant_and_a_downgrade_no
     command.upgrade(alembic_config(db_url), "head")
     assert noted_when_sent("h-again") == {queued, sent}
     engine.dispose()
+
+
+def test_given_jobs_stored_under_the_old_package_when_migrated_then_they_keep_their_next_run_and_load(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a scheduler's store as an install before 0016 wrote it: target and trigger class under `jobs`
+    command.downgrade(alembic_config(db_url), "0015")
+    engine = make_engine(db_url)
+    store = SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE)
+    store.start(BackgroundScheduler(timezone=UTC), "default")  # creates the table, as a scheduler does
+    trigger = LocalCronTrigger.from_settings("0 2 * * *", ZoneInfo("America/New_York"))
+    due = datetime(2026, 6, 10, 6, tzinfo=UTC)  # 02:00 in New York, owed while the scheduler was down
+    job_fields: dict[str, Any] = {
+        "id": "submit",
+        "name": "submit",
+        "func": "recycle_engine.jobs.nightly_submit:run",
+        "args": ("/etc/s.yaml",),
+        "kwargs": {},
+        "trigger": trigger,
+        "executor": "default",
+        "misfire_grace_time": 14400,
+        "coalesce": True,
+        "max_instances": 1,
+        "next_run_time": due,
+    }
+    store.add_job(Job(BackgroundScheduler(timezone=UTC), **job_fields))
+    with engine.begin() as conn:
+        state = pickle.loads(conn.execute(text(f"SELECT job_state FROM {JOBSTORE_TABLE}")).scalar_one())
+        state["func"] = "jobs.nightly_submit:run"
+        with monkeypatch.context() as old_layout:
+            old_layout.setitem(sys.modules, "jobs", ModuleType("jobs"))
+            old_layout.setitem(sys.modules, "jobs.triggers", sys.modules[LocalCronTrigger.__module__])
+            old_layout.setattr(LocalCronTrigger, "__module__", "jobs.triggers")
+            written = pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+        conn.execute(text(f"UPDATE {JOBSTORE_TABLE} SET job_state = :s"), {"s": written})
+    assert b"jobs.triggers" in written
+    assert b"recycle_engine" not in written
+
+    # when
+    command.upgrade(alembic_config(db_url), "head")
+    (job,) = SQLAlchemyJobStore(engine=engine, tablename=JOBSTORE_TABLE).get_all_jobs()
+
+    # then
+    assert job.func_ref == "recycle_engine.jobs.nightly_submit:run"
+    assert type(job.trigger) is LocalCronTrigger
+    assert str(job.trigger) == str(trigger)
+    assert job.next_run_time == due
+    assert job.args == ("/etc/s.yaml",)
+
+    # and when: downgraded, the store reads as the old layout again
+    command.downgrade(alembic_config(db_url), "0015")
+    with engine.connect() as conn:
+        raw = conn.execute(text(f"SELECT job_state FROM {JOBSTORE_TABLE}")).scalar_one()
+    engine.dispose()
+    assert b"jobs.nightly_submit:run" in raw
+    assert b"recycle_engine" not in raw
+    with monkeypatch.context() as old_layout:
+        old_layout.setitem(sys.modules, "jobs", ModuleType("jobs"))
+        old_layout.setitem(sys.modules, "jobs.triggers", sys.modules[LocalCronTrigger.__module__])
+        assert type(pickle.loads(raw)["trigger"]) is LocalCronTrigger

@@ -23,9 +23,9 @@ from recycle_engine.config import Settings
 from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.report import run_report
-from recycle_engine.services.status import gather_status, render_status
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.reporting.report import run_report
+from recycle_engine.services.reporting.status import gather_status, render_status
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Handoff, ProcessorCharge, Subscription
 from tests.factories import NMI_TEST_KEY, a_decline, a_settings_file, insert_recycling, load_test_settings

@@ -1,5 +1,5 @@
 """The outcome queue: each final outcome reaches its order and purchase exactly once, whatever runs again,
-crashes or arrives late (storage.outcome_queue, services.outcomes)."""
+crashes or arrives late (storage.outcome_queue, services.outcomes.applying)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from sqlalchemy import Engine, event, func, insert, select, text, update
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.config import Settings
 from recycle_engine.domain.states import Event, State, reported
-from recycle_engine.services.outcomes import _chunks, apply_outcomes
-from recycle_engine.services.webhook_events import store_delivery
+from recycle_engine.services.outcomes.applying import _chunks, apply_outcomes
+from recycle_engine.services.outcomes.webhook_events import store_delivery
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import (

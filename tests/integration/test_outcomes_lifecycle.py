@@ -46,16 +46,15 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
-from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
 from recycle_engine.services.export import ExportFormat, export_changes
-from recycle_engine.services.outcomes import apply_outcomes
-from recycle_engine.services.reconcile import run_reconcile
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.outcomes.applying import apply_outcomes
+from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import (
     Change,
@@ -69,6 +68,7 @@ from recycle_engine.storage.models import (
     WebhookDelivery,
 )
 from recycle_engine.storage.webhook_inbox import backlog
+from recycle_engine.web.webhook_app import create_app, serving
 from tests.conftest import _fresh_pg, _fresh_sqlite
 from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings, outcome_applied
 

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from recycle_engine.services.overdue import find_overdue
+from recycle_engine.services.nightly.overdue import find_overdue
 from recycle_engine.storage.db import make_engine
 from tests.conftest import ROOT
 from tests.factories import SANDBOX_ENV

@@ -28,9 +28,9 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.reconcile import run_reconcile
-from recycle_engine.services.report import run_report
-from recycle_engine.services.submit import due_rows, run_submit
+from recycle_engine.services.nightly.submit import due_rows, run_submit
+from recycle_engine.services.outcomes.reconcile import run_reconcile
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from tests.conftest import PG_ADMIN_DSN, PG_HOST_URL
 from tests.factories import load_test_settings

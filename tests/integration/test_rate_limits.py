@@ -20,8 +20,8 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.reconcile import run_reconcile
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, JobRun, NightAnomaly
 from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many, load_test_settings

@@ -18,10 +18,10 @@ from sqlalchemy import Engine, insert, select
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.errors import RecycleEngineError
-from recycle_engine.services.report import run_report
+from recycle_engine.reports import queries, rollup_queries
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
-from reports import queries, rollup_queries
 
 DAY = date(2026, 6, 12)  # local day in America/New_York; it starts at 04:00 UTC
 NIGHT = datetime(2026, 6, 12, 6, 0, tzinfo=UTC)  # 02:00 local: the nightly submit run
@@ -398,7 +398,7 @@ def test_given_sqlite_then_the_holdout_query_finds_each_assignments_handoffs_by_
 ) -> None:
     # given: SQLite plans without statistics; "state = 'APPROVED'" once looked as selective as the
     # purchase, and the query walked every approved hand-off for each assignment
-    from reports import lift_queries
+    from recycle_engine.reports import lift_queries
 
     engine = make_engine(sqlite_url)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)

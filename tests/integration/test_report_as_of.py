@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, update
 
-from recycle_engine.services.report import run_report
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, JobRun, WebhookDelivery
 from tests.integration.test_report import DAY, NIGHT, NOW, a_handoff, seed, settings_for

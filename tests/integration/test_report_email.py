@@ -20,14 +20,14 @@ from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import Engine, select, text
 
-from jobs import daily_report
 from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.domain.anomalies import Anomaly
-from recycle_engine.services.report import run_report
-from recycle_engine.services.report_email import email_report, report_files
-from recycle_engine.services.status import gather_status, render_status
+from recycle_engine.jobs import daily_report
+from recycle_engine.services.reporting.report import run_report
+from recycle_engine.services.reporting.report_email import email_report, report_files
+from recycle_engine.services.reporting.status import gather_status, render_status
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import NightAnomaly, ReportDelivery
 from tests.conftest import FixedClock

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert
 
-from recycle_engine.services.report import run_report
+from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt
 from tests.integration.test_report import DAY, NIGHT, NOW, seed, settings_for

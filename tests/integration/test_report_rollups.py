@@ -21,14 +21,14 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.cli import main
 from recycle_engine.domain.states import Event
-from recycle_engine.services.rollups import RollupRefresh, refresh_rollups
-from recycle_engine.services.webhook_events import record_event
+from recycle_engine.reports import rollup_queries
+from recycle_engine.reports.queries import ReportBounds, fetch
+from recycle_engine.services.outcomes.webhook_events import record_event
+from recycle_engine.services.reporting.rollups import RollupRefresh, refresh_rollups
 from recycle_engine.storage import rollup_repo
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
 from recycle_engine.storage.models import BreakdownRollup, CohortRollup, Decline, Handoff, RollupChange
-from reports import rollup_queries
-from reports.queries import ReportBounds, fetch
 from tests import report_reference as direct
 from tests.conftest import _fresh_pg, _fresh_sqlite
 from tests.integration import test_outcomes_lifecycle as lifecycle

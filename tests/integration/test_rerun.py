@@ -19,9 +19,9 @@ from recycle_engine.cli import main
 from recycle_engine.config import Settings
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
-from recycle_engine.services.reconcile import run_reconcile
-from recycle_engine.services.rerun import RerunReport, rerun_orders
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.initial_sales.rerun import RerunReport, rerun_orders
+from recycle_engine.services.nightly.submit import run_submit
+from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Fulfillment, Handoff, Order, Subscription
 from tests.factories import outcome_applied

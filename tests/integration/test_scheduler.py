@@ -26,13 +26,19 @@ from click.testing import CliRunner
 from freezegun import freeze_time
 from sqlalchemy import Engine, insert, select, text
 
-from jobs.leader import Lease
-from jobs.schedule import JobOutcomes, SchedulerProcess, build_scheduler, next_fire_times, sync_jobs
 from recycle_engine.adapters.alerts import send_alert
 from recycle_engine.adapters.clock import FixedClock, SystemClock
 from recycle_engine.config import Settings, load_settings
+from recycle_engine.jobs.leader import Lease
+from recycle_engine.jobs.schedule import (
+    JobOutcomes,
+    SchedulerProcess,
+    build_scheduler,
+    next_fire_times,
+    sync_jobs,
+)
 from recycle_engine.services.job_runs import finish_run, start_run
-from recycle_engine.services.status import ACTIVE_LEASE, gather_status, render_status
+from recycle_engine.services.reporting.status import ACTIVE_LEASE, gather_status, render_status
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, JobRun, OutcomeQueue, SchedulerLease
 
@@ -348,7 +354,7 @@ def test_given_reconcile_fails_when_the_night_runs_then_submit_and_report_still_
     # given: the real submit entry point, a reconcile that raises, a report stand-in
     settings, path = write_settings(tmp_path, sqlite_url)
     targets = {
-        "submit": "jobs.nightly_submit:run",
+        "submit": "recycle_engine.jobs.nightly_submit:run",
         "reconcile": ref(reconcile_boom),
         "report": ref(report_probe),
     }
@@ -541,7 +547,7 @@ def test_given_an_active_scheduler_still_syncing_its_jobs_then_it_is_not_offered
         assert go_on.wait(20), "the test never let the sync go on"
         sync_jobs(*args, **kwargs)
 
-    monkeypatch.setattr("jobs.schedule.sync_jobs", held_sync)
+    monkeypatch.setattr("recycle_engine.jobs.schedule.sync_jobs", held_sync)
     process = SchedulerProcess(settings, path, targets={"submit": ref(slow_probe)}, lease_s=2)
     thread = threading.Thread(target=process.run)
     thread.start()

@@ -150,8 +150,8 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
     # given: a claim process on a database that does not exist
     from recycle_engine.config import load_settings
     from recycle_engine.errors import DatabaseUnreachable
-    from recycle_engine.services.claim_process import ClaimProcess
-    from recycle_engine.services.claiming import NightClaim
+    from recycle_engine.services.nightly.claim_process import ClaimProcess
+    from recycle_engine.services.nightly.claiming import NightClaim
 
     settings = load_settings(
         a_settings_file(tmp_path, db_url=pg_url, base_url="http://127.0.0.1:9/v1"), SANDBOX_ENV

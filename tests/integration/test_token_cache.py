@@ -22,7 +22,7 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.ports import BearerToken
 from recycle_engine.sandbox.server import RunningSandbox, SandboxConfig, run_sandbox
-from recycle_engine.services.submit import run_submit
+from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import FlexFactorTokenCache, Handoff
 from recycle_engine.storage.sealed_token_cache import SealedTokenCache

@@ -16,13 +16,13 @@ import requests
 from sqlalchemy import select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.config import load_settings
 from recycle_engine.sandbox.server import run_sandbox
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig, iso
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import WebhookDelivery
+from recycle_engine.web.webhook_app import create_app, serving
 from tests.sandbox_helpers import SandboxApi, a_mit_body
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)

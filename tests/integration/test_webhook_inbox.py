@@ -25,18 +25,18 @@ from sqlalchemy import Engine, func, insert, select, text
 
 from recycle_engine.adapters.clock import FixedClock, SystemClock
 from recycle_engine.adapters.flexfactor_webhooks import parse_event
-from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.config import Settings
 from recycle_engine.ports import Clock
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64
-from recycle_engine.services.anomalies import check_night
-from recycle_engine.services.outcomes import apply_outcomes
-from recycle_engine.services.status import gather_status, render_status
-from recycle_engine.services.webhook_events import accept_delivery
+from recycle_engine.services.nightly.anomalies import check_night
+from recycle_engine.services.outcomes.applying import apply_outcomes
+from recycle_engine.services.outcomes.webhook_events import accept_delivery
+from recycle_engine.services.reporting.status import gather_status, render_status
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, Subscription, WebhookDelivery
 from recycle_engine.storage.webhook_inbox import backlog
+from recycle_engine.web.webhook_app import create_app, serving
 from tests.factories import (
     SANDBOX_ENV,
     a_settings_file,

@@ -20,17 +20,17 @@ import requests
 from sqlalchemy import Engine, create_engine, insert, select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.adapters.webhook_app import create_app, serving
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.ports import Clock
+from recycle_engine.reports.queries import ReportBounds, exception_stmt
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig, iso
-from recycle_engine.services.webhook_events import event_time
+from recycle_engine.services.outcomes.webhook_events import event_time
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, WebhookDelivery
 from recycle_engine.storage.webhook_inbox import backlog
-from reports.queries import ReportBounds, exception_stmt
+from recycle_engine.web.webhook_app import create_app, serving
 from tests.conftest import load_fixture
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recycle_engine.domain.cards import contains_pan, find_pans, looks_like_pan, luhn_ok, mask_pans
-from recycle_engine.services.feed_values import card_number_positions
+from recycle_engine.services.intake.feed_values import card_number_positions
 
 PAN = "4539578763621486"  # a Luhn-valid Visa-shaped number
 

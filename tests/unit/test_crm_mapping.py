@@ -8,7 +8,7 @@ import pytest
 
 from recycle_engine.adapters.crm_changes import CrmRequest, is_applied, request_for
 from recycle_engine.adapters.crm_rows import declined_at, feed_row
-from recycle_engine.services.feed_rows import FEED_COLUMNS
+from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 
 TRANSACTION = {
     "transactionId": 9001,

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recycle_engine.services.feed_rows import (
+from recycle_engine.services.intake.feed_rows import (
     FEED_COLUMNS,
     OVERFLOW_PREFIX,
     PAN_MARKER,
     check_chunk,
     check_header,
 )
-from recycle_engine.services.feed_values import card_number_positions, parse_amounts, parse_timestamps
+from recycle_engine.services.intake.feed_values import card_number_positions, parse_amounts, parse_timestamps
 
 TEST_PAN = "4111111111111111"  # the public Visa test number
 

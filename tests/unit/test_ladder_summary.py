@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 import pytest
 
-from reports.ladder import (
+from recycle_engine.reports.ladder import (
     ladder_rows,
     method_rows,
     periods_for,

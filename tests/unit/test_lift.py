@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from reports.lift import difference_interval, lift_summary
+from recycle_engine.reports.lift import difference_interval, lift_summary
 
 COLUMNS = ["arm", "currency", "outcome", "n", "assigned_minor", "recovered_minor"]
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from recycle_engine.adapters.webhook_app import AcceptedTally
 from recycle_engine.logs import configure_logging, end_progress, show_progress
+from recycle_engine.web.webhook_app import AcceptedTally
 
 
 @pytest.fixture

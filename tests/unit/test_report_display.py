@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recycle_engine.services.demo import DemoResult, format_summary
-from reports import render, svg
+from recycle_engine.demo.run import DemoResult, format_summary
+from recycle_engine.reports import render, svg
 
 GLYPH_WIDTH = 11 * 0.62  # a generous average advance of an 11 px sans-serif digit or letter
 

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from reports import recovery
-from reports.queries import ReportBounds
+from recycle_engine.reports import recovery
+from recycle_engine.reports.queries import ReportBounds
 
 DAY = date(2026, 6, 30)
 COLUMNS = ["cohort", "state", "currency", "recovery_day", "n", "amount_minor"]

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recycle_engine.domain.outcomes import amount_mismatch
-from reports import detail, queries, reconciliation, recovery, render, saves, svg
+from recycle_engine.reports import detail, queries, reconciliation, recovery, render, saves, svg
 
 DAY = date(2026, 6, 12)
 NEW_YORK = ZoneInfo("America/New_York")

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 
-from jobs.schedule import LocalCronTrigger, crontab_weekdays
+from recycle_engine.jobs.schedule import LocalCronTrigger, crontab_weekdays
 
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -1,0 +1,1 @@
+"""The demo: the whole product on a generated book, against the bundled sandboxes."""

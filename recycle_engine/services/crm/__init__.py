@@ -1,0 +1,1 @@
+"""The CRM at both ends: pull declines in, push changes out."""

@@ -1,0 +1,1 @@
+"""Declined initial sales: reruns queued or sent, and the real-time cascade."""

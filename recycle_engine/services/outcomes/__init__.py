@@ -1,0 +1,1 @@
+"""FlexFactor's answers: webhook deliveries, the inbox, reconcile, outcomes applied to orders and purchases."""

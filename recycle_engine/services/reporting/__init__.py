@@ -1,0 +1,1 @@
+"""The daily report, its e-mail, the rollups it reads and the status command."""
