@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import Settings
 from recycle_engine.errors import InputError, RecycleEngineError
-from recycle_engine.services import decline_effects
+from recycle_engine.services.intake import decline_effects
 from recycle_engine.services.intake.decline_effects import ImportSession
 from recycle_engine.services.intake.feed_file import read_header
 from recycle_engine.services.intake.feed_stage import staged_chunks
