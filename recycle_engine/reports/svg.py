@@ -55,13 +55,22 @@ def _frame(height: int, title: str, body: list[str]) -> Markup:
     return Markup(head + "".join(body) + "</svg>")
 
 
-def nice_ticks(peak: float, count: int = 4) -> list[float]:
-    """`count` + 1 evenly spaced ticks from 0 to a round number (1, 2, 2.5 or 5 × 10^k) at least `peak`."""
+def nice_ticks(peak: float, *, whole: bool = False) -> list[float]:
+    """Evenly spaced ticks from 0 to the lowest round top (3 to 5 steps of 1, 2, 2.5 or 5 x 10^k) at
+    least `peak`; `whole` keeps steps whole numbers (counts)."""
     if peak <= 0 or not math.isfinite(peak):
-        return [float(i) for i in range(count + 1)]
-    raw = peak / count
-    scale = 10 ** math.floor(math.log10(raw))
-    step = next(m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= raw)
+        return [0.0, 1.0, 2.0, 3.0, 4.0]
+    best: tuple[float, float, int] | None = None
+    for count in (3, 4, 5):
+        raw = peak / count
+        scale = 10 ** math.floor(math.log10(raw))
+        factors = (1, 2, 5, 10) if whole and scale < 10 else (1, 2, 2.5, 5, 10)
+        step = next(m * scale for m in factors if m * scale >= raw)
+        if whole:
+            step = max(step, 1.0)
+        if best is None or step * count < best[0]:
+            best = (step * count, step, count)
+    _, step, count = best  # type: ignore[misc]
     return [step * i for i in range(count + 1)]
 
 

@@ -132,7 +132,7 @@ def activity_chart(
         series=[
             (_series_x(days), svg.Series(name, [float(v) for v in values])) for name, values in lines.items()
         ],
-        y_ticks=svg.nice_ticks(float(peak)),
+        y_ticks=svg.nice_ticks(float(peak), whole=True),
         y_label=compact,
         markers=markers(changes, days),
     )
