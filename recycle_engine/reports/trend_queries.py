@@ -1,5 +1,6 @@
-"""SQL for the dashboard's trends: per-day totals read from the daily rollups (never the hand-offs), and
-the schedule versions with the instant each was first seen."""
+"""SQL for the dashboard's trends: outcomes per day read from the daily rollups (never the hand-offs),
+and the schedule versions with the instant each was first seen. Hand-offs per night and the rates by
+cohort age come from the cohort facts of rollup_queries."""
 
 from __future__ import annotations
 
@@ -19,17 +20,10 @@ if TYPE_CHECKING:
 
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
-__all__ = ["FINAL_STATES", "TREND_DAYS", "outcomes_per_day_stmt", "submitted_per_day_stmt", "versions_stmt"]
+__all__ = ["FINAL_STATES", "TREND_DAYS", "outcomes_per_day_stmt", "versions_stmt"]
 
 TREND_DAYS: Final = 60  # the dashboard's span: long enough for two months of closed 21-day cohorts
 FINAL_STATES: Final = tuple(s for s, group in STATE_GROUPS.items() if group in ("recovered", "lost"))
-
-
-def submitted_per_day_stmt(first: date, last: date) -> Query:
-    """Hand-offs sent on each local day from `first` to `last` (`day`, `n`), FAILED ones included."""
-    c = CohortRollup
-    n = sa.cast(func.sum(c.handoffs), sa.BigInteger).label("n")
-    return select(c.day, n).where(c.day >= first, c.day <= last).group_by(c.day).order_by(c.day)
 
 
 def outcomes_per_day_stmt(first: date, last: date) -> Query:

@@ -68,11 +68,12 @@ def recovered_per_day(outcomes: pd.DataFrame, days: Sequence[date]) -> dict[str,
     return dict(sorted(out.items()))
 
 
-def submitted_per_day(submitted: pd.DataFrame, days: Sequence[date]) -> list[int]:
-    """Hand-offs sent on each day (`submitted` has day, n); 0 on a night with none."""
+def submitted_per_day(facts: pd.DataFrame, days: Sequence[date]) -> list[int]:
+    """Hand-offs sent on each day, FAILED ones included (cohort facts: cohort as ISO text, n); 0 on a
+    night with none."""
     at, out = _index(days), [0] * len(days)
-    for row in records(submitted):
-        if (d := _as_date(row["day"])) in at:
+    for row in records(facts):
+        if (d := _as_date(row["cohort"])) in at:
             out[at[d]] += int(row["n"])
     return out
 

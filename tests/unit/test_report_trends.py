@@ -55,7 +55,11 @@ def test_given_approvals_and_losses_when_recovered_per_day_then_only_approvals_c
 
 def test_given_submissions_and_outcomes_then_nights_count_hand_offs_sent_recovered_and_lost() -> None:
     days = trends.day_axis(LAST, 2)
-    sent = pd.DataFrame([(date(2026, 6, 29), 7), (LAST, 3)], columns=["day", "n"])
+    sent = facts(
+        ("2026-06-29", "APPROVED", "USD", 2, 4),
+        ("2026-06-29", "FAILED", "EUR", None, 3),
+        ("2026-06-30", "SUBMITTED", "USD", None, 3),
+    )
     rows = outcomes(
         (LAST, "APPROVED", "USD", 2, 1),
         (LAST, "DECLINED", "USD", 1, 1),

@@ -23,13 +23,12 @@ def dashboard_context(
     bounds = queries.ReportBounds.for_day(last, tz, now, window_days=window_days)
     days = trends.day_axis(last, trend_queries.TREND_DAYS)
     first = days[0]
-    submitted = queries.fetch(conn, trend_queries.submitted_per_day_stmt(first, last))
     outcomes = queries.fetch(conn, trend_queries.outcomes_per_day_stmt(first, last))
     facts = rollup_queries.fetch_cohorts(conn, rollup_queries.cohort_facts_stmt(bounds, days=(first, last)))
     changes = trends.version_changes(queries.fetch(conn, trend_queries.versions_stmt(bounds.as_of)), tz)
 
     recovered = trends.recovered_per_day(outcomes, days)
-    sent = trends.submitted_per_day(submitted, days)
+    sent = trends.submitted_per_day(facts, days)
     settled = trends.outcomes_per_day(outcomes, days)
     rates = trends.rate_by_age(facts, days)
     latest_rates = {
