@@ -102,8 +102,9 @@ def xy_chart(
             f'<text x="{_x(0)}" dx="-4" y="{y + 4:.1f}" text-anchor="end" {_FONT}>{escape(y_label(tick))}</text>'
         )
     for frac, label in x_ticks:
-        # Ticks at an edge end there: centred, the first or last label would run past the chart.
-        anchor = "start" if frac <= 0.05 else "end" if frac >= 0.95 else "middle"
+        # A label at the right edge ends there: centred, it would run past the chart's narrow right
+        # margin. The left margin (the y labels') has room for half a label.
+        anchor = "end" if frac >= 0.95 else "middle"
         x = _x(frac)
         body.append(f'<line x1="{x}" y1="{_TOP + plot_h}" x2="{x}" y2="{_TOP + plot_h + 4}" stroke="#999"/>')
         body.append(
@@ -179,7 +180,7 @@ def line_chart(
         title=title,
         x_title="Days since submission",
         y_title="Share recovered (%)",
-        x_ticks=[(x / span, f"day {x}") for x in x_ticks],
+        x_ticks=[(x / span, str(x)) for x in x_ticks],  # "1" "3" "7": days 1 and 3 stand close on a phone
         series=[(xs, Series("share recovered", [s for _, s in points]))],
         y_ticks=[0.0, 0.25, 0.5, 0.75, 1.0],
         y_label=lambda v: f"{v * 100:.0f} %",
