@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
 
 from recycle_engine.money import Money
 
@@ -30,6 +31,8 @@ __all__ = [
     "fmt_money",
     "fmt_pct",
     "fmt_points",
+    "human_time",
+    "month_abbr",
     "records",
     "render_template",
     "report_name",
@@ -41,6 +44,7 @@ __all__ = [
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 _REPORT_RE = re.compile(r"^recovery-(\d{4}-\d{2}-\d{2})\.html$")
 DASH = "—"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MUST_QUOTE = re.compile(r'["\r\n]')  # with a comma inside a field, what the csv module quotes
 
 
@@ -69,6 +73,20 @@ def fmt_points(difference: object) -> str:
     return f"{float(difference) * 100:+.1f} points"  # type: ignore[arg-type]
 
 
+def month_abbr(month: int) -> str:
+    """ "Jan".."Dec", whatever the process locale (strftime's %b follows it)."""
+    return _MONTHS[month - 1]
+
+
+def human_time(value: datetime, tz: ZoneInfo, *, seconds: bool = False) -> Markup:
+    """An instant as people read it in the report's timezone ("15 Jun 2026, 02:14 EDT"), inside a
+    <time> element carrying the exact ISO value with its offset."""
+    at = value.astimezone(tz)
+    clock = f"{at:%H:%M:%S}" if seconds else f"{at:%H:%M}"
+    shown = f"{at.day} {month_abbr(at.month)} {at.year}, {clock} {at.tzname() or ''}".rstrip()
+    return Markup('<time datetime="{}">{}</time>').format(at.isoformat(timespec="seconds"), shown)
+
+
 def fmt_count(n: object) -> str:
     return DASH if _missing(n) else f"{int(n):,}"  # type: ignore[call-overload]
 
@@ -94,7 +112,7 @@ def environment(tz: ZoneInfo) -> Environment:
     def local(value: object, spec: str = "minutes") -> str:
         if not isinstance(value, datetime) or _missing(value):
             return DASH
-        return value.astimezone(tz).isoformat(timespec=spec)
+        return human_time(value, tz, seconds=spec == "seconds")
 
     env.filters.update(
         money=fmt_money, pct=fmt_pct, points=fmt_points, count=fmt_count, decimal=fmt_decimal, local=local
@@ -201,11 +219,13 @@ def existing_reports(output_dir: Path) -> list[date]:
     return sorted(days, reverse=True)
 
 
-def write_index(output_dir: Path, *, tz: ZoneInfo, generated_at: datetime) -> Path:
-    """Rewrite `index.html`: a link to every recovery report present, newest first."""
+def write_index(
+    output_dir: Path, *, tz: ZoneInfo, generated_at: datetime, dashboard: Mapping[str, Any] | None = None
+) -> Path:
+    """Rewrite `index.html`: the dashboard (when given), then a link to every recovery report present,
+    newest first."""
     days = existing_reports(output_dir)
     links = [{"day": d, "href": report_name(d)} for d in days]
-    html = render_template(
-        "index.html.j2", tz, {"links": links, "generated_at": generated_at, "tz_name": str(tz.key)}
-    )
+    context = {"links": links, "generated_at": generated_at, "tz_name": str(tz.key), "dashboard": dashboard}
+    html = render_template("index.html.j2", tz, context)
     return write_text(output_dir / "index.html", html)

@@ -593,6 +593,17 @@ class CohortRollup(Base):
     outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
+    # The dashboard's outcomes per day read this alone (migration 0017), not every day's rows.
+    __table_args__ = (
+        Index(
+            "ix_report_cohort_rollups_outcome_cover",
+            "outcome_day",
+            "state",
+            "currency",
+            "handoffs",
+            "amount_minor",
+        ),
+    )
 
 
 class BreakdownRollup(Base):

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, insert, select
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.errors import RecycleEngineError
-from recycle_engine.reports import queries, rollup_queries
+from recycle_engine.reports import queries, rollup_queries, trend_queries
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Decline, Handoff, HandoffEvent, JobRun, WebhookDelivery
@@ -371,6 +371,7 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
         queries.job_runs_stmt(bounds),
         queries.detail_stmt(bounds, "postgresql"),
         *(queries.exception_stmt(bounds, k) for k in queries.EXCEPTION_KINDS),
+        trend_queries.outcomes_per_day_stmt(DAY - timedelta(days=59), DAY),
     ]
     # when: sequential scans are priced out, a usable index is always taken
     plans = []
@@ -385,6 +386,8 @@ def test_given_postgresql_then_the_report_queries_filter_through_indexes(pg_url:
     tables = ("handoffs", "handoff_events", "webhook_deliveries", "job_runs")
     for table in (*tables, "report_cohort_rollups", "report_breakdown_rollups"):
         assert not [p for p in plans if f"Seq Scan on {table}" in p], table
+    # then: the dashboard's outcomes per day are found by outcome day, not by reading every submission day
+    assert "ix_report_cohort_rollups_outcome_cover" in plans[-1], plans[-1]
 
 
 def load_tz() -> Any:

@@ -41,23 +41,35 @@ def test_given_a_umask_when_report_files_are_written_then_their_mode_follows_it(
         assert stat.S_IMODE(path.stat().st_mode) == mode, path.name
 
 
+@pytest.mark.parametrize("chart_px", [300, 1200])
 @pytest.mark.parametrize("x_max", [10, 21])
-def test_given_a_line_chart_then_every_tick_label_lies_inside_the_chart(x_max: int) -> None:
+def test_given_a_line_chart_then_every_tick_label_lies_inside_the_chart(x_max: int, chart_px: int) -> None:
     # when
     chart = str(svg.line_chart([(1, 0.2)], title="curve", x_max=x_max, x_ticks=[1, 3, 7, x_max]))
-    # then: the last tick reads "day 21" in full, not clipped by the chart's right edge
-    width = float(re.search(r'viewBox="0 0 (\d+) \d+"', chart).group(1))  # type: ignore[union-attr]
-    ticks = re.findall(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)"[^>]*>(day \d+)</text>', chart)
-    assert [label for *_, label in ticks] == ["day 1", "day 3", "day 7", f"day {x_max}"]
+    # then: the last tick reads "21" in full, not clipped by the chart's right edge, at the narrowest
+    # and the widest the chart is drawn (positions are percentages of its width, text is never scaled)
+    assert "viewBox" not in chart.split(">", 1)[0]
+    ticks = re.findall(r'<text x="([\d.]+)%" y="[\d.]+" text-anchor="(\w+)"[^>]*>(\d+)</text>', chart)
+    assert [label for *_, label in ticks] == ["1", "3", "7", str(x_max)]
+    assert 'class="axis-title">Days since submission</text>' in chart
     for x, anchor, label in ticks:
-        extent = len(label) * GLYPH_WIDTH
+        extent = len(label) * GLYPH_WIDTH * svg.FONT_PX / 11
         left, right = {
             "start": (0.0, extent),
             "middle": (extent / 2, extent / 2),
             "end": (extent, 0.0),
         }[anchor]
-        assert float(x) - left >= 0, label
-        assert float(x) + right <= width, label
+        at = float(x) * chart_px / 100
+        assert at - left >= 0, label
+        assert at + right <= chart_px, label
+    # then: at the narrowest, neighbouring labels do not overlap (days 1 and 3 of 21 stand 16 px apart)
+    shift = {"start": 0.0, "middle": 0.5, "end": 1.0}
+    spans = sorted(
+        (float(x) * chart_px / 100 - len(t) * GLYPH_WIDTH * shift[anchor], len(t) * GLYPH_WIDTH)
+        for x, anchor, t in ticks
+    )
+    for (a, width), (b, _) in zip(spans, spans[1:], strict=False):
+        assert a + width < b
 
 
 def test_given_a_demo_summary_then_money_is_written_as_the_report_writes_it(tmp_path: Path) -> None:

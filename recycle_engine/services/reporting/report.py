@@ -34,12 +34,15 @@ from recycle_engine.reports import (
     svg,
 )
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.reporting.dashboard import dashboard_context
 from recycle_engine.services.reporting.rollups import refresh_rollups
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
 
 __all__ = ["ReportResult", "run_report"]
 
 log = logging.getLogger(__name__)
+
+FOLD_AT = 20  # a list longer than this folds away behind its count (the ten-second summary stays short)
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,13 @@ def _run_report(
             frames = _load(conn, bounds, run_id)
             rows = detail.detail_rows(queries.fetch_detail(conn, bounds), bounds.tz)
             csv_rows = render.write_csv(csv_path, rows, detail.DETAIL_COLUMNS)
+            # The dashboard follows the newest report in the folder, so re-rendering a past day leaves it be.
+            newest = max([day, *render.existing_reports(out_dir)[:1]])
+            dashboard = dashboard_context(conn, last=newest, tz=bounds.tz, now=now, window_days=window)
         context, counts = _context(frames, settings, bounds)
         context |= {"csv_name": csv_path.name, "csv_rows": csv_rows}
         render.write_text(html_path, render.render_template("recovery.html.j2", bounds.tz, context))
-        index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now)
+        index_path = render.write_index(out_dir, tz=bounds.tz, generated_at=now, dashboard=dashboard)
     except Exception as exc:
         # Close the run whatever went wrong, so `status` never shows a report running forever.
         error = f"{exc.__class__.__name__}: {exc}"[:500]
@@ -252,6 +258,7 @@ def _context(
             for title, part in exceptions.groupby("title", sort=False)
         ],
         "row_limit": queries.EXCEPTION_ROW_LIMIT,
+        "fold_at": FOLD_AT,
         "webhooks": render.records(reconciliation.webhook_summary(frames["webhooks"])),
         "job_runs": render.records(reconciliation.job_runs_table(frames["jobs"])),
         "lift": _lift_context(frames["lift"]),
