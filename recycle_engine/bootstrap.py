@@ -38,6 +38,7 @@ __all__ = [
     "open_run",
     "processors",
     "system_clock",
+    "tonight",
 ]
 
 
@@ -85,6 +86,11 @@ class App:
             close_clients(clients)
         self._clients.clear()
         self.engine.dispose()
+
+
+def tonight(settings: Settings) -> Night:
+    """The night of the wall clock, read once, in the settings timezone."""
+    return Night.of(system_clock().now(), settings.timezone)
 
 
 @dataclass
@@ -162,7 +168,7 @@ def open_run(
     engine, the HTTP clients, their token cache and the CRM client on exit."""
     with open_app(source, *needs, clock=clock, pool_size=pool_size) as app:
         if night is None:
-            night = Night.of(at or app.clock.now(), app.settings.timezone)
+            night = Night.of(at or app.clock.now(), app.settings.timezone)  # the one read of the clock
         run = Run(app, night)
         try:
             yield run
