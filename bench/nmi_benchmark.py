@@ -35,6 +35,7 @@ import requests
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.domain.night import Night
 from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.storage.db import make_engine, upgrade
 from tests.factories import (
@@ -93,7 +94,12 @@ def engine_night(
     cpu, wall = time.process_time(), time.perf_counter()
     # The sandbox's clock stands at NIGHT, so FlexFactor's window counts from it too.
     result = run_submit(
-        settings, engine, clients, processors(settings), at=NIGHT, now=NIGHT, send_clock=FixedClock(NIGHT)
+        settings,
+        engine,
+        clients,
+        processors(settings),
+        night=Night.of(NIGHT, settings.timezone),
+        send_clock=FixedClock(NIGHT),
     )
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     engine.dispose()

@@ -50,6 +50,7 @@ from outcomes_benchmark import FAKE_ENV as ENV  # sibling scripts: bench/ is on 
 from outcomes_benchmark import CpuMeter
 from sqlalchemy import text
 
+from recycle_engine.domain.night import Night
 from recycle_engine.storage.db import make_engine, upgrade
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -462,7 +463,7 @@ def report(url: str, day: date, now: datetime, out: Path) -> dict[str, Any]:
     meter = CpuMeter(engine)
     with meter:
         started = time.perf_counter()
-        result = run_report(settings, engine, day=day, now=now)
+        result = run_report(settings, engine, day=day, night=Night.of(now, settings.timezone))
         seconds = time.perf_counter() - started
     engine.dispose()
     counts = {"csv_rows": result.counts["csv_rows"], "rollup_days": result.counts["rollup_days"]}

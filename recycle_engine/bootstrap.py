@@ -1,15 +1,23 @@
-"""The only wiring: builds settings, engines, clients and services from a settings file."""
+"""The one wiring point: settings, the database engine, the ports and the run's time, put together.
+
+Entry points (the CLI, the jobs, the workers, the demo, the web app) open a `Run` with `open_run` for
+one night's work, or an `App` with `open_app` when they live on and need a live clock; both close
+everything they opened. Only this module (and the clock adapter) constructs the system clock.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 
 from recycle_engine.config import Need, Settings, require
+from recycle_engine.domain.night import Night
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
 from recycle_engine.storage.db import make_engine
 
@@ -17,14 +25,34 @@ if TYPE_CHECKING:
     from recycle_engine.adapters.crm_http import CrmClient
 
 __all__ = [
+    "Alert",
     "App",
+    "Night",
+    "Run",
     "build_app",
     "close_clients",
     "crm_client",
     "flexfactor_clients",
     "load_settings_file",
+    "open_app",
+    "open_run",
     "processors",
+    "system_clock",
+    "tonight",
 ]
+
+
+class Alert(Protocol):
+    def __call__(self, *, kind: str, reason: str, run_id: str | None = None) -> bool:
+        """Tell the alert hook; True when it took the message. Never raises."""
+        ...
+
+
+def system_clock() -> Clock:
+    """The wall clock; the one construction of it outside the clock adapter."""
+    from recycle_engine.adapters.clock import SystemClock
+
+    return SystemClock()
 
 
 def load_settings_file(path: Path, *needs: Need) -> Settings:
@@ -58,6 +86,110 @@ class App:
             close_clients(clients)
         self._clients.clear()
         self.engine.dispose()
+
+
+def tonight(settings: Settings) -> Night:
+    """The night of the wall clock, read once, in the settings timezone."""
+    return Night.of(system_clock().now(), settings.timezone)
+
+
+@dataclass
+class Run:
+    """One night's work: settings, engine and ports, the frozen `night` it plans, and the wall clock
+    that stamps its job-run records and FlexFactor's real send times."""
+
+    app: App
+    night: Night
+    _crm: list[CrmClient] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.engine
+
+    @property
+    def clock(self) -> Clock:
+        return self.app.clock
+
+    def flexfactor_clients(self) -> dict[str, FlexFactorGateway]:
+        """Clients that read FlexFactor's dates against the night (token lifetimes still count real
+        seconds); closed with the run."""
+        from recycle_engine.adapters.clock import LogicalClock
+
+        return self.app.flexfactor_clients(LogicalClock(self.night.at))
+
+    def processors(self) -> dict[str, ProcessorGateway]:
+        return processors(self.settings)
+
+    def send_clock(self) -> Clock:
+        """The clock a hand-off's FlexFactor window counts from: the real send instant (README)."""
+        from recycle_engine.adapters.clock import send_clock
+
+        return send_clock(self.night.at)
+
+    def crm(self) -> CrmClient:
+        """The CRM client (refuses without a crm: section); closed with the run."""
+        client = crm_client(self.settings)
+        self._crm.append(client)
+        return client
+
+    def alert(self, job: str) -> Alert:
+        """The alert hook for `job`: alert(kind=..., reason=..., run_id=...) -> delivered."""
+        from recycle_engine.adapters.alerts import send_alert
+
+        command = self.settings.alert_command
+
+        def alert(*, kind: str, reason: str, run_id: str | None = None) -> bool:
+            return send_alert(command, job=job, kind=kind, reason=reason, run_id=run_id)
+
+        return alert
+
+    def close(self) -> None:
+        for client in self._crm:
+            client.close()
+        self._crm.clear()
+        self.app.close()
+
+
+@contextmanager
+def open_run(
+    source: Path | Settings,
+    *needs: Need,
+    at: datetime | None = None,
+    night: Night | None = None,
+    clock: Clock | None = None,
+    pool_size: int | None = None,
+) -> Iterator[Run]:
+    """Open one run: settings (loaded from `source` with `needs`, or given), engine and ports, and its
+    night at `at` (`--at`), or `night` as given (a worker's), or the wall clock read once. Closes the
+    engine, the HTTP clients, their token cache and the CRM client on exit."""
+    with open_app(source, *needs, clock=clock, pool_size=pool_size) as app:
+        if night is None:
+            night = Night.of(at or app.clock.now(), app.settings.timezone)  # the one read of the clock
+        run = Run(app, night)
+        try:
+            yield run
+        finally:
+            run.close()
+
+
+@contextmanager
+def open_app(
+    source: Path | Settings, *needs: Need, clock: Clock | None = None, pool_size: int | None = None
+) -> Iterator[App]:
+    """Open settings, engine and a live clock for a process that lives on (serve, the scheduler, the
+    demo's loop); its FlexFactor clients close with it."""
+    settings = source if isinstance(source, Settings) else load_settings_file(source, *needs)
+    if isinstance(source, Settings):
+        require(settings, *needs)
+    app = build_app(settings, clock or system_clock(), pool_size=pool_size)
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 def build_app(settings: Settings, clock: Clock, *, pool_size: int | None = None) -> App:

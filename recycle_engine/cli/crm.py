@@ -45,25 +45,18 @@ def pull_cmd(until_text: str | None, since_text: str | None, config_path: Path) 
     stopped part-way leaves that point where it was: run it again. Rejected rows: `crm rejects`.
     """
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
     from recycle_engine.services.crm.pull import pull_declines
 
-    settings = bootstrap.load_settings_file(config_path, Need.CRM)
-    client = bootstrap.crm_client(settings)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
+    with bootstrap.open_run(config_path, Need.CRM) as run:
         result = pull_declines(
-            settings,
-            app.engine,
-            client,
-            now=app.clock.now(),
+            run.settings,
+            run.engine,
+            run.crm(),
+            now=run.night.at,
             until=instant(until_text),
             since=instant(since_text),
         )
-    finally:
-        client.close()
-        app.close()
     counts = result.counts
     click.echo(
         f"pull {result.run_id}: {result.window_start.isoformat()} .. {result.window_end.isoformat()}: "
@@ -82,16 +75,10 @@ def pull_cmd(until_text: str | None, since_text: str | None, config_path: Path) 
 def rejects_cmd(limit: int, as_json: bool, config_path: Path) -> None:
     """The CRM rows the import checks refused, newest first, each with its reason."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.storage import crm_repo
 
-    settings = bootstrap.load_settings_file(config_path)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
-        with app.engine.connect() as conn:
-            rows = crm_repo.recent_rejects(conn, limit)
-    finally:
-        app.close()
+    with bootstrap.open_app(config_path) as app, app.engine.connect() as conn:
+        rows = crm_repo.recent_rejects(conn, limit)
     if not rows:
         click.echo("no rejected CRM rows")
     for row in rows:
@@ -182,18 +169,13 @@ def push_cmd(since_text: str | None, config_path: Path) -> None:
     import sys
 
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
     from recycle_engine.services.crm.push import push_changes
 
-    settings = bootstrap.load_settings_file(config_path, Need.CRM)
-    client = bootstrap.crm_client(settings)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
-        result = push_changes(settings, app.engine, client, now=app.clock.now(), since=instant(since_text))
-    finally:
-        client.close()
-        app.close()
+    with bootstrap.open_run(config_path, Need.CRM) as run:
+        result = push_changes(
+            run.settings, run.engine, run.crm(), now=run.night.at, since=instant(since_text)
+        )
     click.echo(f"push {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in result.counts.items()))
     if result.unreachable:
         click.echo(f"error: {result.stopped}", err=True)
@@ -218,16 +200,10 @@ def push_cmd(since_text: str | None, config_path: Path) -> None:
 def deliveries_cmd(states: tuple[str, ...], limit: int, config_path: Path) -> None:
     """Changes on their way to the CRM, newest first: state, attempts and the CRM's answer."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.storage import crm_repo
 
-    settings = bootstrap.load_settings_file(config_path)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
-        with app.engine.connect() as conn:
-            rows = crm_repo.deliveries(conn, [s.upper() for s in states], limit)
-    finally:
-        app.close()
+    with bootstrap.open_app(config_path) as app, app.engine.connect() as conn:
+        rows = crm_repo.deliveries(conn, [s.upper() for s in states], limit)
     if not rows:
         click.echo("no deliveries")
     for d in rows:

@@ -39,15 +39,11 @@ def import_declines_cmd(feed: Path, config_path: Path) -> None:
     header lacks a column, or the database fails.
     """
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.intake.import_declines import import_declines
 
     settings = bootstrap.load_settings_file(config_path)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
+    with bootstrap.open_app(settings) as app:
         result = import_declines(feed, settings=settings, engine=app.engine, clock=app.clock)
-    finally:
-        app.close()
     click.echo(
         f"accepted {result.accepted}, rejected {result.rejected}, "
         f"duplicates {result.duplicates} (already imported)"
@@ -93,14 +89,10 @@ def export_group() -> None:
 def export_submissions_cmd(config_path: Path, fmt: str, out: Path | None) -> None:
     """Every FlexFactor hand-off and its state (columns: docs/spec.md section 6), oldest first."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.export import ExportFormat, export_submissions
 
-    app = bootstrap.build_app(bootstrap.load_settings_file(config_path), SystemClock())
-    try:
+    with bootstrap.open_app(config_path) as app:
         count = _export_to(out, lambda s: export_submissions(app.engine, s, ExportFormat(fmt)))
-    finally:
-        app.close()
     click.echo(f"exported {count} submissions" + (f" to {out}" if out else ""), err=True)
 
 
@@ -125,18 +117,14 @@ def export_changes_cmd(
     `id` is a growing sequence number: keep the highest one applied and pass it as --after-id, or
     re-read with an earlier --since and skip ids already applied (rows never change)."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.export import ExportFormat, export_changes
 
     settings = bootstrap.load_settings_file(config_path)
     since = local_midnight(since_text, settings.timezone) or instant(since_text)
     assert since is not None
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
+    with bootstrap.open_app(settings) as app:
         count = _export_to(
             out,
             lambda s: export_changes(app.engine, s, since=since, after_id=after_id, fmt=ExportFormat(fmt)),
         )
-    finally:
-        app.close()
     click.echo(f"exported {count} changes" + (f" to {out}" if out else ""), err=True)

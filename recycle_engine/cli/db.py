@@ -45,17 +45,11 @@ def db_rebuild_rollups(config_path: Path) -> None:
     hand-offs changed. Rebuild after a restore from backup, or to build them at once after `db
     upgrade` on a large history rather than in the first run; a change of `timezone` rebuilds them by
     itself. On SQLite the rebuild holds the write lock while it runs."""
-    from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.bootstrap import load_settings_file
+    from recycle_engine.bootstrap import open_run
     from recycle_engine.services.reporting.rollups import refresh_rollups
-    from recycle_engine.storage.db import make_engine
 
-    settings = load_settings_file(config_path)
-    engine = make_engine(settings.database_url)
-    try:
-        result = refresh_rollups(engine, settings.timezone, now=SystemClock().now(), rebuild=True)
-    finally:
-        engine.dispose()
+    with open_run(config_path) as run:
+        result = refresh_rollups(run.engine, run.settings.timezone, now=run.night.at, rebuild=True)
     click.echo(f"rebuilt the report rollups: {result.days:,} local days in {result.seconds:.1f} s")
 
 
@@ -102,9 +96,8 @@ def config_check_cmd(
     commands that need it."""
     import json
 
-    from recycle_engine.adapters.clock import SystemClock
+    from recycle_engine.bootstrap import tonight
     from recycle_engine.config import describe_settings, key_lines, load_settings
-    from recycle_engine.domain.ladder import local_date
     from recycle_engine.errors import ConfigError
     from recycle_engine.money import Money, is_known_currency, parse_minor
     from recycle_engine.services.ladder.config_check_output import problems_json, review_json, review_lines
@@ -127,7 +120,7 @@ def config_check_cmd(
     review = review_settings(
         settings,
         sample=sample,
-        decline_on=local_date(SystemClock().now(), settings.timezone),
+        decline_on=tonight(settings).today,
         read_database=not no_database,
         line_of=key_lines(config_path),
     )

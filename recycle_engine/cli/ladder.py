@@ -28,16 +28,11 @@ def ladder_versions_cmd(config_path: Path) -> None:
 
     A subscription follows the version it entered with; editing settings.yaml changes new entrants only."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.ladder.ladder_versions import format_versions, list_versions
 
-    settings = bootstrap.load_settings_file(config_path)
-    app = bootstrap.build_app(settings, SystemClock())
-    try:
-        versions = list_versions(settings, app.engine)
-    finally:
-        app.close()
-    for line in format_versions(settings, versions):
+    with bootstrap.open_app(config_path) as app:
+        versions = list_versions(app.settings, app.engine)
+    for line in format_versions(app.settings, versions):
         click.echo(line)
 
 
@@ -53,16 +48,10 @@ def ladder_migrate_cmd(profile_id: str, config_path: Path) -> None:
     Each keeps the attempts it has run; its next attempt is recomputed from there, and a change row
     (reason LADDER_MIGRATED) records the move. Prints the counts."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.services.ladder.ladder_versions import migrate_profile
 
-    settings = bootstrap.load_settings_file(config_path)
-    clock = SystemClock()
-    app = bootstrap.build_app(settings, clock)
-    try:
-        result = migrate_profile(settings, app.engine, profile_id=profile_id, now=clock.now())
-    finally:
-        app.close()
+    with bootstrap.open_run(config_path) as run:
+        result = migrate_profile(run.settings, run.engine, profile_id=profile_id, now=run.night.at)
     click.echo(
         f"ladder migrate {result.profile_id}: version {result.version}; moved {result.moved}, "
         f"rescheduled {result.rescheduled}, waiting on FlexFactor {result.waiting}, "

@@ -54,21 +54,15 @@ def rerun_cmd(
     at once and its answer applied. A refused order changes nothing; each refusal is printed on
     stderr with its reason, and the exit code is 1 if any order was refused."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
     from recycle_engine.services.initial_sales.rerun import rerun_orders
 
     ids = _order_ids(order_ids, from_file)
-    settings = bootstrap.load_settings_file(config_path, *([Need.FLEXFACTOR] if send_now else []))
-    clock = SystemClock()
-    app = bootstrap.build_app(settings, clock)
-    try:
-        clients = app.flexfactor_clients(clock) if send_now else {}
+    with bootstrap.open_run(config_path, *([Need.FLEXFACTOR] if send_now else [])) as run:
+        clients = run.flexfactor_clients() if send_now else {}
         report = rerun_orders(
-            settings, app.engine, clients, ids, gateway_id=gateway_id, now=clock.now(), send_now=send_now
+            run.settings, run.engine, clients, ids, gateway_id=gateway_id, now=run.night.at, send_now=send_now
         )
-    finally:
-        app.close()
     for result in report.results:
         if result.refusal is not None:
             click.echo(f"refused {result.order_id}: {result.refusal.code}: {result.refusal.reason}", err=True)
@@ -103,24 +97,14 @@ def cascade_cmd(order_id: str, config_path: Path) -> None:
 
     Exit code 1, with the reason on stderr, when the order is unknown or may not cascade."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.config import Need
     from recycle_engine.services.initial_sales.cascade import cascade_order
     from recycle_engine.services.initial_sales.new_sales import Refused
 
-    settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
-    clock = SystemClock()
-    app = bootstrap.build_app(settings, clock)
-    try:
+    with bootstrap.open_run(config_path, Need.FLEXFACTOR) as run:
         outcome = cascade_order(
-            settings,
-            app.engine,
-            app.flexfactor_clients(clock),
-            order_id,
-            now=clock.now(),
+            run.settings, run.engine, run.flexfactor_clients(), order_id, now=run.night.at
         )
-    finally:
-        app.close()
     if isinstance(outcome, Refused):
         click.echo(f"refused {order_id}: {outcome.code}: {outcome.reason}", err=True)
         sys.exit(1)

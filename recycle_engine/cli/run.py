@@ -46,44 +46,47 @@ def run() -> None:
 def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, workers: int) -> None:
     """The nightly recycle run: due attempts, FlexFactor hand-offs, queued reruns."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.config import Need
     from recycle_engine.money import Money
     from recycle_engine.services.nightly.overdue import warn_overdue
     from recycle_engine.services.nightly.submit import run_submit
     from recycle_engine.services.nightly.workers import refuse_workers_on_sqlite, run_submit_workers
 
-    settings = bootstrap.load_settings_file(config_path, *([] if dry_run else [Need.FLEXFACTOR, Need.NMI]))
-    clock = SystemClock()
-    at = instant(at_text) or clock.now()
-    app = bootstrap.build_app(settings, clock)
+    needs = [] if dry_run else [Need.FLEXFACTOR, Need.NMI]
     try:
-        refuse_workers_on_sqlite(app.engine, workers)
-        warn_overdue(app.engine, at=at, tz=settings.timezone)
-        if workers > 1 and not dry_run:
-            log_level = click.get_current_context().find_root().params["log_level"]
-            result = run_submit_workers(
-                settings, app.engine, workers=workers, at=at, clock=clock, log_level=log_level
+        with bootstrap.open_run(config_path, *needs, at=instant(at_text)) as night_run:
+            night = night_run.night
+            refuse_workers_on_sqlite(night_run.engine, workers)
+            warn_overdue(night_run.engine, night=night)
+            if workers > 1 and not dry_run:
+                log_level = click.get_current_context().find_root().params["log_level"]
+                result = run_submit_workers(
+                    night_run.settings,
+                    night_run.engine,
+                    workers=workers,
+                    night=night,
+                    clock=night_run.clock,
+                    log_level=log_level,
+                )
+            else:
+                result = run_submit(
+                    night_run.settings,
+                    night_run.engine,
+                    {} if dry_run else night_run.flexfactor_clients(),
+                    night_run.processors(),
+                    night=night,
+                    dry_run=dry_run,
+                    send_clock=night_run.send_clock(),
+                    progress=progress_printer("submit"),
+                    clock=night_run.clock,
+                )
+            failures = (
+                [] if dry_run or result.run_id is None else _failure_lines(night_run.engine, result.run_id)
             )
-        else:
-            result = run_submit(
-                settings,
-                app.engine,
-                {} if dry_run else app.flexfactor_clients(LogicalClock(at)),
-                bootstrap.processors(settings),
-                at=at,
-                now=clock.now(),
-                dry_run=dry_run,
-                send_clock=send_clock(at),
-                progress=progress_printer("submit"),
-                clock=clock,
-            )
-        failures = [] if dry_run or result.run_id is None else _failure_lines(app.engine, result.run_id)
     finally:
-        app.close()
         end_progress()
     if dry_run:
-        click.echo(f"dry run at {at.isoformat()}: nothing was written")
+        click.echo(f"dry run at {night.at.isoformat()}: nothing was written")
         for (slot, gateway), n in sorted(result.by_slot.items()):
             click.echo(f"  slot {slot:6} gateway {gateway:20} {n:>8,} attempts")
         for (gateway, currency), minor in sorted(result.amounts.items()):
@@ -138,26 +141,18 @@ def failure_lines(reasons: list[tuple[str, str, int]]) -> list[str]:
 def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.config import Need
     from recycle_engine.services.outcomes.reconcile import run_reconcile
 
-    settings = bootstrap.load_settings_file(config_path, Need.FLEXFACTOR)
-    clock = SystemClock()
-    at = instant(at_text) or clock.now()
-    app = bootstrap.build_app(settings, clock)
-    try:
+    with bootstrap.open_run(config_path, Need.FLEXFACTOR, at=instant(at_text)) as night_run:
         result = run_reconcile(
-            settings,
-            app.engine,
-            app.flexfactor_clients(LogicalClock(at)),
-            at=at,
-            now=clock.now(),
-            clock=clock,
-            send_clock=send_clock(at),
+            night_run.settings,
+            night_run.engine,
+            night_run.flexfactor_clients(),
+            night=night_run.night,
+            clock=night_run.clock,
+            send_clock=night_run.send_clock(),
         )
-    finally:
-        app.close()
     click.echo(
         f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )
@@ -195,8 +190,6 @@ def _exit_if_unsent(job: str, run_id: str | None, unsent: int) -> None:
 def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) -> None:
     """Render the daily recovery report for day D and print the HTML path."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.alerts import send_alert
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.adapters.smtp_mail import send_message
     from recycle_engine.config import Need
     from recycle_engine.domain.anomalies import Anomaly
@@ -207,28 +200,29 @@ def run_report_cmd(config_path: Path, day: datetime | None, send_email: bool) ->
     settings = bootstrap.load_settings_file(config_path, *([Need.EMAIL] if send_email else []))
     if send_email and settings.reports.email is None:
         raise ConfigError("reports.email is not set: add it to e-mail the report (README: e-mail)")
-    clock = SystemClock()
-    now = clock.now()
-    app = bootstrap.build_app(settings, clock)
+    with bootstrap.open_run(settings) as night_run:
+        hook = night_run.alert("report")
 
-    def alert(anomaly: Anomaly) -> bool:
-        return send_alert(
-            settings.alert_command, job="report", kind=anomaly.kind.value, reason=anomaly.reason
+        def alert(anomaly: Anomaly) -> bool:
+            return hook(kind=anomaly.kind.value, reason=anomaly.reason)
+
+        local_day = day.date() if day else night_run.night.today
+        result = run_report(
+            settings, night_run.engine, day=local_day, night=night_run.night, clock=night_run.clock
         )
-
-    try:
-        local_day = day.date() if day else now.astimezone(settings.timezone).date()
-        result = run_report(settings, app.engine, day=local_day, now=now, clock=clock)
         click.echo(str(result.html_path))
         delivery = (
             email_report(
-                settings, app.engine, report_files(result), send=send_message, clock=clock, alert=alert
+                settings,
+                night_run.engine,
+                report_files(result),
+                send=send_message,
+                clock=night_run.clock,
+                alert=alert,
             )
             if send_email
             else None
         )
-    finally:
-        app.close()
     if delivery is None:
         return
     if delivery.state == "ALREADY_SENT":

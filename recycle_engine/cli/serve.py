@@ -26,33 +26,29 @@ from recycle_engine.cli.app import (
 def serve_cmd(config_path: Path, host: str | None, port: int | None) -> None:
     """HTTP service: POST /webhooks/flexfactor/{gateway_id} and GET /healthz, until SIGTERM."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
-    from recycle_engine.config import Need, require
+    from recycle_engine.config import Need
     from recycle_engine.web.webhook_app import OnAccepted, create_app, serve
 
     settings = bootstrap.load_settings_file(config_path, Need.WEBHOOKS, Need.CASCADE)
-    if settings.serve.api_key:
-        require(settings, Need.FLEXFACTOR)  # POST /cascade calls FlexFactor
-    clock = SystemClock()
-    app = bootstrap.build_app(settings, clock)
-    on_accepted: OnAccepted | None = None
-    try:
-        from recycle_engine.services.outcomes.applying import apply_outcomes
-    except ImportError:  # reconcile applies outcomes when this service cannot
-        pass
-    else:
+    # POST /cascade calls FlexFactor
+    needs = [Need.FLEXFACTOR] if settings.serve.api_key else []
+    with bootstrap.open_app(settings, *needs) as app:
+        clock = app.clock
+        on_accepted: OnAccepted | None = None
+        try:
+            from recycle_engine.services.outcomes.applying import apply_outcomes
+        except ImportError:  # reconcile applies outcomes when this service cannot
+            pass
+        else:
 
-        def on_accepted(ids: list[str]) -> None:
-            apply_outcomes(settings, app.engine, now=clock.now(), handoff_ids=ids)
+            def on_accepted(ids: list[str]) -> None:
+                apply_outcomes(settings, app.engine, now=clock.now(), handoff_ids=ids)
 
-    try:
         serve(
             create_app(settings, app.engine, clock, on_accepted=on_accepted),
             host=host or settings.serve.host,
             port=port or settings.serve.port,
         )
-    finally:
-        app.close()
 
 
 # --- scheduler and status ----------------------------------------------------------------------
@@ -80,28 +76,23 @@ def status_cmd(config_path: Path) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import SystemClock
     from recycle_engine.jobs.schedule import next_fire_times
     from recycle_engine.services.job_runs import abandon_dead_runs
     from recycle_engine.services.reporting.status import gather_status, render_status
 
-    settings = bootstrap.load_settings_file(config_path)
-    clock = SystemClock()
-    now = clock.now()
-    app = bootstrap.build_app(settings, clock)
     try:
-        abandon_dead_runs(app.engine, now=now)
-        status = gather_status(
-            app.engine,
-            now=now,
-            crons={name: job.cron for name, job in settings.jobs.items()},
-            next_fire_times=next_fire_times(settings, now),
-        )
+        with bootstrap.open_run(config_path) as run:
+            settings, now = run.settings, run.night.at
+            abandon_dead_runs(run.engine, now=now)
+            status = gather_status(
+                run.engine,
+                now=now,
+                crons={name: job.cron for name, job in settings.jobs.items()},
+                next_fire_times=next_fire_times(settings, now),
+            )
     except SQLAlchemyError as exc:
         click.echo(f"error: cannot read the database ({type(exc).__name__}); try `db upgrade`", err=True)
         sys.exit(1)
-    finally:
-        app.close()
     for line in render_status(status, settings.timezone):
         click.echo(line)
 

@@ -18,7 +18,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.errors import InputError
 from recycle_engine.money import Money
-from recycle_engine.storage.db import make_engine, upgrade
+from recycle_engine.storage.db import upgrade
 from recycle_engine.storage.models import Handoff
 from recycle_engine.storage.report_sql import local_midnight, submitted
 
@@ -114,6 +114,7 @@ def _services(
 ) -> Iterator[tuple[Settings, Engine, Any, Any, Callable[[], object]]]:
     """Start the sandbox, the CRM fake and the webhook service on free loopback ports; stop them on exit.
     The last item waits until the service has applied every webhook it acknowledged."""
+    from recycle_engine.bootstrap import open_app
     from recycle_engine.crm_fake.server import FakeCrm, start_fake_crm
     from recycle_engine.sandbox.server import SandboxConfig, run_sandbox
     from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64
@@ -128,9 +129,8 @@ def _services(
         path = _demo_settings(settings_source, workdir, sandbox.base_url, crm.url)
         settings = load_settings(path, env=env)
         upgrade(settings.database_url)
-        engine = make_engine(settings.database_url)
-        stack.callback(engine.dispose)
         clock = _SandboxTime(sandbox)
+        engine = stack.enter_context(open_app(settings, clock=clock)).engine
 
         def on_accepted(ids: list[str]) -> None:
             apply_outcomes(settings, engine, now=clock.now(), handoff_ids=ids)
@@ -147,7 +147,7 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
     and report."""
     import csv
 
-    from recycle_engine.bootstrap import crm_client, flexfactor_clients, processors
+    from recycle_engine.bootstrap import Night, crm_client, flexfactor_clients, processors
     from recycle_engine.crm_fake.book import load_feed_rows
     from recycle_engine.demo.book import BookPlan, write_feeds
     from recycle_engine.services.crm.pull import pull_declines
@@ -190,20 +190,25 @@ def run_demo(options: DemoOptions, *, progress: Callable[[str], None] | None = N
             pulled = pull_declines(settings, engine, crm_api, now=pull_at, until=pull_at, since=first)
             _add(counts, {"imported": pulled.counts["accepted"], "rejected": pulled.counts["rejected"]})
             sub = run_submit(
-                settings, engine, clients, processors(settings), at=submit_at, now=submit_at, send_clock=clock
+                settings,
+                engine,
+                clients,
+                processors(settings),
+                night=Night.of(submit_at, tz),
+                send_clock=clock,
             )
             _add(counts, sub.counts)
             reconcile_at = datetime.combine(day, time(3, 30), tz)
             sandbox.state.move_clock(now=reconcile_at)
             webhooks_applied()
             clock.at = reconcile_at.astimezone(clock.at.tzinfo)
-            rec = run_reconcile(
-                settings, engine, clients, at=reconcile_at, now=reconcile_at, send_clock=clock
-            )
+            rec = run_reconcile(settings, engine, clients, night=Night.of(reconcile_at, tz), send_clock=clock)
             _add(counts, {f"reconcile_{k}": v for k, v in rec.counts.items()})
             pushed = push_changes(settings, engine, crm_api, now=reconcile_at + timedelta(hours=1))
             _add(counts, {f"crm_{k}": v for k, v in pushed.counts.items()})
-            report = run_report(settings, engine, day=day, now=datetime.combine(day, time(6, 0), tz))
+            report = run_report(
+                settings, engine, day=day, night=Night.of(datetime.combine(day, time(6, 0), tz), tz)
+            )
             for client in clients.values():
                 close = getattr(client, "close", None)
                 if close:

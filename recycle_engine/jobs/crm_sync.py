@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from recycle_engine import bootstrap
-from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.config import Need
 from recycle_engine.errors import CrmError
 from recycle_engine.services.crm.pull import pull_declines
@@ -21,32 +20,17 @@ log = logging.getLogger(__name__)
 def pull(config_path: str) -> dict[str, int]:
     """Read the CRM's declines up to now (less the settle time); a failure propagates to the scheduler,
     which alerts. The run is recorded in job_runs either way."""
-    settings = bootstrap.load_settings_file(Path(config_path), Need.CRM)
-    clock = SystemClock()
-    now = clock.now()  # read once: the window closes at this instant less the settle time
-    client = bootstrap.crm_client(settings)
-    app = bootstrap.build_app(settings, clock)
-    try:
-        result = pull_declines(settings, app.engine, client, now=now)
-    finally:
-        client.close()
-        app.close()
+    # The night is read once, at opening: the window closes at this instant less the settle time.
+    with bootstrap.open_run(Path(config_path), Need.CRM) as run:
+        result = pull_declines(run.settings, run.engine, run.crm(), now=run.night.at)
     log.info("pull finished", extra={"job": "pull", "run_id": result.run_id, "counts": result.counts})
     return dict(result.counts)
 
 
 def push(config_path: str) -> dict[str, int]:
     """Deliver the change outbox; an unreachable CRM fails the job (and alerts) with the changes kept."""
-    settings = bootstrap.load_settings_file(Path(config_path), Need.CRM)
-    clock = SystemClock()
-    now = clock.now()
-    client = bootstrap.crm_client(settings)
-    app = bootstrap.build_app(settings, clock)
-    try:
-        result = push_changes(settings, app.engine, client, now=now)
-    finally:
-        client.close()
-        app.close()
+    with bootstrap.open_run(Path(config_path), Need.CRM) as run:
+        result = push_changes(run.settings, run.engine, run.crm(), now=run.night.at)
     log.info("push finished", extra={"job": "push", "run_id": result.run_id, "counts": result.counts})
     if result.unreachable:
         raise CrmError(result.stopped or "the CRM did not answer")

@@ -7,8 +7,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from recycle_engine import bootstrap
-from recycle_engine.adapters.alerts import send_alert
-from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.config import Need
 from recycle_engine.domain.anomalies import Anomaly
@@ -27,29 +25,24 @@ def run(config_path: str) -> dict[str, int]:
     The report fires in the morning (06:00 by default), after the night's submit and reconcile, so
     the last complete merchant day is yesterday in the settings timezone.
     """
-    settings = bootstrap.load_settings_file(Path(config_path), Need.EMAIL)
-    clock = SystemClock()
-    now = clock.now()  # read once: the day and the report's "as of" come from one instant
-    day = now.astimezone(settings.timezone).date() - timedelta(days=1)
-    app = bootstrap.build_app(settings, clock)
+    # The night is read once, at opening: the day and the report's "as of" come from one instant.
+    with bootstrap.open_run(Path(config_path), Need.EMAIL) as run:
+        settings, night = run.settings, run.night
+        day = night.today - timedelta(days=1)
+        hook = run.alert("report")
 
-    def alert(anomaly: Anomaly) -> bool:
-        return send_alert(
-            settings.alert_command, job="report", kind=anomaly.kind.value, reason=anomaly.reason
-        )
+        def alert(anomaly: Anomaly) -> bool:
+            return hook(kind=anomaly.kind.value, reason=anomaly.reason)
 
-    try:
-        result = run_report(settings, app.engine, day=day, now=now, clock=clock)
+        result = run_report(settings, run.engine, day=day, night=night, clock=run.clock)
         counts = {name: int(n) for name, n in result.counts.items()}
         if settings.reports.email is not None:
             # The report is written whatever the mail does: a failed send is recorded and alerted, not raised.
             delivery = email_report(
-                settings, app.engine, report_files(result), send=send_message, clock=clock, alert=alert
+                settings, run.engine, report_files(result), send=send_message, clock=run.clock, alert=alert
             )
             counts["email_sent"] = int(delivery.state == "SENT")
             counts["email_failed"] = int(delivery.state == "FAILED")
-    finally:
-        app.close()
     log.info(
         "report finished",
         extra={

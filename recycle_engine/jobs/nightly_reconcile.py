@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 from recycle_engine import bootstrap
-from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.jobs.nightly_submit import alert_unsent
 from recycle_engine.services.outcomes.reconcile import run_reconcile
 
@@ -21,22 +20,12 @@ def run(config_path: str) -> dict[str, int]:
     The service records the run in job_runs (a failure with its error); the scheduler's listener
     logs failures and calls the alert hook.
     """
-    settings = bootstrap.load_settings_file(Path(config_path))
-    clock = SystemClock()
-    now = clock.now()  # read once: every hand-off is judged against the same instant
-    app = bootstrap.build_app(settings, clock)
-    try:
+    # The night is read once, at opening: every hand-off is judged against the same instant.
+    with bootstrap.open_run(Path(config_path)) as run:
         result = run_reconcile(
-            settings,
-            app.engine,
-            app.flexfactor_clients(clock),
-            at=now,
-            now=now,
-            clock=clock,
+            run.settings, run.engine, run.flexfactor_clients(), night=run.night, clock=run.clock
         )
-        alert_unsent(settings, "reconcile", result.run_id, result.counts.get("unsent", 0))
-    finally:
-        app.close()
+        alert_unsent(run.settings, "reconcile", result.run_id, result.counts.get("unsent", 0))
     counts = {name: int(n) for name, n in result.counts.items()}
     log.info("reconcile finished", extra={"job": "reconcile", "run_id": result.run_id, "counts": counts})
     return counts

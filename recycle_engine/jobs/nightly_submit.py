@@ -10,7 +10,6 @@ from sqlalchemy import Engine
 
 from recycle_engine import bootstrap
 from recycle_engine.adapters.alerts import send_alert
-from recycle_engine.adapters.clock import SystemClock
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly
 from recycle_engine.jobs.triggers import due_windows
@@ -29,25 +28,21 @@ def run(config_path: str) -> dict[str, int]:
     The service records the run in job_runs (a failure with its error); the scheduler's listener
     logs failures and calls the alert hook.
     """
-    settings = bootstrap.load_settings_file(Path(config_path))
-    clock = SystemClock()
-    now = clock.now()  # read once: the whole run sees one night, even if it crosses midnight
-    app = bootstrap.build_app(settings, clock)
-    try:
-        warn_overdue(app.engine, at=now, tz=settings.timezone)
+    # The night is read once, at opening: the whole run sees one night, even if it crosses midnight.
+    with bootstrap.open_run(Path(config_path)) as run:
+        settings = run.settings
+        warn_overdue(run.engine, night=run.night)
         result = run_submit(
             settings,
-            app.engine,
-            app.flexfactor_clients(clock),
-            bootstrap.processors(settings),
-            at=now,
-            now=now,
-            clock=clock,
+            run.engine,
+            run.flexfactor_clients(),
+            run.processors(),
+            night=run.night,
+            clock=run.clock,
         )
-        check_after_submit(settings, app.engine, now=clock.now(), run_id=result.run_id)
+        # The check reads the book as it is once submit is done.
+        check_after_submit(settings, run.engine, now=run.clock.now(), run_id=result.run_id)
         alert_unsent(settings, "submit", result.run_id, result.counts.get("unsent", 0))
-    finally:
-        app.close()
     counts = {name: int(n) for name, n in result.counts.items()}
     log.info("submit finished", extra={"job": "submit", "run_id": result.run_id, "counts": counts})
     return counts

@@ -19,7 +19,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 
-from recycle_engine.adapters.clock import SystemClock
+from recycle_engine.bootstrap import system_clock
 from recycle_engine.config import Settings
 from recycle_engine.jobs.leader import Leadership, Lease, lease_seconds
 from recycle_engine.jobs.outcomes import JobOutcomes
@@ -162,7 +162,7 @@ class SchedulerProcess:
     ) -> None:
         self.settings = settings
         self.config_path = str(config_path.resolve())
-        self.clock = clock or SystemClock()
+        self.clock = clock or system_clock()
         self.targets = targets
         self.engine = make_engine(settings.database_url, pool_size=2)
         self.lease = Lease(self.engine, self.clock, ttl_s=lease_seconds() if lease_s is None else lease_s)

@@ -15,13 +15,28 @@ from typing import Final
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from recycle_engine.domain.night import Night
+from recycle_engine.ports import Clock
 from recycle_engine.storage.models import JobRun
 
-__all__ = ["ABANDON_AFTER", "abandon_dead_runs", "finish_run", "new_run_id", "pid_alive", "start_run"]
+__all__ = [
+    "ABANDON_AFTER",
+    "abandon_dead_runs",
+    "finish_run",
+    "new_run_id",
+    "pid_alive",
+    "start_run",
+    "wall_time",
+]
 
 # A run still RUNNING this long after it started is taken for dead wherever it ran (no night lasts a
 # day); sooner than that only when it ran on this host and its process is gone.
 ABANDON_AFTER: Final = timedelta(hours=24)
+
+
+def wall_time(clock: Clock | None, night: Night) -> datetime:
+    """When a job run starts or finishes: the wall clock, or the night's instant without one (tests)."""
+    return clock.now() if clock is not None else night.at
 
 
 def new_run_id(job: str) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
+from recycle_engine.domain.night import Night
 from recycle_engine.ports import OrderSnapshot
 from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.services.reporting.report import run_report
@@ -82,13 +83,18 @@ def test_given_flexfactor_shows_another_amount_when_reconcile_polls_then_it_is_r
     )
     clients: Any = {"flexfactor-main": flexfactor}
     # when: two nights' polls see the same amount, then FlexFactor shows it in another currency
-    first = run_reconcile(settings, engine, clients, at=FIRST_POLL, now=FIRST_POLL)
-    run_reconcile(settings, engine, clients, at=SECOND_POLL, now=SECOND_POLL)
+    first = run_reconcile(settings, engine, clients, night=Night.of(FIRST_POLL, settings.timezone))
+    run_reconcile(settings, engine, clients, night=Night.of(SECOND_POLL, settings.timezone))
     recorded = _mismatches(engine)
     flexfactor.amounts["ff-cut"] = (2749, "EUR")
     third = SECOND_POLL + timedelta(days=1)
-    run_reconcile(settings, engine, clients, at=third, now=third)
-    report = run_report(settings, engine, day=third.astimezone(settings.timezone).date(), now=third)
+    run_reconcile(settings, engine, clients, night=Night.of(third, settings.timezone))
+    report = run_report(
+        settings,
+        engine,
+        day=third.astimezone(settings.timezone).date(),
+        night=Night.of(third, settings.timezone),
+    )
     # then: one event per amount seen, with FlexFactor's amount and both texts
     assert first.counts["amount_mismatches"] == 1
     assert recorded == [("cut", 2500, "FlexFactor shows 25.00 USD; we handed off 27.49 USD")]

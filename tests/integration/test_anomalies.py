@@ -14,6 +14,7 @@ from sqlalchemy import Engine, insert, select
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import AnomalyKind
+from recycle_engine.domain.night import Night as RunNight
 from recycle_engine.jobs.nightly_submit import check_after_submit
 from recycle_engine.jobs.triggers import due_windows
 from recycle_engine.services.nightly.anomalies import check_night
@@ -221,11 +222,16 @@ def test_given_an_anomaly_when_the_nightly_check_runs_then_it_is_alerted_recorde
         "submit-tonight",
     )
     # ... and the morning report of the day before lists it in its Anomalies section
-    report = run_report(settings, engine, day=DAY - timedelta(days=1), now=NOW + timedelta(hours=4))
+    report = run_report(
+        settings,
+        engine,
+        day=DAY - timedelta(days=1),
+        night=RunNight.of(NOW + timedelta(hours=4), settings.timezone),
+    )
     html = report.html_path.read_text(encoding="utf-8")
     start = html.index('<section id="anomalies"')
     section = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html[start : html.index("</section>", start)]))
-    assert f"2026-06-20 2026-06-20T02:30-04:00 refused webhooks {reason} confirmed" in section
+    assert f"2026-06-20 20 Jun 2026, 02:30 EDT refused webhooks {reason} confirmed" in section
     assert report.counts["anomalies"] == 1
 
 
@@ -234,5 +240,10 @@ def test_given_a_quiet_night_when_the_report_renders_then_its_anomalies_section_
 ) -> None:
     build(engine, Night())
     check_after_submit(settings, engine, now=NOW, run_id="submit-tonight")
-    report = run_report(settings, engine, day=DAY - timedelta(days=1), now=NOW + timedelta(hours=4))
+    report = run_report(
+        settings,
+        engine,
+        day=DAY - timedelta(days=1),
+        night=RunNight.of(NOW + timedelta(hours=4), settings.timezone),
+    )
     assert "No anomaly found." in report.html_path.read_text(encoding="utf-8")

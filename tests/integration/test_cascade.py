@@ -17,6 +17,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.initial_sales.cascade import CascadeAnswer, cascade_order
 from recycle_engine.services.initial_sales.new_sales import Refused
@@ -246,7 +247,13 @@ def test_given_flexfactor_is_unreachable_when_a_sale_cascades_then_it_is_decline
     insert_declined_sale(world.engine, a_declined_sale())
     # when
     answer = world.answer()
-    run_submit(world.settings, world.engine, {}, processors(world.settings), at=NIGHT, now=NIGHT)
+    run_submit(
+        world.settings,
+        world.engine,
+        {},
+        processors(world.settings),
+        night=Night.of(NIGHT, world.settings.timezone),
+    )
     # then: the shopper has gone; the night's run must not send a stale cascade
     assert answer.result.value == "declined"
     h = one(world.engine, select(Handoff))

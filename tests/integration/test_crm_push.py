@@ -25,6 +25,7 @@ from recycle_engine.config import Settings
 from recycle_engine.crm_fake.book import load_feed_rows
 from recycle_engine.crm_fake.server import RunningFakeCrm, start_fake_crm
 from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
+from recycle_engine.domain.night import Night
 from recycle_engine.errors import CrmRefused
 from recycle_engine.services.crm.pull import pull_declines
 from recycle_engine.services.crm.push import PushResult, push_changes
@@ -263,7 +264,9 @@ def test_given_a_change_the_crm_refused_when_the_days_report_is_written_then_its
 
     # when
     day = PUSH_AT.astimezone(settings.timezone).date()
-    report = run_report(settings, engine, day=day, now=PUSH_AT + timedelta(hours=2))
+    report = run_report(
+        settings, engine, day=day, night=Night.of(PUSH_AT + timedelta(hours=2), settings.timezone)
+    )
 
     # then
     html = report.html_path.read_text(encoding="utf-8")

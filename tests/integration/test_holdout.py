@@ -17,6 +17,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.domain.holdout import in_holdout
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.reporting.report import run_report
@@ -60,7 +61,11 @@ def engine(db_url: str) -> Iterator[Engine]:
 def submit(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
     return run_submit(
-        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=at, now=at
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(at, settings.timezone),
     )
 
 
@@ -224,7 +229,12 @@ def test_given_both_groups_when_the_report_renders_then_it_shows_them_side_by_si
     settings = load_test_settings(a_settings_file(tmp_path, db_url=db_url))
     seed_groups(engine)
     # when
-    result = run_report(settings, engine, day=date(2026, 6, 14), now=datetime(2026, 6, 15, 10, 0, tzinfo=UTC))
+    result = run_report(
+        settings,
+        engine,
+        day=date(2026, 6, 14),
+        night=Night.of(datetime(2026, 6, 15, 10, 0, tzinfo=UTC), settings.timezone),
+    )
     # then: settled rates 2/3 and 1/4; lift +41.7 points, se = sqrt(2/3*1/3/3 + 1/4*3/4/4) = 0.34778
     html = result.html_path.read_text(encoding="utf-8")
     section = html[

@@ -16,6 +16,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.profile_versions import profile_version
 from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.services.ladder.ladder_versions import migrate_profile
@@ -66,7 +67,11 @@ def the_subscription(engine: Engine) -> Any:
 def submit(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
     return run_submit(
-        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=at, now=at
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(at, settings.timezone),
     )
 
 

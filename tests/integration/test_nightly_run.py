@@ -17,6 +17,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.anomalies import check_night
 from recycle_engine.services.nightly.submit import run_submit
@@ -71,13 +72,20 @@ def world(tmp_path: Path, db_url: str, sandbox: RunningSandbox) -> Iterator[tupl
 def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any) -> Any:
     clock = FixedClock(at)
     return run_submit(
-        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=at, now=at, **kw
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(at, settings.timezone),
+        **kw,
     )
 
 
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
-    return run_reconcile(settings, engine, flexfactor_clients(settings, clock), at=at, now=at)
+    return run_reconcile(
+        settings, engine, flexfactor_clients(settings, clock), night=Night.of(at, settings.timezone)
+    )
 
 
 def _one(engine: Engine, stmt: Any) -> Any:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SAWarning
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
@@ -64,7 +65,7 @@ def world(
 
 def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT) -> Any:
     clients = flexfactor_clients(settings, FixedClock(at))
-    return run_submit(settings, engine, clients, processors(settings), at=at, now=at)
+    return run_submit(settings, engine, clients, processors(settings), night=Night.of(at, settings.timezone))
 
 
 def _due(engine: Engine, sub: str, token: str, *, attempt: int = 1, last: int = 0) -> None:
@@ -131,7 +132,9 @@ def test_given_a_night_mixing_nmi_attempts_and_a_hand_off_when_run_twice_then_ea
     assert results == {"s-ok": "APPROVED", "s-soft": "SOFT_DECLINE", "s-hard": "HARD_DECLINE"}
     assert tuple(handoff) == ("s-ff", "SUBMITTED")
     # and the security key is nowhere: not in the log records, any table or the day's report
-    report = run_report(settings, engine, day=TODAY, now=NIGHT + timedelta(hours=1))
+    report = run_report(
+        settings, engine, day=TODAY, night=Night.of(NIGHT + timedelta(hours=1), settings.timezone)
+    )
     written = "".join(p.read_text(encoding="utf-8") for p in report.html_path.parent.iterdir() if p.is_file())
     assert written
     assert NMI_TEST_KEY not in written

@@ -48,6 +48,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
@@ -419,18 +420,18 @@ def play(
                 flexfactor_until(submit_at)
             clients = flexfactor_clients(settings, FixedClock(submit_at))
             submitted = run_submit(
-                settings, engine, clients, processors(settings), at=submit_at, now=submit_at
+                settings, engine, clients, processors(settings), night=Night.of(submit_at, settings.timezone)
             )
             played.submits[n] = submitted.counts
             if n in HAND_OFF_NIGHTS:
                 played.handoff_ids |= _recycle_handoffs(engine)
             clients = flexfactor_clients(settings, FixedClock(reconcile_at))
             played.reconciles[n] = run_reconcile(
-                settings, engine, clients, at=reconcile_at, now=reconcile_at
+                settings, engine, clients, night=Night.of(reconcile_at, settings.timezone)
             ).counts
             wait_for_webhooks(sandbox, engine, played)  # our cancels at the window's end echo back
             before = world_snapshot(engine)
-            run_reconcile(settings, engine, clients, at=reconcile_at, now=reconcile_at)
+            run_reconcile(settings, engine, clients, night=Night.of(reconcile_at, settings.timezone))
             wait_for_webhooks(sandbox, engine, played)
             after = world_snapshot(engine)
             played.second_reconcile_diffs[n] = [k for k in before if before[k] != after[k]]

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from recycle_engine.domain.night import Night
 from recycle_engine.services.nightly.overdue import find_overdue
 from recycle_engine.storage.db import make_engine
 from tests.conftest import ROOT
@@ -44,8 +45,8 @@ def test_given_the_sample_feed_months_late_when_submit_runs_then_it_warns_with_t
     engine = make_engine(f"sqlite:///{site / 'var' / 'recycle.db'}")
     tz = ZoneInfo("America/New_York")
     try:
-        found = find_overdue(engine, at=datetime(2026, 12, 5, 7, 0, tzinfo=UTC), tz=tz)
-        in_time = find_overdue(engine, at=datetime(2026, 6, 3, 7, 0, tzinfo=UTC), tz=tz)
+        found = find_overdue(engine, night=Night.of(datetime(2026, 12, 5, 7, 0, tzinfo=UTC), tz))
+        in_time = find_overdue(engine, night=Night.of(datetime(2026, 6, 3, 7, 0, tzinfo=UTC), tz))
     finally:
         engine.dispose()
     # when

@@ -27,6 +27,7 @@ from bench.book import NIGHT, Book, BookShape, build_book, write_settings
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.submit import due_rows, run_submit
 from recycle_engine.services.outcomes.reconcile import run_reconcile
@@ -116,7 +117,11 @@ def _settings(tmp_path: Path, url: str, sandbox: RunningSandbox) -> Settings:
 def _submit(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
     return run_submit(
-        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=at, now=at
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(at, settings.timezone),
     )
 
 
@@ -150,10 +155,15 @@ def test_given_a_big_book_when_a_night_its_reconcile_and_its_report_run_then_no_
     result = _submit(settings, engine, NIGHT)
     later = NIGHT + timedelta(days=1, hours=1)
     requests.post(f"{sandbox.admin_url}/clock", json={"now": later.isoformat(), "frozen": True}, timeout=30)
-    run_reconcile(settings, engine, flexfactor_clients(settings, FixedClock(later)), at=later, now=later)
+    run_reconcile(
+        settings,
+        engine,
+        flexfactor_clients(settings, FixedClock(later)),
+        night=Night.of(later, settings.timezone),
+    )
     # and the report of the night's day, after it
     reported_from = len(plans)
-    run_report(settings, engine, day=book.today, now=later)
+    run_report(settings, engine, day=book.today, night=Night.of(later, settings.timezone))
     engine.dispose()
     # then: the night did its work, and nothing it ran read a big table from end to end
     assert result.counts["handoffs_created"] == book.due_flexfactor

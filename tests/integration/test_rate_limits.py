@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.outcomes.reconcile import run_reconcile
@@ -63,12 +64,18 @@ def _evaluates(sb: RunningSandbox) -> list[dict[str, Any]]:
 def _submit(settings: Settings, engine: Engine) -> Any:
     clock = FixedClock(NIGHT)
     return run_submit(
-        settings, engine, flexfactor_clients(settings, clock), processors(settings), at=NIGHT, now=NIGHT
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(NIGHT, settings.timezone),
     )
 
 
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
-    return run_reconcile(settings, engine, flexfactor_clients(settings, FixedClock(at)), at=at, now=at)
+    return run_reconcile(
+        settings, engine, flexfactor_clients(settings, FixedClock(at)), night=Night.of(at, settings.timezone)
+    )
 
 
 def _scalar(engine: Engine, stmt: Any) -> Any:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, insert, select
 
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
+from recycle_engine.domain.night import Night
 from recycle_engine.errors import RecycleEngineError
 from recycle_engine.reports import queries, rollup_queries, trend_queries
 from recycle_engine.services.reporting.report import run_report
@@ -230,8 +231,10 @@ def test_given_a_book_when_the_report_runs_then_the_html_csv_and_index_hold_the_
     engine = make_engine(db_url)
     seed(engine)
     # when
-    earlier = run_report(settings, engine, day=DAY - timedelta(days=1), now=NOW)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    earlier = run_report(
+        settings, engine, day=DAY - timedelta(days=1), night=Night.of(NOW, settings.timezone)
+    )
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     engine.dispose()
     # then: the headline, by count and by amount per currency, and the fee
     html = result.html_path.read_text(encoding="utf-8")
@@ -324,7 +327,7 @@ def test_given_a_report_when_it_runs_then_the_garbage_collector_is_left_as_it_wa
     engine = make_engine(sqlite_url)
     seed(engine)
     # when
-    run_report(settings, engine, day=DAY, now=NOW)
+    run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     engine.dispose()
     # then
     assert gc.get_freeze_count() == 0
@@ -345,7 +348,7 @@ def test_given_an_unwritable_output_folder_when_the_report_runs_then_it_fails_an
     engine = make_engine(sqlite_url)
     # when
     with pytest.raises(RecycleEngineError, match="cannot write the report"):
-        run_report(settings, engine, day=DAY, now=NOW)
+        run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     # then
     with engine.connect() as conn:
         status, error = conn.execute(select(JobRun.status, JobRun.error).where(JobRun.job == "report")).one()

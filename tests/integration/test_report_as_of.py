@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import insert, update
 
+from recycle_engine.domain.night import Night
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, JobRun, WebhookDelivery
@@ -70,13 +71,20 @@ def test_given_a_reported_day_when_later_activity_happens_then_its_report_re_ren
     settings = settings_for(tmp_path, db_url)
     engine = make_engine(db_url)
     seed(engine)
-    first = run_report(settings, engine, day=DAY, now=NOW).html_path.read_text(encoding="utf-8")
+    first = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone)).html_path.read_text(
+        encoding="utf-8"
+    )
     # when: outcomes, new hand-offs, webhooks and runs on the following days, their reports, then the
     # day re-rendered a week and a half later
     _later_activity(db_url)
     for offset in (1, 2, 7):
-        run_report(settings, engine, day=DAY + timedelta(days=offset), now=NOW + timedelta(days=offset + 1))
-    again = run_report(settings, engine, day=DAY, now=NOW + timedelta(days=10))
+        run_report(
+            settings,
+            engine,
+            day=DAY + timedelta(days=offset),
+            night=Night.of(NOW + timedelta(days=offset + 1), settings.timezone),
+        )
+    again = run_report(settings, engine, day=DAY, night=Night.of(NOW + timedelta(days=10), settings.timezone))
     engine.dispose()
     # then: the same page, apart from when it was generated
     html = again.html_path.read_text(encoding="utf-8")
@@ -95,7 +103,7 @@ def test_given_a_book_of_june_when_a_day_of_the_year_before_is_reported_then_non
     engine = make_engine(db_url)
     seed(engine)
     # when
-    result = run_report(settings, engine, day=date(2025, 1, 15), now=NOW)
+    result = run_report(settings, engine, day=date(2025, 1, 15), night=Night.of(NOW, settings.timezone))
     engine.dispose()
     # then: nothing open, overdue, nearing expiry or exceptional in January 2025
     html = result.html_path.read_text(encoding="utf-8")

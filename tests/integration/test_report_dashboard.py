@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import insert
 
+from recycle_engine.domain.night import Night
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import RecycleProfileVersion
@@ -42,7 +43,7 @@ def test_given_a_book_and_a_schedule_change_when_the_report_runs_then_the_dashbo
             ],
         )
     # when
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     index = result.index_path.read_text(encoding="utf-8")
     # then: the summary first, then the 60 days ending with the report's day
     assert index.index('id="summary"') < index.index('id="trends"') < index.index('id="reports"')
@@ -61,10 +62,15 @@ def test_given_a_book_and_a_schedule_change_when_the_report_runs_then_the_dashbo
     assert "2026-06-08 default → version <code>bbbbbbbbbbbb</code>" in index
 
     # when: the next day is reported, then the day again
-    run_report(settings, engine, day=DAY + timedelta(days=1), now=NOW + timedelta(days=1))
-    again = run_report(settings, engine, day=DAY, now=NOW + timedelta(days=2)).index_path.read_text(
-        encoding="utf-8"
+    run_report(
+        settings,
+        engine,
+        day=DAY + timedelta(days=1),
+        night=Night.of(NOW + timedelta(days=1), settings.timezone),
     )
+    again = run_report(
+        settings, engine, day=DAY, night=Night.of(NOW + timedelta(days=2), settings.timezone)
+    ).index_path.read_text(encoding="utf-8")
     engine.dispose()
     # then: the dashboard stays on the newest report
     assert "The last 60 days: 2026-04-15 to 2026-06-13" in again

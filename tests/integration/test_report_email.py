@@ -24,6 +24,7 @@ from recycle_engine.adapters.smtp_mail import send_message
 from recycle_engine.cli import main
 from recycle_engine.config import Settings, load_settings
 from recycle_engine.domain.anomalies import Anomaly
+from recycle_engine.domain.night import Night
 from recycle_engine.jobs import daily_report
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.services.reporting.report_email import email_report, report_files
@@ -150,7 +151,7 @@ def test_given_a_report_when_it_is_emailed_then_it_arrives_with_both_files_and_a
     # given
     inbox, port = smtp
     settings = mail_settings(tmp_path, db_url, port)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     clock = FixedClock(NOW + timedelta(minutes=1))
     # when
     first = email_report(
@@ -188,7 +189,7 @@ def test_given_an_unreachable_server_when_the_report_is_emailed_then_it_is_retri
 ) -> None:
     # given: a port nothing listens on
     settings = mail_settings(tmp_path, db_url, free_port(), timeout_s=5)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     waits: list[float] = []
     alerted: list[Anomaly] = []
 
@@ -230,7 +231,7 @@ def test_given_many_tries_when_every_send_fails_then_the_waits_double_up_to_ten_
 ) -> None:
     # given
     settings = mail_settings(tmp_path, db_url, free_port(), attempts=6, backoff_s=100, timeout_s=5)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     waits: list[float] = []
     # when
     outcome = email_report(
@@ -248,7 +249,7 @@ def test_given_a_server_that_refuses_the_recipients_when_it_accepts_them_later_t
     inbox, port = smtp
     inbox.refuse_rcpt = True
     settings = mail_settings(tmp_path, db_url, port, attempts=2)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     waits: list[float] = []
     # when
     failed = email_report(
@@ -275,7 +276,7 @@ def test_given_starttls_and_a_server_without_it_when_the_report_is_emailed_then_
     # given: the server offers no STARTTLS; the settings ask for it
     inbox, port = smtp
     settings = mail_settings(tmp_path, db_url, port, starttls="true", attempts=1)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     # when
     outcome = email_report(
         settings, engine, report_files(result), send=send_message, clock=FixedClock(NOW), sleep=pytest.fail
@@ -294,7 +295,7 @@ def test_given_a_wrong_password_when_the_report_is_emailed_then_the_password_is_
     # given: the server takes another password than ours
     inbox, port = smtp
     settings = mail_settings(tmp_path, db_url, port, attempts=2)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     caplog.set_level(logging.DEBUG)
     inbox.password = b"the-server-wants-another"
     ours = PASSWORD
@@ -331,7 +332,7 @@ def test_given_a_server_that_repeats_the_credentials_when_it_refuses_then_the_re
     inbox, port = smtp
     inbox.echo_login = True
     settings = mail_settings(tmp_path, db_url, port, attempts=1)
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     caplog.set_level(logging.DEBUG)
     # when
     outcome = email_report(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, insert
 
+from recycle_engine.domain.night import Night
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt
@@ -75,7 +76,7 @@ def test_given_a_book_when_the_report_runs_then_it_opens_with_the_summary_of_mon
     # given
     settings = settings_for(tmp_path, db_url)
     # when
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     # then: the summary comes before every other section
     html = result.html_path.read_text(encoding="utf-8")
     first = html.index("<section", html.index("<main>"))
@@ -101,7 +102,7 @@ def test_given_recoveries_by_every_method_when_the_report_runs_then_the_ladder_s
     # given
     settings = settings_for(tmp_path, db_url)
     # when
-    result = run_report(settings, engine, day=DAY, now=NOW)
+    result = run_report(settings, engine, day=DAY, night=Night.of(NOW, settings.timezone))
     # then
     by_method, by_attempt = section(result.html_path.read_text(encoding="utf-8"), "ladder").split("<table>")[
         1:

@@ -17,6 +17,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
 from recycle_engine.services.initial_sales.rerun import RerunReport, rerun_orders
@@ -64,8 +65,14 @@ class World:
     def night(self) -> None:
         """The nightly submit, then reconcile, at NIGHT."""
         clients = flexfactor_clients(self.settings, FixedClock(NIGHT))
-        run_submit(self.settings, self.engine, clients, processors(self.settings), at=NIGHT, now=NIGHT)
-        run_reconcile(self.settings, self.engine, clients, at=NIGHT, now=NIGHT)
+        run_submit(
+            self.settings,
+            self.engine,
+            clients,
+            processors(self.settings),
+            night=Night.of(NIGHT, self.settings.timezone),
+        )
+        run_reconcile(self.settings, self.engine, clients, night=Night.of(NIGHT, self.settings.timezone))
 
 
 @pytest.fixture(scope="module")

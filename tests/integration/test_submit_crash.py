@@ -149,6 +149,7 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
 ) -> None:
     # given: a claim process on a database that does not exist
     from recycle_engine.config import load_settings
+    from recycle_engine.domain.night import Night
     from recycle_engine.errors import DatabaseUnreachable
     from recycle_engine.services.nightly.claim_process import ClaimProcess
     from recycle_engine.services.nightly.claiming import NightClaim
@@ -158,7 +159,7 @@ def test_given_a_claim_process_that_fails_when_its_result_is_read_then_the_error
     )
     missing = make_engine(pg_url.rsplit("/", 1)[0] + "/re_no_such_database")
     # when
-    claim = ClaimProcess(NightClaim(settings, missing, {}, at=NIGHT, today=date(2026, 6, 10), run_id="r"))
+    claim = ClaimProcess(NightClaim(settings, missing, {}, Night(NIGHT, date(2026, 6, 10), "r")))
     # then
     with pytest.raises(DatabaseUnreachable, match='database "re_no_such_database" does not exist'):
         claim.result()

@@ -20,6 +20,7 @@ from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_http import FlexFactorClient
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.ports import BearerToken
 from recycle_engine.sandbox.server import RunningSandbox, SandboxConfig, run_sandbox
 from recycle_engine.services.nightly.submit import run_submit
@@ -190,7 +191,9 @@ def test_given_the_shared_token_revoked_when_a_night_hands_off_then_one_401_one_
     try:
         # when: tonight's run, its own process, hands the due attempt off
         clients = flexfactor_clients(settings, FixedClock(NIGHT), engine=engine)
-        result = run_submit(settings, engine, clients, processors(settings), at=NIGHT, now=NIGHT)
+        result = run_submit(
+            settings, engine, clients, processors(settings), night=Night.of(NIGHT, settings.timezone)
+        )
         for client in clients.values():
             assert isinstance(client, FlexFactorClient)
             client.close()

@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_eva
 from recycle_engine.config import GatewaySettings, GatewayType, Settings
 from recycle_engine.domain.declines import DeclineType, OrderType, classify
 from recycle_engine.domain.holdout import Arm
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.outcomes import FailureCause, next_bill_date, price_after_approval
 from recycle_engine.domain.states import Event, OutcomeSource, Source
 from recycle_engine.errors import InputError
@@ -67,9 +68,7 @@ class NightClaim:
     settings: Settings
     engine: Engine
     processors: Mapping[str, ProcessorGateway]
-    at: datetime  # the night's logical time, which stamps what the claim writes
-    today: date  # the night's local date: attempts due by it are claimed
-    run_id: str
+    night: Night  # at stamps what the claim writes; attempts due by today are claimed; under run_id
 
 
 def _handoff_request(
@@ -155,15 +154,13 @@ def _claim_chunk(
     settings: Settings,
     processors: Mapping[str, ProcessorGateway],
     *,
-    today: date,
-    at: datetime,
-    now: datetime,
-    run_id: str,
+    night: Night,
     limit: int,
     counts: Counter[str],
 ) -> tuple[int, list[PendingCharge]]:
     """Plan and write one chunk; returns how many rows it selected and the charges to call after
     its commit."""
+    today = night.today
     rows = due_rows(conn, today=today, limit=limit, lock=True)
     c = _Chunk()
     book = ProfileBook(conn, settings.recycle_profiles)
@@ -171,9 +168,7 @@ def _claim_chunk(
         counts["selected"] += 1
         try:
             plan = plan_due(settings, row, book)
-            _plan_or_charge(
-                settings, processors, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts
-            )
+            _plan_or_charge(settings, processors, plan, c, night=night, counts=counts)
         except (ValueError, KeyError, InputError) as exc:
             # One bad subscription never stops the night: book it for tomorrow and report it.
             counts["errors"] += 1
@@ -182,14 +177,13 @@ def _claim_chunk(
                 {"id": row.id, "next_attempt": row.next_attempt, "next_attempt_on": today + timedelta(days=1)}
             )
             c.errors.append((row.id, f"{type(exc).__name__}: {exc}"))
-    pending = claim_charges(conn, c.to_charge, run_id=run_id, at=at, now=now)
-    _flush(conn, c, today=today, now=now, run_id=run_id, counts=counts)
+    pending = claim_charges(conn, c.to_charge, run_id=night.job_run, at=night.at, now=night.at)
+    _flush(conn, c, night=night, counts=counts)
     return len(rows), pending
 
 
-def _flush(
-    conn: Connection, c: _Chunk, *, today: date, now: datetime, run_id: str, counts: Counter[str]
-) -> None:
+def _flush(conn: Connection, c: _Chunk, *, night: Night, counts: Counter[str]) -> None:
+    today, now, run_id = night.today, night.at, night.job_run
     insert_created(conn, c.handoffs, c.events)
     handed = {"recycle_last_ran_on": today, "next_attempt": None, "next_attempt_on": None, "updated_at": now}
     update_columns(conn, Subscription, "id", columns_of(c.handed), handed)
@@ -227,14 +221,12 @@ def _plan_or_charge(
     plan: DuePlan,
     c: _Chunk,
     *,
-    today: date,
-    at: datetime,
-    now: datetime,
-    run_id: str,
+    night: Night,
     counts: Counter[str],
 ) -> None:
     """Act on one due attempt: book its failure or new date, write its FlexFactor hand-off, queue its
     NMI charge for after the commit, or charge an in-process processor (simulated) here and now."""
+    today = night.today
     row, planned, profile = plan.row, plan.planned, plan.profile
     if profile is None:
         c.failures.append(RecycleFailure(row.id, FailureCause.NO_PROFILE.value))
@@ -256,10 +248,10 @@ def _plan_or_charge(
         return
     if plan.holdout or gateway.is_flexfactor:
         arm = Arm.HOLDOUT if plan.holdout else Arm.FLEXFACTOR
-        c.assignments.append(assignment_row(row, planned, arm, run_id=run_id, now=now))
+        c.assignments.append(assignment_row(row, planned, arm, run_id=night.job_run, now=night.at))
         counts[f"group_{arm.value.lower()}"] += 1  # group_flexfactor or group_holdout
     if gateway.is_flexfactor:
-        _plan_handoff(settings, plan, c, today=today, at=at, now=now, run_id=run_id, counts=counts)
+        _plan_handoff(settings, plan, c, night=night, counts=counts)
         return
     if gateway.type is GatewayType.NMI:
         # Recorded and committed before the call, then charged once the claim has committed.
@@ -276,9 +268,7 @@ def _plan_or_charge(
             row.card_last4 or "",
         )
     )
-    _apply_charge(
-        settings, plan, gateway, result, text, c, today=today, now=now, run_id=run_id, counts=counts
-    )
+    _apply_charge(settings, plan, gateway, result, text, c, night=night, counts=counts)
 
 
 def _apply_charge(
@@ -289,13 +279,12 @@ def _apply_charge(
     text: str,
     c: _Chunk,
     *,
-    today: date,
-    now: datetime,
-    run_id: str,
+    night: Night,
     counts: Counter[str],
     amount_minor: int | None = None,
 ) -> None:
     """Book a charge's answer: the transaction row, then an approval, a failure or the next step."""
+    today, now, run_id = night.today, night.at, night.job_run
     row, planned, profile = plan.row, plan.planned, plan.profile
     assert planned is not None
     assert profile is not None
@@ -363,13 +352,11 @@ def _plan_handoff(
     plan: DuePlan,
     c: _Chunk,
     *,
-    today: date,
-    at: datetime,
-    now: datetime,
-    run_id: str,
+    night: Night,
     counts: Counter[str],
 ) -> None:
     row, planned = plan.row, plan.planned
+    today, at, now, run_id = night.today, night.at, night.at, night.job_run
     assert planned is not None
     assert plan.gateway_id is not None
     handoff_id = str(uuid.uuid4())
@@ -436,34 +423,26 @@ def _plan_handoff(
     book_step(step, c.steps, c.failures)
 
 
-def claim_all(night: NightClaim, *, counts: Counter[str], progress: Progress | None) -> None:
+def claim_all(job: NightClaim, *, counts: Counter[str], progress: Progress | None) -> None:
     """Claim every due attempt, a chunk per transaction (processor attempts run in the claim)."""
-    batch = night.settings.batching.batch_size
+    batch = job.settings.batching.batch_size
     while True:
-        with night.engine.begin() as conn:
+        with job.engine.begin() as conn:
             n, pending = _claim_chunk(
-                conn,
-                night.settings,
-                night.processors,
-                today=night.today,
-                at=night.at,
-                now=night.at,
-                run_id=night.run_id,
-                limit=batch,
-                counts=counts,
+                conn, job.settings, job.processors, night=job.night, limit=batch, counts=counts
             )
         if pending:
-            _charge_claimed(night, pending, counts=counts)
+            _charge_claimed(job, pending, counts=counts)
         if progress:
             progress("claimed", counts["selected"])
         if n < batch:
             return
 
 
-def _charge_claimed(night: NightClaim, pending: list[PendingCharge], *, counts: Counter[str]) -> None:
+def _charge_claimed(job: NightClaim, pending: list[PendingCharge], *, counts: Counter[str]) -> None:
     """Call the processor for charges already committed, then book their answers in one transaction."""
-    settings = night.settings
-    outcomes = call_charges(night.processors, pending, concurrency=settings.batching.concurrency)
+    settings, night = job.settings, job.night
+    outcomes = call_charges(job.processors, pending, concurrency=settings.batching.concurrency)
     c = _Chunk()
     for o in outcomes:
         counts["charge_sends"] += o.sends
@@ -480,12 +459,10 @@ def _charge_claimed(night: NightClaim, pending: list[PendingCharge], *, counts: 
             o.answer[0],
             o.answer[1],
             c,
-            today=night.today,
-            now=night.at,
-            run_id=night.run_id,
+            night=night,
             counts=counts,
             amount_minor=o.charge.amount_minor,
         )
-    with night.engine.begin() as conn:
+    with job.engine.begin() as conn:
         record_outcomes(conn, outcomes, now=night.at)
-        _flush(conn, c, today=night.today, now=night.at, run_id=night.run_id, counts=counts)
+        _flush(conn, c, night=night, counts=counts)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +23,7 @@ from sqlalchemy import (
 from recycle_engine.config import Settings
 from recycle_engine.domain.holdout import in_holdout
 from recycle_engine.domain.ladder import PlannedAttempt, next_attempt
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus
 from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.domain.states import Event, Source
@@ -201,9 +202,10 @@ def book_step(
 
 
 def continue_ladders_after(
-    settings: Settings, today: date, run_id: str, now: datetime
+    settings: Settings, night: Night
 ) -> Callable[[Connection, list[SendResult]], None]:
     """A rejected RECYCLE hand-off counts as a declined attempt: continue its ladder in the same transaction."""
+    today, now, run_id = night.today, night.at, night.job_run
 
     def continue_ladders(conn: Connection, results: list[SendResult]) -> None:
         failed = [

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, timedelta
 
 from sqlalchemy import Engine, func, select
 
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.storage.models import Subscription
 
@@ -38,9 +38,10 @@ class Overdue:
         )
 
 
-def find_overdue(engine: Engine, *, at: datetime, tz: ZoneInfo, days: int = OVERDUE_DAYS) -> Overdue | None:
-    """The recycling subscriptions the run at `at` selects whose attempt was due over `days` days earlier."""
-    today = at.astimezone(tz).date()
+def find_overdue(engine: Engine, *, night: Night, days: int = OVERDUE_DAYS) -> Overdue | None:
+    """The recycling subscriptions the run of `night` selects whose attempt was due over `days` days
+    before its local date."""
+    today = night.today
     stmt = select(func.count(), func.min(Subscription.next_attempt_on)).where(
         Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
         Subscription.next_attempt_on < today - timedelta(days=days),
@@ -53,9 +54,9 @@ def find_overdue(engine: Engine, *, at: datetime, tz: ZoneInfo, days: int = OVER
     return Overdue(count=int(count), oldest=oldest, today=today, days=days)
 
 
-def warn_overdue(engine: Engine, *, at: datetime, tz: ZoneInfo, days: int = OVERDUE_DAYS) -> Overdue | None:
-    """Log a warning when the run at `at` finds long-overdue attempts; returns what it found."""
-    found = find_overdue(engine, at=at, tz=tz, days=days)
+def warn_overdue(engine: Engine, *, night: Night, days: int = OVERDUE_DAYS) -> Overdue | None:
+    """Log a warning when the run of `night` finds long-overdue attempts; returns what it found."""
+    found = find_overdue(engine, night=night, days=days)
     if found is not None:
         log.warning(
             found.sentence(),

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -17,9 +17,9 @@ from sqlalchemy import (
 )
 
 from recycle_engine.config import Settings
-from recycle_engine.domain.ladder import local_date
+from recycle_engine.domain.night import Night
 from recycle_engine.ports import Clock, FlexFactorGateway, ProcessorGateway
-from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.job_runs import finish_run, start_run, wall_time
 from recycle_engine.services.nightly.anomalies import count_unsent
 from recycle_engine.services.nightly.claim_process import ClaimProcess, can_claim_in_process
 from recycle_engine.services.nightly.claiming import NightClaim, Progress, claim_all
@@ -49,41 +49,39 @@ def run_submit(
     clients: Mapping[str, FlexFactorGateway],
     processors: Mapping[str, ProcessorGateway],
     *,
-    at: datetime,
-    now: datetime,
+    night: Night,
     dry_run: bool = False,
     progress: Progress | None = None,
     preview_rows: int = 20,
-    run_id: str | None = None,
     clock: Clock | None = None,
     send_clock: Clock | None = None,
 ) -> SubmitResult:
-    """The nightly run at logical time `at`: settle lost answers, run due attempts, hand off, record.
+    """The nightly run of `night`: settle lost answers, run due attempts, hand off, record.
 
-    Records are stamped with `at` (so a replayed night reads as that night); `now` stamps the job run's
-    start and `clock` (when given) its finish. With `run_id`, the caller owns that job run (several
-    workers share one) and it is neither started nor finished here; without it the run records itself,
-    INCOMPLETE with an UNSENT anomaly when hand-offs are left unsent (counts["unsent"]). FlexFactor's
-    window of a hand-off counts from its first send by `send_clock` (default: `at`; the CLI passes the
-    real clock)."""
-    today = local_date(at, settings.timezone)
+    Records are stamped with `night.at` (so a replayed night reads as that night); `clock` (when given,
+    else `night.at`) stamps the job run's start and finish. A night that carries a run id belongs to a
+    caller that owns that job run (several workers share one): it is neither started nor finished
+    here; otherwise the run records itself, INCOMPLETE with an UNSENT anomaly when hand-offs are left
+    unsent (counts["unsent"]). FlexFactor's window of a hand-off counts from its first send by
+    `send_clock` (default: `night.at`; the entry points pass the real clock)."""
     if dry_run:
-        return _dry_run(settings, engine, today=today, preview_rows=preview_rows)
-    if run_id is not None:
-        result = SubmitResult(run_id)
+        return _dry_run(settings, engine, today=night.today, preview_rows=preview_rows)
+    if night.run_id is not None:
+        result = SubmitResult(night.run_id)
         _night(
             settings,
             engine,
             clients,
             processors,
-            at=at,
-            today=today,
+            night,
             result=result,
             progress=progress,
             send_clock=send_clock,
         )
         return result
-    run_id = start_run(engine, "submit", logical_at=at, now=now)
+    at = night.at
+    run_id = start_run(engine, "submit", logical_at=at, now=wall_time(clock, night))
+    night = night.started(run_id)
     result = SubmitResult(run_id)
     try:
         _night(
@@ -91,8 +89,7 @@ def run_submit(
             engine,
             clients,
             processors,
-            at=at,
-            today=today,
+            night,
             result=result,
             progress=progress,
             send_clock=send_clock,
@@ -101,14 +98,10 @@ def run_submit(
         unsent = count_unsent(settings, engine, result.counts, job="submit", at=at, run_id=run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        finish_run(engine, run_id, now=_finish(clock, now), counts=dict(result.counts), error=error)
+        finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(result.counts), error=error)
         raise
-    finish_run(engine, run_id, now=_finish(clock, now), counts=dict(result.counts), incomplete=unsent > 0)
+    finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(result.counts), incomplete=unsent > 0)
     return result
-
-
-def _finish(clock: Clock | None, started: datetime) -> datetime:
-    return clock.now() if clock is not None else started
 
 
 def _night(
@@ -116,17 +109,15 @@ def _night(
     engine: Engine,
     clients: Mapping[str, FlexFactorGateway],
     processors: Mapping[str, ProcessorGateway],
+    night: Night,
     *,
-    at: datetime,
-    today: date,
     result: SubmitResult,
     progress: Progress | None,
     send_clock: Clock | None = None,
 ) -> None:
     """Settle lost answers, then claim every due attempt (processor attempts run in the claim) while a
     second thread sends the hand-offs already claimed."""
-    run_id = result.run_id
-    assert run_id is not None
+    at, run_id = night.at, night.job_run
     counts = result.counts
     http = settings.http
     # Long enough for one call with all its retries, as FlexFactor's timeouts allow; lookups and sends
@@ -148,8 +139,8 @@ def _night(
     batch = settings.batching.batch_size
     # Sending starts with the first claimed chunk: the HTTP pool works while later chunks are planned
     # and written. Every hand-off is committed before its call, so the overlap changes no guarantee.
-    night = NightClaim(settings, engine, processors, at=at, today=today, run_id=run_id)
-    claim = ClaimProcess(night) if can_claim_in_process(engine) else None
+    to_claim = NightClaim(settings, engine, processors, night)
+    claim = ClaimProcess(to_claim) if can_claim_in_process(engine) else None
     claiming_here = threading.Event()
     if claim is None:
         claiming_here.set()
@@ -173,7 +164,7 @@ def _night(
             concurrency=settings.batching.concurrency,
             lease=lease,
             on_batch=on_batch if progress else None,
-            after_record=continue_ladders_after(settings, today, run_id, at),
+            after_record=continue_ladders_after(settings, night),
             claiming=claim if claim is not None else claiming_here,
             skip_gateways={g.id for g in settings.flexfactor_gateways()} - set(clients),
             send_clock=send_clock,
@@ -182,7 +173,7 @@ def _night(
             if claim is not None:
                 counts.update(claim.result())
             else:
-                claim_all(night, counts=counts, progress=progress)
+                claim_all(to_claim, counts=counts, progress=progress)
         except BaseException:
             if claim is not None:
                 claim.stop()

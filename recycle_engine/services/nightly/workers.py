@@ -7,7 +7,6 @@ import multiprocessing
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
 from typing import Final
@@ -15,6 +14,7 @@ from typing import Final
 from sqlalchemy import Engine
 
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import finish_run, start_run
@@ -51,8 +51,7 @@ class WorkersFailed(RecycleEngineError):
 @dataclass(frozen=True)
 class _Job:
     settings: Settings
-    at: datetime
-    run_id: str
+    night: Night  # under the shared job run
     worker: int
     log_level: str
 
@@ -79,7 +78,7 @@ def run_submit_workers(
     engine: Engine,
     *,
     workers: int,
-    at: datetime,
+    night: Night,
     clock: Clock,
     log_level: str = "INFO",
 ) -> SubmitResult:
@@ -93,9 +92,10 @@ def run_submit_workers(
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     refuse_workers_on_sqlite(engine, workers)
+    at = night.at
     run_id = start_run(engine, "submit", logical_at=at, now=clock.now())
     share = worker_settings(settings, workers)
-    jobs = [_Job(share, at, run_id, k, log_level) for k in range(workers)]
+    jobs = [_Job(share, night.started(run_id), k, log_level) for k in range(workers)]
     try:
         counts, errors = _run_all(jobs)
     except BaseException as exc:
@@ -168,29 +168,23 @@ def _add(total: Counter[str], worker_counts: dict[str, int]) -> None:
 def _work(job: _Job, results: Connection) -> None:
     """One worker process: its own engine, clients and processors, then run_submit under the shared run."""
     from recycle_engine import bootstrap
-    from recycle_engine.adapters.clock import LogicalClock, SystemClock, send_clock
     from recycle_engine.logs import configure_logging
 
     configure_logging(job.log_level)
-    clock = SystemClock()
-    app = bootstrap.build_app(job.settings, clock, pool_size=WORKER_POOL_SIZE)
-    # FlexFactor's dates are read against the night being run, not the wall clock.
-    clients = app.flexfactor_clients(LogicalClock(job.at))
     try:
-        result = run_submit(
-            job.settings,
-            app.engine,
-            clients,
-            bootstrap.processors(job.settings),
-            at=job.at,
-            now=clock.now(),
-            run_id=job.run_id,
-            send_clock=send_clock(job.at),
-        )
+        # The night as the parent read it; the run closes the engine and the clients.
+        with bootstrap.open_run(job.settings, night=job.night, pool_size=WORKER_POOL_SIZE) as run:
+            result = run_submit(
+                run.settings,
+                run.engine,
+                run.flexfactor_clients(),
+                run.processors(),
+                night=run.night,
+                send_clock=run.send_clock(),
+            )
         results.send((dict(result.counts), None))
     except Exception as exc:
-        log.exception("submit worker failed", extra={"worker": job.worker, "run": job.run_id})
+        log.exception("submit worker failed", extra={"worker": job.worker, "run": job.night.run_id})
         results.send(({}, f"{type(exc).__name__}: {exc}"))
     finally:
-        app.close()  # and the clients
         results.close()

@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 
 from recycle_engine.config import Settings
-from recycle_engine.domain.ladder import local_date
+from recycle_engine.domain.night import Night
 from recycle_engine.domain.outcomes import amount_mismatch
 from recycle_engine.domain.states import OPEN_STATES, Event, OutcomeSource, State, advance, reported
 from recycle_engine.errors import FlexFactorError, FlexFactorNotFoundError, IllegalTransition
 from recycle_engine.ports import Clock, FlexFactorGateway, OrderSnapshot
-from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.services.job_runs import finish_run, start_run, wall_time
 from recycle_engine.services.nightly.anomalies import count_unsent
 from recycle_engine.services.nightly.due_attempts import continue_ladders_after
 from recycle_engine.services.nightly.handoff_sending import resolve_unanswered, send_pending
@@ -267,16 +267,18 @@ def run_reconcile(
     engine: Engine,
     clients: Mapping[str, FlexFactorGateway],
     *,
-    at: datetime,
-    now: datetime,
+    night: Night,
     poll_limit: int = 200_000,
     clock: Clock | None = None,
     send_clock: Clock | None = None,
 ) -> ReconcileResult:
     """Settle lost answers, send what is still unsent, poll open hand-offs, expire closed windows and
     apply outcomes; idempotent. Hand-offs still unsent at the end (FlexFactor rate limited) make the
-    run INCOMPLETE, with counts["unsent"] and an UNSENT anomaly. `clock` stamps the run's finish."""
-    run_id = start_run(engine, "reconcile", logical_at=at, now=now)
+    run INCOMPLETE, with counts["unsent"] and an UNSENT anomaly. Everything is judged against
+    `night.at`; `clock` (else `night.at`) stamps the job run's start and finish."""
+    at = night.at
+    run_id = start_run(engine, "reconcile", logical_at=at, now=wall_time(clock, night))
+    night = night.started(run_id)
     result = ReconcileResult(run_id)
     counts = result.counts
     try:
@@ -303,7 +305,7 @@ def run_reconcile(
             batch_size=settings.batching.batch_size,
             concurrency=settings.batching.concurrency,
             lease=lease,
-            after_record=continue_ladders_after(settings, local_date(at, settings.timezone), run_id, at),
+            after_record=continue_ladders_after(settings, night),
             send_clock=send_clock,
         )
         if report.sent:
@@ -331,7 +333,7 @@ def run_reconcile(
         unsent = count_unsent(settings, engine, counts, job="reconcile", at=at, run_id=run_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        finish_run(engine, run_id, now=clock.now() if clock else now, counts=dict(counts), error=error)
+        finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(counts), error=error)
         raise
-    finish_run(engine, run_id, now=clock.now() if clock else now, counts=dict(counts), incomplete=unsent > 0)
+    finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(counts), incomplete=unsent > 0)
     return result

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.config import Settings
+from recycle_engine.domain.night import Night
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.reports import (
@@ -60,16 +61,16 @@ class ReportResult:
 
 
 def run_report(
-    settings: Settings, engine: Engine, *, day: date, now: datetime, clock: Clock | None = None
+    settings: Settings, engine: Engine, *, day: date, night: Night, clock: Clock | None = None
 ) -> ReportResult:
-    """Render the report for local day `day` (settings.timezone), generated at `now` and reading the book
-    as of the end of that day (or `now`, if earlier), and record a "report" run (its finish stamped by
-    `clock` when given).
+    """Render the report for local day `day` (settings.timezone), generated at `night.at` and reading the
+    book as of the end of that day (or `night.at`, if earlier), and record a "report" run (its finish
+    stamped by `clock` when given).
 
     Writes `<output_dir>/recovery-D.html`, `recovery-D.csv` and `index.html`. Raises StorageError
     when the database fails and RecycleEngineError when the files cannot be written."""
     with _long_lived_objects_frozen():
-        return _run_report(settings, engine, day=day, now=now, clock=clock)
+        return _run_report(settings, engine, day=day, now=night.at, clock=clock)
 
 
 @contextmanager
