@@ -15,11 +15,9 @@ generated declines. Each arm runs in this process:
 Prints wall seconds and rows a second for each arm and the ratios engine / bare; asserts nothing.
 With --rounds N, the pull and the bare pull alternate N times (each pull into a fresh database) and
 the median of the rounds' ratios is printed beside each round's: on a shared machine one round can
-land on a quiet or a busy moment. `crm pull` reads and checks in a forked child here (this process
-is single-threaded); --inline keeps it in one process, as under the scheduler. Not part of the test
-suite.
+land on a quiet or a busy moment. Not part of the test suite.
 
-    .venv/bin/python -m bench.crm_benchmark [--declines 20000] [--rounds 3] [--inline]
+    .venv/bin/python -m bench.crm_benchmark [--declines 20000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -113,7 +111,6 @@ def main() -> None:
     )
     parser.add_argument("--declines", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--inline", action="store_true", help="pull without the forked reader")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -133,13 +130,7 @@ def main() -> None:
                 client = CrmClient(settings.crm)
                 started = time.perf_counter()
                 pulled = pull_declines(
-                    settings,
-                    engine,
-                    client,
-                    now=NOW,
-                    since=DAY,
-                    until=DAY + timedelta(days=1),
-                    ahead=not args.inline,
+                    settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
                 )
                 pull_s = time.perf_counter() - started
                 rounds.append((bare_pull_s, bare_rows, pull_s, pulled.counts))

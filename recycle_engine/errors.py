@@ -227,9 +227,6 @@ class CrmRefused(CrmError):
         self.endpoint = endpoint
         self.message = message
 
-    def __reduce__(self) -> tuple[type[CrmRefused], tuple[str, str]]:
-        return (type(self), (self.endpoint, self.message))  # rebuilt whole across a process boundary
-
 
 class CrmUnavailable(CrmError):
     """No usable answer after the retries; for an update, the CRM may have applied it."""

@@ -3,15 +3,9 @@
 A pull reads [cursor - lookback, until) where `until` is at least `settle_minutes` in the past, so the
 window has closed: new declines land after it. Pages are read oldest first and gathered into chunks
 of up to CHUNK_ROWS rows; each chunk, with its orders and purchases fetched a page of ids per call, is
-checked and written exactly as a CSV chunk is (same checks, dedupe by transaction id, card-number rule,
-classification). The cursor moves to `until` only once every page of both decline types is written,
-so a pull stopped at any point reads the same window again: rows already written are duplicates and
-change nothing.
-
-Reading, mapping and checking run ahead of the writes: in a forked child process where that is safe
-(forked_stage), which fetches pages in a thread of its own, so the calls, the checks and the writes
-overlap on two cores; elsewhere in this process, with the pages fetched ahead in a thread. Either
-way only this process writes, in page order, and the child holds at most a chunk or two ahead.
+checked and written exactly as a CSV chunk is (same checks, dedupe by transaction id, card-number rule, classification). The cursor
+moves to `until` only once every page of both decline types is written, so a pull stopped at any
+point reads the same window again: rows already written are duplicates and change nothing.
 
 Paging is not stable while rows arrive. Oldest first, a row landing inside the window shifts later
 rows by one: a row is then read twice (deduped here), never skipped; the late row itself is caught by
@@ -37,9 +31,9 @@ from recycle_engine.adapters.crm_rows import declined_at, feed_row
 from recycle_engine.config import CrmSettings, Settings
 from recycle_engine.errors import ConfigError, InputError, RecycleEngineError, StorageError
 from recycle_engine.ports import CrmApi, CrmPage
-from recycle_engine.services.forked_stage import can_fork, collection_deferred, produced_in_child
-from recycle_engine.services.intake.decline_effects import ImportSession, PreparedChunk
+from recycle_engine.services.intake.decline_effects import ImportSession
 from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
+from recycle_engine.services.intake.feed_stage import collection_deferred
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
 
@@ -76,10 +70,8 @@ def pull_declines(
     now: datetime,
     until: datetime | None = None,
     since: datetime | None = None,
-    ahead: bool = True,
 ) -> PullResult:
-    """Read the next window of declines; raises CrmError (recorded on the run) when the CRM fails.
-    With `ahead`, pages are read and checked in a forked child where forking is safe (can_fork)."""
+    """Read the next window of declines; raises CrmError (recorded on the run) when the CRM fails."""
     crm = _crm(settings)
     end = until if until is not None else now - timedelta(minutes=crm.pull.settle_minutes)
     if end > now:
@@ -97,8 +89,8 @@ def pull_declines(
     puller = _Pull(settings, crm, engine, client, run_id, now, start, end)
     try:
         if start < end:
-            for staged in _staged_ahead(puller, ahead):
-                puller.write(staged)
+            for decline_type in DECLINE_TYPES:
+                puller.read(decline_type)
             with engine.begin() as conn:
                 crm_repo.save_cursor(conn, end, run_id=run_id, now=now)
     except SQLAlchemyError as exc:
@@ -117,14 +109,6 @@ def pull_declines(
     return result
 
 
-def _staged_ahead(puller: _Pull, ahead: bool) -> Iterator[_Staged]:
-    if ahead and can_fork():
-        return produced_in_child(
-            puller.staged, name="CRM reader", source="crm pull", passed=(RecycleEngineError,)
-        )
-    return puller.staged()
-
-
 def _crm(settings: Settings) -> CrmSettings:
     if settings.crm is None:
         raise ConfigError("settings.yaml has no crm: section; add one to pull declines from the CRM")
@@ -138,21 +122,8 @@ def _finish(engine: Engine, run_id: str, now: datetime, counts: dict[str, int], 
         log.exception("could not record the failed CRM pull", extra={"run_id": run_id})
 
 
-@dataclass(frozen=True)
-class _Staged:
-    """One chunk read and checked: the good rows ready to write, the rejects to keep, how many rows it
-    read, and the pages and passes read since the chunk before (a last one may carry only those)."""
-
-    prepared: PreparedChunk | None
-    rejects: list[crm_repo.RejectedRow]
-    read: int
-    pages: int
-    passes: int
-
-
 class _Pull:
-    """One window: pages read and checked into chunks (`staged`, possibly in a child), chunks written
-    (`write`, always here), counts kept."""
+    """One window: pages in, chunks written, counts kept."""
 
     def __init__(
         self,
@@ -173,35 +144,11 @@ class _Pull:
             self.rejected_before = bool(crm_repo.recent_rejects(conn, 1))
         self.line = 1  # a running row number; a reason names it as a CSV reject names its line
         self.counts = {"pages": 0, "read": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "passes": 0}
-        self._unreported = {"pages": 0, "passes": 0}
-        # Pages fetched ahead: a chunk's worth, so the calls go on while a chunk is checked or written.
+        # Pages fetched ahead: a chunk's worth, so the calls go on while a whole chunk is checked and
+        # written (one or two pages ahead, the reader waited on the CRM for most of each chunk).
         self.pages_ahead = CHUNK_ROWS // max(1, crm.results_per_page) + 1
 
-    def staged(self) -> Iterator[_Staged]:
-        """Every chunk of the window, both decline types, read and checked in page order."""
-        for decline_type in DECLINE_TYPES:
-            yield from self._read(decline_type)
-        yield _Staged(None, [], 0, **self._take_unreported())  # the pages and passes of the last
-
-    def write(self, staged: _Staged) -> None:
-        """Write one chunk in one transaction: its new declines and their effects, and its rejects."""
-        self.counts["pages"] += staged.pages
-        self.counts["passes"] += staged.passes
-        if staged.prepared is None and not staged.rejects:
-            return
-        before = dict(self.importer.counts)
-        with collection_deferred(), self.engine.begin() as conn:
-            if staged.prepared is not None:
-                self.importer.write(conn, staged.prepared)
-                if self.rejected_before:  # only a database that has rejects can hold one of these rows
-                    crm_repo.clear_rejects(conn, [str(t) for t in staged.prepared.columns["transaction_id"]])
-            crm_repo.save_rejects(conn, staged.rejects)
-        self.counts["read"] += staged.read
-        self.counts["rejected"] += len(staged.rejects)
-        self.counts["accepted"] += self.importer.counts["accepted"] - before["accepted"]
-        self.counts["duplicates"] += self.importer.counts["duplicates"] - before["duplicates"]
-
-    def _read(self, decline_type: str) -> Iterator[_Staged]:
+    def read(self, decline_type: str) -> None:
         params = {
             "startDate": self.start.strftime("%m/%d/%Y"),
             "endDate": self.end.strftime("%m/%d/%Y"),
@@ -210,24 +157,20 @@ class _Pull:
             "sortDir": "1",  # oldest first: rows arriving meanwhile can only repeat a row, not hide one
         }
         for _ in range(MAX_PASSES):
-            self._unreported["passes"] += 1
+            self.counts["passes"] += 1
             totals: set[int] = set()
             waiting: list[Mapping[str, Any]] = []
             found = _Found({}, {})
             for page, rows, details in _prefetched(self._pages(params), self.pages_ahead):
-                self._unreported["pages"] += 1
+                self.counts["pages"] += 1
                 totals.add(page.total)
                 waiting += rows
                 found.orders.update(details.orders)
                 found.purchases.update(details.purchases)
                 if len(waiting) >= CHUNK_ROWS:
-                    staged = self._stage(waiting, found)
-                    if staged is not None:
-                        yield staged
+                    self._feed(waiting, found)
                     waiting, found = [], _Found({}, {})
-            staged = self._stage(waiting, found)
-            if staged is not None:
-                yield staged
+            self._feed(waiting, found)
             if len(totals) <= 1:
                 return
             log.info("the CRM's total changed while paging; reading again", extra={"type": decline_type})
@@ -249,12 +192,7 @@ class _Pull:
         # A row whose time cannot be read is fed all the same: the checks reject it with its reason.
         return when is None or self.start <= when < self.end
 
-    def _take_unreported(self) -> dict[str, int]:
-        taken, self._unreported = self._unreported, {"pages": 0, "passes": 0}
-        return taken
-
-    def _stage(self, rows: Iterable[Mapping[str, Any]], found: _Found) -> _Staged | None:
-        """The rows not fed before, mapped, checked and prepared; None when there are none."""
+    def _feed(self, rows: Iterable[Mapping[str, Any]], found: _Found) -> None:
         fresh = []
         for row in rows:
             key = str(row.get("transactionId", ""))
@@ -263,7 +201,7 @@ class _Pull:
             self.fed.add(key)
             fresh.append(row)
         if not fresh:
-            return None
+            return
         orders, purchases = found.orders, found.purchases
         feed = []
         missing: set[int] = set()
@@ -276,10 +214,19 @@ class _Pull:
         frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=str)
         with collection_deferred():
             checked, prepared = self.importer.check_and_prepare(frame, self.line)
-            rejects = checked.rejects_frame()
+        rejects = checked.rejects_frame()
         saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
+        before = dict(self.importer.counts)
+        with self.engine.begin() as conn:
+            self.importer.write(conn, prepared)
+            if self.rejected_before:  # only a database that has rejects can hold one of these rows
+                crm_repo.clear_rejects(conn, [str(t) for t in prepared.columns["transaction_id"]])
+            crm_repo.save_rejects(conn, saved)
         self.line += len(fresh)
-        return _Staged(prepared, saved, len(fresh), **self._take_unreported())
+        self.counts["read"] += len(fresh)
+        self.counts["rejected"] += len(saved)
+        self.counts["accepted"] += self.importer.counts["accepted"] - before["accepted"]
+        self.counts["duplicates"] += self.importer.counts["duplicates"] - before["duplicates"]
 
     def _reject(self, record: dict[str, Any], missing: set[int]) -> crm_repo.RejectedRow:
         line = int(record.pop("line"))
