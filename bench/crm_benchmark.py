@@ -13,15 +13,18 @@ generated declines. Each arm runs in this process:
   bare-push the same number of /purchase/update/ calls through one Session, one after another
 
 Prints wall seconds and rows a second for each arm and the ratios engine / bare; asserts nothing.
-Not part of the test suite.
+With --rounds N, the pull and the bare pull alternate N times (each pull into a fresh database) and
+the median of the rounds' ratios is printed beside each round's: on a shared machine one round can
+land on a quiet or a busy moment. Not part of the test suite.
 
-    .venv/bin/python -m bench.crm_benchmark [--declines 20000]
+    .venv/bin/python -m bench.crm_benchmark [--declines 20000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,29 +110,41 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--declines", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rows = feed_rows(args.declines, DAY)
         proc, url = _serve_fake(write_csv(folder / "declines.csv", rows))
         try:
-            db_url = f"sqlite:///{folder}/book.db"
-            upgrade(db_url)
-            path = crm_settings_file(folder, db_url=db_url, crm_url=url)
-            settings = crm_settings(path)
-            assert settings.crm is not None
-            engine = make_engine(db_url)
-            started = time.perf_counter()
-            bare_rows = bare_pull(url, 200)
-            bare_pull_s = time.perf_counter() - started
+            rounds: list[tuple[float, int, float, dict[str, int]]] = []
+            for n in range(args.rounds):
+                db_url = f"sqlite:///{folder}/book-{n}.db"
+                upgrade(db_url)
+                settings = crm_settings(crm_settings_file(folder, db_url=db_url, crm_url=url))
+                assert settings.crm is not None
+                started = time.perf_counter()
+                bare_rows = bare_pull(url, 200)
+                bare_pull_s = time.perf_counter() - started
+                engine = make_engine(db_url)
+                client = CrmClient(settings.crm)
+                started = time.perf_counter()
+                pulled = pull_declines(
+                    settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
+                )
+                pull_s = time.perf_counter() - started
+                rounds.append((bare_pull_s, bare_rows, pull_s, pulled.counts))
+                read = pulled.counts["read"]
+                print(
+                    f"round {n + 1}: pull {pull_s:.2f} s ({read / pull_s:.0f} rows/s), bare {bare_pull_s:.2f} s"
+                    f" ({bare_rows / bare_pull_s:.0f} rows/s): {(read / pull_s) / (bare_rows / bare_pull_s):.2f}",
+                    flush=True,
+                )
+                client.close()
+                engine.dispose()
 
+            engine = make_engine(db_url)  # the last round's book holds the changes to push
             client = CrmClient(settings.crm)
-            started = time.perf_counter()
-            pulled = pull_declines(
-                settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
-            )
-            pull_s = time.perf_counter() - started
-
             started = time.perf_counter()
             pushed = push_changes(settings, engine, client, now=NOW + timedelta(hours=1), since=DAY)
             push_s = time.perf_counter() - started
@@ -143,13 +158,22 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-    read = pulled.counts["read"]
+    bare_pull_s, bare_rows, pull_s, counts = rounds[-1]
+    read = counts["read"]
     print(
-        f"declines {args.declines}: pull read {read} (accepted {pulled.counts['accepted']}), bare read {bare_rows}"
+        f"declines {args.declines}: pull read {read} (accepted {counts['accepted']}), bare read {bare_rows}"
     )
     print(f"pull       {pull_s:8.2f} s  {read / pull_s:10.0f} rows/s")
     print(f"bare pull  {bare_pull_s:8.2f} s  {bare_rows / bare_pull_s:10.0f} rows/s")
-    print(f"pull / bare throughput: {(read / pull_s) / (bare_rows / bare_pull_s):.2f}")
+    ratios = [(c["read"] / p) / (r / b) for b, r, p, c in rounds]
+    print(
+        f"pull / bare throughput: {statistics.median(ratios):.2f}"
+        + (
+            f" (median of {len(ratios)} rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
+            if len(ratios) > 1
+            else ""
+        )
+    )
     print(f"push       {push_s:8.2f} s  {delivered / push_s:10.0f} changes/s ({delivered} delivered)")
     print(f"bare push  {bare_push_s:8.2f} s  {len(purchases) / bare_push_s:10.0f} calls/s")
     print(f"push / bare throughput: {(delivered / push_s) / (len(purchases) / bare_push_s):.2f}")

@@ -100,6 +100,8 @@ class CrmClient:
             for page in self.query_all(endpoint, {key: ",".join(chunk)}):
                 for row in page.rows:
                     found[str(row.get(key, ""))] = row
+                if found.keys() >= set(chunk):
+                    break  # an id names one record: a full page holding them all has no next page
         return found
 
     def update(self, endpoint: str, params: Mapping[str, str]) -> str:

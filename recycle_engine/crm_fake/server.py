@@ -3,40 +3,26 @@
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
+from recycle_engine.standin_server import RunningStandin, StandinHandler, StandinServer, start_standin
+from recycle_engine.standin_server import make_server as make_standin_server
 
 __all__ = ["FakeCrm", "Fault", "FaultKind", "RunningFakeCrm", "make_server", "start_fake_crm"]
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeCrm
-    stopping: threading.Event
+RunningFakeCrm = RunningStandin[FakeCrm]  # a fake serving on loopback in a thread; `url` is its root
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+class _Handler(StandinHandler):
+    server: StandinServer[FakeCrm]
     # Headers and body go out in two writes: without this, Nagle holds the body for the client's
     # delayed ACK, about 40 ms a call, and the fake's latency would be a kernel artefact.
     disable_nagle_algorithm = True
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it
-        return  # the request log is /_fake/log, without credentials
-
     def _send(self, status: int, body: str, content_type: str = "application/json") -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send(status, body, content_type)
 
     def do_GET(self) -> None:
         fake = self.server.fake
@@ -93,36 +79,10 @@ def _fault(raw: dict[str, Any]) -> Fault:
     )
 
 
-@dataclass
-class RunningFakeCrm:
-    """A fake serving on loopback in a thread; `url` is its root (append /transactions/query/)."""
-
-    fake: FakeCrm
-    server: _Server
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def stop(self) -> None:
-        self.server.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-def make_server(fake: FakeCrm, host: str = "127.0.0.1", port: int = 0) -> _Server:
-    server = _Server((host, port), _Handler)
-    server.fake = fake
-    server.stopping = threading.Event()
-    return server
+def make_server(fake: FakeCrm, host: str = "127.0.0.1", port: int = 0) -> StandinServer[FakeCrm]:
+    return make_standin_server(fake, _Handler, host, port)
 
 
 def start_fake_crm(fake: FakeCrm, host: str = "127.0.0.1", port: int = 0) -> RunningFakeCrm:
     """Serve `fake` on `host:port` (0: a free port) in a daemon thread."""
-    server = make_server(fake, host, port)
-    thread = threading.Thread(target=server.serve_forever, name="crm-fake", daemon=True)
-    thread.start()
-    return RunningFakeCrm(fake, server, thread)
+    return start_standin(fake, _Handler, name="crm-fake", host=host, port=port)

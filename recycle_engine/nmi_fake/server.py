@@ -4,40 +4,25 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from recycle_engine.nmi_fake.state import FakeNmi, Fault
+from recycle_engine.standin_server import RunningStandin, StandinHandler, StandinServer, start_standin
+from recycle_engine.standin_server import make_server as make_standin_server
 
 __all__ = ["FakeNmi", "Fault", "RunningFakeNmi", "make_server", "start_fake_nmi"]
 
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeNmi
-    stopping: threading.Event
+RunningFakeNmi = RunningStandin[FakeNmi]  # a fake serving on loopback in a thread; `url` is its root
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it
-        return  # request lines would carry nothing secret, but the fake stays quiet
+class _Handler(StandinHandler):
+    server: StandinServer[FakeNmi]
 
     def _body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _send(self, status: int, body: str, content_type: str = "text/plain") -> None:
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send(status, body, content_type)
 
     def do_GET(self) -> None:
         fake = self.server.fake
@@ -89,36 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, urlencode(answer.fields))
 
 
-@dataclass
-class RunningFakeNmi:
-    """A fake serving on loopback in a thread; `url` is its root (append /api/transact.php)."""
-
-    fake: FakeNmi
-    server: _Server
-    thread: threading.Thread
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def stop(self) -> None:
-        self.server.stopping.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-
-def make_server(fake: FakeNmi, host: str = "127.0.0.1", port: int = 0) -> _Server:
-    server = _Server((host, port), _Handler)
-    server.fake = fake
-    server.stopping = threading.Event()
-    return server
+def make_server(fake: FakeNmi, host: str = "127.0.0.1", port: int = 0) -> StandinServer[FakeNmi]:
+    return make_standin_server(fake, _Handler, host, port)
 
 
 def start_fake_nmi(fake: FakeNmi, host: str = "127.0.0.1", port: int = 0) -> RunningFakeNmi:
     """Serve `fake` on `host:port` (0: a free port) in a daemon thread."""
-    server = make_server(fake, host, port)
-    thread = threading.Thread(target=server.serve_forever, name="nmi-fake", daemon=True)
-    thread.start()
-    return RunningFakeNmi(fake, server, thread)
+    return start_standin(fake, _Handler, name="nmi-fake", host=host, port=port)

@@ -422,3 +422,20 @@ def test_given_a_rejected_row_fixed_in_the_crm_when_its_period_is_read_again_the
     assert (counts["accepted"], counts["duplicates"]) == (1, 2)
     with engine.connect() as conn:
         assert crm_repo.recent_rejects(conn, 10) == []
+
+
+def test_given_pages_whose_orders_fill_a_page_when_pulled_then_each_lookup_is_one_call(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given: 50 rows a page, so each page's 50 order ids are a full page of orders
+    load_feed_rows(fake.fake, feed_rows(200, DAY, seed=97))
+
+    # when
+    pull(settings, engine, since=DAY, until=UNTIL)
+
+    # then: no call asks for a page after the one that held every id
+    log = fake.fake.log()
+    pages = [e for e in log if e["endpoint"] == "/transactions/query/" and e.get("result") == "SUCCESS"]
+    orders = [e for e in log if e["endpoint"] == "/order/query/"]
+    assert len(orders) == len(pages)
+    assert {e.get("result") for e in orders} == {"SUCCESS"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,13 +15,13 @@ import requests
 from sqlalchemy import select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.config import load_settings
 from recycle_engine.sandbox.server import run_sandbox
 from recycle_engine.sandbox.signing import http_date, new_nonce, sign_webhook
 from recycle_engine.sandbox.state import SANDBOX_SIGNING_KEY_B64, SandboxConfig, iso
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import WebhookDelivery
 from recycle_engine.web.webhook_app import create_app, serving
+from tests.integration.test_webhook_service import a_settings
 from tests.sandbox_helpers import SandboxApi, a_mit_body
 
 T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -30,29 +29,9 @@ T0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
 
 @pytest.fixture
 def serve_url(tmp_path: Path, db_url: str) -> Iterator[str]:
-    """`serve` on a free loopback port (so its Host always carries a port), one FlexFactor gateway."""
-    path = tmp_path / "settings.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            timezone: UTC
-            database: {{url: "{db_url}"}}
-            gateways:
-              - {{id: nmi-main, type: simulated}}
-              - id: ff-main
-                type: flexfactor
-                base_url: http://127.0.0.1:9/v1
-                app_key: k
-                app_secret: ${{SECRET}}
-                mid: {SandboxConfig.mid}
-                site_id: {SandboxConfig.site_id}
-                environment_key: e
-                hmac_signing_key: ${{SANDBOX_KEY}}
-            """
-        ),
-        encoding="utf-8",
-    )
-    settings = load_settings(path, env={"SECRET": "s", "SANDBOX_KEY": SANDBOX_SIGNING_KEY_B64})
+    """`serve` on a free loopback port (so its Host always carries a port), with the settings of
+    test_webhook_service (ff-main signs with the sandbox's key)."""
+    settings = a_settings(tmp_path, db_url)
     engine = make_engine(db_url)
     try:
         with serving(create_app(settings, engine, FixedClock(T0))) as url:

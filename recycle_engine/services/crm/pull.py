@@ -144,6 +144,9 @@ class _Pull:
             self.rejected_before = bool(crm_repo.recent_rejects(conn, 1))
         self.line = 1  # a running row number; a reason names it as a CSV reject names its line
         self.counts = {"pages": 0, "read": 0, "accepted": 0, "rejected": 0, "duplicates": 0, "passes": 0}
+        # Pages fetched ahead: a chunk's worth, so the calls go on while a whole chunk is checked and
+        # written (one or two pages ahead, the reader waited on the CRM for most of each chunk).
+        self.pages_ahead = CHUNK_ROWS // max(1, crm.results_per_page) + 1
 
     def read(self, decline_type: str) -> None:
         params = {
@@ -158,7 +161,7 @@ class _Pull:
             totals: set[int] = set()
             waiting: list[Mapping[str, Any]] = []
             found = _Found({}, {})
-            for page, rows, details in _prefetched(self._pages(params)):
+            for page, rows, details in _prefetched(self._pages(params), self.pages_ahead):
                 self.counts["pages"] += 1
                 totals.add(page.total)
                 waiting += rows
@@ -245,11 +248,12 @@ class _Found:
 _END: Final = object()
 
 
-def _prefetched(items: Iterator[_T]) -> Iterator[_T]:
-    """`items` produced one ahead in a thread: the next page and its details are fetched while this
-    one is checked and written (the calls mostly wait on the CRM, so the GIL is free for the checks).
-    An error in the thread is raised here; leaving early stops the thread after its current call."""
-    ahead: queue.Queue[object] = queue.Queue(maxsize=2)
+def _prefetched(items: Iterator[_T], depth: int) -> Iterator[_T]:
+    """`items` produced up to `depth` ahead in a thread: the next pages and their details are fetched
+    while this one is checked and written (the calls mostly wait on the CRM, so the GIL is free for
+    the checks). An error in the thread is raised here; leaving early stops the thread after its
+    current call."""
+    ahead: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def offer(item: object) -> bool:
