@@ -39,6 +39,7 @@ def run(config_path: str) -> dict[str, int]:
             run.processors(),
             night=run.night,
             clock=run.clock,
+            send_clock=run.send_clock(),  # FlexFactor's window counts from the real send (README)
         )
         # The check reads the book as it is once submit is done.
         check_after_submit(settings, run.engine, now=run.clock.now(), run_id=result.run_id)

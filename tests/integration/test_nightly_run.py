@@ -13,11 +13,14 @@ import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select, update
 
+from recycle_engine import bootstrap
+from recycle_engine.adapters import clock as clock_adapter
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
+from recycle_engine.jobs import nightly_submit
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.anomalies import check_night
 from recycle_engine.services.nightly.submit import run_submit
@@ -169,6 +172,36 @@ def test_given_a_run_at_a_past_logical_time_when_it_hands_off_then_the_window_co
     assert h.state == "SUBMITTED"
     assert (h.expires_at, h.first_sent_at, h.created_at) == (sent + timedelta(days=21), sent, NIGHT)
     assert json.loads(h.request_body)["expiryDateUtc"] == "2026-07-03T09:00:00Z"
+
+
+def test_given_the_scheduled_submit_job_when_it_hands_off_then_the_window_counts_from_the_real_send(
+    tmp_path: Path, db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: the job opens its night at NIGHT by the wall clock; the call goes out 40 minutes later
+    path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url)
+    sent = NIGHT + timedelta(minutes=40)
+    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
+    engine = make_engine(db_url)
+    insert_recycling(
+        engine,
+        a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+    for name, value in SANDBOX_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(NIGHT))
+    monkeypatch.setattr(clock_adapter, "send_clock", lambda at: FixedClock(sent))
+    # when
+    counts = nightly_submit.run(str(path))
+    # then: the hand-off belongs to the night, its 21 days to the send
+    h = _one(engine, select(Handoff))
+    engine.dispose()
+    assert counts["accepted"] == 1, counts
+    assert (h.state, h.created_at, h.first_sent_at) == ("SUBMITTED", NIGHT, sent)
+    assert h.expires_at == sent + timedelta(days=21)
 
 
 def test_given_a_handoff_sent_once_when_it_is_sent_again_then_its_window_and_body_stay_as_first_sent(
