@@ -1,16 +1,17 @@
-"""SQL for the holdout comparison: each group's subscriptions by outcome and currency, grouped in the database."""
+"""SQL for the holdout comparison: each group's subscriptions by outcome and currency, grouped in the database:
+the final outcomes from the daily holdout rollup, the rest assignment by assignment."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import and_, case, func, literal, or_, select, union_all
 
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.domain.states import Source, State
 from recycle_engine.reports.queries import ReportBounds
-from recycle_engine.storage.models import Attempt, Handoff, HoldoutAssignment, Subscription
+from recycle_engine.storage.models import Attempt, Handoff, HoldoutAssignment, HoldoutRollup, Subscription
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -19,11 +20,55 @@ if TYPE_CHECKING:
 
     Query: TypeAlias = Select[*tuple[Any, ...]]
 
-__all__ = ["lift_facts_stmt"]
+__all__ = ["lift_facts_direct_stmt", "lift_facts_stmt"]
+
+_KEYS = ("arm", "currency", "outcome")
+_AMOUNTS = ("assigned_minor", "recovered_minor")
 
 
 def lift_facts_stmt(bounds: ReportBounds) -> Query:
-    """Holdout assignments made up to the end of the report day, by arm, currency and outcome as of then.
+    """Holdout assignments made up to the end of the report day, by arm, currency and outcome as of then
+    (rows as lift_facts_direct_stmt, equal to them once the rollups are refreshed).
+
+    An assignment whose outcome became final before the report day reads the same on that day as now,
+    so it comes from the rollup; the open ones and those settled on the day or later are read one by
+    one, through the partial indexes on final_at."""
+    r = HoldoutRollup
+    rolled = select(
+        r.arm.label("arm"),
+        r.currency.label("currency"),
+        r.outcome.label("outcome"),
+        r.assignments.label("n"),
+        r.assigned_minor.label("assigned_minor"),
+        r.recovered_minor.label("recovered_minor"),
+    ).where(r.day <= bounds.day, r.outcome_day < bounds.day)
+    a = HoldoutAssignment
+    still_open = _grouped(_per_assignment(bounds).where(a.final_at.is_(None)).subquery())
+    settled_since = _grouped(_per_assignment(bounds).where(a.final_at >= bounds.day_start).subquery())
+    parts = union_all(rolled, still_open, settled_since).subquery()
+    keys = [parts.c[k] for k in _KEYS]
+    return select(*keys, *_totals(parts, ("n", *_AMOUNTS))).group_by(*keys).order_by(*keys)
+
+
+def lift_facts_direct_stmt(bounds: ReportBounds) -> Query:
+    """lift_facts_stmt read from every assignment up to the report day, one by one."""
+    inner = _per_assignment(bounds).subquery()
+    return _grouped(inner).order_by(*[inner.c[k] for k in _KEYS])
+
+
+def _totals(rows: Any, columns: tuple[str, ...]) -> list[Any]:
+    # PostgreSQL sums BIGINT as NUMERIC; cast back so pandas sees integers on both databases.
+    return [sa.cast(func.coalesce(func.sum(rows.c[c]), 0), sa.BigInteger).label(c) for c in columns]
+
+
+def _grouped(inner: Any) -> Query:
+    keys = [inner.c[k] for k in _KEYS]
+    n = sa.cast(func.count(), sa.BigInteger).label("n")
+    return select(*keys, n, *_totals(inner, _AMOUNTS)).group_by(*keys)
+
+
+def _per_assignment(bounds: ReportBounds) -> Query:
+    """Each holdout assignment made up to the end of the report day with its outcome as of then.
 
     Recovered: the recycled decline was approved by the end of the report day, after its first
     FlexFactor slot, by FlexFactor or by a later ordinary attempt (`recovered_minor` is what was
@@ -91,7 +136,7 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
         (still_recycling, literal("pending")),
         else_=literal("lost"),
     )
-    inner = (
+    return (
         select(
             a.arm.label("arm"),
             a.currency.label("currency"),
@@ -102,12 +147,4 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
         .select_from(a)
         .outerjoin(Subscription, Subscription.id == a.subscription_id)
         .where(a.assigned_at < bounds.day_end)
-        .subquery()
     )
-    keys = [inner.c.arm, inner.c.currency, inner.c.outcome]
-    # PostgreSQL sums BIGINT as NUMERIC; cast back so pandas sees integers on both databases.
-    total = [
-        sa.cast(func.coalesce(func.sum(inner.c[c]), 0), sa.BigInteger).label(c)
-        for c in ("assigned_minor", "recovered_minor")
-    ]
-    return select(*keys, func.count().label("n"), *total).group_by(*keys).order_by(*keys)

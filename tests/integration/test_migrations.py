@@ -65,19 +65,39 @@ def test_given_a_sqlite_database_then_it_runs_in_wal_mode(sqlite_url: str) -> No
     assert mode == "wal"
 
 
-def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_url: str) -> None:
-    # given: a later migration that recreates `handoffs` (SQLite batch mode) would drop them silently
+def _triggers(db_url: str, table: str) -> set[str]:
     engine = make_engine(db_url)
-    # when
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
-            stmt = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'handoffs'::regclass"
+            stmt = f"SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = '{table}'::regclass"
         else:
-            stmt = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'handoffs'"
+            stmt = f"SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}'"
         names = set(conn.exec_driver_sql(stmt).scalars())
     engine.dispose()
+    return names
+
+
+HOLDOUT_WATCHED = ("holdout_assignments", "transactions", "handoffs", "subscriptions")
+
+
+def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_url: str) -> None:
+    # given: a later migration that recreates `handoffs` (SQLite batch mode) would drop them silently
+    # when
+    names = _triggers(db_url, "handoffs")
     # then
-    assert names == {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}
+    rollups = {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}
+    assert names == rollups | {f"trg_handoffs_holdout_{kind}" for kind in ("insert", "update", "delete")}
+
+
+@pytest.mark.parametrize("table", HOLDOUT_WATCHED)
+def test_given_a_migrated_database_then_the_holdout_triggers_watch_each_table_it_reads(
+    db_url: str, table: str
+) -> None:
+    # given: the holdout rollup settles an assignment from these tables (migration 0017)
+    # when
+    names = _triggers(db_url, table)
+    # then
+    assert {f"trg_{table}_holdout_{kind}" for kind in ("insert", "update", "delete")} <= names
 
 
 def test_given_outcomes_recorded_before_the_queue_when_migrated_then_the_unapplied_ones_are_queued_and_a_downgrade_restores_applied_at(
