@@ -28,12 +28,13 @@ _AMOUNTS = ("assigned_minor", "recovered_minor")
 
 def lift_facts_stmt(bounds: ReportBounds) -> Query:
     """Holdout assignments made up to the end of the report day, by arm, currency and outcome as of then
-    (rows as lift_facts_direct_stmt, equal to them once the rollups are refreshed).
+    (rows as lift_facts_direct_stmt, equal to them as of the last refresh of the rollups).
 
     An assignment whose outcome became final before the report day reads the same on that day as now,
-    so it comes from the rollup; the open ones and those settled on the day or later are read one by
-    one, through the partial indexes on final_at."""
-    r = HoldoutRollup
+    so it comes from the rollup. One still open (never approved, still on that decline's ladder) is
+    pending on any day: counted from the partial index alone. Only those settled on the day or later
+    are read one by one."""
+    r, a = HoldoutRollup, HoldoutAssignment
     rolled = select(
         r.arm.label("arm"),
         r.currency.label("currency"),
@@ -42,12 +43,22 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
         r.assigned_minor.label("assigned_minor"),
         r.recovered_minor.label("recovered_minor"),
     ).where(r.day <= bounds.day, r.outcome_day < bounds.day)
-    a = HoldoutAssignment
-    still_open = _grouped(_per_assignment(bounds).where(a.final_at.is_(None)).subquery())
+    keys = [a.arm, a.currency]
+    still_open = (
+        select(
+            *keys,
+            literal("pending").label("outcome"),
+            sa.cast(func.count(), sa.BigInteger).label("n"),
+            sa.cast(func.sum(a.amount_minor), sa.BigInteger).label("assigned_minor"),
+            sa.cast(literal(0), sa.BigInteger).label("recovered_minor"),
+        )
+        .where(a.final_at.is_(None), a.assigned_at < bounds.day_end)
+        .group_by(*keys)
+    )
     settled_since = _grouped(_per_assignment(bounds).where(a.final_at >= bounds.day_start).subquery())
     parts = union_all(rolled, still_open, settled_since).subquery()
-    keys = [parts.c[k] for k in _KEYS]
-    return select(*keys, *_totals(parts, ("n", *_AMOUNTS))).group_by(*keys).order_by(*keys)
+    columns = [parts.c[k] for k in _KEYS]
+    return select(*columns, *_totals(parts, ("n", *_AMOUNTS))).group_by(*columns).order_by(*columns)
 
 
 def lift_facts_direct_stmt(bounds: ReportBounds) -> Query:
@@ -77,12 +88,14 @@ def _per_assignment(bounds: ReportBounds) -> Query:
     report day but pending on it counts as lost: its status keeps no history)."""
     a = HoldoutAssignment
     at = bounds.as_of
+    # Approved retries by their recycled decline, through its unique key: SQLite has no statistics and
+    # took the ladder's index on (result, occurred_at) instead, every approved retry once per assignment.
     by_processor = (
         select(func.max(Attempt.amount_minor))
         .where(
             Attempt.subscription_id == a.subscription_id,
             Attempt.decline_transaction_id == a.decline_transaction_id,
-            Attempt.result == "APPROVED",
+            func.coalesce(Attempt.result, "") == "APPROVED",
             Attempt.occurred_at < at,
         )
         .scalar_subquery()
@@ -92,7 +105,7 @@ def _per_assignment(bounds: ReportBounds) -> Query:
         .where(
             Attempt.subscription_id == a.subscription_id,
             Attempt.decline_transaction_id == a.decline_transaction_id,
-            Attempt.result == "APPROVED",
+            func.coalesce(Attempt.result, "") == "APPROVED",
             Attempt.occurred_at >= at,
         )
         .exists()

@@ -90,14 +90,15 @@ def _classify_stmt() -> Any:
         Handoff.purchase_id == a.subscription_id,
         Handoff.transaction_id == a.decline_transaction_id,
         Handoff.source == Source.RECYCLE.value,
-        # As the report's statement: kept off the state indexes (see reports/lift_queries.py).
+        # As the report's statement: by the recycled decline, kept off the state and result indexes
+        # (see reports/lift_queries.py).
         func.coalesce(Handoff.state, "") == State.APPROVED.value,
         Handoff.outcome_at.is_not(None),
     ]
     approved_retry = [
         Attempt.subscription_id == a.subscription_id,
         Attempt.decline_transaction_id == a.decline_transaction_id,
-        Attempt.result == "APPROVED",
+        func.coalesce(Attempt.result, "") == "APPROVED",
     ]
     recycling = (
         select(Subscription.id)

@@ -546,10 +546,14 @@ class HoldoutAssignment(Base):
     __table_args__ = (
         # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
         UniqueConstraint("subscription_id", "decline_transaction_id"),
-        # The report reads these directly: the open ones, and those that became final on its day or later.
+        # The report counts the open ones from this index alone, and reads those that became final on
+        # its day or later one by one.
         Index(
             "ix_holdout_assignments_open",
             "assigned_at",
+            "arm",
+            "currency",
+            "amount_minor",
             postgresql_where=text("final_at IS NULL"),
             sqlite_where=text("final_at IS NULL"),
         ),

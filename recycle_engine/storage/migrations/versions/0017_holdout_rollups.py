@@ -25,20 +25,24 @@ RECYCLING = "RECYCLE_BILLING"
 
 # What each watched table notes for one row ({r} is NEW or OLD): the recycled decline it may change.
 # Only approvals change a settled outcome, and only a subscription entering or leaving a decline's
-# ladder changes whether an unapproved one is lost; the EXISTS keeps the ladder's every other decline
-# out of the notes.
+# ladder changes whether an unapproved one is lost. Leaving is always noted (an assignment committed
+# meanwhile would be missed by a look-up); entering only for a decline with an assignment, which can
+# only be final, and so committed, long before: the ladder's every new decline stays out of the notes.
 _PAIR = f"INSERT INTO {NOTES} (subscription_id, decline_transaction_id)"
 NOTE_SQL = {
     "holdout_assignments": f"INSERT INTO {NOTES} (subscription_id, decline_transaction_id, assigned_at) "
-    "SELECT {r}.subscription_id, {r}.decline_transaction_id, {r}.assigned_at;",
+    "SELECT {r}.subscription_id, {r}.decline_transaction_id, {r}.assigned_at",
     "transactions": _PAIR + " SELECT {r}.subscription_id, {r}.decline_transaction_id "
-    "WHERE {r}.result = 'APPROVED';",
+    "WHERE {r}.result = 'APPROVED'",
     "handoffs": _PAIR + " SELECT {r}.purchase_id, {r}.transaction_id "
-    "WHERE {r}.state = 'APPROVED' AND {r}.source = 'RECYCLE';",
+    "WHERE {r}.state = 'APPROVED' AND {r}.source = 'RECYCLE'",
     "subscriptions": _PAIR + " SELECT {r}.id, {r}.recycle_transaction_id "
-    f"WHERE {{r}}.status = '{RECYCLING}' AND EXISTS (SELECT 1 FROM holdout_assignments a "
-    "WHERE a.subscription_id = {r}.id AND a.decline_transaction_id = {r}.recycle_transaction_id);",
+    f"WHERE {{r}}.status = '{RECYCLING}'",
 }
+ENTERING_ONLY_WITH_AN_ASSIGNMENT = (
+    " AND EXISTS (SELECT 1 FROM holdout_assignments a "
+    "WHERE a.subscription_id = NEW.id AND a.decline_transaction_id = NEW.recycle_transaction_id)"
+)
 # The columns whose change can change an outcome, and when a row is worth a note at all.
 WATCHED = {
     "holdout_assignments": "subscription_id decline_transaction_id arm currency amount_minor assigned_at",
@@ -54,12 +58,17 @@ WHEN = {
 }
 
 
+def _note(table: str, row: str) -> str:
+    extra = ENTERING_ONLY_WITH_AN_ASSIGNMENT if table == "subscriptions" and row == "NEW" else ""
+    return NOTE_SQL[table].format(r=row) + extra + ";"
+
+
 def _is_pg() -> bool:
     return op.get_context().dialect.name == "postgresql"
 
 
 def _trigger_sql(table: str) -> list[str]:
-    note, when, columns = NOTE_SQL[table], WHEN[table], WATCHED[table].split()
+    when, columns = WHEN[table], WATCHED[table].split()
     distinct = "IS DISTINCT FROM" if _is_pg() else "IS NOT"
     changed = " OR ".join(f"OLD.{c} {distinct} NEW.{c}" for c in columns)
     conditions = {
@@ -75,7 +84,7 @@ def _trigger_sql(table: str) -> list[str]:
             f"CREATE TRIGGER trg_{table}_holdout_{kind} AFTER {events[kind]} ON {table}\n"
             + (f"WHEN {conditions[kind]}\n" if conditions[kind] else "")
             + "BEGIN\n    "
-            + "\n    ".join(note.format(r=row) for row in sides[kind])
+            + "\n    ".join(_note(table, row) for row in sides[kind])
             + "\nEND"
             for kind in events
         ]
@@ -84,10 +93,10 @@ def _trigger_sql(table: str) -> list[str]:
         f"""CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP <> 'DELETE' THEN
-        {note.format(r="NEW")}
+        {_note(table, "NEW")}
     END IF;
     IF TG_OP <> 'INSERT' THEN
-        {note.format(r="OLD")}
+        {_note(table, "OLD")}
     END IF;
     RETURN NULL;
 END $$"""
@@ -101,7 +110,8 @@ END $$"""
     return statements
 
 
-# Each assignment's approvals, as the report's holdout statement reads them (without its as-of bound).
+# Each assignment's approvals, as the report's holdout statement reads them (without its as-of bound),
+# through the recycled decline's keys: coalesce() keeps SQLite off the state and result indexes.
 _KEY = (
     "{t}.{s} = holdout_assignments.subscription_id AND {t}.{d} = holdout_assignments.decline_transaction_id"
 )
@@ -113,7 +123,7 @@ _HANDOFF = (
 _RETRY = (
     "FROM transactions t WHERE "
     + _KEY.format(t="t", s="subscription_id", d="decline_transaction_id")
-    + " AND t.result = 'APPROVED'"
+    + " AND coalesce(t.result, '') = 'APPROVED'"
 )
 FF_AT, FF_MINOR = f"(SELECT max(h.outcome_at) {_HANDOFF})", f"(SELECT max(h.amount_minor) {_HANDOFF})"
 RETRY_AT, RETRY_MINOR = f"(SELECT max(t.occurred_at) {_RETRY})", f"(SELECT max(t.amount_minor) {_RETRY})"
@@ -170,7 +180,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_holdout_assignments_open",
         "holdout_assignments",
-        ["assigned_at"],
+        ["assigned_at", "arm", "currency", "amount_minor"],
         unique=False,
         postgresql_where=sa.text("final_at IS NULL"),
         sqlite_where=sa.text("final_at IS NULL"),
