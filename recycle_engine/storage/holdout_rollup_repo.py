@@ -4,7 +4,6 @@ and the daily rollup of the final ones. The caller owns the transaction (service
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -12,6 +11,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, tuple_, update
 
+from recycle_engine.domain.holdout_outcome import settle
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.domain.states import Source, State
 from recycle_engine.storage.models import (
@@ -26,7 +26,6 @@ from recycle_engine.storage.report_sql import local_date, local_midnight, within
 
 __all__ = [
     "STATE_NAME",
-    "Outcome",
     "assignment_days",
     "clear_rollup",
     "reclassify",
@@ -36,40 +35,11 @@ __all__ = [
 ]
 
 STATE_NAME: Final = "holdout"  # its row in report_rollup_state
-RECOVERED, LOST = "recovered", "lost"
 CHUNK: Final = 500  # recycled declines looked up per statement
 # An approval may precede its assignment by moments and follow it by months; instants outside these
 # margins are dated with the offset at their edge (exact unless the zone changed its rules in between).
 BEFORE: Final = timedelta(days=31)
 AFTER: Final = timedelta(days=5 * 366)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """An assignment's outcome as it now stands: final ("recovered", "lost") or None while open."""
-
-    outcome: str | None
-    final_at: datetime | None
-    recovered_minor: int | None
-
-
-def settle(
-    assigned_at: datetime,
-    flexfactor: tuple[datetime | None, int | None],
-    retry: tuple[datetime | None, int | None],
-    *,
-    recycling: bool,
-) -> Outcome:
-    """Recovered once approved (final at the last approval: until then a report may read an earlier
-    amount); lost, from its assignment on, when never approved and off that decline's ladder (the
-    report's statement reads the subscription as it is now, whatever the day); otherwise open."""
-    approvals = [at for at, _ in (flexfactor, retry) if at is not None]
-    if approvals:
-        collected = flexfactor[1] if flexfactor[1] is not None else retry[1]
-        return Outcome(RECOVERED, max(approvals), collected)
-    if recycling:
-        return Outcome(None, None, None)
-    return Outcome(LOST, assigned_at, 0)
 
 
 def take_changes(conn: Connection) -> tuple[set[tuple[str, str]], list[datetime]]:
