@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy import and_, case, func, literal, or_, select, union_all
 
+from recycle_engine.domain.holdout_outcome import LOST, RECOVERED
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.domain.states import Source, State
 from recycle_engine.reports.queries import ReportBounds
@@ -32,8 +33,9 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
 
     An assignment whose outcome became final before the report day reads the same on that day as now,
     so it comes from the rollup. One still open (never approved, still on that decline's ladder) is
-    pending on any day: counted from the partial index alone. Only those settled on the day or later
-    are read one by one."""
+    pending on any day: counted from the partial index alone. Those settled on the day or later are
+    counted as settled, through the final_at index, unless approved after the report's instant: only
+    those are read one by one."""
     r, a = HoldoutRollup, HoldoutAssignment
     rolled = select(
         r.arm.label("arm"),
@@ -55,8 +57,24 @@ def lift_facts_stmt(bounds: ReportBounds) -> Query:
         .where(a.final_at.is_(None), a.assigned_at < bounds.day_end)
         .group_by(*keys)
     )
-    settled_since = _grouped(_per_assignment(bounds).where(a.final_at >= bounds.day_start).subquery())
-    parts = union_all(rolled, still_open, settled_since).subquery()
+    # Settled on the day or later: as settled, when lost or when the last approval came before the
+    # instant the report reads at; otherwise (an approval after it) as of that instant, one by one.
+    settled_by_then = or_(a.final_outcome == LOST, a.final_at < bounds.as_of)
+    settled_since = (
+        select(
+            *keys,
+            a.final_outcome.label("outcome"),
+            sa.cast(func.count(), sa.BigInteger).label("n"),
+            sa.cast(func.sum(a.amount_minor), sa.BigInteger).label("assigned_minor"),
+            sa.cast(func.sum(a.recovered_minor), sa.BigInteger).label("recovered_minor"),
+        )
+        .where(a.final_at >= bounds.day_start, a.assigned_at < bounds.day_end, settled_by_then)
+        .group_by(*keys, a.final_outcome)
+    )
+    approved_later = _grouped(
+        _per_assignment(bounds).where(a.final_at >= bounds.as_of, a.final_outcome == RECOVERED).subquery()
+    )
+    parts = union_all(rolled, still_open, settled_since, approved_later).subquery()
     columns = [parts.c[k] for k in _KEYS]
     return select(*columns, *_totals(parts, ("n", *_AMOUNTS))).group_by(*columns).order_by(*columns)
 
