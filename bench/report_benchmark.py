@@ -590,6 +590,13 @@ def _pg_admin(sql: str) -> list[Any]:
         return cur.fetchall() if cur.description else []
 
 
+def _pg_admin_on(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
 def book_url(db: str, rows: int, days: int, rebuild: bool, holdout: bool = False) -> str:
     """The kept book's URL, built first when missing or asked to."""
     name = f"report-{rows}-{days}" + ("-holdout" if holdout else "")
@@ -638,6 +645,8 @@ def _at_head(url: str) -> str:
         print(
             f"  then its first refresh: {refresh.days + refresh.holdout_days:,} local days in {refresh.seconds:.1f} s"
         )
+        if not url.startswith("sqlite"):  # what autovacuum does after so many changed rows, as after the load
+            _pg_admin_on(url, "VACUUM ANALYZE")
     return url
 
 

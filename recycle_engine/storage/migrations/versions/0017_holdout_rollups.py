@@ -196,6 +196,10 @@ def upgrade() -> None:
     for table in NOTE_SQL:
         for statement in _trigger_sql(table):
             op.execute(statement)
+    if _is_pg():
+        # The planner has no statistics for the new columns yet, and would take the open assignments'
+        # partial index for the whole table until autovacuum came by.
+        op.execute("ANALYZE holdout_assignments")
 
 
 def downgrade() -> None:
