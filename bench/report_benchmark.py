@@ -18,7 +18,7 @@ With --holdout (a book of its own, name ending in -holdout) every recycle hand-o
 the FlexFactor group (a holdout assignment), and for one in nine a subscription of the holdout group
 reached the same slot and stayed on the declining gateway: a declined retry, an approved one for a
 quarter of them, still on the ladder in its last 14 days otherwise; open hand-offs' subscriptions are
-still on the ladder. About 1.1 assignments per recycle hand-off (4.9M for 5M hand-offs). A third
+still on the ladder. About one assignment per hand-off (5M for 5M hand-offs). A third
 bare statement reads every assignment (by arm and currency), and each side's ratio is printed.
 
 Then, interleaved, `--repeat` times each, each in a fresh child process:
