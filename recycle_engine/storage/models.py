@@ -37,6 +37,8 @@ __all__ = [
     "Handoff",
     "HandoffEvent",
     "HoldoutAssignment",
+    "HoldoutChange",
+    "HoldoutRollup",
     "JobRun",
     "NightAnomaly",
     "Order",
@@ -535,8 +537,33 @@ class HoldoutAssignment(Base):
     currency: Mapped[str] = mapped_column(CCY)
     run_id: Mapped[str | None] = mapped_column(ID)
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
-    __table_args__ = (UniqueConstraint("subscription_id", "decline_transaction_id"),)
+    # Its outcome once final (migration 0018), kept by storage/holdout_rollup_repo.py: "recovered" at the
+    # last approval, with what was collected, or "lost" (no approval, off that ladder: final from its
+    # assignment on). NULL while still recycling that decline.
+    final_outcome: Mapped[str | None] = mapped_column(String(12))
+    final_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    recovered_minor: Mapped[int | None] = mapped_column(BigInteger)
+    __table_args__ = (
+        # One assignment per recycled decline: the first FlexFactor slot reached decides the group.
+        UniqueConstraint("subscription_id", "decline_transaction_id"),
+        # The report counts the open ones from this index alone, and reads those that became final on
+        # its day or later one by one.
+        Index(
+            "ix_holdout_assignments_open",
+            "assigned_at",
+            "arm",
+            "currency",
+            "amount_minor",
+            postgresql_where=text("final_at IS NULL"),
+            sqlite_where=text("final_at IS NULL"),
+        ),
+        Index(
+            "ix_holdout_assignments_final_at",
+            "final_at",
+            postgresql_where=text("final_at IS NOT NULL"),
+            sqlite_where=text("final_at IS NOT NULL"),
+        ),
+    )
 
 
 class ReportDelivery(Base):
@@ -642,6 +669,34 @@ class RollupState(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     rebuilt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class HoldoutRollup(Base):
+    """Holdout assignments whose outcome is final, by local day of assignment, arm, currency, outcome and
+    the local day it became final (migration 0018): a report of an earlier day reads them as still open."""
+
+    __tablename__ = "report_holdout_rollups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # local day of assigned_at
+    arm: Mapped[str] = mapped_column(String(12))
+    currency: Mapped[str] = mapped_column(CCY)
+    outcome: Mapped[str] = mapped_column(String(12))  # recovered or lost
+    outcome_day: Mapped[date] = mapped_column(Date)  # local day of final_at
+    assignments: Mapped[int] = mapped_column(BigInteger)
+    assigned_minor: Mapped[int] = mapped_column(BigInteger)
+    recovered_minor: Mapped[int] = mapped_column(BigInteger)
+
+
+class HoldoutChange(Base):
+    """A recycled decline whose holdout outcome may have changed since the last refresh, noted by triggers
+    on assignments, approvals (retries and hand-offs) and subscriptions entering or leaving the ladder;
+    `assigned_at` is set by the assignment triggers, whose old row may be gone."""
+
+    __tablename__ = "report_holdout_changes"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscription_id: Mapped[str | None] = mapped_column(ID)
+    decline_transaction_id: Mapped[str | None] = mapped_column(ID)
+    assigned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CrmCursor(Base):

@@ -66,26 +66,28 @@ REVERSAL_FLAGS: Final = ("REFUNDED", "CHARGEBACK")
 OUTCOME_LOOKAHEAD: Final = timedelta(days=120)
 
 
-def lock_state(conn: Connection, *, now: datetime) -> str:
+def lock_state(conn: Connection, *, now: datetime, name: str = STATE_NAME) -> str:
     """Lock the rollups' state row until the caller's transaction ends (refreshes run one at a time) and
     return the timezone their days are in; "" when never built (a missing row is created so)."""
     insert_ignore(
         conn,
         RollupState,
-        [{"name": STATE_NAME, "timezone": "", "rebuilt_at": now, "refreshed_at": now}],
+        [{"name": name, "timezone": "", "rebuilt_at": now, "refreshed_at": now}],
         ["name"],
     )
-    stmt = select(RollupState.timezone).where(RollupState.name == STATE_NAME)
+    stmt = select(RollupState.timezone).where(RollupState.name == name)
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the only write lock
     return conn.execute(stmt).scalar_one()
 
 
-def save_state(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) -> None:
+def save_state(
+    conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool, name: str = STATE_NAME
+) -> None:
     values: dict[str, Any] = {"timezone": tz.key, "refreshed_at": now}
     if rebuilt:
         values["rebuilt_at"] = now
-    conn.execute(update(RollupState).where(RollupState.name == STATE_NAME).values(values))
+    conn.execute(update(RollupState).where(RollupState.name == name).values(values))
 
 
 def take_changes(conn: Connection) -> list[datetime]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 import sys
 import warnings
 from datetime import UTC, datetime
@@ -17,13 +18,15 @@ from alembic.migration import MigrationContext
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Connection, delete, insert, inspect, select, text, update
+from sqlalchemy import Connection, delete, func, insert, inspect, select, text, update
 from sqlalchemy.exc import SAWarning
 
 from recycle_engine.jobs.triggers import LocalCronTrigger
+from recycle_engine.services.reporting.rollups import refresh_rollups
 from recycle_engine.services.reporting.status import JOBSTORE_TABLE
 from recycle_engine.storage.db import alembic_config, make_engine
-from recycle_engine.storage.models import Base, Handoff, RollupChange
+from recycle_engine.storage.models import Base, Handoff, HoldoutAssignment, HoldoutChange, RollupChange
+from tests.integration.test_holdout_rollup import DAYS, assert_rolled_up_equals_direct, seed_book
 from tests.integration.test_report import a_handoff
 
 
@@ -65,19 +68,39 @@ def test_given_a_sqlite_database_then_it_runs_in_wal_mode(sqlite_url: str) -> No
     assert mode == "wal"
 
 
-def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_url: str) -> None:
-    # given: a later migration that recreates `handoffs` (SQLite batch mode) would drop them silently
+def _triggers(db_url: str, table: str) -> set[str]:
     engine = make_engine(db_url)
-    # when
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
-            stmt = "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = 'handoffs'::regclass"
+            stmt = f"SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = '{table}'::regclass"
         else:
-            stmt = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'handoffs'"
+            stmt = f"SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = '{table}'"
         names = set(conn.exec_driver_sql(stmt).scalars())
     engine.dispose()
+    return names
+
+
+HOLDOUT_WATCHED = ("holdout_assignments", "transactions", "handoffs", "subscriptions")
+
+
+def test_given_a_migrated_database_then_the_rollup_triggers_watch_handoffs(db_url: str) -> None:
+    # given: a later migration that recreates `handoffs` (SQLite batch mode) would drop them silently
+    # when
+    names = _triggers(db_url, "handoffs")
     # then
-    assert names == {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}
+    rollups = {"trg_handoffs_rollup_insert", "trg_handoffs_rollup_update", "trg_handoffs_rollup_delete"}
+    assert names == rollups | {f"trg_handoffs_holdout_{kind}" for kind in ("insert", "update", "delete")}
+
+
+@pytest.mark.parametrize("table", HOLDOUT_WATCHED)
+def test_given_a_migrated_database_then_the_holdout_triggers_watch_each_table_it_reads(
+    db_url: str, table: str
+) -> None:
+    # given: the holdout rollup settles an assignment from these tables (migration 0018)
+    # when
+    names = _triggers(db_url, table)
+    # then
+    assert {f"trg_{table}_holdout_{kind}" for kind in ("insert", "update", "delete")} <= names
 
 
 def test_given_outcomes_recorded_before_the_queue_when_migrated_then_the_unapplied_ones_are_queued_and_a_downgrade_restores_applied_at(
@@ -217,3 +240,38 @@ def test_given_jobs_stored_under_the_old_package_when_migrated_then_they_keep_th
         old_layout.setitem(sys.modules, "jobs", ModuleType("jobs"))
         old_layout.setitem(sys.modules, "jobs.triggers", sys.modules[LocalCronTrigger.__module__])
         assert type(pickle.loads(raw)["trigger"]) is LocalCronTrigger
+
+
+def test_given_holdout_assignments_before_0018_when_migrated_then_they_are_settled_and_the_report_reads_them_as_before(
+    db_url: str,
+) -> None:
+    # given: a randomized book of holdout assignments written before the holdout rollup existed
+    command.downgrade(alembic_config(db_url), "0017")
+    engine = make_engine(db_url)
+    rnd = random.Random(17)
+    seed_book(engine, rnd, 60)
+    # when
+    command.upgrade(alembic_config(db_url), "head")
+    with engine.connect() as conn:
+        settled = conn.execute(
+            select(HoldoutAssignment.final_outcome, func.count()).group_by(HoldoutAssignment.final_outcome)
+        ).all()
+        notes = conn.execute(select(func.count()).select_from(HoldoutChange)).scalar_one()
+    refresh = refresh_rollups(engine, ZoneInfo("America/New_York"), now=datetime(2026, 6, 20, tzinfo=UTC))
+    # then: settled by the migration (no note needed), its days built by the first refresh
+    assert {outcome for outcome, _ in settled} == {"recovered", "lost", None}
+    assert notes == 0
+    assert refresh.holdout_days >= DAYS
+    assert_rolled_up_equals_direct(engine, rnd)
+    # and a downgrade removes the rollup, its notes and its triggers; upgrading again settles anew
+    command.downgrade(alembic_config(db_url), "0017")
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        columns = {c["name"] for c in inspect(conn).get_columns("holdout_assignments")}
+    assert not {"report_holdout_rollups", "report_holdout_changes"} & tables
+    assert "final_at" not in columns
+    assert not any("holdout" in name for table in HOLDOUT_WATCHED for name in _triggers(db_url, table))
+    command.upgrade(alembic_config(db_url), "head")
+    refresh_rollups(engine, ZoneInfo("America/New_York"), now=datetime(2026, 6, 21, tzinfo=UTC))
+    assert_rolled_up_equals_direct(engine, rnd)
+    engine.dispose()

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import StorageError
-from recycle_engine.storage import rollup_repo
+from recycle_engine.storage import holdout_rollup_repo, rollup_repo
 
 __all__ = ["RollupRefresh", "refresh_after_run", "refresh_rollups"]
 
@@ -27,6 +27,7 @@ class RollupRefresh:
     days: int
     rebuilt: bool
     seconds: float
+    holdout_days: int = 0  # local assignment days of the holdout rollup recomputed
 
 
 def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: bool = False) -> RollupRefresh:
@@ -38,6 +39,7 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
     recomputation from scratch, and a crash leaves the previous rows and every note in place. Refreshes
     run one at a time (the state row is locked). Raises StorageError when the database fails."""
     started = time.perf_counter()
+    rebuild_all = rebuild
     try:
         with engine.begin() as conn:
             built_in = rollup_repo.lock_state(conn, now=now)
@@ -51,14 +53,42 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
             for first, last in rollup_repo.day_spans(days):
                 rollup_repo.recompute_days(conn, tz, first, last)
             rollup_repo.save_state(conn, tz, now=now, rebuilt=rebuild)
+            holdout_days = _refresh_holdout(conn, tz, now=now, rebuild=rebuild_all)
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot refresh the report rollups ({exc.__class__.__name__})") from exc
-    result = RollupRefresh(len(days), rebuild, time.perf_counter() - started)
+    result = RollupRefresh(len(days), rebuild, time.perf_counter() - started, holdout_days)
     log.info(
         "report rollups refreshed",
-        extra={"days": result.days, "rebuilt": result.rebuilt, "seconds": round(result.seconds, 3)},
+        extra={
+            "days": result.days,
+            "holdout_days": result.holdout_days,
+            "rebuilt": result.rebuilt,
+            "seconds": round(result.seconds, 3),
+        },
     )
     return result
+
+
+def _refresh_holdout(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuild: bool) -> int:
+    """Settle again the assignments of the recycled declines noted as changed and recompute their local
+    days of assignment; on a rebuild settle every assignment. A change of `tz` (or a rollup never built,
+    as after migration 0018, which settled the assignments already) recomputes every day."""
+    name = holdout_rollup_repo.STATE_NAME
+    built_in = rollup_repo.lock_state(conn, now=now, name=name)
+    keys, noted = holdout_rollup_repo.take_changes(conn)
+    moved = [] if rebuild else holdout_rollup_repo.reclassify(conn, keys)
+    if rebuild:
+        holdout_rollup_repo.reclassify_all(conn)
+    every_day = rebuild or built_in != tz.key
+    if every_day:
+        holdout_rollup_repo.clear_rollup(conn)
+        days = holdout_rollup_repo.assignment_days(conn, tz)
+    else:
+        days = sorted({at.astimezone(tz).date() for at in [*noted, *moved]})
+    for first, last in rollup_repo.day_spans(days):
+        holdout_rollup_repo.recompute_days(conn, tz, first, last)
+    rollup_repo.save_state(conn, tz, now=now, rebuilt=every_day, name=name)
+    return len(days)
 
 
 def refresh_after_run(engine: Engine, tz: ZoneInfo, *, now: datetime, run_id: str) -> RollupRefresh | None:
