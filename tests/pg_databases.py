@@ -1,20 +1,15 @@
-"""Fresh PostgreSQL test databases from a migrated template, made ahead and wiped for reuse in a thread.
+"""Fresh PostgreSQL test databases from a migrated template: copied once, then wiped for reuse.
 
 Creating a database from the template costs PostgreSQL a few tenths of a second and dropping one a
 checkpoint, seconds on a busy machine. So a database a test gives back is wiped instead (its rows
 deleted, its sequences restarted) and handed to a later test, but only if its schema still matches
-a fresh copy's exactly; one a test changed (a downgrade, a trigger of its own) is dropped. The work
-runs in a thread of its own, so it overlaps the tests instead of adding to each.
+a fresh copy's exactly; one a test changed (a downgrade, a trigger of its own) is dropped. No thread
+does this work: the product forks only in a single-threaded process, and tests see that path.
 """
 
 from __future__ import annotations
 
-import itertools
-import queue
-import threading
 import uuid
-from collections.abc import Callable
-from functools import partial
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -83,8 +78,6 @@ SELECT 'SET LOCAL session_replication_role = replica; '
  WHERE schemaname NOT IN ('pg_catalog', 'information_schema') AND tablename <> 'alembic_version'
 """
 
-_RESET, _CREATE, _DROP, _STOP = 0, 1, 2, 3
-
 
 class PgDatabases:
     """Databases copied from `template` on the server of `admin_dsn`: take() one, give_back() it."""
@@ -92,93 +85,58 @@ class PgDatabases:
     def __init__(self, admin_dsn: str, template: str) -> None:
         self._admin_dsn, self._template = admin_dsn, template
         self._digest: str | None = None  # a fresh copy's, set by the first one made
-        # Wiping comes first, then creating (a test may be waiting for either); dropping fills gaps.
-        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], None] | None]] = queue.PriorityQueue()
-        self._order = itertools.count()
-        self._ready: queue.Queue[str | BaseException] = queue.Queue()
-        self._errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._work, name="pg-test-databases", daemon=True)
-        self._thread.start()
-        self._put(_CREATE, self._create)
+        self._spares: list[str] = []
 
     def take(self) -> str:
         """The name of a database as fresh as a new copy of the template, for one test's use."""
-        try:
-            made = self._ready.get_nowait()
-        except queue.Empty:
-            self._put(_CREATE, self._create)
-            made = self._ready.get(timeout=300)
-        if isinstance(made, BaseException):
-            raise made
-        return made
+        return self._spares.pop() if self._spares else self._create()
 
     def give_back(self, name: str) -> None:
         """`name` is done with: wiped for reuse, or dropped if its schema changed."""
-        self._put(_RESET, partial(self._reset, name))
+        if self._wiped(name):
+            self._spares.append(name)
+        else:
+            self._drop(name)
 
     def close(self) -> None:
-        """Drops every database, once the jobs queued are done; raises what a wipe or drop raised."""
-        self._put(_STOP, None)
-        self._thread.join(timeout=600)
-        while not self._ready.empty():
-            spare = self._ready.get()
-            if isinstance(spare, str):
-                self._drop(spare)
-        if self._errors:
-            raise self._errors[0]
+        """Drops the databases given back."""
+        while self._spares:
+            self._drop(self._spares.pop())
 
-    def _work(self) -> None:
-        while (job := self._jobs.get()[2]) is not None:
-            job()
-
-    def _put(self, priority: int, job: Callable[[], None] | None) -> None:
-        self._jobs.put((priority, next(self._order), job))
-
-    def _create(self) -> None:
+    def _create(self) -> str:
         name = f"re_test_{uuid.uuid4().hex[:12]}"
-        try:
-            with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
-                # A test database need not outlive a crash of the server: commits skip the WAL flush wait.
-                conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-            if self._digest is None:
-                with psycopg.connect(make_conninfo(self._admin_dsn, dbname=name)) as conn:
-                    self._digest = _digest(conn)
-        except BaseException as exc:  # handed to the test that takes this copy
-            self._ready.put(exc)
-        else:
-            self._ready.put(name)
+        with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
+            # A test database need not outlive a crash of the server: commits skip the WAL flush wait.
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        if self._digest is None:
+            with psycopg.connect(make_conninfo(self._admin_dsn, dbname=name)) as conn:
+                self._digest = _digest(conn)
+        return name
 
-    def _reset(self, name: str) -> None:
+    def _wiped(self, name: str) -> bool:
+        """Whether `name` is back to a fresh copy's state (False: its schema changed, drop it)."""
+        with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
+            # A connection the test left open could hold locks the wipe would wait for.
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
         try:
-            with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
-                # A connection the test left open could hold locks the wipe would wait for.
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (name,),
-                )
             with psycopg.connect(make_conninfo(self._admin_dsn, dbname=name)) as conn:
                 if _digest(conn) != self._digest:
-                    reusable = False
-                else:
-                    wipe = conn.execute(WIPE).fetchone()
-                    assert wipe is not None
-                    conn.execute(wipe[0])
-                    reusable = True
-        except psycopg.Error:
-            reusable = False  # e.g. a test dropped alembic_version: not worth saving
-        if reusable:
-            self._ready.put(name)
-        else:
-            self._put(_DROP, partial(self._drop, name))
+                    return False
+                wipe = conn.execute(WIPE).fetchone()
+                assert wipe is not None
+                conn.execute(wipe[0])
+        except psycopg.errors.UndefinedTable:  # e.g. a test dropped alembic_version
+            return False
+        return True
 
     def _drop(self, name: str) -> None:
-        try:
-            with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except Exception as exc:
-            self._errors.append(exc)
+        with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _digest(conn: psycopg.Connection[tuple[object, ...]]) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -11,6 +13,11 @@ from tests.pg_databases import PgDatabases
 
 pytestmark = pytest.mark.postgres
 
+AN_ANOMALY = (
+    "INSERT INTO anomalies (day, kind, reason, alerted, detected_at)"
+    " VALUES (current_date, 'K', 'r', false, now()) RETURNING id"
+)
+
 
 def sql(name: str, statement: str) -> list[tuple[object, ...]]:
     with psycopg.connect(make_conninfo(PG_ADMIN_DSN, dbname=name), autocommit=True) as conn:
@@ -18,67 +25,62 @@ def sql(name: str, statement: str) -> list[tuple[object, ...]]:
         return cursor.fetchall() if cursor.description else []
 
 
+def exists(name: str) -> bool:
+    return (name,) in sql("postgres", "SELECT datname FROM pg_database")
+
+
 @pytest.fixture
-def databases(pg_template: str) -> PgDatabases:
-    return PgDatabases(PG_ADMIN_DSN, pg_template)
+def databases(pg_template: str) -> Iterator[PgDatabases]:
+    databases = PgDatabases(PG_ADMIN_DSN, pg_template)
+    yield databases
+    databases.close()
 
 
 def test_given_a_database_written_to_when_given_back_then_the_next_taker_finds_it_empty_with_fresh_ids(
     databases: PgDatabases,
 ) -> None:
-    # given
+    # given: rows written, and a connection left open holding a lock
     first = databases.take()
-    fresh_id = sql(
-        first,
-        "INSERT INTO anomalies (day, kind, reason, alerted, detected_at) VALUES (current_date, 'K', 'r', false, now()) RETURNING id",
-    )
-    sql(
-        first,
-        "INSERT INTO anomalies (day, kind, reason, alerted, detected_at) VALUES (current_date, 'K', 'r', false, now())",
-    )
-    held = psycopg.connect(make_conninfo(PG_ADMIN_DSN, dbname=first))  # left open, mid-transaction
+    fresh_id = sql(first, AN_ANOMALY)
+    sql(first, AN_ANOMALY)
+    held = psycopg.connect(make_conninfo(PG_ADMIN_DSN, dbname=first))
     held.execute("LOCK TABLE anomalies")
-
-    # when
-    databases.give_back(first)
-    taken = [databases.take() for _ in range(3)]  # the wiped one among fresh copies
     try:
+        # when
+        databases.give_back(first)
+        again = databases.take()
         # then
-        assert first in taken
-        assert sql(first, "SELECT count(*) FROM anomalies") == [(0,)]
-        again = sql(
-            first,
-            "INSERT INTO anomalies (day, kind, reason, alerted, detected_at) VALUES (current_date, 'K', 'r', false, now()) RETURNING id",
-        )
-        assert again == fresh_id
-        assert sql(first, "SELECT version_num FROM alembic_version") == sql(
-            taken[-1], "SELECT version_num FROM alembic_version"
-        )
+        assert again == first
+        assert sql(again, "SELECT count(*) FROM anomalies") == [(0,)]
+        assert sql(again, AN_ANOMALY) == fresh_id
+        assert sql(again, "SELECT count(*) FROM alembic_version") == [(1,)]
+        databases.give_back(again)
     finally:
         held.close()
-        for name in taken:
-            databases.give_back(name)
-        databases.close()
 
 
-def test_given_a_database_whose_schema_a_test_changed_when_given_back_then_it_is_never_handed_out_again(
+def test_given_a_database_whose_schema_a_test_changed_when_given_back_then_it_is_dropped_not_reused(
     databases: PgDatabases,
 ) -> None:
     # given
     changed = databases.take()
     sql(changed, "CREATE INDEX ix_extra ON anomalies (kind)")
-
     # when
     databases.give_back(changed)
-    taken = [databases.take() for _ in range(3)]
-    try:
-        # then
-        assert changed not in taken
-        for name in taken:
-            assert sql(name, "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_extra'") == [(0,)]
-    finally:
-        for name in taken:
-            databases.give_back(name)
-        databases.close()
-    names = sql("postgres", "SELECT datname FROM pg_database")
-    assert (changed,) not in names
+    other = databases.take()
+    # then
+    assert other != changed
+    assert not exists(changed)
+    assert sql(other, "SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_extra'") == [(0,)]
+    databases.give_back(other)
+
+
+def test_given_databases_given_back_when_closed_then_none_is_left(databases: PgDatabases) -> None:
+    # given
+    names = [databases.take() for _ in range(2)]
+    for name in names:
+        databases.give_back(name)
+    # when
+    databases.close()
+    # then
+    assert not [name for name in names if exists(name)]
