@@ -36,7 +36,7 @@ def clock() -> FixedClock:
 # --- databases -------------------------------------------------------------------------------
 # Every database test runs on SQLite and on PostgreSQL. The schema always comes from the Alembic
 # migrations: a template is migrated once per session and each test gets a fresh copy (a SQLite file
-# copy; a PostgreSQL copy made ahead, or one wiped back to the template's state: tests/pg_databases.py).
+# copy; a PostgreSQL copy, or one wiped back to a fresh copy's state: tests/pg_databases.py).
 
 
 PG_ADMIN_DSN = os.environ.get(
