@@ -77,6 +77,9 @@ def start_standin(
 ) -> RunningStandin[FakeT]:
     """Serve `fake` on `host:port` (0: a free port) in a daemon thread called `name`."""
     server = make_server(fake, handler, host, port)
-    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+    # stop() waits for the serving loop to look up; the default half-second poll made every stop that long.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, name=name, daemon=True
+    )
     thread.start()
     return RunningStandin(fake, server, thread)

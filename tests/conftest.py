@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 
 from recycle_engine.adapters.clock import FixedClock
+from tests.pg_databases import PgDatabases
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,8 @@ def clock() -> FixedClock:
 
 # --- databases -------------------------------------------------------------------------------
 # Every database test runs on SQLite and on PostgreSQL. The schema always comes from the Alembic
-# migrations: a template is migrated once per session and copied per test.
+# migrations: a template is migrated once per session and each test gets a fresh copy (a SQLite file
+# copy; a PostgreSQL copy, or one wiped back to a fresh copy's state: tests/pg_databases.py).
 
 
 PG_ADMIN_DSN = os.environ.get(
@@ -78,9 +79,17 @@ def pg_template() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     upgrade(f"{PG_HOST_URL}/{name}")
-    yield name
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases = _PG_DATABASES[name] = PgDatabases(PG_ADMIN_DSN, name)
+    try:
+        yield name
+    finally:
+        del _PG_DATABASES[name]
+        databases.close()
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_PG_DATABASES: dict[str, PgDatabases] = {}  # by template
 
 
 def _fresh_sqlite(template: Path, tmp_path: Path) -> str:
@@ -90,14 +99,12 @@ def _fresh_sqlite(template: Path, tmp_path: Path) -> str:
 
 
 def _fresh_pg(template: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"re_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    yield f"{PG_HOST_URL}/{name}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    databases = _PG_DATABASES[template]
+    name = databases.take()
+    try:
+        yield f"{PG_HOST_URL}/{name}"
+    finally:
+        databases.give_back(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

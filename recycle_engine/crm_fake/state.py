@@ -140,6 +140,11 @@ class FakeCrm:
         with self._lock:
             self._faults.extend(faults)
 
+    def clear_faults(self) -> None:
+        """Drops the faults no call has met yet: the CRM is healthy again."""
+        with self._lock:
+            self._faults.clear()
+
     def log(self) -> list[dict[str, Any]]:
         """Every API call: endpoint, parameters (credentials left out), result and what it changed."""
         with self._lock:

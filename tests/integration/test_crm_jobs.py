@@ -98,9 +98,11 @@ def test_given_the_crm_fake_when_the_pull_and_push_jobs_run_then_declines_come_i
     load_feed_rows(fake.fake, feed_rows(20, declined, seed=71, span=timedelta(hours=1)))
 
     # when
-    with freeze_time(declined + timedelta(hours=3)):
+    with freeze_time(declined + timedelta(hours=3)) as frozen:
         pulled = crm_sync.pull(str(path))
+        frozen.tick(timedelta(seconds=1))  # each run its own start time: job_runs read in start order
         pushed = crm_sync.push(str(path))
+        frozen.tick(timedelta(seconds=1))
         again = crm_sync.push(str(path))
 
     # then

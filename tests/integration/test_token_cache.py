@@ -367,6 +367,7 @@ def test_given_a_database_without_the_cache_table_when_calling_then_the_call_suc
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # four worker processes over 400 hand-offs; the eight-process start above stays fast
 def test_given_a_night_run_by_four_worker_processes_when_they_hand_off_then_one_token_call_serves_all(
     tmp_path: Path, pg_url: str
 ) -> None:
