@@ -14,15 +14,15 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
-
-from sqlalchemy import Engine, Executable, select
-from sqlalchemy.engine import Row as DbRow
+from typing import TYPE_CHECKING, Final, TextIO
 
 from recycle_engine.domain.profiles import attempt_label
 from recycle_engine.domain.states import Source
 from recycle_engine.money import Money
-from recycle_engine.storage.models import Change, Handoff
+from recycle_engine.storage import export_queries
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "CHANGE_COLUMNS",
@@ -93,34 +93,9 @@ def _amount(minor: int, currency: str, submission_id: str) -> str | None:
         return None
 
 
-def _stream(engine: Engine, stmt: Executable) -> Iterator[DbRow[Any]]:
-    with engine.connect() as conn:
-        # yield_per streams: PostgreSQL uses a server-side cursor, so memory stays flat on any book.
-        yield from conn.execution_options(yield_per=_BATCH).execute(stmt)
-
-
 def submission_rows(engine: Engine) -> Iterator[Row]:
     """Every hand-off in creation order (created_at, id), with SPEC section 6 columns and values."""
-    stmt = select(
-        Handoff.id,
-        Handoff.source,
-        Handoff.order_id,
-        Handoff.purchase_id,
-        Handoff.transaction_id,
-        Handoff.gateway_id,
-        Handoff.slot,
-        Handoff.attempt,
-        Handoff.amount_minor,
-        Handoff.currency,
-        Handoff.submitted_at,
-        Handoff.expires_at,
-        Handoff.flexfactor_order_id,
-        Handoff.state,
-        Handoff.outcome_at,
-        Handoff.outcome_source,
-        Handoff.last_error,
-    ).order_by(Handoff.created_at, Handoff.id)
-    for r in _stream(engine, stmt):
+    for r in export_queries.handoffs_in_creation_order(engine, batch=_BATCH):
         yield {
             "submission_id": r.id,
             "source": r.source,
@@ -145,21 +120,7 @@ def submission_rows(engine: Engine) -> Iterator[Row]:
 
 def change_rows(engine: Engine, *, since: datetime, after_id: int | None = None) -> Iterator[Row]:
     """Change rows with occurred_at at or after `since` (and id above `after_id`), in id order."""
-    stmt = select(
-        Change.id,
-        Change.entity,
-        Change.entity_id,
-        Change.field,
-        Change.old_value,
-        Change.new_value,
-        Change.reason,
-        Change.source,
-        Change.handoff_id,
-        Change.occurred_at,
-    ).where(Change.occurred_at >= since)
-    if after_id is not None:
-        stmt = stmt.where(Change.id > after_id)
-    for r in _stream(engine, stmt.order_by(Change.id)):
+    for r in export_queries.changes_since(engine, since=since, after_id=after_id, batch=_BATCH):
         values: Row = dict(r._mapping)
         values["occurred_at"] = _time(r.occurred_at)
         yield values

@@ -11,13 +11,14 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Final
-
-from sqlalchemy import Connection, Engine, insert, select, update
+from typing import TYPE_CHECKING, Final
 
 from recycle_engine.domain.night import Night
 from recycle_engine.ports import Clock
-from recycle_engine.storage.models import JobRun
+from recycle_engine.storage import job_run_repo
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = [
     "ABANDON_AFTER",
@@ -51,16 +52,14 @@ def start_run(
     run_id = run_id or new_run_id(job)
     with engine.begin() as conn:
         _abandon(conn, now=now, host=socket.gethostname(), alive=pid_alive)
-        conn.execute(
-            insert(JobRun).values(
-                id=run_id,
-                job=job,
-                logical_at=logical_at,
-                started_at=now,
-                status="RUNNING",
-                host=socket.gethostname(),
-                pid=os.getpid(),
-            )
+        job_run_repo.insert_running_run(
+            conn,
+            run_id=run_id,
+            job=job,
+            logical_at=logical_at,
+            now=now,
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
     return run_id
 
@@ -77,15 +76,13 @@ def finish_run(
     """Close a run as SUCCEEDED, FAILED with its error, or INCOMPLETE (it ended normally but left work
     undone, such as hand-offs FlexFactor's rate limit kept from being sent)."""
     with engine.begin() as conn:
-        conn.execute(
-            update(JobRun)
-            .where(JobRun.id == run_id)
-            .values(
-                finished_at=now,
-                status="FAILED" if error else "INCOMPLETE" if incomplete else "SUCCEEDED",
-                counts=json.dumps(dict(counts), sort_keys=True),
-                error=error,
-            )
+        job_run_repo.finish_run_row(
+            conn,
+            run_id,
+            now=now,
+            status="FAILED" if error else "INCOMPLETE" if incomplete else "SUCCEEDED",
+            counts_json=json.dumps(dict(counts), sort_keys=True),
+            error=error,
         )
 
 
@@ -116,9 +113,7 @@ def abandon_dead_runs(
 
 
 def _abandon(conn: Connection, *, now: datetime, host: str, alive: Callable[[int], bool]) -> list[str]:
-    running = conn.execute(
-        select(JobRun.id, JobRun.host, JobRun.pid, JobRun.started_at).where(JobRun.status == "RUNNING")
-    ).all()
+    running = job_run_repo.running_runs(conn)
     abandoned: list[str] = []
     for run in running:
         if run.started_at <= now - ABANDON_AFTER:
@@ -127,12 +122,6 @@ def _abandon(conn: Connection, *, now: datetime, host: str, alive: Callable[[int
             reason = f"abandoned: its process {run.pid} on {host} is gone"
         else:
             continue
-        # Only if still RUNNING: the run may have finished between the read and this write.
-        done = conn.execute(
-            update(JobRun)
-            .where(JobRun.id == run.id, JobRun.status == "RUNNING")
-            .values(status="ABANDONED", finished_at=now, error=reason)
-        )
-        if done.rowcount:
+        if job_run_repo.abandon_run(conn, run.id, now=now, reason=reason):
             abandoned.append(run.id)
     return abandoned

@@ -1,4 +1,4 @@
-"""The CRM pull's cursor and its rejected rows."""
+"""The CRM pull's cursor and its rejected rows; the push's changes to deliver and their deliveries."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from recycle_engine.storage.models import CrmCursor, CrmDelivery, CrmReject, JobRun
+from recycle_engine.storage.models import Change, CrmCursor, CrmDelivery, CrmReject, JobRun
 from recycle_engine.storage.upsert import insert_ignore
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "PUSH",
     "Delivery",
     "RejectedRow",
+    "changes_since",
     "clear_rejects",
     "deliveries",
     "delivery_counts",
@@ -211,3 +212,13 @@ _DELIVERY_COLUMNS = (
     CrmDelivery.next_try_at,
     CrmDelivery.run_id,
 )
+
+
+def changes_since(conn: Connection, start: datetime) -> Sequence[tuple[int, str, str, str, str | None]]:
+    """(id, entity, entity_id, field, new_value) of the change rows that occurred at or after `start`,
+    in id order."""
+    return conn.execute(
+        select(Change.id, Change.entity, Change.entity_id, Change.field, Change.new_value)
+        .where(Change.occurred_at >= start)
+        .order_by(Change.id)
+    ).all()

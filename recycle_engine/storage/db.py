@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 
 from recycle_engine.errors import ConfigError, ConfigProblem
@@ -19,8 +21,11 @@ __all__ = [
     "DEFAULT_SQLITE_TIMEOUT_S",
     "MIGRATIONS_DIR",
     "alembic_config",
+    "has_table",
     "make_engine",
     "normalise_url",
+    "read_only_engine",
+    "sqlite_file_missing",
     "upgrade",
 ]
 
@@ -65,6 +70,30 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     engine = create_engine(parsed, **kwargs)
     _map_faults(engine, DatabaseTarget.of(parsed))
     return engine
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """Whether `url` names a SQLite database whose file does not exist (yet)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (
+        not parsed.database or not Path(parsed.database).exists()
+    )
+
+
+def read_only_engine(url: str) -> Engine:
+    """SQLite opened read-only: the engine's own engine takes the write lock at BEGIN, and a check must
+    neither wait behind a nightly run nor block one. Any other database as make_engine opens it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return make_engine(url)
+    uri = f"file:{quote(str(Path(parsed.database or '').resolve()))}?mode=ro"
+    # A creator, not a URL: SQLAlchemy would decode the quoting that keeps '#', '?' or '%' in a folder name.
+    return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=5))
+
+
+def has_table(conn: Connection, name: str) -> bool:
+    """Whether the database holds table `name` (a database not yet upgraded may not)."""
+    return inspect(conn).has_table(name)
 
 
 def sqlite_busy_timeout(url: URL) -> float:

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy.engine import URL, ExceptionContext
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from recycle_engine.errors import DatabaseBusy, DatabaseDiskError, DatabaseUnreachable, StorageError
 
-__all__ = ["DatabaseTarget", "database_fault", "raise_database_fault"]
+__all__ = ["DatabaseFailure", "DuplicateRow", "DatabaseTarget", "database_fault", "raise_database_fault"]
+
+# Any failure of a database call, mapped or not: what a caller catches to answer with its own
+# StorageError, without knowing the database layer.
+DatabaseFailure: Final = SQLAlchemyError
+# A write refused by a unique (or other integrity) constraint: another writer got there first.
+DuplicateRow: Final = IntegrityError
 
 log = logging.getLogger(__name__)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Row, bindparam, func, or_, select, update
 
 from recycle_engine.domain.outcomes import PurchaseStatus
 from recycle_engine.domain.profile_versions import profile_content, profile_from_content, version_of
@@ -16,7 +17,14 @@ from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.storage.models import RecycleProfileVersion, Subscription
 from recycle_engine.storage.upsert import insert_ignore
 
-__all__ = ["ProfileBook", "StoredVersion", "record_profile_versions", "stored_versions"]
+__all__ = [
+    "ProfileBook",
+    "StoredVersion",
+    "lock_subscriptions_off_version",
+    "move_subscriptions_to_version",
+    "record_profile_versions",
+    "stored_versions",
+]
 
 _RECYCLING = PurchaseStatus.RECYCLE_BILLING.value
 
@@ -124,3 +132,56 @@ class ProfileBook:
                 holdout_percent=current.holdout_percent if current else Decimal(0),
             )
         return self._built[key]
+
+
+def lock_subscriptions_off_version(
+    conn: Connection, *, profile_id: str, version: str, limit: int
+) -> list[Row[Any]]:
+    """Up to `limit` recycling subscriptions of `profile_id` on another version than `version` (or
+    none), by id, locked on PostgreSQL: id, currency, recycle_profile_version, recycle_original_minor,
+    recycle_last_attempt, recycle_last_ran_on, next_attempt, next_attempt_on, open_handoff_id."""
+    stmt = (
+        select(
+            Subscription.id,
+            Subscription.currency,
+            Subscription.recycle_profile_version,
+            Subscription.recycle_original_minor,
+            Subscription.recycle_last_attempt,
+            Subscription.recycle_last_ran_on,
+            Subscription.next_attempt,
+            Subscription.next_attempt_on,
+            Subscription.open_handoff_id,
+        )
+        .where(
+            Subscription.status == _RECYCLING,
+            Subscription.recycle_profile_id == profile_id,
+            or_(
+                Subscription.recycle_profile_version.is_(None),
+                Subscription.recycle_profile_version != version,
+            ),
+        )
+        .order_by(Subscription.id)
+        .limit(limit)
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Subscription)
+    return list(conn.execute(stmt))
+
+
+def move_subscriptions_to_version(
+    conn: Connection, updates: Sequence[dict[str, Any]], *, version: str, now: datetime
+) -> None:
+    """Put each subscription of `updates` ({"b_id", "b_next", "b_next_on"}) on `version` with its next
+    attempt and date, in one executemany."""
+    conn.execute(
+        update(Subscription)
+        .where(Subscription.id == bindparam("b_id"))
+        .values(
+            recycle_profile_version=version,
+            next_attempt=bindparam("b_next"),
+            next_attempt_on=bindparam("b_next_on"),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False),
+        updates,
+    )

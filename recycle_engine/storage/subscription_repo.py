@@ -11,6 +11,7 @@ from functools import partial
 from sqlalchemy import (
     Connection,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -27,6 +28,7 @@ __all__ = [
     "apply_approvals",
     "apply_failures",
     "apply_ladder_steps",
+    "attempts_due_before",
     "record_changes",
 ]
 
@@ -320,3 +322,15 @@ def create_fulfillments(
         )
     record_changes(conn, changes)
     return len(changes)
+
+
+def attempts_due_before(conn: Connection, day: date) -> tuple[int, date | None]:
+    """How many recycling subscriptions with no open hand-off have their next attempt due before `day`,
+    and the earliest such due date."""
+    stmt = select(func.count(), func.min(Subscription.next_attempt_on)).where(
+        Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
+        Subscription.next_attempt_on < day,
+        Subscription.open_handoff_id.is_(None),
+    )
+    count, oldest = conn.execute(stmt).one()
+    return int(count), oldest

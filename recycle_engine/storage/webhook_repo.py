@@ -23,6 +23,7 @@ __all__ = [
     "claim_delivery",
     "find_handoff",
     "finish_delivery",
+    "outcome_source_of",
     "fit",
     "fit_key",
     "ping",
@@ -220,3 +221,11 @@ class DbNonceCache:
                 return False
             self._purged_at = now
             return True
+
+
+def outcome_source_of(conn: Connection, handoff_id: str) -> str | None:
+    """How a hand-off's outcome reached us (outcome_source), or None without one or without the hand-off."""
+    source: str | None = conn.execute(
+        select(Handoff.outcome_source).where(Handoff.id == handoff_id)
+    ).scalar_one_or_none()
+    return source

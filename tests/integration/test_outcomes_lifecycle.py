@@ -642,8 +642,9 @@ def test_given_a_dropped_webhook_and_duplicated_ones_when_the_nights_pass_then_t
     assert all(d.accepted and d.http_status == 200 for d in deliveries)
     # and the outcomes webhooks brought were applied at once, by the service, without an error
     assert played.on_accepted_errors == []
-    assert sorted(played.on_accepted_calls) == sorted(
-        [[played.handoff_ids[n]] for n in ("rescued", "cancelled", "late-applied", "late-unapplied")]
+    # (a busy writer may apply two deliveries in one batch, so the calls are compared by the ids they bore)
+    assert sorted(i for ids in played.on_accepted_calls for i in ids) == sorted(
+        played.handoff_ids[n] for n in ("rescued", "cancelled", "late-applied", "late-unapplied")
     )
 
 

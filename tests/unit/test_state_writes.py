@@ -37,7 +37,7 @@ NOT_OURS: Final = ("recycle_engine/sandbox/", "recycle_engine/nmi_fake/", "recyc
 ALLOWED: Final = {
     ("recycle_engine/storage/handoff_repo.py", "_state_column"): "the one write of handoffs.state",
     ("recycle_engine/services/nightly/processor_charges.py", "claim_charges"): "processor_charges.state",
-    ("recycle_engine/services/nightly/processor_charges.py", "record_outcomes"): "processor_charges.state",
+    ("recycle_engine/storage/processor_charge_repo.py", "record_charge_attempt"): "processor_charges.state",
     ("recycle_engine/services/export.py", "submission_rows"): "a row of the export file, read back",
     ("recycle_engine/demo/book.py", "_base"): "a generated customer's address",
     ("recycle_engine/services/initial_sales/cascade.py", "cascade_order"): "a log line's fields",

@@ -20,10 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Final
-
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Final
 
 from recycle_engine.adapters.crm_changes import PURCHASE_QUERY, is_applied, request_for
 from recycle_engine.config import CrmSettings, Settings
@@ -39,7 +36,10 @@ from recycle_engine.errors import (
 from recycle_engine.ports import CrmApi
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
-from recycle_engine.storage.models import Change
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["JOB", "PushResult", "push_changes"]
 
@@ -81,7 +81,7 @@ def push_changes(
         pusher.queue(since)
         result.stopped = pusher.deliver()
         result.unreachable = pusher.unreachable
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         _finish(engine, run_id, now, pusher.counts, f"database error: {type(exc).__name__}")
         raise StorageError(f"database error during the CRM push: {type(exc).__name__}") from None
     except RecycleEngineError as exc:
@@ -104,7 +104,7 @@ def _crm(settings: Settings) -> CrmSettings:
 def _finish(engine: Engine, run_id: str, now: datetime, counts: dict[str, int], error: str) -> None:
     try:
         finish_run(engine, run_id, now=now, counts=counts, error=error)
-    except (SQLAlchemyError, StorageError):
+    except (DatabaseFailure, StorageError):
         log.exception("could not record the failed CRM push", extra={"run_id": run_id})
 
 
@@ -137,11 +137,7 @@ class _Push:
         with self.engine.begin() as conn:
             cursor = crm_repo.read_cursor(conn, crm_repo.PUSH)
             start = since or (cursor - OVERLAP if cursor else self.now - FIRST_SINCE)
-            changes = conn.execute(
-                select(Change.id, Change.entity, Change.entity_id, Change.field, Change.new_value)
-                .where(Change.occurred_at >= start)
-                .order_by(Change.id)
-            ).all()
+            changes = crm_repo.changes_since(conn, start)
             rows = []
             for change_id, entity, entity_id, field_, new_value in changes:
                 request = request_for(entity, field_, entity_id, new_value)

@@ -8,9 +8,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
-
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING, Any, Final
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
@@ -29,6 +27,9 @@ from recycle_engine.services.initial_sales.new_sales import (
 )
 from recycle_engine.storage.handoff_repo import fail_unsent
 from recycle_engine.storage.order_repo import HandoffView, OrderDecline, open_handoff_id
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["CascadeAnswer", "CascadeResult", "cascade_order", "cascade_target", "parse_cascade_request"]
 

@@ -8,10 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
-
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from typing import TYPE_CHECKING, Any, Final
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.config import Settings
@@ -22,6 +19,7 @@ from recycle_engine.errors import InputError
 from recycle_engine.ports import FlexFactorGateway
 from recycle_engine.services.nightly.handoff_sending import send_pending
 from recycle_engine.services.outcomes.applying import apply_outcomes
+from recycle_engine.storage.faults import DuplicateRow
 from recycle_engine.storage.order_repo import (
     HandoffView,
     OrderDecline,
@@ -30,6 +28,9 @@ from recycle_engine.storage.order_repo import (
     insert_handoff,
     order_with_latest_decline,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = [
     "Decide",
@@ -81,7 +82,7 @@ def refused_by(order_id: str, verdict: Eligibility) -> Refused:
     return Refused(order_id, str(verdict.reason_code), verdict.reason or "refused")
 
 
-Decide = Callable[[Connection, OrderDecline], HandoffPlan | Refused]
+Decide = Callable[["Connection", OrderDecline], HandoffPlan | Refused]
 
 
 def decline_type_now(settings: Settings, order: OrderDecline) -> DeclineType:
@@ -128,7 +129,7 @@ def queue_new_sale_handoff(
             except InputError as exc:
                 return Refused(order_id, "BAD_ORDER_DATA", str(exc))
             insert_handoff(conn, row, now=now)
-    except IntegrityError:
+    except DuplicateRow:
         # Another process wrote a hand-off of this decline between our read and our insert.
         return Refused(
             order_id, "ALREADY_HANDED_OFF", "Another hand-off of this decline was written at the same moment."

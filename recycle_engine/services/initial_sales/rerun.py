@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-
-from sqlalchemy import Connection, Engine
+from typing import TYPE_CHECKING
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
@@ -24,6 +23,9 @@ from recycle_engine.services.initial_sales.new_sales import (
     send_at_once,
 )
 from recycle_engine.storage.order_repo import HandoffView, OrderDecline, open_handoff_id
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["RerunReport", "RerunResult", "rerun_orders"]
 

@@ -3,16 +3,9 @@ in-flight subscriptions follow, compared with the settings."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
-from urllib.parse import quote
-
-from sqlalchemy import Engine, create_engine, inspect
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.config import Settings, describe_database
 from recycle_engine.domain.ladder_review import (
@@ -26,6 +19,8 @@ from recycle_engine.domain.profile_versions import profile_content, profile_vers
 from recycle_engine.domain.profiles import RecycleProfile
 from recycle_engine.errors import InputError, StorageError
 from recycle_engine.money import Money
+from recycle_engine.storage.db import has_table, read_only_engine, sqlite_file_missing
+from recycle_engine.storage.faults import DatabaseFailure
 
 __all__ = ["ConfigReview", "FollowedVersion", "PlacedWarning", "ProfileReview", "review_settings"]
 
@@ -134,20 +129,16 @@ def _read_followed(
     followed: dict[str, list[FollowedVersion]],
 ) -> str | None:
     """Fill `followed` from the database; return why it could not be read, or None."""
-    url = make_url(settings.database_url)
     where = describe_database(settings.database_url)
-    if url.get_backend_name() == "sqlite" and (not url.database or not Path(url.database).exists()):
+    if sqlite_file_missing(settings.database_url):
         return f"not compared: no database yet ({where})"
     # Imported here: the mapped models cost a check that reads no database (--no-database, no file yet).
-    from recycle_engine.storage.db import make_engine
     from recycle_engine.storage.profile_versions import ProfileBook, stored_versions
 
-    engine = (
-        _read_only_engine(url) if url.get_backend_name() == "sqlite" else make_engine(settings.database_url)
-    )
+    engine = read_only_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            if not inspect(conn).has_table("recycle_profile_versions"):
+            if not has_table(conn, "recycle_profile_versions"):
                 return f"not compared: the database has no schema yet ({where}; run db upgrade)"
             book = ProfileBook(conn, settings.recycle_profiles)
             for stored in stored_versions(conn, settings.recycle_profiles):
@@ -163,20 +154,12 @@ def _read_followed(
                 followed.setdefault(stored.profile_id, []).append(
                     FollowedVersion(stored.version, stored.in_flight, stored.current, changes)
                 )
-    except (StorageError, SQLAlchemyError) as exc:
+    except (StorageError, DatabaseFailure) as exc:
         first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
         return f"not compared: cannot read the database ({where}): {first}"
     finally:
         engine.dispose()
     return None
-
-
-def _read_only_engine(url: URL) -> Engine:
-    """SQLite opened read-only: the engine's own engine takes the write lock at BEGIN, and a check must
-    neither wait behind a nightly run nor block one."""
-    uri = f"file:{quote(str(Path(url.database or '').resolve()))}?mode=ro"
-    # A creator, not a URL: SQLAlchemy would decode the quoting that keeps '#', '?' or '%' in a folder name.
-    return create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=5))
 
 
 def _changes(old: RecycleProfile, new: RecycleProfile, attempts_of: Planner, currency: str) -> list[str]:

@@ -6,18 +6,24 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
-
-from sqlalchemy import Engine, bindparam, or_, select, update
+from typing import TYPE_CHECKING, Any, Final
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.ladder import next_attempt
-from recycle_engine.domain.outcomes import FailureCause, PurchaseStatus
+from recycle_engine.domain.outcomes import FailureCause
 from recycle_engine.domain.profiles import attempt_label
 from recycle_engine.errors import NotFound
-from recycle_engine.storage.models import Subscription
-from recycle_engine.storage.profile_versions import StoredVersion, record_profile_versions, stored_versions
+from recycle_engine.storage.profile_versions import (
+    StoredVersion,
+    lock_subscriptions_off_version,
+    move_subscriptions_to_version,
+    record_profile_versions,
+    stored_versions,
+)
 from recycle_engine.storage.subscription_repo import RecycleFailure, apply_failures, record_changes
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["MigrateResult", "format_versions", "list_versions", "migrate_profile"]
 
@@ -25,7 +31,6 @@ log = logging.getLogger(__name__)
 
 REASON: Final = "LADDER_MIGRATED"
 _SOURCE: Final = "LADDER"
-_RECYCLING: Final = PurchaseStatus.RECYCLE_BILLING.value
 _CHUNK: Final = 1000  # subscriptions moved per transaction
 
 
@@ -80,32 +85,7 @@ def migrate_profile(settings: Settings, engine: Engine, *, profile_id: str, now:
         version = record_profile_versions(conn, [profile], now=now)[profile_id]
     while True:
         with engine.begin() as conn:
-            stmt = (
-                select(
-                    Subscription.id,
-                    Subscription.currency,
-                    Subscription.recycle_profile_version,
-                    Subscription.recycle_original_minor,
-                    Subscription.recycle_last_attempt,
-                    Subscription.recycle_last_ran_on,
-                    Subscription.next_attempt,
-                    Subscription.next_attempt_on,
-                    Subscription.open_handoff_id,
-                )
-                .where(
-                    Subscription.status == _RECYCLING,
-                    Subscription.recycle_profile_id == profile_id,
-                    or_(
-                        Subscription.recycle_profile_version.is_(None),
-                        Subscription.recycle_profile_version != version,
-                    ),
-                )
-                .order_by(Subscription.id)
-                .limit(_CHUNK)
-            )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(of=Subscription)
-            rows = list(conn.execute(stmt))
+            rows = lock_subscriptions_off_version(conn, profile_id=profile_id, version=version, limit=_CHUNK)
             if not rows:
                 break
             updates: list[dict[str, Any]] = []
@@ -140,18 +120,7 @@ def migrate_profile(settings: Settings, engine: Engine, *, profile_id: str, now:
                             )
                         )
                 updates.append({"b_id": row.id, "b_next": nxt, "b_next_on": nxt_on})
-            conn.execute(
-                update(Subscription)
-                .where(Subscription.id == bindparam("b_id"))
-                .values(
-                    recycle_profile_version=version,
-                    next_attempt=bindparam("b_next"),
-                    next_attempt_on=bindparam("b_next_on"),
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False),
-                updates,
-            )
+            move_subscriptions_to_version(conn, updates, version=version, now=now)
             record_changes(conn, changes)
             apply_failures(conn, failures, now=now, run_id=None, reason=REASON, source=_SOURCE)
             moved += len(rows)

@@ -6,8 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.anomalies import Anomaly, NightFacts, check_night_facts, unsent_anomaly
@@ -23,6 +22,9 @@ from recycle_engine.storage.anomaly_repo import (
     unsent_by_gateway,
     webhook_facts,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "Alert",

@@ -13,12 +13,13 @@ import os
 import threading
 from collections import Counter
 from multiprocessing.connection import Connection
-from typing import Final
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Final
 
 from recycle_engine.errors import RecycleEngineError, StorageError
 from recycle_engine.services.nightly.claiming import NightClaim, claim_all
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["ClaimProcess", "can_claim_in_process"]
 

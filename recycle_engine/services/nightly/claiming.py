@@ -10,12 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
-from sqlalchemy import (
-    Connection,
-    Engine,
-)
+from typing import TYPE_CHECKING, Any
 
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
 from recycle_engine.config import GatewaySettings, GatewayType, Settings
@@ -53,6 +48,9 @@ from recycle_engine.storage.subscription_repo import (
     apply_ladder_steps,
     record_changes,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["NightClaim", "Progress", "claim_all"]
 

@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-
-from sqlalchemy import Engine, select, update
+from typing import TYPE_CHECKING, Any, Protocol
 
 from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, State, reported
 from recycle_engine.errors import (
@@ -32,7 +30,10 @@ from recycle_engine.storage.handoff_repo import (
     claim_unanswered,
     lease_unsent,
 )
-from recycle_engine.storage.models import Handoff
+from recycle_engine.storage.handoff_send_repo import drop_send_leases, gateways_with_pending
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["SendReport", "SendResult", "resolve_unanswered", "send_pending"]
 
@@ -275,12 +276,7 @@ def _give_up_throttled(
 
 def _gateways_pending(engine: Engine) -> set[str]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Handoff.gateway_id)
-            .where(Handoff.state == State.PENDING.value)
-            .group_by(Handoff.gateway_id)
-        )
-        return {r[0] for r in rows}
+        return gateways_with_pending(conn)
 
 
 @dataclass
@@ -410,4 +406,4 @@ def release_leases(engine: Engine, ids: Sequence[str]) -> None:
     """Drop the sending lease of hand-offs (used when a run stops early)."""
     if ids:
         with engine.begin() as conn:
-            conn.execute(update(Handoff).where(Handoff.id.in_(ids)).values(claimed_until=None))
+            drop_send_leases(conn, ids)

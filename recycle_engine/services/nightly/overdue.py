@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
-
-from sqlalchemy import Engine, func, select
+from typing import TYPE_CHECKING
 
 from recycle_engine.domain.night import Night
-from recycle_engine.domain.outcomes import PurchaseStatus
-from recycle_engine.storage.models import Subscription
+from recycle_engine.storage.subscription_repo import attempts_due_before
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["OVERDUE_DAYS", "Overdue", "find_overdue", "warn_overdue"]
 
@@ -42,13 +43,8 @@ def find_overdue(engine: Engine, *, night: Night, days: int = OVERDUE_DAYS) -> O
     """The recycling subscriptions the run of `night` selects whose attempt was due over `days` days
     before its local date."""
     today = night.today
-    stmt = select(func.count(), func.min(Subscription.next_attempt_on)).where(
-        Subscription.status == PurchaseStatus.RECYCLE_BILLING.value,
-        Subscription.next_attempt_on < today - timedelta(days=days),
-        Subscription.open_handoff_id.is_(None),
-    )
     with engine.connect() as conn:
-        count, oldest = conn.execute(stmt).one()
+        count, oldest = attempts_due_before(conn, today - timedelta(days=days))
     if not count or oldest is None:
         return None
     return Overdue(count=int(count), oldest=oldest, today=today, days=days)

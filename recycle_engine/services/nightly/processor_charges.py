@@ -14,16 +14,19 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
-
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from typing import TYPE_CHECKING, cast
 
 from recycle_engine.config import GatewaySettings
 from recycle_engine.errors import ProcessorUnknownOutcome
 from recycle_engine.ports import ChargeRequest, ChargeResult, LookupProcessor, ProcessorGateway
 from recycle_engine.services.nightly.due_attempts import DuePlan
+from recycle_engine.storage import processor_charge_repo
 from recycle_engine.storage.bulk_rows import insert_rows
-from recycle_engine.storage.models import ProcessorCharge, Subscription
+from recycle_engine.storage.models import ProcessorCharge
+from recycle_engine.storage.processor_charge_repo import ANSWERED, PENDING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = [
     "ChargeOutcome",
@@ -36,9 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PENDING = "PENDING"
-ANSWERED = "ANSWERED"
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,7 @@ def claim_charges(
     keys = {(p.row.id, p.row.recycle_transaction_id, p.planned.attempt) for p, _ in plans if p.planned}
     existing = {
         (r.subscription_id, r.decline_transaction_id, r.attempt): r
-        for r in conn.execute(
-            select(ProcessorCharge.__table__).where(
-                ProcessorCharge.subscription_id.in_(sorted({k[0] for k in keys}))
-            )
-        )
+        for r in processor_charge_repo.charges_of_subscriptions(conn, sorted({k[0] for k in keys}))
         if (r.subscription_id, r.decline_transaction_id, r.attempt) in keys
     }
     new_rows: list[dict[str, object]] = []
@@ -144,16 +140,8 @@ def claim_charges(
             )
     insert_rows(conn, ProcessorCharge, new_rows)
     for charge_id, until in taken:
-        conn.execute(
-            update(ProcessorCharge)
-            .where(ProcessorCharge.id == charge_id)
-            .values(claimed_by=run_id, claimed_until=until, updated_at=now)
-        )
-    conn.execute(
-        update(Subscription)
-        .where(Subscription.id.in_([p.plan.row.id for p in pending]))
-        .values(next_attempt=None, next_attempt_on=None, updated_at=now)
-    )
+        processor_charge_repo.lease_charge(conn, charge_id, run_id=run_id, until=until, now=now)
+    processor_charge_repo.take_off_selection(conn, [p.plan.row.id for p in pending], now=now)
     return pending
 
 
@@ -209,55 +197,27 @@ def record_outcomes(conn: Connection, outcomes: Sequence[ChargeOutcome], *, now:
     """Write each answer on its charge row; an unknown one stays PENDING under its lease, for the
     lookup of the first run after the lease."""
     for o in outcomes:
-        values: dict[str, object] = {
-            "sends": ProcessorCharge.sends + o.sends,
-            "lookups": ProcessorCharge.lookups + o.lookups,
-            "updated_at": now,
-        }
         if o.answer is None:
-            # The lease stays: a run starting meanwhile must not read a fresh absence as final.
-            values["last_error"] = o.error
             log.warning(
                 "charge answer lost; looked up next run",
                 extra={"charge": o.charge.charge_id, "subscription": o.charge.plan.row.id},
             )
-        else:
-            values |= {
-                "state": ANSWERED,
-                "result": o.answer[0].value,
-                "response_text": o.answer[1],
-                "claimed_until": None,
-            }
-        conn.execute(update(ProcessorCharge).where(ProcessorCharge.id == o.charge.charge_id).values(values))
+        processor_charge_repo.record_charge_attempt(
+            conn,
+            o.charge.charge_id,
+            sends=o.sends,
+            lookups=o.lookups,
+            now=now,
+            answer=None if o.answer is None else (o.answer[0].value, o.answer[1]),
+            error=o.error,
+        )
 
 
 def release_stale_charges(engine: Engine, *, at: datetime, now: datetime) -> int:
     """Put back on the ladder the subscriptions whose charge is PENDING with no live lease (a run died,
     or the answer was lost), so tonight's claim looks each charge up before anything is sent."""
-    stale = and_(
-        ProcessorCharge.state == PENDING,
-        or_(ProcessorCharge.claimed_until.is_(None), ProcessorCharge.claimed_until <= at),
-    )
     with engine.begin() as conn:
-        rows = conn.execute(
-            select(
-                ProcessorCharge.id,
-                ProcessorCharge.subscription_id,
-                ProcessorCharge.resume_attempt,
-                ProcessorCharge.resume_on,
-            ).where(stale)
-        ).all()
-        for r in rows:
-            conn.execute(
-                update(Subscription)
-                .where(Subscription.id == r.subscription_id, Subscription.next_attempt_on.is_(None))
-                .values(next_attempt=r.resume_attempt, next_attempt_on=r.resume_on, updated_at=now)
-            )
-            conn.execute(
-                update(ProcessorCharge)
-                .where(ProcessorCharge.id == r.id)
-                .values(claimed_by=None, claimed_until=None, updated_at=now)
-            )
-    if rows:
-        log.warning("charges to look up before any resend", extra={"count": len(rows)})
-    return len(rows)
+        released = processor_charge_repo.release_stale_charges(conn, at=at, now=now)
+    if released:
+        log.warning("charges to look up before any resend", extra={"count": released})
+    return released

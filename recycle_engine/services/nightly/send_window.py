@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-
-from sqlalchemy import Connection, bindparam, update
+from typing import TYPE_CHECKING
 
 from recycle_engine.adapters.flexfactor_payload import with_expiry
 from recycle_engine.storage.handoff_repo import SendItem
-from recycle_engine.storage.models import Handoff
+from recycle_engine.storage.handoff_send_repo import write_first_sends
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 __all__ = ["fix_windows"]
 
@@ -36,15 +38,5 @@ def fix_windows(conn: Connection, items: Sequence[SendItem], *, sent_at: datetim
         rows.append({"b_id": item.id, "b_body": body, "b_expires": expires_at, "b_sent": sent_at})
         out.append(replace(item, request_body=body, expires_at=expires_at, first_sent_at=sent_at))
     if rows:
-        conn.execute(
-            update(Handoff)
-            .where(Handoff.id == bindparam("b_id"))
-            .values(
-                request_body=bindparam("b_body"),
-                expires_at=bindparam("b_expires"),
-                first_sent_at=bindparam("b_sent"),
-            )
-            .execution_options(synchronize_session=False),
-            rows,
-        )
+        write_first_sends(conn, rows)
     return out

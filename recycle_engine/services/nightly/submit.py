@@ -10,11 +10,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
-
-from sqlalchemy import (
-    Engine,
-)
+from typing import TYPE_CHECKING, Any
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
@@ -28,6 +24,9 @@ from recycle_engine.services.nightly.handoff_sending import SendReport, resolve_
 from recycle_engine.services.nightly.processor_charges import release_stale_charges
 from recycle_engine.services.reporting.rollups import refresh_after_run
 from recycle_engine.storage.profile_versions import ProfileBook
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["DuePlan", "SubmitResult", "due_rows", "run_submit"]
 

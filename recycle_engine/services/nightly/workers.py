@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
-from typing import Final
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Final
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
@@ -21,6 +19,9 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.nightly.anomalies import count_unsent
 from recycle_engine.services.nightly.submit import SubmitResult, run_submit
 from recycle_engine.services.reporting.rollups import refresh_after_run
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "WORKER_POOL_SIZE",

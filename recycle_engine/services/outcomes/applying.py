@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlalchemy import Connection, Engine, RootTransaction
+from typing import TYPE_CHECKING
 
 from recycle_engine.config import Settings
 from recycle_engine.services.outcomes.outcome_chunk import Prepared, prepare_chunk, write_chunk
 from recycle_engine.storage import outcome_queue
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine, RootTransaction
 
 __all__ = ["apply_outcomes"]
 

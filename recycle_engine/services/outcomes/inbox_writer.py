@@ -11,14 +11,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING
 
 from recycle_engine.errors import StorageError
 from recycle_engine.ports import Clock
 from recycle_engine.services.outcomes.webhook_events import apply_inbox
 from recycle_engine.storage import outcome_queue
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["InboxWriter", "OnApplied"]
 
@@ -161,7 +163,7 @@ class InboxWriter:
         try:
             with self._engine.connect() as conn:
                 ids = outcome_queue.queued_by(conn, "WEBHOOK")
-        except (SQLAlchemyError, StorageError):
+        except (DatabaseFailure, StorageError):
             log.exception("outcome queue not readable at start; reconcile applies it")
             return
         for start in range(0, len(ids), self._batch):

@@ -3,29 +3,13 @@ fixed number of set-based statements and dequeued (write_chunk), in one transact
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import NamedTuple
-
-from sqlalchemy import (
-    JSON,
-    ColumnElement,
-    Connection,
-    DateTime,
-    bindparam,
-    cast,
-    func,
-    literal,
-    select,
-    type_coerce,
-    update,
-)
-from sqlalchemy.orm import InstrumentedAttribute
+from typing import TYPE_CHECKING, NamedTuple
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.declines import OrderType
@@ -39,11 +23,19 @@ from recycle_engine.domain.outcomes import (
     price_after_approval,
 )
 from recycle_engine.domain.states import Source, State
-from recycle_engine.storage.models import Order, OutcomeQueue, Subscription
+from recycle_engine.storage.outcome_chunk_repo import (
+    clear_payment_tokens,
+    lock_queued_outcomes,
+    orders_with,
+    write_order_results,
+)
 from recycle_engine.storage.outcome_writes import RecycleOutcome, apply_recycle_outcomes
 from recycle_engine.storage.profile_versions import ProfileBook
 from recycle_engine.storage.subscription_repo import create_fulfillments, record_changes
 from recycle_engine.storage.types import as_utc
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 __all__ = ["Prepared", "prepare_chunk", "write_chunk"]
 
@@ -51,17 +43,6 @@ log = logging.getLogger(__name__)
 
 # Change rows name how the outcome reached us (RESPONSE, WEBHOOK, POLL, EXPIRY); this only if unknown.
 _SOURCE = "FLEXFACTOR"
-
-
-def _one_of(conn: Connection, column: InstrumentedAttribute[str], ids: Sequence[str]) -> ColumnElement[bool]:
-    """`column` among `ids`, passed as one JSON array: a chunk may hold more ids than either database
-    takes bound parameters (and binding each one costs more than the lookup)."""
-    table = (
-        func.json_array_elements_text(cast(literal(json.dumps(list(ids))), JSON))
-        if conn.dialect.name == "postgresql"
-        else func.json_each(literal(json.dumps(list(ids))))
-    ).table_valued("value")
-    return column.in_(select(table.c.value))
 
 
 class _Final(NamedTuple):
@@ -120,41 +101,10 @@ def prepare_chunk(
 ) -> Prepared:
     """Read the outcomes of `ids` still queued, locking their queue rows, and work out what each does
     (SPEC section 1 table); nothing is written yet."""
-    stmt = (
-        select(
-            OutcomeQueue.handoff_id,
-            OutcomeQueue.source,
-            OutcomeQueue.state,
-            OutcomeQueue.order_id,
-            OutcomeQueue.purchase_id,
-            OutcomeQueue.declining_gateway_id,
-            OutcomeQueue.amount_minor,
-            # Read as the driver gives it, made a UTC instant only where a date is needed (approvals).
-            type_coerce(OutcomeQueue.outcome_at, DateTime(timezone=True)),
-            OutcomeQueue.outcome_source,
-            OutcomeQueue.billing_cycle,
-            Subscription.status,
-            Subscription.open_handoff_id,
-            Subscription.billing_cycle,
-            Subscription.billing_interval_days,
-            Subscription.price_minor,
-            Subscription.shippable,
-            Subscription.product_id,
-            Subscription.recycle_profile_id,
-            Subscription.recycle_profile_version,
-            Subscription.failure_cause,
-        )
-        .outerjoin(Subscription, Subscription.id == OutcomeQueue.purchase_id)
-        .where(_one_of(conn, OutcomeQueue.handoff_id, ids))
-    )
-    if conn.dialect.name == "postgresql":
-        # The queue rows only: news queued for one of them meanwhile waits for this transaction, and
-        # the row read is the news as it stands (a late APPROVED that replaced EXPIRED, say).
-        stmt = stmt.with_for_update(of=OutcomeQueue, skip_locked=True)
     # Oldest outcome first, ordered here: an ORDER BY makes SQLite sort the whole chunk's wide rows
     # on disk once it outgrows the page cache.
     position = {handoff_id: n for n, handoff_id in enumerate(ids)}
-    rows = sorted(map(_Final._make, conn.execute(stmt).all()), key=lambda r: position[r.id])
+    rows = sorted(map(_Final._make, lock_queued_outcomes(conn, ids)), key=lambda r: position[r.id])
     recycle = Source.RECYCLE.value
     # The ladder version each purchase entered with decides what an approval does to its price.
     book = ProfileBook(conn, settings.recycle_profiles)
@@ -202,21 +152,9 @@ def write_chunk(conn: Connection, p: Prepared, *, now: datetime, run_id: str | N
     # Dequeues every hand-off of the chunk, the new sales' too.
     apply_recycle_outcomes(conn, p.staged, now=now, run_id=run_id)
     if p.tokenless:
-        conn.execute(
-            update(Subscription)
-            .where(Subscription.id == bindparam("b_id"))
-            .values(has_payment_token=False, updated_at=now)
-            .execution_options(synchronize_session=False),
-            [{"b_id": purchase_id} for purchase_id in p.tokenless],
-        )
+        clear_payment_tokens(conn, p.tokenless, now=now)
     if p.order_updates:
-        conn.execute(
-            update(Order)
-            .where(Order.id == bindparam("b_id"))
-            .values(status=bindparam("b_status"), has_payment_token=bindparam("b_token"), updated_at=now)
-            .execution_options(synchronize_session=False),
-            p.order_updates,
-        )
+        write_order_results(conn, p.order_updates, now=now)
     for source, items in p.fulfil.items():
         p.counts["fulfillments"] += create_fulfillments(conn, items, now=now, run_id=run_id, source=source)
     record_changes(conn, p.changes)
@@ -226,10 +164,7 @@ def _sales(conn: Connection, order_ids: Sequence[str]) -> dict[str, _Sale]:
     """The orders of the chunk's new-sale outcomes (a recycle outcome's effect is its purchase's)."""
     if not order_ids:
         return {}
-    stmt = select(Order.id, *(getattr(Order, name) for name in _Sale._fields)).where(
-        _one_of(conn, Order.id, order_ids)
-    )
-    return {row[0]: _Sale._make(row[1:]) for row in conn.execute(stmt)}
+    return {row[0]: _Sale._make(row[1:]) for row in orders_with(conn, order_ids, _Sale._fields)}
 
 
 def _order_change(

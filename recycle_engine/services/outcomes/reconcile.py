@@ -8,9 +8,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy import Engine, func, or_, select
+from typing import TYPE_CHECKING, Any
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
@@ -25,8 +23,12 @@ from recycle_engine.services.nightly.handoff_sending import resolve_unanswered, 
 from recycle_engine.services.outcomes.applying import apply_outcomes
 from recycle_engine.services.reporting.rollups import refresh_after_run
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
-from recycle_engine.storage.models import Handoff, HandoffEvent
+from recycle_engine.storage.models import HandoffEvent
+from recycle_engine.storage.open_handoff_queries import due_for_poll, expired_open_ids, lock_expired_open
 from recycle_engine.storage.upsert import insert_ignore
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["POLL_EVERY", "ReconcileResult", "run_reconcile"]
 
@@ -56,34 +58,10 @@ class _Open:
     sent_at: datetime | None = None  # first send (or the send in progress when first_sent_at is unknown)
 
 
-_OPEN_COLUMNS = (
-    Handoff.id,
-    Handoff.gateway_id,
-    Handoff.state,
-    Handoff.flexfactor_order_id,
-    Handoff.expires_at,
-    Handoff.poll_count,
-    Handoff.amount_minor,
-    Handoff.currency,
-    Handoff.submitted_at,
-    func.coalesce(Handoff.first_sent_at, Handoff.send_started_at).label("sent_at"),
-)
-
-
 def _due_for_poll(engine: Engine, now: datetime, limit: int) -> list[_Open]:
     """Open hand-offs FlexFactor knows, whose next look is due or whose window has closed."""
-    stmt = (
-        select(*_OPEN_COLUMNS)
-        .where(
-            Handoff.state.in_([s.value for s in OPEN_STATES]),
-            Handoff.flexfactor_order_id.is_not(None),
-            or_(Handoff.next_poll_at <= now, Handoff.expires_at <= now),
-        )
-        .order_by(Handoff.next_poll_at)
-        .limit(limit)
-    )
     with engine.connect() as conn:
-        return [_Open(**r._mapping) for r in conn.execute(stmt)]
+        return [_Open(**r) for r in due_for_poll(conn, now, limit)]
 
 
 def _transition(
@@ -204,26 +182,13 @@ def _settle_expired(
     because FlexFactor answers our own cancel with an order.cancelled webhook: holding it makes that
     webhook wait for, and find, the hand-off already settled, instead of racing the settlement."""
     with engine.connect() as conn:
-        ids = list(
-            conn.execute(
-                select(Handoff.id).where(
-                    Handoff.state.in_([s.value for s in OPEN_STATES]), Handoff.expires_at <= now
-                )
-            ).scalars()
-        )
+        ids = expired_open_ids(conn, now)
     for handoff_id in ids:
         with engine.begin() as conn:
-            stmt = select(*_OPEN_COLUMNS).where(
-                Handoff.id == handoff_id,
-                Handoff.state.in_([s.value for s in OPEN_STATES]),
-                Handoff.expires_at <= now,
-            )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update()
-            row = conn.execute(stmt).first()
+            row = lock_expired_open(conn, handoff_id, now)
             if row is None:
                 continue  # settled since we listed it
-            upd = _settlement(_Open(**row._mapping), clients.get(row.gateway_id), now, counts)
+            upd = _settlement(_Open(**row), clients.get(row["gateway_id"]), now, counts)
             if upd is not None:
                 apply_updates(conn, [upd], now=now)
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Final
-
-from sqlalchemy import Connection, Engine, select
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any, Final
 
 from recycle_engine.adapters.flexfactor_webhooks import (
     WebhookEvent,
@@ -24,8 +21,11 @@ from recycle_engine.domain.states import FINAL_STATES, Event, OutcomeSource, Sta
 from recycle_engine.errors import IllegalTransition, StorageError
 from recycle_engine.storage import webhook_inbox as inbox
 from recycle_engine.storage import webhook_repo as repo
+from recycle_engine.storage.faults import DatabaseFailure
 from recycle_engine.storage.handoff_repo import write_handoff
-from recycle_engine.storage.models import Handoff
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = [
     "ATTENTION_EVENTS",
@@ -182,7 +182,7 @@ def _echoes_our_cancel(conn: Connection, handoff_id: str, state: State, outcome:
     cancellation back: the news is ours, both states are failures, so it is no terminal conflict."""
     if state is not State.EXPIRED or outcome is not Event.CANCELLED:
         return False
-    source = conn.execute(select(Handoff.outcome_source).where(Handoff.id == handoff_id)).scalar_one_or_none()
+    source = repo.outcome_source_of(conn, handoff_id)
     return source == OutcomeSource.EXPIRY.value
 
 
@@ -236,7 +236,7 @@ def store_delivery(
             repo.finish_delivery(
                 conn, delivery_id, reason=effect.reason, handoff_id=effect.handoff_id, applied_at=applied_at
             )
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError("cannot store the webhook delivery") from exc
     ids = [effect.handoff_id] if effect.handoff_id and effect.reached_final_state else []
     return StoredDelivery(delivery_id, is_duplicate=False, effect=effect, handoff_ids=ids)
@@ -266,7 +266,7 @@ def accept_delivery(
                 duplicate = replace(delivery, reason="duplicate", is_duplicate=True, dedupe_key=None)
                 return AcceptedDelivery(repo.record_delivery(conn, duplicate), is_duplicate=True)
             inbox.put(conn, delivery_id=delivery_id, gateway_id=repo.fit(gateway_id) or "", received_at=now)
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError("cannot store the webhook delivery") from exc
     return AcceptedDelivery(delivery_id, is_duplicate=False)
 
@@ -294,7 +294,7 @@ def apply_inbox(
     try:
         with engine.connect() as conn:
             rows = [r for r in inbox.next_rows(conn, limit + len(skip)) if r.delivery_id not in skip][:limit]
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError("cannot read the webhook inbox") from exc
     done = InboxPass()
     if not rows:
@@ -354,5 +354,5 @@ def record_refusal(engine: Engine, delivery: repo.Delivery) -> None:
     try:
         with engine.begin() as conn:
             repo.record_delivery(conn, delivery)
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError("cannot record the refused webhook delivery") from exc

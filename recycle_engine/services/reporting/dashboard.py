@@ -4,13 +4,14 @@ read from the daily rollups in the report's snapshot."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-from sqlalchemy import Connection
 
 from recycle_engine.reports import queries, rollup_queries, trend_charts, trend_queries, trends
 from recycle_engine.reports.render import report_name
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 __all__ = ["dashboard_context"]
 

@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
@@ -38,6 +36,10 @@ from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.reporting.dashboard import dashboard_context
 from recycle_engine.services.reporting.rollups import refresh_rollups
 from recycle_engine.storage.anomaly_repo import anomalies_stmt
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["ReportResult", "run_report"]
 
@@ -117,7 +119,7 @@ def _run_report(
         # Close the run whatever went wrong, so `status` never shows a report running forever.
         error = f"{exc.__class__.__name__}: {exc}"[:500]
         finish_run(engine, run_id, now=clock.now() if clock else now, counts={}, error=error)
-        if isinstance(exc, SQLAlchemyError):
+        if isinstance(exc, DatabaseFailure):
             raise StorageError(f"report for {day}: the database failed ({exc.__class__.__name__})") from exc
         if isinstance(exc, OSError):
             raise RecycleEngineError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from exc

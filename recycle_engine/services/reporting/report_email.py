@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.message import EmailMessage
 from pathlib import Path
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING
 
 from recycle_engine.config import EmailSettings, Settings
 from recycle_engine.domain.anomalies import Anomaly, AnomalyKind
@@ -20,6 +19,9 @@ from recycle_engine.reports.email_message import report_message
 from recycle_engine.services.nightly.anomalies import Alert, alert_and_record
 from recycle_engine.services.reporting.report import ReportResult
 from recycle_engine.storage.delivery_repo import claim_delivery, finish_delivery, record_failed_send
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["CHANNEL", "MAX_WAIT_S", "DeliveryResult", "ReportFiles", "Send", "email_report", "report_files"]
 

@@ -6,24 +6,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, case, column, func, inspect, select, table
-from sqlalchemy.engine import Connection
-
 from recycle_engine.domain.anomalies import INBOX_STALE_AFTER
-from recycle_engine.storage import crm_repo, webhook_inbox
+from recycle_engine.storage import crm_repo, status_queries, webhook_inbox
 from recycle_engine.storage.delivery_repo import DeliveryRow, recent_deliveries
-from recycle_engine.storage.models import (
-    CrmReject,
-    Handoff,
-    JobRun,
-    OutcomeQueue,
-    ProcessorCharge,
-    SchedulerLease,
-)
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = [
     "ACTIVE_LEASE",
@@ -122,12 +114,12 @@ def gather_status(
         pending = _pending_by_age(conn, now)
         stored = _stored_next_runs(conn)
         schedulers = _live_leases(conn, now)
-        queued, oldest = conn.execute(select(func.count(), func.min(OutcomeQueue.outcome_at))).one()
-        unanswered = conn.execute(select(func.count()).where(ProcessorCharge.state == "PENDING")).scalar_one()
+        queued, oldest = status_queries.outcome_queue_size(conn)
+        unanswered = status_queries.unanswered_charge_count(conn)
         deliveries = recent_deliveries(conn)
         inbox = webhook_inbox.backlog(conn)
         crm_deliveries = crm_repo.delivery_counts(conn)
-        rejects = conn.execute(select(func.count()).select_from(CrmReject)).scalar_one()
+        rejects = status_queries.crm_reject_count(conn)
     schedule = [
         JobSchedule(job, cron, next_fire_times.get(job), stored.get(job)) for job, cron in crons.items()
     ]
@@ -157,51 +149,28 @@ def _summary(row: Any) -> RunSummary:
 
 
 def _latest_per_job(conn: Connection) -> list[RunSummary]:
-    ranked = select(
-        JobRun,
-        func.row_number()
-        .over(partition_by=JobRun.job, order_by=(JobRun.started_at.desc(), JobRun.id.desc()))
-        .label("rank"),
-    ).subquery()
-    rows = conn.execute(select(ranked).where(ranked.c.rank == 1).order_by(ranked.c.job))
-    return [_summary(row) for row in rows]
+    return [_summary(row) for row in status_queries.latest_run_per_job(conn)]
 
 
 def _recent(conn: Connection, limit: int) -> list[RunSummary]:
-    rows = conn.execute(select(JobRun).order_by(JobRun.started_at.desc(), JobRun.id.desc()).limit(limit))
-    return [_summary(row) for row in rows]
+    return [_summary(row) for row in status_queries.recent_runs(conn, limit)]
 
 
 def _pending_by_age(conn: Connection, now: datetime) -> dict[str, int]:
-    # Age in whole days: a hand-off is in "0-3" while now - created_at < 4 days, and so on. The
-    # database groups, so a book of millions of hand-offs costs one indexed scan.
-    whens = [
-        (Handoff.created_at > now - timedelta(days=last + 1), label)
-        for label, _first, last in AGE_BUCKETS
-        if last is not None
-    ]
-    bucket = case(*whens, else_=AGE_BUCKETS[-1][0]).label("bucket")
-    rows = conn.execute(select(bucket, func.count()).where(Handoff.state.in_(OPEN_STATES)).group_by(bucket))
-    found = {label: int(n) for label, n in rows}
+    found = status_queries.open_handoffs_by_age(conn, now, open_states=OPEN_STATES, buckets=AGE_BUCKETS)
     return {label: found.get(label, 0) for label, _first, _last in AGE_BUCKETS}
 
 
 def _stored_next_runs(conn: Connection) -> dict[str, datetime | None]:
-    if not inspect(conn).has_table(JOBSTORE_TABLE):
+    stored = status_queries.stored_next_run_times(conn, JOBSTORE_TABLE)
+    if stored is None:
         return {}  # no scheduler has been active on this database yet
-    jobs = table(JOBSTORE_TABLE, column("id"), column("next_run_time"))
-    return {
-        str(job_id): None if ts is None else datetime.fromtimestamp(float(ts), UTC)
-        for job_id, ts in conn.execute(select(jobs.c.id, jobs.c.next_run_time))
-    }
+    return {job_id: None if ts is None else datetime.fromtimestamp(ts, UTC) for job_id, ts in stored.items()}
 
 
 def _live_leases(conn: Connection, now: datetime) -> list[SchedulerRole]:
-    rows = conn.execute(
-        select(SchedulerLease)
-        .where(SchedulerLease.expires_at > now)
-        .where((SchedulerLease.name == ACTIVE_LEASE) | SchedulerLease.name.startswith(STANDBY_PREFIX))
-        .order_by(SchedulerLease.acquired_at)
+    rows = status_queries.live_scheduler_leases(
+        conn, now, active_name=ACTIVE_LEASE, standby_prefix=STANDBY_PREFIX
     )
     roles = [
         SchedulerRole(
