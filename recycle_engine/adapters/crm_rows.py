@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import EllipsisType
 from typing import Any, Final
 
 from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
@@ -75,15 +76,18 @@ def feed_row(
     order: Mapping[str, Any] | None,
     purchase: Mapping[str, Any] | None,
     gateway_of: Callable[[str], str],
+    when: datetime | None | EllipsisType = ...,
 ) -> dict[str, str]:
-    """The feed row of one declined transaction; every column present, as text."""
+    """The feed row of one declined transaction; every column present, as text. `when` is the
+    transaction's declined_at() where the caller has read it already."""
     row = dict.fromkeys(FEED_COLUMNS, "")
     get = transaction.get
     # A pull maps every row it reads: the text values, nearly all of them, skip the call to _cell.
     for column, name in _TRANSACTION_ITEMS:
         value = get(name)
         row[column] = value if value.__class__ is str else _cell(value)
-    when = declined_at(transaction)
+    if when is ...:
+        when = declined_at(transaction)
     row["declined_at"] = when.isoformat() if when else _cell(get("dateCreated"))
     merchant = _cell(get("merchantId"))
     row["gateway_id"] = gateway_of(merchant) if merchant else ""
