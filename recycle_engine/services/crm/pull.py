@@ -192,6 +192,12 @@ class _Pull:
             yield page, rows, _Found(orders, purchases)
 
     def _feed(self, rows: Iterable[_Read], found: _Found) -> None:
+        # The mapped rows, the checks and the writes allocate a few hundred thousand objects, none in
+        # a cycle: the collector, walking them again and again, cost about 8 µs a row, a tenth of the chunk.
+        with collection_deferred():
+            self._feed_chunk(rows, found)
+
+    def _feed_chunk(self, rows: Iterable[_Read], found: _Found) -> None:
         fresh = []
         for read in rows:
             key = str(read[0].get("transactionId", ""))
@@ -211,8 +217,7 @@ class _Pull:
             purchase = purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
             feed.append(feed_row(row, order, purchase, self.crm.gateway_of, when))
         frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=str)
-        with collection_deferred():
-            checked, prepared = self.importer.check_and_prepare(frame, self.line)
+        checked, prepared = self.importer.check_and_prepare(frame, self.line)
         rejects = checked.rejects_frame()
         saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
         before = dict(self.importer.counts)
