@@ -294,12 +294,13 @@ def _replace_unreadable(
     found: dict[str, tuple[Flags, list[str]]] = {}
     for index, column in enumerate(original.columns):
         messages, cleaned = text_problems(texts[str(column)])
+        if not any(messages):
+            continue  # the usual case, without an array of flags per column
         flags = np.array(messages, dtype=object) != ""
-        if flags.any():
-            found[str(column)] = (flags, messages)
-            positions = np.flatnonzero(flags).tolist()
-            original.iloc[positions, index] = [cleaned[p] for p in positions]
-            texts[str(column)] = cleaned
+        found[str(column)] = (flags, messages)
+        positions = np.flatnonzero(flags).tolist()
+        original.iloc[positions, index] = [cleaned[p] for p in positions]
+        texts[str(column)] = cleaned
     return found
 
 
