@@ -216,7 +216,9 @@ class _Pull:
                 missing.add(self.line + n)
             purchase = purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
             feed.append(feed_row(row, order, purchase, self.crm.gateway_of, when))
-        frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=str)
+        # Every cell is already text: plain objects spare pandas a string array it would check and
+        # the checks would unpack again, column by column.
+        frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=object)
         checked, prepared = self.importer.check_and_prepare(frame, self.line)
         rejects = checked.rejects_frame()
         saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
