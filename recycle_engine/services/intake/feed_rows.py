@@ -181,9 +181,11 @@ def check_chunk(
     lines = list(range(first_line, first_line + size))
     overflow = [c for c in frame.columns if str(c).startswith(OVERFLOW_PREFIX)]
     original = frame.drop(columns=overflow).set_axis(lines, axis=0)
-    unreadable = _replace_unreadable(original)
-    pan_columns = _mask_card_numbers(original)
-    cells = {c: _stripped(original[c].tolist()) for c in FEED_COLUMNS}
+    # Each column leaves the frame once: the frame's own tolist() costs more than the checks on the list.
+    texts = {str(c): original[c].tolist() for c in original.columns}
+    unreadable = _replace_unreadable(original, texts)
+    pan_columns = _mask_card_numbers(original, texts)
+    cells = {c: _stripped(texts[c]) for c in FEED_COLUMNS}
     for column in _UPPER:
         cells[column] = [v.upper() for v in cells[column]]
     present = {c: np.array(cells[c], dtype=object) != "" for c in FEED_COLUMNS}
@@ -284,28 +286,34 @@ def _stripped(values: list[str]) -> list[str]:
     return [v.strip() for v in values]
 
 
-def _replace_unreadable(original: pd.DataFrame) -> dict[str, tuple[Flags, list[str]]]:
-    """Replace, in place, NUL characters and bytes that were not UTF-8 by U+FFFD; return, for each
-    column that had any, the rows' flags and reasons."""
+def _replace_unreadable(
+    original: pd.DataFrame, texts: dict[str, list[str]]
+) -> dict[str, tuple[Flags, list[str]]]:
+    """Replace, in place in the frame and in `texts` (its columns as lists), NUL characters and bytes
+    that were not UTF-8 by U+FFFD; return, for each column that had any, the rows' flags and reasons."""
     found: dict[str, tuple[Flags, list[str]]] = {}
     for index, column in enumerate(original.columns):
-        values = original[column].tolist()
-        messages, cleaned = text_problems(values)
+        messages, cleaned = text_problems(texts[str(column)])
+        if not any(messages):
+            continue  # the usual case, without an array of flags per column
         flags = np.array(messages, dtype=object) != ""
-        if flags.any():
-            found[str(column)] = (flags, messages)
-            positions = np.flatnonzero(flags).tolist()
-            original.iloc[positions, index] = [cleaned[p] for p in positions]
+        found[str(column)] = (flags, messages)
+        positions = np.flatnonzero(flags).tolist()
+        original.iloc[positions, index] = [cleaned[p] for p in positions]
+        texts[str(column)] = cleaned
     return found
 
 
-def _mask_card_numbers(original: pd.DataFrame) -> dict[int, set[str]]:
-    """Replace, in place, every cell holding a full card number; return row position -> its columns."""
+def _mask_card_numbers(original: pd.DataFrame, texts: dict[str, list[str]]) -> dict[int, set[str]]:
+    """Replace, in place in the frame and in `texts`, every cell holding a full card number; return
+    row position -> its columns."""
     found: dict[int, set[str]] = {}
     for index, column in enumerate(original.columns):
-        hits = card_number_positions(original[column].tolist())
+        values = texts[str(column)]
+        hits = card_number_positions(values)
         for position in hits:
             found.setdefault(position, set()).add(str(column))
+            values[position] = PAN_MARKER
         if hits:
             original.iloc[hits, index] = PAN_MARKER
     return found

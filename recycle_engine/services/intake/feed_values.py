@@ -107,13 +107,13 @@ def text_problems(values: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def matching(values: Sequence[str], pattern: re.Pattern[str]) -> Flags:
     """True where the whole value matches `pattern`."""
-    return np.fromiter((pattern.fullmatch(v) is not None for v in values), dtype=bool, count=len(values))
+    # map() keeps the loop in C: a generator costs a Python frame step per value.
+    return np.fromiter(map(bool, map(pattern.fullmatch, values)), dtype=bool, count=len(values))
 
 
 def member(values: Sequence[str], allowed: Collection[str]) -> Flags:
     """True where the value is one of `allowed`."""
-    choices = frozenset(allowed)
-    return np.fromiter((v in choices for v in values), dtype=bool, count=len(values))
+    return np.fromiter(map(frozenset(allowed).__contains__, values), dtype=bool, count=len(values))
 
 
 def parse_timestamps(values: Sequence[str]) -> tuple[list[datetime | None], list[int], list[str]]:
