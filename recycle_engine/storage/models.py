@@ -319,7 +319,8 @@ class Handoff(Base):
         Index(
             "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
         ),
-        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0011).
+        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0011);
+        # its open hand-offs by age: PENDING and SUBMITTED ones by submission time (migration 0019).
         Index(
             "ix_handoffs_recovered_cover",
             "state",
@@ -328,6 +329,8 @@ class Handoff(Base):
             "attempt",
             "currency",
             "amount_minor",
+            "submitted_at",
+            "created_at",
         ),
         Index(
             "ix_handoffs_flagged_created_at",

@@ -455,3 +455,20 @@ def test_given_pending_and_submitted_handoffs_when_a_past_day_is_reported_then_o
     assert sorted(r["handoff_id"] for r in rows) == ["pending-now", "pending-then"]
     assert {r["state"] for r in rows} == {"PENDING"}
     assert {r["total"] for r in rows} == {2}
+
+
+def test_given_sqlite_then_the_open_handoffs_by_age_are_read_from_an_index_alone(sqlite_url: str) -> None:
+    # given: the open hand-offs are found by state; each one read from the table cost 0.3 s of the
+    # report at 5,000,000 hand-offs
+    engine = make_engine(sqlite_url)
+    bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
+    # when
+    with engine.connect() as conn:
+        stmt = queries.open_by_age_stmt(bounds, "sqlite")
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    # then
+    by_state = [step for step in plan if "SEARCH handoffs" in step and "(state=?)" in step]
+    assert by_state, plan
+    assert all("COVERING INDEX ix_handoffs_recovered_cover" in step for step in by_state), by_state
