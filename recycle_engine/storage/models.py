@@ -614,7 +614,7 @@ class CohortRollup(Base):
 
     __tablename__ = "report_cohort_rollups"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were submitted
+    day: Mapped[date] = mapped_column(Date)  # local day the hand-offs were submitted
     decline_day: Mapped[date | None] = mapped_column(Date, index=True)  # local day of their decline
     state: Mapped[str] = mapped_column(String(12))
     currency: Mapped[str] = mapped_column(CCY)
@@ -623,13 +623,25 @@ class CohortRollup(Base):
     outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    # The dashboard's outcomes per day read this alone (migration 0017), not every day's rows.
+    # The dashboard's outcomes per day read this alone (migration 0017), not every day's rows; the
+    # report's cohorts read a range of days from the second alone (migration 0019).
     __table_args__ = (
         Index(
             "ix_report_cohort_rollups_outcome_cover",
             "outcome_day",
             "state",
             "currency",
+            "handoffs",
+            "amount_minor",
+        ),
+        Index(
+            "ix_report_cohort_rollups_day_cover",
+            "day",
+            "outcome_day",
+            "state",
+            "currency",
+            "recovery_day",
+            "reversal",
             "handoffs",
             "amount_minor",
         ),
@@ -651,7 +663,21 @@ class BreakdownRollup(Base):
     outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    __table_args__ = (Index(None, "breakdown", "day"),)
+    # The report's month of breakdowns reads this alone (migration 0019): a day's rows kept together.
+    __table_args__ = (
+        Index(
+            "ix_report_breakdown_rollups_breakdown_day_cover",
+            "breakdown",
+            "day",
+            "breakdown_key",
+            "code",
+            "state",
+            "currency",
+            "outcome_day",
+            "handoffs",
+            "amount_minor",
+        ),
+    )
 
 
 class RollupChange(Base):

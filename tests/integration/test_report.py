@@ -472,3 +472,25 @@ def test_given_sqlite_then_the_open_handoffs_by_age_are_read_from_an_index_alone
     by_state = [step for step in plan if "SEARCH handoffs" in step and "(state=?)" in step]
     assert by_state, plan
     assert all("COVERING INDEX ix_handoffs_recovered_cover" in step for step in by_state), by_state
+
+
+@pytest.mark.parametrize(
+    ("build", "index"),
+    [
+        (rollup_queries.cohort_facts_stmt, "ix_report_cohort_rollups_day_cover"),
+        (rollup_queries.breakdowns_stmt, "ix_report_breakdown_rollups_breakdown_day_cover"),
+    ],
+)
+def test_given_sqlite_then_the_cohorts_and_breakdowns_read_their_rollups_index_alone(
+    sqlite_url: str, build: Any, index: str
+) -> None:
+    # given: a range of days of a rollup as large as the hand-offs, its rows scattered by refresh
+    engine = make_engine(sqlite_url)
+    bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
+    # when
+    with engine.connect() as conn:
+        compiled = build(bounds).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    # then
+    assert any(f"COVERING INDEX {index}" in step for step in plan), plan
