@@ -290,7 +290,7 @@ class Handoff(Base):
     outcome_source: Mapped[str | None] = mapped_column(String(8))
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
-    attention: Mapped[str | None] = mapped_column(String(64), index=True)
+    attention: Mapped[str | None] = mapped_column(String(64))
     next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     poll_count: Mapped[int] = mapped_column(Integer, default=0)
     resend_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -339,6 +339,8 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
+        # The report's count of flags by kind up to its day reads this alone (migration 0019).
+        Index("ix_handoffs_attention_created_at", "attention", "created_at"),
         # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0013).
         Index("ix_handoffs_submitted_or_created", text("coalesce(submitted_at, created_at)")),
     )

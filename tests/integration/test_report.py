@@ -494,3 +494,17 @@ def test_given_sqlite_then_the_cohorts_and_breakdowns_read_their_rollups_index_a
     engine.dispose()
     # then
     assert any(f"COVERING INDEX {index}" in step for step in plan), plan
+
+
+def test_given_sqlite_then_the_attention_flags_are_counted_from_an_index_alone(sqlite_url: str) -> None:
+    # given: refunds and chargebacks stay flagged for good, so the flags grow with the history
+    engine = make_engine(sqlite_url)
+    bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
+    # when
+    with engine.connect() as conn:
+        stmt = queries.exception_stmt(bounds, "ATTENTION")
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    # then
+    assert any("COVERING INDEX ix_handoffs_attention_created_at" in step for step in plan), plan
