@@ -242,7 +242,11 @@ def exception_stmt(bounds: ReportBounds, kind: str) -> Query:
     elif kind == "STUCK_PENDING":
         # Still PENDING at `as_of`, its send started an hour before. A resend clears send_started_at,
         # so one resent since and settled is not listed in a re-render.
+        # Open at `as_of` and PENDING then: PENDING now or final since. Narrower than _open_at's
+        # "open now", so the index of its own filter skips the far more numerous SUBMITTED ones.
+        pending_then = sa.or_(Handoff.state == State.PENDING.value, Handoff.outcome_at >= at)
         where = [
+            pending_then,
             _open_at(at),
             _state_at(at) == State.PENDING.value,
             Handoff.send_started_at < at - STUCK_AFTER,

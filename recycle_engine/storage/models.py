@@ -290,7 +290,7 @@ class Handoff(Base):
     outcome_source: Mapped[str | None] = mapped_column(String(8))
     late_outcome: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str | None] = mapped_column(Text)
-    attention: Mapped[str | None] = mapped_column(String(64), index=True)
+    attention: Mapped[str | None] = mapped_column(String(64))
     next_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     poll_count: Mapped[int] = mapped_column(Integer, default=0)
     resend_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -319,7 +319,8 @@ class Handoff(Base):
         Index(
             "ix_handoffs_outcome_at_cover", "outcome_at", "state", "currency", "late_outcome", "amount_minor"
         ),
-        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0011).
+        # The report's ladder: approved hand-offs by day of outcome, source and attempt (migration 0011);
+        # its open hand-offs by age: PENDING and SUBMITTED ones by submission time (migration 0019).
         Index(
             "ix_handoffs_recovered_cover",
             "state",
@@ -328,6 +329,8 @@ class Handoff(Base):
             "attempt",
             "currency",
             "amount_minor",
+            "submitted_at",
+            "created_at",
         ),
         Index(
             "ix_handoffs_flagged_created_at",
@@ -336,6 +339,8 @@ class Handoff(Base):
             postgresql_where=text("attention IS NOT NULL"),
             sqlite_where=text("attention IS NOT NULL"),
         ),
+        # The report's count of flags by kind up to its day reads this alone (migration 0019).
+        Index("ix_handoffs_attention_created_at", "attention", "created_at"),
         # The rollups' day: a range of local submission days, as report_sql.submitted() (migration 0013).
         Index("ix_handoffs_submitted_or_created", text("coalesce(submitted_at, created_at)")),
     )
@@ -611,7 +616,7 @@ class CohortRollup(Base):
 
     __tablename__ = "report_cohort_rollups"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were submitted
+    day: Mapped[date] = mapped_column(Date)  # local day the hand-offs were submitted
     decline_day: Mapped[date | None] = mapped_column(Date, index=True)  # local day of their decline
     state: Mapped[str] = mapped_column(String(12))
     currency: Mapped[str] = mapped_column(CCY)
@@ -620,13 +625,25 @@ class CohortRollup(Base):
     outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    # The dashboard's outcomes per day read this alone (migration 0017), not every day's rows.
+    # The dashboard's outcomes per day read this alone (migration 0017), not every day's rows; the
+    # report's cohorts read a range of days from the second alone (migration 0019).
     __table_args__ = (
         Index(
             "ix_report_cohort_rollups_outcome_cover",
             "outcome_day",
             "state",
             "currency",
+            "handoffs",
+            "amount_minor",
+        ),
+        Index(
+            "ix_report_cohort_rollups_day_cover",
+            "day",
+            "outcome_day",
+            "state",
+            "currency",
+            "recovery_day",
+            "reversal",
             "handoffs",
             "amount_minor",
         ),
@@ -648,7 +665,21 @@ class BreakdownRollup(Base):
     outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at (migration 0013)
     handoffs: Mapped[int] = mapped_column(BigInteger)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    __table_args__ = (Index(None, "breakdown", "day"),)
+    # The report's month of breakdowns reads this alone (migration 0019): a day's rows kept together.
+    __table_args__ = (
+        Index(
+            "ix_report_breakdown_rollups_breakdown_day_cover",
+            "breakdown",
+            "day",
+            "breakdown_key",
+            "code",
+            "state",
+            "currency",
+            "outcome_day",
+            "handoffs",
+            "amount_minor",
+        ),
+    )
 
 
 class RollupChange(Base):
