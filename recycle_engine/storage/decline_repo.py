@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -50,6 +50,7 @@ __all__ = [
     "known_orders",
     "known_subscriptions",
     "lock_for_import",
+    "text_widths",
     "upsert_customers",
     "upsert_orders",
     "upsert_subscriptions",
@@ -135,6 +136,16 @@ def lock_for_import(conn: Connection) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMPORT_LOCK_KEY})
+
+
+def text_widths(columns: Collection[str]) -> dict[str, int]:
+    """The widths, in characters, of the declines table's bounded text columns among `columns`
+    (PostgreSQL refuses longer text); unbounded and non-text columns are left out."""
+    return {
+        c.name: c.type.length
+        for c in Decline.__table__.columns
+        if c.name in columns and isinstance(c.type, String) and c.type.length
+    }
 
 
 def bind_declines(dialect: Dialect, columns: Mapping[str, Sequence[Any]]) -> BoundRows:

@@ -21,11 +21,9 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pandas as pd
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.adapters.crm_rows import declined_at, feed_row
 from recycle_engine.config import CrmSettings, Settings
@@ -36,6 +34,10 @@ from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 from recycle_engine.services.intake.feed_stage import collection_deferred
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["JOB", "PullResult", "pull_declines"]
 
@@ -94,7 +96,7 @@ def pull_declines(
                 puller.read(decline_type)
             with engine.begin() as conn:
                 crm_repo.save_cursor(conn, end, run_id=run_id, now=now)
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         result.counts = puller.counts
         _finish(engine, run_id, now, puller.counts, f"database error: {type(exc).__name__}")
         raise StorageError(f"database error during the CRM pull: {type(exc).__name__}") from None
@@ -119,7 +121,7 @@ def _crm(settings: Settings) -> CrmSettings:
 def _finish(engine: Engine, run_id: str, now: datetime, counts: dict[str, int], error: str) -> None:
     try:
         finish_run(engine, run_id, now=now, counts=counts, error=error)
-    except (SQLAlchemyError, StorageError):
+    except (DatabaseFailure, StorageError):
         log.exception("could not record the failed CRM pull", extra={"run_id": run_id})
 
 

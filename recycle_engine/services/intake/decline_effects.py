@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import pandas as pd
-from sqlalchemy import Connection, Dialect
 
 from recycle_engine.config import Settings
 from recycle_engine.domain.declines import DeclineType, MappingRule, OrderType, classify
@@ -20,6 +19,9 @@ from recycle_engine.services.intake.feed_rows import CheckedChunk, check_chunk
 from recycle_engine.storage import decline_repo as repo
 from recycle_engine.storage.bulk_rows import BoundRows
 from recycle_engine.storage.profile_versions import record_profile_versions
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Dialect
 
 __all__ = ["ImportSession", "PreparedChunk", "RecycleEntry", "recycle_entry"]
 

@@ -10,7 +10,6 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String
 
 from recycle_engine.money import is_known_currency
 from recycle_engine.services.intake.feed_values import (
@@ -24,7 +23,7 @@ from recycle_engine.services.intake.feed_values import (
     text_problems,
     typed_columns,
 )
-from recycle_engine.storage.models import Decline
+from recycle_engine.storage.decline_repo import text_widths
 
 __all__ = [
     "FEED_COLUMNS",
@@ -71,11 +70,7 @@ _RANGES: Final = (
 # Column widths of the declines table (PostgreSQL refuses longer text); columns with a stricter
 # format check of their own are left to it, so a reject says one thing per column.
 _FORMATTED: Final = {"country", "card_last4", "card_bin", "currency", "order_type", "response_type"}
-_MAX_LENGTHS: Final[dict[str, int]] = {
-    c.name: c.type.length
-    for c in Decline.__table__.columns
-    if c.name in FEED_COLUMNS and c.name not in _FORMATTED and isinstance(c.type, String) and c.type.length
-}
+_MAX_LENGTHS: Final = text_widths([c for c in FEED_COLUMNS if c not in _FORMATTED])
 
 
 @dataclass(frozen=True)

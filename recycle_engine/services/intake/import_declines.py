@@ -6,10 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final
-
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Final
 
 from recycle_engine.config import Settings
 from recycle_engine.errors import RecycleEngineError, StorageError
@@ -18,6 +15,10 @@ from recycle_engine.services.intake.decline_effects import ImportSession
 from recycle_engine.services.intake.feed_file import RejectsFile, read_header, rejects_path_for
 from recycle_engine.services.intake.feed_stage import collection_deferred, staged_chunks
 from recycle_engine.services.job_runs import finish_run, start_run
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["CHUNK_ROWS", "ImportResult", "import_declines", "rejects_path_for"]
 
@@ -57,7 +58,7 @@ def import_declines(
     target = rejects_path_for(path)
     try:
         run_id = start_run(engine, "import", logical_at=now, now=now)
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError(_storage_message(exc)) from None
     importer = ImportSession(settings, dialect=engine.dialect, run_id=run_id, now=now)
     try:
@@ -68,7 +69,7 @@ def import_declines(
                     importer.write(conn, staged.prepared)
                 rejects.write(staged.rejects)
                 importer.counts["rejected"] += staged.rejected
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         _finish_failed(engine, run_id, clock.now(), importer.counts, _storage_message(exc))
         raise StorageError(_storage_message(exc)) from None
     except RecycleEngineError as exc:
@@ -83,11 +84,11 @@ def import_declines(
 def _finish_failed(engine: Engine, run_id: str, now: datetime, counts: dict[str, int], error: str) -> None:
     try:
         finish_run(engine, run_id, now=now, counts=counts, error=error)
-    except (SQLAlchemyError, StorageError):
+    except (DatabaseFailure, StorageError):
         log.exception("could not record the failed import run", extra={"run_id": run_id})
 
 
-def _storage_message(exc: SQLAlchemyError) -> str:
+def _storage_message(exc: Exception) -> str:
     # Only the driver's first line: SQLAlchemy's own text would echo the bound row values.
     cause = getattr(exc, "orig", None) or exc
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__

@@ -7,13 +7,15 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
-
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from recycle_engine.errors import StorageError
 from recycle_engine.storage import holdout_rollup_repo, rollup_repo
+from recycle_engine.storage.faults import DatabaseFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, Engine
 
 __all__ = ["RollupRefresh", "refresh_after_run", "refresh_rollups"]
 
@@ -54,7 +56,7 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
                 rollup_repo.recompute_days(conn, tz, first, last)
             rollup_repo.save_state(conn, tz, now=now, rebuilt=rebuild)
             holdout_days = _refresh_holdout(conn, tz, now=now, rebuild=rebuild_all)
-    except SQLAlchemyError as exc:
+    except DatabaseFailure as exc:
         raise StorageError(f"cannot refresh the report rollups ({exc.__class__.__name__})") from exc
     result = RollupRefresh(len(days), rebuild, time.perf_counter() - started, holdout_days)
     log.info(
