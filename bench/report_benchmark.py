@@ -502,8 +502,19 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_group_by(url: str) -> dict[str, Any]:
+def _timed_read(url: str, sql: Any) -> dict[str, Any]:
+    """One statement read to the end: wall seconds, the database's CPU and the rows it returned."""
     engine = make_engine(url)
+    meter = CpuMeter(engine)
+    with engine.connect() as conn, meter:
+        started = time.perf_counter()
+        groups = len(conn.execute(sql).fetchall())
+        seconds = time.perf_counter() - started
+    engine.dispose()
+    return {"seconds": seconds, "cpu_s": meter.cpu_s, "groups": groups}
+
+
+def bare_group_by(url: str) -> dict[str, Any]:
     day = (
         "date(h.created_at)" if url.startswith("sqlite") else "CAST(h.created_at AT TIME ZONE 'UTC' AS date)"
     )
@@ -512,28 +523,15 @@ def bare_group_by(url: str) -> dict[str, Any]:
         "h.currency, count(*), sum(h.amount_minor) FROM handoffs h "
         "LEFT JOIN declines d ON d.transaction_id = h.transaction_id GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"
     )
-    meter = CpuMeter(engine)
-    with engine.connect() as conn, meter:
-        started = time.perf_counter()
-        groups = len(conn.execute(sql).fetchall())
-        seconds = time.perf_counter() - started
-    engine.dispose()
-    return {"seconds": seconds, "cpu_s": meter.cpu_s, "groups": groups}
+    return _timed_read(url, sql)
 
 
 def bare_holdout(url: str) -> dict[str, Any]:
     """Every holdout assignment read once, by arm and currency: the least any read of them all costs."""
-    engine = make_engine(url)
     sql = text(
         "SELECT arm, currency, count(*), sum(amount_minor) FROM holdout_assignments GROUP BY arm, currency"
     )
-    meter = CpuMeter(engine)
-    with engine.connect() as conn, meter:
-        started = time.perf_counter()
-        groups = len(conn.execute(sql).fetchall())
-        seconds = time.perf_counter() - started
-    engine.dispose()
-    return {"seconds": seconds, "cpu_s": meter.cpu_s, "groups": groups}
+    return _timed_read(url, sql)
 
 
 def report(url: str, day: date, now: datetime, out: Path) -> dict[str, Any]:

@@ -108,51 +108,32 @@ def _per_assignment(bounds: ReportBounds) -> Query:
     at = bounds.as_of
     # Approved retries by their recycled decline, through its unique key: SQLite has no statistics and
     # took the ladder's index on (result, occurred_at) instead, every approved retry once per assignment.
+    approved_retry = (
+        Attempt.subscription_id == a.subscription_id,
+        Attempt.decline_transaction_id == a.decline_transaction_id,
+        func.coalesce(Attempt.result, "") == "APPROVED",
+    )
     by_processor = (
         select(func.max(Attempt.amount_minor))
-        .where(
-            Attempt.subscription_id == a.subscription_id,
-            Attempt.decline_transaction_id == a.decline_transaction_id,
-            func.coalesce(Attempt.result, "") == "APPROVED",
-            Attempt.occurred_at < at,
-        )
+        .where(*approved_retry, Attempt.occurred_at < at)
         .scalar_subquery()
     )
-    later = (
-        select(Attempt.id)
-        .where(
-            Attempt.subscription_id == a.subscription_id,
-            Attempt.decline_transaction_id == a.decline_transaction_id,
-            func.coalesce(Attempt.result, "") == "APPROVED",
-            Attempt.occurred_at >= at,
-        )
-        .exists()
+    later = select(Attempt.id).where(*approved_retry, Attempt.occurred_at >= at).exists()
+    approved_handoff = (
+        Handoff.purchase_id == a.subscription_id,
+        Handoff.transaction_id == a.decline_transaction_id,
+        Handoff.source == Source.RECYCLE.value,
+        # Kept off the state indexes: SQLite has no statistics, took "state = 'APPROVED'" (a third
+        # of all hand-offs) for as selective as the purchase, and walked every approved hand-off
+        # once per assignment (minutes on a book of 100,000).
+        func.coalesce(Handoff.state, "") == State.APPROVED.value,
     )
     by_flexfactor = (
         select(func.max(Handoff.amount_minor))
-        .where(
-            Handoff.purchase_id == a.subscription_id,
-            Handoff.transaction_id == a.decline_transaction_id,
-            Handoff.source == Source.RECYCLE.value,
-            # Kept off the state indexes: SQLite has no statistics, took "state = 'APPROVED'" (a third
-            # of all hand-offs) for as selective as the purchase, and walked every approved hand-off
-            # once per assignment (minutes on a book of 100,000).
-            func.coalesce(Handoff.state, "") == State.APPROVED.value,
-            Handoff.outcome_at < at,
-        )
+        .where(*approved_handoff, Handoff.outcome_at < at)
         .scalar_subquery()
     )
-    later_by_flexfactor = (
-        select(Handoff.id)
-        .where(
-            Handoff.purchase_id == a.subscription_id,
-            Handoff.transaction_id == a.decline_transaction_id,
-            Handoff.source == Source.RECYCLE.value,
-            func.coalesce(Handoff.state, "") == State.APPROVED.value,
-            Handoff.outcome_at >= at,
-        )
-        .exists()
-    )
+    later_by_flexfactor = select(Handoff.id).where(*approved_handoff, Handoff.outcome_at >= at).exists()
     recovered = func.coalesce(by_flexfactor, by_processor)
     still_recycling = or_(
         and_(

@@ -91,6 +91,19 @@ def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
     )
 
 
+def _due_tonight(engine: Engine, decline: Any = None) -> None:
+    """A recycling subscription whose attempts 1 and 2 ran and whose attempt 4 (slot 4-6, FlexFactor)
+    is due on NIGHT's local day."""
+    insert_recycling(
+        engine,
+        decline if decline is not None else a_decline(),
+        last_attempt=2,
+        last_ran_on=date(2026, 6, 8),
+        next_attempt=4,
+        next_attempt_on=NIGHT.date(),
+    )
+
+
 def _one(engine: Engine, stmt: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(stmt).one()
@@ -101,14 +114,7 @@ def test_given_an_attempt_on_a_flexfactor_slot_when_submit_runs_twice_then_it_is
 ) -> None:
     # given: attempts 1 and 2 ran; attempt 4 (slot 4-6, FlexFactor) is due tonight
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine)
     # when
     first = _submit(settings, engine)
     second = _submit(settings, engine)
@@ -132,14 +138,7 @@ def test_given_a_decline_at_minus_five_hours_when_handed_off_then_its_own_offset
     # given: a decline at 09:30 -05:00 (Chicago in winter), attempt 4 due tonight on FlexFactor
     settings, engine = world
     declined = a_decline(declined_at=datetime(2026, 6, 1, 14, 30, tzinfo=UTC), utc_offset_minutes=-300)
-    insert_recycling(
-        engine,
-        declined,
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=NIGHT.date(),
-    )
+    _due_tonight(engine, declined)
     # when
     _submit(settings, engine)
     # then: the body sent (stored byte for byte before the call) carries -5, not 0, beside the UTC time
@@ -157,14 +156,7 @@ def test_given_a_run_at_a_past_logical_time_when_it_hands_off_then_the_window_co
     settings, engine = world
     sent = NIGHT + timedelta(days=2, hours=3)
     _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=NIGHT.date(),
-    )
+    _due_tonight(engine)
     # when
     _submit(settings, engine, send_clock=FixedClock(sent))
     # then: 21 days from the send, in the body FlexFactor accepted and in the hand-off's own expiry
@@ -182,14 +174,7 @@ def test_given_the_scheduled_submit_job_when_it_hands_off_then_the_window_counts
     sent = NIGHT + timedelta(minutes=40)
     _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
     engine = make_engine(db_url)
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=NIGHT.date(),
-    )
+    _due_tonight(engine)
     for name, value in SANDBOX_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(NIGHT))
@@ -209,14 +194,7 @@ def test_given_a_handoff_sent_once_when_it_is_sent_again_then_its_window_and_bod
 ) -> None:
     # given: a hand-off first sent at NIGHT, then confirmed absent and queued for a resend
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=NIGHT.date(),
-    )
+    _due_tonight(engine)
     _submit(settings, engine)
     first = _one(engine, select(Handoff))
     with engine.begin() as conn:
@@ -271,14 +249,7 @@ def test_given_a_pending_handoff_whose_answer_was_lost_when_a_poll_settles_it_th
 ) -> None:
     # given: a hand-off FlexFactor placed at NIGHT (card 3184: rescued), whose answer we never read
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(card_last4="3184"),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=NIGHT.date(),
-    )
+    _due_tonight(engine, a_decline(card_last4="3184"))
     _submit(settings, engine)
     with engine.begin() as conn:
         # FlexFactor's id came by a webhook that moved nothing; no lookup holds it (not sending)
@@ -394,14 +365,7 @@ def test_given_the_answer_is_lost_after_flexfactor_took_the_order_when_submit_ru
 ) -> None:
     # given: FlexFactor creates the order, then its answer never arrives (500 after processing)
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine)
     _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "500_after", "count": 1}]})
     first = _submit(settings, engine)
     assert first.counts["unknown"] == 1
@@ -420,14 +384,7 @@ def test_given_a_lost_answer_whose_lookup_fails_when_runs_go_on_then_the_errors_
 ) -> None:
     # given: the answer to a hand-off is lost, and every "was it received?" look-up then fails
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine)
     _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "500_after", "count": 1}]})
     _submit(settings, engine)
     _admin(sandbox, "faults", {"script": [{"path": "/orders", "action": "503", "count": 50}]})
@@ -452,14 +409,7 @@ def test_given_flexfactor_never_got_the_order_when_submit_runs_again_then_it_res
 ) -> None:
     # given: a 503 before processing: FlexFactor holds nothing
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine)
     _admin(sandbox, "faults", {"script": [{"path": "/evaluate", "action": "503", "count": 1}]})
     _submit(settings, engine)
     # when
@@ -480,14 +430,7 @@ def test_given_a_validation_error_from_flexfactor_then_the_handoff_fails_and_the
     # given: this FlexFactor account refuses windows longer than 10 days; ours asks for 21
     settings, engine = world
     _admin(sandbox, "config", {"max_expiry_days": 10})
-    insert_recycling(
-        engine,
-        a_decline(),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine)
     # when
     result = _submit(settings, engine)
     # then: FAILED with FlexFactor's reason; it counts as a declined attempt, so the final attempt is booked
@@ -508,14 +451,7 @@ def test_given_a_handoff_missing_a_required_field_then_it_fails_locally_without_
     world: tuple[Settings, Engine], sandbox: RunningSandbox
 ) -> None:
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(response_code=""),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine, a_decline(response_code=""))
     result = _submit(settings, engine)
     h = _one(engine, select(Handoff))
     assert (h.state, result.counts["handoffs_invalid"]) == ("FAILED", 1)
@@ -530,14 +466,7 @@ def test_given_one_subscription_with_bad_data_when_submit_runs_then_the_others_s
     # given: an unknown currency on one subscription, a good one beside it
     settings, engine = world
     insert_recycling(engine, a_decline(currency="XXX"), next_attempt_on=date(2026, 6, 10))
-    insert_recycling(
-        engine,
-        a_decline(transaction_id="txn-2", order_id="ord-2", purchase_id="sub-2"),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine, a_decline(transaction_id="txn-2", order_id="ord-2", purchase_id="sub-2"))
     # when
     result = _submit(settings, engine)
     # then
@@ -593,14 +522,7 @@ def test_given_a_handoff_still_at_work_when_reconcile_polls_it_then_the_event_re
 ) -> None:
     # given: a hand-off FlexFactor keeps working on (expires at the window's end)
     settings, engine = world
-    insert_recycling(
-        engine,
-        a_decline(card_last4="0259"),
-        last_attempt=2,
-        last_ran_on=date(2026, 6, 8),
-        next_attempt=4,
-        next_attempt_on=date(2026, 6, 10),
-    )
+    _due_tonight(engine, a_decline(card_last4="0259"))
     _submit(settings, engine)
     # when: two days later, its first look falls due
     later = NIGHT + timedelta(days=2)

@@ -65,22 +65,11 @@ def run_submit(
     `send_clock` (default: `night.at`; the entry points pass the real clock)."""
     if dry_run:
         return _dry_run(settings, engine, today=night.today, preview_rows=preview_rows)
-    if night.run_id is not None:
-        result = SubmitResult(night.run_id)
-        _night(
-            settings,
-            engine,
-            clients,
-            processors,
-            night,
-            result=result,
-            progress=progress,
-            send_clock=send_clock,
-        )
-        return result
+    owned = night.run_id is None  # a night with a run id belongs to a caller that records its run
     at = night.at
-    run_id = start_run(engine, "submit", logical_at=at, now=wall_time(clock, night))
-    night = night.started(run_id)
+    if owned:
+        night = night.started(start_run(engine, "submit", logical_at=at, now=wall_time(clock, night)))
+    run_id = night.job_run
     result = SubmitResult(run_id)
     try:
         _night(
@@ -93,11 +82,14 @@ def run_submit(
             progress=progress,
             send_clock=send_clock,
         )
+        if not owned:
+            return result
         refresh_after_run(engine, settings.timezone, now=at, run_id=run_id)
         unsent = count_unsent(settings, engine, result.counts, job="submit", at=at, run_id=run_id)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(result.counts), error=error)
+        if owned:
+            error = f"{type(exc).__name__}: {exc}"
+            finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(result.counts), error=error)
         raise
     finish_run(engine, run_id, now=wall_time(clock, night), counts=dict(result.counts), incomplete=unsent > 0)
     return result
