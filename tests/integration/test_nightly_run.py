@@ -72,7 +72,15 @@ def world(tmp_path: Path, db_url: str, sandbox: RunningSandbox) -> Iterator[tupl
     engine.dispose()
 
 
-def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any) -> Any:
+def _submit(
+    settings: Settings,
+    engine: Engine,
+    at: datetime = NIGHT,
+    *,
+    send_clock: FixedClock | None = None,
+    **kw: Any,
+) -> Any:
+    """Submit at logical time `at`, sending at `send_clock` (by default a clock standing at `at`)."""
     clock = FixedClock(at)
     return run_submit(
         settings,
@@ -80,6 +88,7 @@ def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any)
         flexfactor_clients(settings, clock),
         processors(settings),
         night=Night.of(at, settings.timezone),
+        send_clock=send_clock or clock,
         **kw,
     )
 
@@ -87,7 +96,11 @@ def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any)
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
     return run_reconcile(
-        settings, engine, flexfactor_clients(settings, clock), night=Night.of(at, settings.timezone)
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        night=Night.of(at, settings.timezone),
+        send_clock=clock,
     )
 
 
