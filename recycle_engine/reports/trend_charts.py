@@ -81,9 +81,11 @@ def _lines(
 def _day_rows(
     days: Sequence[date], columns: Iterable[Sequence[object]], cell: Callable[[object], str]
 ) -> list[list[str]]:
-    """The chart's data table: a row per day, its date and then each column's value that day."""
-    table = list(columns)
-    return [[d.isoformat(), *(cell(c[i]) for c in table)] for i, d in enumerate(days)]
+    """The chart's data table: a row per day, its date and then each column's value that day.
+
+    Every column has a value per day; a short or long one is an error, not a silent cut.
+    """
+    return [[d.isoformat(), *map(cell, values)] for d, *values in zip(days, *columns, strict=True)]
 
 
 def amount_chart(
