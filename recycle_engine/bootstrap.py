@@ -23,6 +23,9 @@ from recycle_engine.storage.db import make_engine
 
 if TYPE_CHECKING:
     from recycle_engine.adapters.crm_http import CrmClient
+    from recycle_engine.services.nightly.claiming import Progress
+    from recycle_engine.services.nightly.submit import SubmitResult
+    from recycle_engine.services.outcomes.reconcile import ReconcileResult
 
 __all__ = [
     "Alert",
@@ -96,7 +99,8 @@ def tonight(settings: Settings) -> Night:
 @dataclass
 class Run:
     """One night's work: settings, engine and ports, the frozen `night` it plans, and the wall clock
-    that stamps its job-run records and FlexFactor's real send times."""
+    that stamps its job-run records and FlexFactor's real send times. `submit` and `reconcile` run the
+    nightly services wired with all of these, so no entry point passes a clock of its own."""
 
     app: App
     night: Night
@@ -129,6 +133,37 @@ class Run:
         from recycle_engine.adapters.clock import send_clock
 
         return send_clock(self.night.at)
+
+    def submit(self, *, dry_run: bool = False, progress: Progress | None = None) -> SubmitResult:
+        """The nightly submit of this run's night, on its ports, stamped by its clock and sending by its
+        send clock; the CLI, the scheduled job and each worker process all run it this one way."""
+        from recycle_engine.services.nightly.submit import run_submit
+
+        return run_submit(
+            self.settings,
+            self.engine,
+            {} if dry_run else self.flexfactor_clients(),  # a dry run calls nobody
+            self.processors(),
+            night=self.night,
+            send_clock=self.send_clock(),
+            dry_run=dry_run,
+            progress=progress,
+            clock=self.clock,
+        )
+
+    def reconcile(self) -> ReconcileResult:
+        """The nightly reconcile of this run's night, wired as `submit` is; the CLI and the scheduled
+        job both run it this way."""
+        from recycle_engine.services.outcomes.reconcile import run_reconcile
+
+        return run_reconcile(
+            self.settings,
+            self.engine,
+            self.flexfactor_clients(),
+            night=self.night,
+            send_clock=self.send_clock(),
+            clock=self.clock,
+        )
 
     def crm(self) -> CrmClient:
         """The CRM client (refuses without a crm: section); closed with the run."""

@@ -49,7 +49,6 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     from recycle_engine.config import Need
     from recycle_engine.money import Money
     from recycle_engine.services.nightly.overdue import warn_overdue
-    from recycle_engine.services.nightly.submit import run_submit
     from recycle_engine.services.nightly.workers import refuse_workers_on_sqlite, run_submit_workers
 
     needs = [] if dry_run else [Need.FLEXFACTOR, Need.NMI]
@@ -69,17 +68,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
                     log_level=log_level,
                 )
             else:
-                result = run_submit(
-                    night_run.settings,
-                    night_run.engine,
-                    {} if dry_run else night_run.flexfactor_clients(),
-                    night_run.processors(),
-                    night=night,
-                    dry_run=dry_run,
-                    send_clock=night_run.send_clock(),
-                    progress=progress_printer("submit"),
-                    clock=night_run.clock,
-                )
+                result = night_run.submit(dry_run=dry_run, progress=progress_printer("submit"))
             failures = (
                 [] if dry_run or result.run_id is None else _failure_lines(night_run.engine, result.run_id)
             )
@@ -142,17 +131,9 @@ def run_reconcile_cmd(config_path: Path, at_text: str | None) -> None:
     """Apply received outcomes, poll FlexFactor for hand-offs without one, settle expired windows."""
     from recycle_engine import bootstrap
     from recycle_engine.config import Need
-    from recycle_engine.services.outcomes.reconcile import run_reconcile
 
     with bootstrap.open_run(config_path, Need.FLEXFACTOR, at=instant(at_text)) as night_run:
-        result = run_reconcile(
-            night_run.settings,
-            night_run.engine,
-            night_run.flexfactor_clients(),
-            night=night_run.night,
-            clock=night_run.clock,
-            send_clock=night_run.send_clock(),
-        )
+        result = night_run.reconcile()
     click.echo(
         f"reconcile {result.run_id}: " + ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items()))
     )

@@ -74,7 +74,10 @@ def write_feeds(plan: BookPlan, settings: Settings, folder: Path) -> list[tuple[
     return written
 
 
-def _base(rng: random.Random, n: int, day: date, tz: ZoneInfo, prefix: str) -> dict[str, str]:
+def _base(
+    rng: random.Random, n: int, day: date, tz: ZoneInfo, prefix: str, products: Sequence[tuple[str, str]]
+) -> dict[str, str]:
+    """What every decline has, whatever its order type: shopper, card, campaign product, decline text."""
     first, last = rng.choice(FIRST), rng.choice(LAST)
     if n == 7:
         first = "<script>alert('x')</script>"  # markup from the CRM must show as text in reports
@@ -110,6 +113,19 @@ def _base(rng: random.Random, n: int, day: date, tz: ZoneInfo, prefix: str) -> d
         "avs_result": rng.choice(("Y", "N", "")),
         "cvv_result": rng.choice(("M", "")),
         "cavv_result": "",
+    } | _product_and_decline(rng, products)
+
+
+def _product_and_decline(rng: random.Random, products: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Drawn after the shopper and the card, so that a seed still writes the same book."""
+    campaign, product = rng.choice(products)
+    response_type, code, text = _texts(rng)
+    return {
+        "campaign_id": campaign,
+        "product_id": product,
+        "response_type": response_type,
+        "response_code": code,
+        "response_text": text,
     }
 
 
@@ -132,12 +148,14 @@ def _rebill(
     gateways: Sequence[str],
     products: Sequence[tuple[str, str]],
 ) -> dict[str, str]:
-    row = _base(rng, n, day, tz, "R")
-    campaign, product = rng.choice(products)
-    response_type, code, text = _texts(rng)
+    row = _base(rng, n, day, tz, "R", products)
     if n % 50 == 7:
         # Processor texts may carry markup; the reports must show it as text.
-        response_type, code, text = "SOFT_DECLINE", "05", "Declined <script>alert('x')</script>"
+        row |= {
+            "response_type": "SOFT_DECLINE",
+            "response_code": "05",
+            "response_text": "Declined <script>alert('x')</script>",
+        }
     return row | {
         "order_id": f"O-R{n:06d}",
         "order_type": "REBILL",
@@ -147,14 +165,9 @@ def _rebill(
         "completes_trial": "true" if rng.random() < 0.1 else "false",
         "recurring_product": "true",
         "shippable": "true" if rng.random() < 0.6 else "false",
-        "campaign_id": campaign,
-        "product_id": product,
         "gateway_id": rng.choice(list(gateways)),
         "amount": rng.choice(PRICES),
         "currency": "USD" if rng.random() < 0.85 else "EUR",
-        "response_type": response_type,
-        "response_code": code,
-        "response_text": text,
     }
 
 
@@ -166,10 +179,7 @@ def _new_sale(
     gateways: Sequence[str],
     products: Sequence[tuple[str, str]],
 ) -> dict[str, str]:
-    row = _base(rng, n, day, tz, "N")
-    campaign, product = rng.choice(products)
-    response_type, code, text = _texts(rng)
-    return row | {
+    return _base(rng, n, day, tz, "N", products) | {
         "order_id": f"O-N{n:06d}",
         "order_type": "NEW_SALE",
         "purchase_id": "",
@@ -178,12 +188,7 @@ def _new_sale(
         "completes_trial": "false",
         "recurring_product": "false",
         "shippable": "true",
-        "campaign_id": campaign,
-        "product_id": product,
         "gateway_id": rng.choice(list(gateways)),
         "amount": rng.choice(PRICES),
         "currency": "USD",
-        "response_type": response_type,
-        "response_code": code,
-        "response_text": text,
     }

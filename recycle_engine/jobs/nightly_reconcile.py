@@ -7,7 +7,6 @@ from pathlib import Path
 
 from recycle_engine import bootstrap
 from recycle_engine.jobs.nightly_submit import alert_unsent
-from recycle_engine.services.outcomes.reconcile import run_reconcile
 
 __all__ = ["run"]
 
@@ -22,14 +21,7 @@ def run(config_path: str) -> dict[str, int]:
     """
     # The night is read once, at opening: every hand-off is judged against the same instant.
     with bootstrap.open_run(Path(config_path)) as run:
-        result = run_reconcile(
-            run.settings,
-            run.engine,
-            run.flexfactor_clients(),
-            night=run.night,
-            clock=run.clock,
-            send_clock=run.send_clock(),  # a hand-off sent late keeps its window from the real send
-        )
+        result = run.reconcile()
         alert_unsent(run.settings, "reconcile", result.run_id, result.counts.get("unsent", 0))
     counts = {name: int(n) for name, n in result.counts.items()}
     log.info("reconcile finished", extra={"job": "reconcile", "run_id": result.run_id, "counts": counts})

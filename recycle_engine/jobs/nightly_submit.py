@@ -15,7 +15,6 @@ from recycle_engine.domain.anomalies import Anomaly
 from recycle_engine.jobs.triggers import due_windows
 from recycle_engine.services.nightly.anomalies import alert_and_record, check_night
 from recycle_engine.services.nightly.overdue import warn_overdue
-from recycle_engine.services.nightly.submit import run_submit
 
 __all__ = ["alert_unsent", "check_after_submit", "run"]
 
@@ -32,15 +31,7 @@ def run(config_path: str) -> dict[str, int]:
     with bootstrap.open_run(Path(config_path)) as run:
         settings = run.settings
         warn_overdue(run.engine, night=run.night)
-        result = run_submit(
-            settings,
-            run.engine,
-            run.flexfactor_clients(),
-            run.processors(),
-            night=run.night,
-            clock=run.clock,
-            send_clock=run.send_clock(),  # FlexFactor's window counts from the real send (README)
-        )
+        result = run.submit()
         # The check reads the book as it is once submit is done.
         check_after_submit(settings, run.engine, now=run.clock.now(), run_id=result.run_id)
         alert_unsent(settings, "submit", result.run_id, result.counts.get("unsent", 0))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -71,6 +71,23 @@ def _legend(names: Sequence[str]) -> list[tuple[str, str]]:
     return [(name, svg.COLOURS[i % len(svg.COLOURS)]) for i, name in enumerate(names)]
 
 
+def _lines(
+    days: Sequence[date], lines: Mapping[str, Sequence[float | None]]
+) -> list[tuple[Sequence[float], svg.Series]]:
+    """A line per name, a value per day."""
+    return [(_series_x(days), svg.Series(name, values)) for name, values in lines.items()]
+
+
+def _day_rows(
+    days: Sequence[date], columns: Iterable[Sequence[object]], cell: Callable[[object], str]
+) -> list[list[str]]:
+    """The chart's data table: a row per day, its date and then each column's value that day.
+
+    Every column has a value per day; a short or long one is an error, not a silent cut.
+    """
+    return [[d.isoformat(), *map(cell, values)] for d, *values in zip(days, *columns, strict=True)]
+
+
 def amount_chart(
     currency: str, minor: Sequence[int], days: Sequence[date], changes: Sequence[VersionChange]
 ) -> TrendChart:
@@ -83,12 +100,12 @@ def amount_chart(
         x_title="Day of approval",
         y_title=f"Recovered ({currency})",
         x_ticks=day_ticks(days),
-        series=[(_series_x(days), svg.Series("recovered", major))],
+        series=_lines(days, {"recovered": major}),
         y_ticks=svg.nice_ticks(max(major, default=0.0)),
         y_label=compact,
         markers=markers(changes, days),
     )
-    rows = [[d.isoformat(), fmt_money(m, currency)] for d, m in zip(days, minor, strict=True)]
+    rows = _day_rows(days, [minor], lambda m: fmt_money(m, currency))
     return TrendChart(title, chart, _legend(["recovered"]), ["Day", f"Recovered ({currency})"], rows)
 
 
@@ -96,22 +113,20 @@ def rate_chart(
     rates: Mapping[int, Sequence[float | None]], days: Sequence[date], changes: Sequence[VersionChange]
 ) -> TrendChart:
     """Recovery rate by cohort age: per submission day, the share recovered within N days."""
-    names = [f"within {n} days" for n in rates]
+    lines = {f"within {n} days": values for n, values in rates.items()}
     title = "Recovery rate by cohort age"
     chart = svg.xy_chart(
         title=f"{title}: share of each day's hand-offs recovered within 7, 14 and 21 days",
         x_title="Day of submission (cohort)",
         y_title="Recovered (% of accepted hand-offs)",
         x_ticks=day_ticks(days),
-        series=[
-            (_series_x(days), svg.Series(name, v)) for name, v in zip(names, rates.values(), strict=True)
-        ],
+        series=_lines(days, lines),
         y_ticks=[0.0, 0.25, 0.5, 0.75, 1.0],
         y_label=lambda v: f"{v * 100:.0f} %",
         markers=markers(changes, days),
     )
-    rows = [[d.isoformat(), *(fmt_pct(v[i]) for v in rates.values())] for i, d in enumerate(days)]
-    return TrendChart(title, chart, _legend(names), ["Submitted on", *names], rows)
+    rows = _day_rows(days, lines.values(), fmt_pct)
+    return TrendChart(title, chart, _legend(list(lines)), ["Submitted on", *lines], rows)
 
 
 def activity_chart(
@@ -129,12 +144,10 @@ def activity_chart(
         x_title="Local day",
         y_title="Hand-offs (count)",
         x_ticks=day_ticks(days),
-        series=[
-            (_series_x(days), svg.Series(name, [float(v) for v in values])) for name, values in lines.items()
-        ],
+        series=_lines(days, {name: [float(v) for v in values] for name, values in lines.items()}),
         y_ticks=svg.nice_ticks(float(peak), whole=True),
         y_label=compact,
         markers=markers(changes, days),
     )
-    rows = [[d.isoformat(), *(fmt_count(v[i]) for v in lines.values())] for i, d in enumerate(days)]
+    rows = _day_rows(days, lines.values(), fmt_count)
     return TrendChart(title, chart, _legend(list(lines)), ["Day", *lines], rows)

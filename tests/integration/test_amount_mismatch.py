@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
+from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.domain.night import Night
 from recycle_engine.ports import OrderSnapshot
 from recycle_engine.services.outcomes.reconcile import run_reconcile
@@ -71,6 +72,12 @@ def _mismatches(engine: Engine) -> list[Any]:
         return [tuple(r) for r in conn.execute(stmt)]
 
 
+def _reconcile(settings: Any, engine: Engine, clients: Any, at: datetime) -> Any:
+    return run_reconcile(
+        settings, engine, clients, night=Night.of(at, settings.timezone), send_clock=FixedClock(at)
+    )
+
+
 def test_given_flexfactor_shows_another_amount_when_reconcile_polls_then_it_is_recorded_once_and_reported(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -83,12 +90,12 @@ def test_given_flexfactor_shows_another_amount_when_reconcile_polls_then_it_is_r
     )
     clients: Any = {"flexfactor-main": flexfactor}
     # when: two nights' polls see the same amount, then FlexFactor shows it in another currency
-    first = run_reconcile(settings, engine, clients, night=Night.of(FIRST_POLL, settings.timezone))
-    run_reconcile(settings, engine, clients, night=Night.of(SECOND_POLL, settings.timezone))
+    first = _reconcile(settings, engine, clients, FIRST_POLL)
+    _reconcile(settings, engine, clients, SECOND_POLL)
     recorded = _mismatches(engine)
     flexfactor.amounts["ff-cut"] = (2749, "EUR")
     third = SECOND_POLL + timedelta(days=1)
-    run_reconcile(settings, engine, clients, night=Night.of(third, settings.timezone))
+    _reconcile(settings, engine, clients, third)
     report = run_report(
         settings,
         engine,

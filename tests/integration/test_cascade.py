@@ -253,6 +253,7 @@ def test_given_flexfactor_is_unreachable_when_a_sale_cascades_then_it_is_decline
         {},
         processors(world.settings),
         night=Night.of(NIGHT, world.settings.timezone),
+        send_clock=FixedClock(NIGHT),
     )
     # then: the shopper has gone; the night's run must not send a stale cascade
     assert answer.result.value == "declined"

@@ -66,6 +66,7 @@ def submit(settings: Settings, engine: Engine, at: datetime) -> Any:
         flexfactor_clients(settings, clock),
         processors(settings),
         night=Night.of(at, settings.timezone),
+        send_clock=clock,
     )
 
 

@@ -20,7 +20,7 @@ from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
-from recycle_engine.jobs import nightly_submit
+from recycle_engine.jobs import nightly_reconcile, nightly_submit
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.anomalies import check_night
 from recycle_engine.services.nightly.submit import run_submit
@@ -72,7 +72,15 @@ def world(tmp_path: Path, db_url: str, sandbox: RunningSandbox) -> Iterator[tupl
     engine.dispose()
 
 
-def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any) -> Any:
+def _submit(
+    settings: Settings,
+    engine: Engine,
+    at: datetime = NIGHT,
+    *,
+    send_clock: FixedClock | None = None,
+    **kw: Any,
+) -> Any:
+    """Submit at logical time `at`, sending at `send_clock` (by default a clock standing at `at`)."""
     clock = FixedClock(at)
     return run_submit(
         settings,
@@ -80,6 +88,7 @@ def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any)
         flexfactor_clients(settings, clock),
         processors(settings),
         night=Night.of(at, settings.timezone),
+        send_clock=send_clock or clock,
         **kw,
     )
 
@@ -87,7 +96,11 @@ def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT, **kw: Any)
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
     clock = FixedClock(at)
     return run_reconcile(
-        settings, engine, flexfactor_clients(settings, clock), night=Night.of(at, settings.timezone)
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        night=Night.of(at, settings.timezone),
+        send_clock=clock,
     )
 
 
@@ -185,6 +198,40 @@ def test_given_the_scheduled_submit_job_when_it_hands_off_then_the_window_counts
     h = _one(engine, select(Handoff))
     engine.dispose()
     assert counts["accepted"] == 1, counts
+    assert (h.state, h.created_at, h.first_sent_at) == ("SUBMITTED", NIGHT, sent)
+    assert h.expires_at == sent + timedelta(days=21)
+
+
+def test_given_a_handoff_left_unsent_when_the_scheduled_reconcile_sends_it_then_the_window_counts_from_the_real_send(
+    tmp_path: Path, db_url: str, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: submit made the hand-off at NIGHT but reached no FlexFactor gateway; the reconcile job
+    # opens its night an hour later by the wall clock, and its call goes out 40 minutes after that
+    path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url)
+    settings = load_test_settings(path)
+    engine = make_engine(db_url)
+    _due_tonight(engine)
+    run_submit(
+        settings,
+        engine,
+        {},
+        processors(settings),
+        night=Night.of(NIGHT, settings.timezone),
+        send_clock=FixedClock(NIGHT),
+    )
+    opened = NIGHT + timedelta(hours=1)
+    sent = opened + timedelta(minutes=40)
+    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
+    for name, value in SANDBOX_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(opened))
+    monkeypatch.setattr(clock_adapter, "send_clock", lambda at: FixedClock(sent))
+    # when
+    counts = nightly_reconcile.run(str(path))
+    # then: the hand-off still belongs to the night it was made, its 21 days to the send
+    h = _one(engine, select(Handoff))
+    engine.dispose()
+    assert counts["sent"] == 1, counts
     assert (h.state, h.created_at, h.first_sent_at) == ("SUBMITTED", NIGHT, sent)
     assert h.expires_at == sent + timedelta(days=21)
 

@@ -64,8 +64,15 @@ def world(
 
 
 def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT) -> Any:
-    clients = flexfactor_clients(settings, FixedClock(at))
-    return run_submit(settings, engine, clients, processors(settings), night=Night.of(at, settings.timezone))
+    clock = FixedClock(at)
+    return run_submit(
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        processors(settings),
+        night=Night.of(at, settings.timezone),
+        send_clock=clock,
+    )
 
 
 def _due(engine: Engine, sub: str, token: str, *, attempt: int = 1, last: int = 0) -> None:

@@ -420,18 +420,25 @@ def play(
                 flexfactor_until(submit_at)
             clients = flexfactor_clients(settings, FixedClock(submit_at))
             submitted = run_submit(
-                settings, engine, clients, processors(settings), night=Night.of(submit_at, settings.timezone)
+                settings,
+                engine,
+                clients,
+                processors(settings),
+                night=Night.of(submit_at, settings.timezone),
+                send_clock=FixedClock(submit_at),
             )
             played.submits[n] = submitted.counts
             if n in HAND_OFF_NIGHTS:
                 played.handoff_ids |= _recycle_handoffs(engine)
             clients = flexfactor_clients(settings, FixedClock(reconcile_at))
+            reconciling = Night.of(reconcile_at, settings.timezone)
+            send_clock = FixedClock(reconcile_at)
             played.reconciles[n] = run_reconcile(
-                settings, engine, clients, night=Night.of(reconcile_at, settings.timezone)
+                settings, engine, clients, night=reconciling, send_clock=send_clock
             ).counts
             wait_for_webhooks(sandbox, engine, played)  # our cancels at the window's end echo back
             before = world_snapshot(engine)
-            run_reconcile(settings, engine, clients, night=Night.of(reconcile_at, settings.timezone))
+            run_reconcile(settings, engine, clients, night=reconciling, send_clock=send_clock)
             wait_for_webhooks(sandbox, engine, played)
             after = world_snapshot(engine)
             played.second_reconcile_diffs[n] = [k for k in before if before[k] != after[k]]

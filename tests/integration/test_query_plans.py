@@ -126,6 +126,7 @@ def _submit(settings: Settings, engine: Engine, at: datetime) -> Any:
         flexfactor_clients(settings, clock),
         processors(settings),
         night=Night.of(at, settings.timezone),
+        send_clock=clock,
     )
 
 
@@ -164,6 +165,7 @@ def test_given_a_big_book_when_a_night_its_reconcile_and_its_report_run_then_no_
         engine,
         flexfactor_clients(settings, FixedClock(later)),
         night=Night.of(later, settings.timezone),
+        send_clock=FixedClock(later),
     )
     # and the report of the night's day, after it
     reported_from = len(plans)

@@ -69,12 +69,18 @@ def _submit(settings: Settings, engine: Engine) -> Any:
         flexfactor_clients(settings, clock),
         processors(settings),
         night=Night.of(NIGHT, settings.timezone),
+        send_clock=clock,
     )
 
 
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
+    clock = FixedClock(at)
     return run_reconcile(
-        settings, engine, flexfactor_clients(settings, FixedClock(at)), night=Night.of(at, settings.timezone)
+        settings,
+        engine,
+        flexfactor_clients(settings, clock),
+        night=Night.of(at, settings.timezone),
+        send_clock=clock,
     )
 
 

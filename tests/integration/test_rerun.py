@@ -71,8 +71,15 @@ class World:
             clients,
             processors(self.settings),
             night=Night.of(NIGHT, self.settings.timezone),
+            send_clock=FixedClock(NIGHT),
         )
-        run_reconcile(self.settings, self.engine, clients, night=Night.of(NIGHT, self.settings.timezone))
+        run_reconcile(
+            self.settings,
+            self.engine,
+            clients,
+            night=Night.of(NIGHT, self.settings.timezone),
+            send_clock=FixedClock(NIGHT),
+        )
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,12 @@ def test_given_the_shared_token_revoked_when_a_night_hands_off_then_one_401_one_
         # when: tonight's run, its own process, hands the due attempt off
         clients = flexfactor_clients(settings, FixedClock(NIGHT), engine=engine)
         result = run_submit(
-            settings, engine, clients, processors(settings), night=Night.of(NIGHT, settings.timezone)
+            settings,
+            engine,
+            clients,
+            processors(settings),
+            night=Night.of(NIGHT, settings.timezone),
+            send_clock=FixedClock(NIGHT),
         )
         for client in clients.values():
             assert isinstance(client, FlexFactorClient)

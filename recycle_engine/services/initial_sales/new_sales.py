@@ -252,6 +252,7 @@ def send_at_once(
         concurrency=min(settings.batching.concurrency, len(handoff_ids)),
         lease=lease,
         only_ids=list(handoff_ids),
+        send_clock=None,  # `now` is this request's reading of the wall clock: the real send instant
     )
     if report.final_ids:
         apply_outcomes(settings, engine, now=now, handoff_ids=report.final_ids)

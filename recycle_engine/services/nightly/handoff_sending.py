@@ -161,7 +161,7 @@ def send_pending(
     only_ids: Sequence[str] | None = None,
     claiming: StillClaiming | None = None,
     skip_gateways: Iterable[str] = (),
-    send_clock: Clock | None = None,
+    send_clock: Clock | None,
 ) -> SendReport:
     """Send every unsent PENDING hand-off (or only those of `only_ids`): lease a few pool-fulls (at
     most `batch_size`), commit the mark, call FlexFactor, record.
@@ -172,7 +172,8 @@ def send_pending(
     pass only after RATE_LIMITED_LEASES leases in a row where each of its calls met a 429.
     While `claiming` is set, another thread is still committing new hand-offs: finding none to send
     then means "wait for more", not "done". `skip_gateways` are left unsent (no client for them).
-    A hand-off's first send fixes its FlexFactor window from `send_clock` (default: `now`)."""
+    A hand-off's first send fixes its FlexFactor window from `send_clock`; it has no default, and None
+    says that `now` is itself the real send instant (a live request, never a replayed night)."""
     report = SendReport()
     # Leased a few pool-fulls at a time, not a whole batch: when the night runs out each worker holds
     # at most two leases, so workers finish together instead of one sending its last thousand alone.
@@ -195,7 +196,7 @@ def send_pending(
                     exclude_gateways=skip,
                     only_ids=only_ids,
                 )
-                items = fix_windows(conn, items, sent_at=send_clock.now() if send_clock else now)
+                items = fix_windows(conn, items, sent_at=send_clock.now() if send_clock is not None else now)
             if items:
                 inflight.append((items, [pool.submit(_send_one, clients[i.gateway_id], i) for i in items]))
             if not inflight:

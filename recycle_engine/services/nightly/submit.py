@@ -49,11 +49,11 @@ def run_submit(
     processors: Mapping[str, ProcessorGateway],
     *,
     night: Night,
+    send_clock: Clock,
     dry_run: bool = False,
     progress: Progress | None = None,
     preview_rows: int = 20,
     clock: Clock | None = None,
-    send_clock: Clock | None = None,
 ) -> SubmitResult:
     """The nightly run of `night`: settle lost answers, run due attempts, hand off, record.
 
@@ -62,7 +62,8 @@ def run_submit(
     caller that owns that job run (several workers share one): it is neither started nor finished
     here; otherwise the run records itself, INCOMPLETE with an UNSENT anomaly when hand-offs are left
     unsent (counts["unsent"]). FlexFactor's window of a hand-off counts from its first send by
-    `send_clock` (default: `night.at`; the entry points pass the real clock)."""
+    `send_clock`, which has no default: a replayed night still sends now (`bootstrap.Run.submit` wires
+    the real one)."""
     if dry_run:
         return _dry_run(settings, engine, today=night.today, preview_rows=preview_rows)
     owned = night.run_id is None  # a night with a run id belongs to a caller that records its run
@@ -104,7 +105,7 @@ def _night(
     *,
     result: SubmitResult,
     progress: Progress | None,
-    send_clock: Clock | None = None,
+    send_clock: Clock,
 ) -> None:
     """Settle lost answers, then claim every due attempt (processor attempts run in the claim) while a
     second thread sends the hand-offs already claimed."""

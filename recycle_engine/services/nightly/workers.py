@@ -17,7 +17,7 @@ from recycle_engine.errors import InputError, RecycleEngineError
 from recycle_engine.ports import Clock
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.services.nightly.anomalies import count_unsent
-from recycle_engine.services.nightly.submit import SubmitResult, run_submit
+from recycle_engine.services.nightly.submit import SubmitResult
 from recycle_engine.services.reporting.rollups import refresh_after_run
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ def _add(total: Counter[str], worker_counts: dict[str, int]) -> None:
 
 
 def _work(job: _Job, results: Connection) -> None:
-    """One worker process: its own engine, clients and processors, then run_submit under the shared run."""
+    """One worker process: its own engine, clients and processors, then the submit under the shared run."""
     from recycle_engine import bootstrap
     from recycle_engine.logs import configure_logging
 
@@ -175,14 +175,7 @@ def _work(job: _Job, results: Connection) -> None:
     try:
         # The night as the parent read it; the run closes the engine and the clients.
         with bootstrap.open_run(job.settings, night=job.night, pool_size=WORKER_POOL_SIZE) as run:
-            result = run_submit(
-                run.settings,
-                run.engine,
-                run.flexfactor_clients(),
-                run.processors(),
-                night=run.night,
-                send_clock=run.send_clock(),
-            )
+            result = run.submit()
         results.send((dict(result.counts), None))
     except Exception as exc:
         log.exception("submit worker failed", extra={"worker": job.worker, "run": job.night.run_id})

@@ -233,14 +233,16 @@ def run_reconcile(
     clients: Mapping[str, FlexFactorGateway],
     *,
     night: Night,
+    send_clock: Clock,
     poll_limit: int = 200_000,
     clock: Clock | None = None,
-    send_clock: Clock | None = None,
 ) -> ReconcileResult:
     """Settle lost answers, send what is still unsent, poll open hand-offs, expire closed windows and
     apply outcomes; idempotent. Hand-offs still unsent at the end (FlexFactor rate limited) make the
     run INCOMPLETE, with counts["unsent"] and an UNSENT anomaly. Everything is judged against
-    `night.at`; `clock` (else `night.at`) stamps the job run's start and finish."""
+    `night.at`; `clock` (else `night.at`) stamps the job run's start and finish. A hand-off first sent
+    here gets its FlexFactor window from `send_clock`, which has no default (`bootstrap.Run.reconcile`
+    wires the real one)."""
     at = night.at
     run_id = start_run(engine, "reconcile", logical_at=at, now=wall_time(clock, night))
     night = night.started(run_id)
