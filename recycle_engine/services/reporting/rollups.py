@@ -55,6 +55,7 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
             for first, last in rollup_repo.day_spans(days):
                 rollup_repo.recompute_days(conn, tz, first, last)
             rollup_repo.save_state(conn, tz, now=now, rebuilt=rebuild)
+            _build_recoveries(conn, tz, now=now, rebuilt=rebuild)
             holdout_days = _refresh_holdout(conn, tz, now=now, rebuild=rebuild_all)
     except DatabaseFailure as exc:
         raise StorageError(f"cannot refresh the report rollups ({exc.__class__.__name__})") from exc
@@ -69,6 +70,20 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
         },
     )
     return result
+
+
+def _build_recoveries(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) -> None:
+    """Build the recovery rollup for every day when it was never built in `tz` (as after migration
+    0020) and the refresh just now did not rebuild it with the other rollups; every other refresh
+    recomputes its days with theirs (rollup_repo.recompute_days)."""
+    name = rollup_repo.RECOVERIES_STATE_NAME
+    built_in = rollup_repo.lock_state(conn, now=now, name=name)
+    missing = not rebuilt and built_in != tz.key
+    if missing:
+        rollup_repo.clear_recoveries(conn)
+        for first, last in rollup_repo.day_spans(rollup_repo.handoff_days(conn, tz)):
+            rollup_repo.recompute_recovery_days(conn, tz, first, last)
+    rollup_repo.save_state(conn, tz, now=now, rebuilt=missing or rebuilt, name=name)
 
 
 def _refresh_holdout(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuild: bool) -> int:
