@@ -182,7 +182,8 @@ def test_given_rollups_built_before_the_recovery_rollup_when_refreshed_then_it_i
     # when
     refresh = refresh_rollups(engine, TZ, now=datetime(2026, 12, 21, tzinfo=UTC))
     # then: nothing else was recomputed, and the recovery rollup is whole
-    assert (refresh.days, refresh.rebuilt) == (0, False)
+    assert (refresh.days, refresh.rebuilt, refresh.holdout_days) == (0, False, 0)
+    assert refresh.recovery_days > 60
     assert expected
     assert rollup_rows(engine) == expected
     assert_rolled_up_equals_direct(engine)
