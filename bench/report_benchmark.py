@@ -642,7 +642,7 @@ def _at_head(url: str) -> str:
         refresh = refresh_rollups(engine, TZ, now=NOW)
         engine.dispose()
         print(
-            f"  then its first refresh: {refresh.days + refresh.holdout_days:,} local days in {refresh.seconds:.1f} s"
+            f"  then its first refresh: {refresh.days + refresh.holdout_days + refresh.recovery_days:,} local days in {refresh.seconds:.1f} s"
         )
         if not url.startswith("sqlite"):  # what autovacuum does after so many changed rows, as after the load
             _pg_admin_on(url, "VACUUM ANALYZE")

@@ -8,12 +8,16 @@ from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Connection, case, func, literal, select
+from sqlalchemy import ColumnElement, Connection, case, func, literal, select, union_all
 
+from recycle_engine.domain.states import Source, State
+from recycle_engine.ports import ChargeResult
+from recycle_engine.reports.ladder_queries import previous_month_first
 from recycle_engine.reports.queries import ReportBounds, fetch, grouped
-from recycle_engine.storage.models import Decline, Handoff
+from recycle_engine.storage.models import Attempt, Decline, Handoff
 from recycle_engine.storage.report_sql import (
     days_between,
+    local_date,
     local_midnight,
     reason_key,
     slot_key,
@@ -109,3 +113,46 @@ def breakdown(conn: Connection, bounds: ReportBounds, name: str) -> pd.DataFrame
     if name == "cycle":
         inner = inner.where(Handoff.source == "RECYCLE")
     return fetch(conn, grouped(inner, ["key", "code", "state", "currency"]))
+
+
+def recoveries(conn: Connection, bounds: ReportBounds) -> pd.DataFrame:
+    """The ladder's recoveries (ladder_queries.recoveries_stmt) read from every approved retry and
+    hand-off of the range, as the report did before the recovery rollup (migration 0020)."""
+    dialect = conn.dialect.name
+    start = local_midnight(previous_month_first(bounds.day), bounds.tz)
+    end = bounds.day_end
+
+    def day_of(column: Any) -> Any:
+        return local_date(column, bounds.tz, start=start, end=end, dialect=dialect).label("day")
+
+    retries = select(
+        day_of(Attempt.occurred_at),
+        literal("retry").label("method"),
+        Attempt.attempt.label("attempt"),
+        Attempt.currency.label("currency"),
+        Attempt.amount_minor.label("amount_minor"),
+    ).where(Attempt.result == ChargeResult.APPROVED.value, within(Attempt.occurred_at, start, end))
+    method = case(
+        (Handoff.source == Source.RERUN.value, literal("rerun")),
+        (Handoff.source == Source.CASCADE.value, literal("cascade")),
+        else_=literal("flexfactor"),
+    )
+    handoffs = select(
+        day_of(Handoff.outcome_at),
+        method.label("method"),
+        case((Handoff.source == Source.RECYCLE.value, Handoff.attempt), else_=None).label("attempt"),
+        Handoff.currency.label("currency"),
+        Handoff.amount_minor.label("amount_minor"),
+    ).where(Handoff.state == State.APPROVED.value, within(Handoff.outcome_at, start, end))
+    both = union_all(retries, handoffs).subquery()
+    keys = [both.c.day, both.c.method, both.c.attempt, both.c.currency]
+    stmt = (
+        select(
+            *keys,
+            func.count().label("n"),
+            sa.cast(func.coalesce(func.sum(both.c.amount_minor), 0), sa.BigInteger).label("amount_minor"),
+        )
+        .group_by(*keys)
+        .order_by(*keys)
+    )
+    return fetch(conn, stmt)

@@ -16,7 +16,8 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemBytecodeCache, FileSystemLoader, StrictUndefined
+from jinja2.bccache import Bucket
 from markupsafe import Markup, escape
 
 from recycle_engine.money import Money
@@ -96,18 +97,45 @@ def fmt_decimal(value: object) -> str:
     return DASH if _missing(value) else f"{float(value):.1f}"  # type: ignore[arg-type]
 
 
+class _CompiledTemplates(FileSystemBytecodeCache):
+    """The templates' compiled code kept between processes, in Jinja's private per-user temporary
+    directory (mode 0700, checked), each file keyed by the template's path and checked against its
+    source: every report runs in a fresh process, and compiling the report's templates took longer
+    than rendering them. A file that cannot be read or written is skipped: a cache never fails a report."""
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # unreadable or damaged (pickle and marshal raise many kinds): compile instead
+            bucket.reset()
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+
+def _compiled_templates() -> _CompiledTemplates | None:
+    try:
+        return _CompiledTemplates(pattern="recycle-engine-%s.cache")
+    except (OSError, RuntimeError):  # no private temporary directory: compile in every process
+        return None
+
+
 @functools.lru_cache(maxsize=8)
 def environment(tz: ZoneInfo) -> Environment:
     """The report's Jinja2 environment: autoescape everywhere, undefined names are errors.
 
     One per timezone, kept: it caches the compiled templates (compiling the report's takes longer
-    than rendering it)."""
+    than rendering it), and so does the next process (_CompiledTemplates)."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        bytecode_cache=_compiled_templates(),
     )
 
     def local(value: object, spec: str = "minutes") -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "ReportDelivery",
     "RecycleProfileVersion",
     "RollupChange",
+    "RecoveryRollup",
     "RollupState",
     "SchedulerLease",
     "Subscription",
@@ -677,6 +678,33 @@ class BreakdownRollup(Base):
             "currency",
             "outcome_day",
             "handoffs",
+            "amount_minor",
+        ),
+    )
+
+
+class RecoveryRollup(Base):
+    """Approved hand-offs submitted on one local day, by the local day of their approval, the ladder's
+    method (flexfactor, rerun, cascade), attempt (recycle hand-offs only) and currency (migration 0020):
+    the ladder's recoveries read the approval days' rows, not every approved hand-off."""
+
+    __tablename__ = "report_recovery_rollups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # local day the hand-offs were submitted
+    outcome_day: Mapped[date | None] = mapped_column(Date)  # local day of outcome_at
+    method: Mapped[str] = mapped_column(String(12))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(CCY)
+    recoveries: Mapped[int] = mapped_column(BigInteger)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        Index(
+            "ix_report_recovery_rollups_outcome_cover",
+            "outcome_day",
+            "method",
+            "attempt",
+            "currency",
+            "recoveries",
             "amount_minor",
         ),
     )

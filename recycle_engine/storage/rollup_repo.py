@@ -17,6 +17,7 @@ from recycle_engine.storage.models import (
     CohortRollup,
     Decline,
     Handoff,
+    RecoveryRollup,
     RollupChange,
     RollupState,
 )
@@ -35,17 +36,23 @@ from recycle_engine.storage.upsert import insert_ignore
 __all__ = [
     "BREAKDOWN_NAMES",
     "MAX_SPAN_DAYS",
+    "RECOVERIES_STATE_NAME",
+    "clear_recoveries",
     "clear_rollups",
     "day_spans",
     "handoff_days",
     "lock_state",
     "recompute_days",
+    "recompute_recovery_days",
     "rollup_rows_from_scratch",
     "save_state",
     "take_changes",
 ]
 
 STATE_NAME: Final = "handoffs"
+# The recovery rollup (migration 0020) keeps a state of its own: it is built in full, once, by the
+# first refresh after the migration, which leaves the other rollups as they are.
+RECOVERIES_STATE_NAME: Final = "recoveries"
 # The breakdowns rolled up, each keyed as rollup_selects() computes it per hand-off.
 BREAKDOWN_NAMES: Final = (
     "slot",
@@ -126,6 +133,11 @@ def day_spans(days: Iterable[date], *, max_days: int = MAX_SPAN_DAYS) -> Iterato
 def clear_rollups(conn: Connection) -> None:
     conn.execute(delete(CohortRollup))
     conn.execute(delete(BreakdownRollup))
+    clear_recoveries(conn)
+
+
+def clear_recoveries(conn: Connection) -> None:
+    conn.execute(delete(RecoveryRollup))
 
 
 def recompute_days(conn: Connection, tz: ZoneInfo, first: date, last: date) -> None:
@@ -141,13 +153,23 @@ def recompute_days(conn: Connection, tz: ZoneInfo, first: date, last: date) -> N
     cohorts, breakdowns = rollup_selects(conn.dialect.name, tz, first, last)
     conn.execute(insert(CohortRollup).from_select(list(cohorts.selected_columns.keys()), cohorts))
     conn.execute(insert(BreakdownRollup).from_select(list(breakdowns.selected_columns.keys()), breakdowns))
+    recompute_recovery_days(conn, tz, first, last)
+
+
+def recompute_recovery_days(conn: Connection, tz: ZoneInfo, first: date, last: date) -> None:
+    """Replace the recovery rollup rows of local submission days first..last."""
+    conn.execute(delete(RecoveryRollup).where(RecoveryRollup.day >= first, RecoveryRollup.day <= last))
+    recoveries = recovery_select(conn.dialect.name, tz, first, last)
+    conn.execute(insert(RecoveryRollup).from_select(list(recoveries.selected_columns.keys()), recoveries))
 
 
 def rollup_rows_from_scratch(conn: Connection, tz: ZoneInfo) -> dict[str, list[tuple[Any, ...]]]:
     """The rows a rebuild would write, by table, sorted; reads only (tests compare them with the tables)."""
-    found: dict[str, list[tuple[Any, ...]]] = {"cohorts": [], "breakdowns": []}
+    found: dict[str, list[tuple[Any, ...]]] = {"cohorts": [], "breakdowns": [], "recoveries": []}
     for first, last in day_spans(handoff_days(conn, tz)):
-        for name, stmt in zip(found, rollup_selects(conn.dialect.name, tz, first, last), strict=True):
+        selects = [*rollup_selects(conn.dialect.name, tz, first, last)]
+        selects.append(recovery_select(conn.dialect.name, tz, first, last))
+        for name, stmt in zip(found, selects, strict=True):
             found[name].extend(tuple(r) for r in conn.execute(stmt))
     return {name: sorted(rows, key=repr) for name, rows in found.items()}
 
@@ -235,3 +257,36 @@ def rollup_selects(dialect: str, tz: ZoneInfo, first: date, last: date) -> tuple
         ).group_by(*group)
         parts.append(part.where(r.c.cycle.is_not(None)) if name == "cycle" else part)
     return cohorts, union_all(*parts)
+
+
+def recovery_select(dialect: str, tz: ZoneInfo, first: date, last: date) -> Any:
+    """The approved hand-offs submitted on local days first..last, counted and summed by local day of
+    approval, the ladder's method, attempt and currency: the hand-off rows of the ladder's recoveries
+    (reports/ladder_queries.py), columns named as report_recovery_rollups names them."""
+    start, end = local_midnight(first, tz), local_midnight(last + timedelta(days=1), tz)
+    h = Handoff
+    method = case(
+        (h.source == Source.RERUN.value, literal("rerun")),
+        (h.source == Source.CASCADE.value, literal("cascade")),
+        else_=literal("flexfactor"),
+    )
+    facts = (
+        select(
+            local_date(submitted(), tz, start=start, end=end, dialect=dialect).label("day"),
+            local_date(h.outcome_at, tz, start=start, end=end + OUTCOME_LOOKAHEAD, dialect=dialect).label(
+                "outcome_day"
+            ),
+            sa.cast(method, sa.String(12)).label("method"),
+            case((h.source == Source.RECYCLE.value, h.attempt), else_=None).label("attempt"),
+            h.currency.label("currency"),
+            h.amount_minor.label("amount_minor"),
+        )
+        .where(within(submitted(), start, end), h.state == State.APPROVED.value)
+        .subquery("approved")
+    )
+    keys = [facts.c.day, facts.c.outcome_day, facts.c.method, facts.c.attempt, facts.c.currency]
+    return select(
+        *keys,
+        sa.cast(func.count(), sa.BigInteger).label("recoveries"),
+        sa.cast(func.coalesce(func.sum(facts.c.amount_minor), 0), sa.BigInteger).label("amount_minor"),
+    ).group_by(*keys)

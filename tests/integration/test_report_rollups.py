@@ -21,14 +21,21 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from recycle_engine.adapters.flexfactor_webhooks import WebhookEvent
 from recycle_engine.cli import main
 from recycle_engine.domain.states import Event
-from recycle_engine.reports import rollup_queries
+from recycle_engine.reports import ladder_queries, rollup_queries
 from recycle_engine.reports.queries import ReportBounds, fetch
 from recycle_engine.services.outcomes.webhook_events import record_event
 from recycle_engine.services.reporting.rollups import RollupRefresh, refresh_rollups
 from recycle_engine.storage import rollup_repo
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.handoff_repo import HandoffUpdate, apply_updates
-from recycle_engine.storage.models import BreakdownRollup, CohortRollup, Decline, Handoff, RollupChange
+from recycle_engine.storage.models import (
+    BreakdownRollup,
+    CohortRollup,
+    Decline,
+    Handoff,
+    RecoveryRollup,
+    RollupChange,
+)
 from tests import report_reference as direct
 from tests.conftest import _fresh_pg, _fresh_sqlite
 from tests.integration import test_outcomes_lifecycle as lifecycle
@@ -55,7 +62,7 @@ def rows_of(frame: pd.DataFrame) -> list[tuple[Any, ...]]:
 
 def rollup_tables(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
     """The rollup tables' rows without their ids, sorted, as rollup_rows_from_scratch returns them."""
-    tables = {"cohorts": CohortRollup, "breakdowns": BreakdownRollup}
+    tables = {"cohorts": CohortRollup, "breakdowns": BreakdownRollup, "recoveries": RecoveryRollup}
     return {
         name: sorted((tuple(r)[1:] for r in conn.execute(select(model))), key=repr)
         for name, model in tables.items()
@@ -75,6 +82,10 @@ def differences(conn: Connection, tz: ZoneInfo, bounds: ReportBounds) -> list[st
         "decline cohorts": (
             rollup_queries.fetch_cohorts(conn, rollup_queries.decline_cohort_stmt(bounds)),
             direct.decline_cohort_facts(conn, bounds),
+        ),
+        "recoveries": (
+            fetch(conn, ladder_queries.recoveries_stmt(bounds, conn.dialect.name)),
+            direct.recoveries(conn, bounds),
         ),
     }
     by_key = fetch(conn, rollup_queries.breakdowns_stmt(bounds))
@@ -224,6 +235,8 @@ def test_given_writes_by_every_path_when_refreshed_between_them_then_rollups_equ
             update(Handoff).where(Handoff.id == "h21").values(attention="chargeback", amount_minor=999)
         ),
         "delete": lambda conn: conn.execute(delete(Handoff).where(Handoff.id == "h22")),
+        # the attempt of a recovery (the ladder's recoveries are rolled up by attempt)
+        "attempt": lambda conn: conn.execute(update(Handoff).where(Handoff.id == "h00").values(attempt=7)),
         # a write that changes no rolled-up column is not noted
         "lease": lambda conn: conn.execute(update(Handoff).where(Handoff.id == "h01").values(poll_count=7)),
     }
@@ -241,6 +254,7 @@ def test_given_writes_by_every_path_when_refreshed_between_them_then_rollups_equ
         "refund": (1, []),
         "operator": (1, []),
         "delete": (1, []),
+        "attempt": (1, []),
         "lease": (0, []),
     }
     # then: the report's figures read from rollups equal the direct aggregation, on DST and month-end days

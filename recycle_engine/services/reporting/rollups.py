@@ -30,6 +30,7 @@ class RollupRefresh:
     rebuilt: bool
     seconds: float
     holdout_days: int = 0  # local assignment days of the holdout rollup recomputed
+    recovery_days: int = 0  # local days of the recovery rollup built on their own (after migration 0020)
 
 
 def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: bool = False) -> RollupRefresh:
@@ -55,20 +56,39 @@ def refresh_rollups(engine: Engine, tz: ZoneInfo, *, now: datetime, rebuild: boo
             for first, last in rollup_repo.day_spans(days):
                 rollup_repo.recompute_days(conn, tz, first, last)
             rollup_repo.save_state(conn, tz, now=now, rebuilt=rebuild)
+            recovery_days = _build_recoveries(conn, tz, now=now, rebuilt=rebuild)
             holdout_days = _refresh_holdout(conn, tz, now=now, rebuild=rebuild_all)
     except DatabaseFailure as exc:
         raise StorageError(f"cannot refresh the report rollups ({exc.__class__.__name__})") from exc
-    result = RollupRefresh(len(days), rebuild, time.perf_counter() - started, holdout_days)
+    seconds = time.perf_counter() - started
+    result = RollupRefresh(len(days), rebuild, seconds, holdout_days, recovery_days)
     log.info(
         "report rollups refreshed",
         extra={
             "days": result.days,
             "holdout_days": result.holdout_days,
+            "recovery_days": result.recovery_days,
             "rebuilt": result.rebuilt,
             "seconds": round(result.seconds, 3),
         },
     )
     return result
+
+
+def _build_recoveries(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuilt: bool) -> int:
+    """Build the recovery rollup for every day when it was never built in `tz` (as after migration
+    0020) and the refresh just now did not rebuild it with the other rollups; every other refresh
+    recomputes its days with theirs (rollup_repo.recompute_days)."""
+    name = rollup_repo.RECOVERIES_STATE_NAME
+    built_in = rollup_repo.lock_state(conn, now=now, name=name)
+    missing = not rebuilt and built_in != tz.key
+    days = rollup_repo.handoff_days(conn, tz) if missing else []
+    if missing:
+        rollup_repo.clear_recoveries(conn)
+        for first, last in rollup_repo.day_spans(days):
+            rollup_repo.recompute_recovery_days(conn, tz, first, last)
+    rollup_repo.save_state(conn, tz, now=now, rebuilt=missing or rebuilt, name=name)
+    return len(days)
 
 
 def _refresh_holdout(conn: Connection, tz: ZoneInfo, *, now: datetime, rebuild: bool) -> int:
