@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pandas as pd
 
-from recycle_engine.adapters.crm_rows import declined_at, feed_row
+from recycle_engine.adapters.crm_rows import declined_at, feed_columns
 from recycle_engine.config import CrmSettings, Settings
 from recycle_engine.errors import ConfigError, InputError, RecycleEngineError, StorageError
 from recycle_engine.ports import CrmApi, CrmPage
 from recycle_engine.services.intake.decline_effects import ImportSession
-from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 from recycle_engine.services.intake.feed_stage import collection_deferred
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
@@ -209,18 +208,17 @@ class _Pull:
             fresh.append(read)
         if not fresh:
             return
-        orders, purchases = found.orders, found.purchases
-        feed = []
-        missing: set[int] = set()
-        for n, (row, when) in enumerate(fresh):
-            order = orders.get(str(row.get("orderId", "")))
-            if order is None:
-                missing.add(self.line + n)
-            purchase = purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
-            feed.append(feed_row(row, order, purchase, self.crm.gateway_of, when))
+        transactions = [row for row, _ in fresh]
+        orders = [found.orders.get(str(row.get("orderId", ""))) for row in transactions]
+        missing = {self.line + n for n, order in enumerate(orders) if order is None}
+        purchases = [
+            found.purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
+            for row in transactions
+        ]
+        columns = feed_columns(transactions, orders, purchases, self.crm.gateway_of, [w for _, w in fresh])
         # Every cell is already text: plain objects spare pandas a string array it would check and
         # the checks would unpack again, column by column.
-        frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=object)
+        frame = pd.DataFrame(columns, dtype=object)
         checked, prepared = self.importer.check_and_prepare(frame, self.line)
         rejects = checked.rejects_frame()
         saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
