@@ -39,7 +39,7 @@ def _shapes(limit: int = _ALL_DIGITS) -> dict[int, str]:
     """Each character below `limit` as its part in a written card number: digits (any script) "1",
     separators (whitespace, punctuation) "s", ASCII letters "a", other ASCII "0"; other characters stay
     as they are, which neither the digits nor the separators of the pattern below match. Text that is
-    all ASCII needs only the first 128 entries: the whole table takes a tenth of a second to build."""
+    all ASCII needs only the first 128 entries: the whole table takes tens of milliseconds to build."""
     table: dict[int, str] = {}
     for code in range(limit):
         ch = chr(code)
