@@ -12,7 +12,9 @@ generated declines. Each arm runs in this process:
             committed around its call)
   bare-push the same number of /purchase/update/ calls through one Session, one after another
 
-Prints wall seconds and rows a second for each arm and the ratios engine / bare; asserts nothing.
+Prints wall seconds and rows a second for each arm and the ratios engine / bare, and the CPU each arm
+spent a row, in this process and in the fake's (on busy cores the walls follow the CPU, which the
+load does not move); asserts nothing.
 With --rounds N, the pull and the bare pull alternate N times (each pull into a fresh database) and
 the median of the rounds' ratios is printed beside each round's: on a shared machine one round can
 land on a quiet or a busy moment. Not part of the test suite.
@@ -32,6 +34,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import requests
 
 from recycle_engine.adapters.crm_http import CrmClient
@@ -56,6 +59,24 @@ def _serve_fake(csv_path: Path) -> tuple[subprocess.Popen[str], str]:
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()  # the first line, printed once the records are loaded
     return proc, url
+
+
+class _Cpu:
+    """CPU seconds of this process (every thread) and of the fake's since the last lap."""
+
+    def __init__(self, fake: psutil.Process) -> None:
+        self.fake = fake
+        self.last = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        times = self.fake.cpu_times()
+        return time.process_time(), times.user + times.system
+
+    def lap(self) -> tuple[float, float]:
+        now = self._now()
+        spent = (now[0] - self.last[0], now[1] - self.last[1])
+        self.last = now
+        return spent
 
 
 def bare_pull(url: str, per_page: int) -> int:
@@ -116,28 +137,38 @@ def main() -> None:
         folder = Path(tmp)
         rows = feed_rows(args.declines, DAY)
         proc, url = _serve_fake(write_csv(folder / "declines.csv", rows))
+        fake = psutil.Process(proc.pid)
         try:
             rounds: list[tuple[float, int, float, dict[str, int]]] = []
+            cpus: list[tuple[float, float]] = []  # CPU seconds a row in this process: pull, bare
             for n in range(args.rounds):
                 db_url = f"sqlite:///{folder}/book-{n}.db"
                 upgrade(db_url)
                 settings = crm_settings(crm_settings_file(folder, db_url=db_url, crm_url=url))
                 assert settings.crm is not None
+                cpu = _Cpu(fake)
                 started = time.perf_counter()
                 bare_rows = bare_pull(url, 200)
                 bare_pull_s = time.perf_counter() - started
+                bare_cpu = cpu.lap()
                 engine = make_engine(db_url)
                 client = CrmClient(settings.crm)
+                cpu.lap()
                 started = time.perf_counter()
                 pulled = pull_declines(
                     settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
                 )
                 pull_s = time.perf_counter() - started
+                pull_cpu = cpu.lap()
                 rounds.append((bare_pull_s, bare_rows, pull_s, pulled.counts))
                 read = pulled.counts["read"]
+                cpus.append((pull_cpu[0] / read, bare_cpu[0] / bare_rows))
                 print(
                     f"round {n + 1}: pull {pull_s:.2f} s ({read / pull_s:.0f} rows/s), bare {bare_pull_s:.2f} s"
-                    f" ({bare_rows / bare_pull_s:.0f} rows/s): {(read / pull_s) / (bare_rows / bare_pull_s):.2f}",
+                    f" ({bare_rows / bare_pull_s:.0f} rows/s): {(read / pull_s) / (bare_rows / bare_pull_s):.2f};"
+                    f" CPU a row: pull {pull_cpu[0] / read * 1e6:.0f} µs (fake {pull_cpu[1] / read * 1e6:.0f}),"
+                    f" bare {bare_cpu[0] / bare_rows * 1e6:.0f} µs (fake {bare_cpu[1] / bare_rows * 1e6:.0f});"
+                    f" load {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
                 client.close()
@@ -173,6 +204,12 @@ def main() -> None:
             if len(ratios) > 1
             else ""
         )
+    )
+    pull_row = statistics.median(c[0] for c in cpus)
+    bare_row = statistics.median(c[1] for c in cpus)
+    print(
+        f"CPU a row in this process (median): pull {pull_row * 1e6:.0f} µs, bare {bare_row * 1e6:.0f} µs:"
+        f" {bare_row / pull_row:.2f}"
     )
     print(f"push       {push_s:8.2f} s  {delivered / push_s:10.0f} changes/s ({delivered} delivered)")
     print(f"bare push  {bare_push_s:8.2f} s  {len(purchases) / bare_push_s:10.0f} calls/s")

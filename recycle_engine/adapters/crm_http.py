@@ -50,6 +50,12 @@ class CrmClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = _USER_AGENT
+        # The environment's proxies and CA bundle, read once for the one host called: left to requests,
+        # it reads them again on every call, a third of a call's own CPU (and ~/.netrc, not used here).
+        found = self._session.merge_environment_settings(self._root, {}, None, None, None)
+        self._session.proxies.update(found["proxies"])
+        self._session.verify = found["verify"]
+        self._session.trust_env = False
         self.calls = 0
 
     def __repr__(self) -> str:

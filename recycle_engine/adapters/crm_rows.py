@@ -10,7 +10,7 @@ the choice made (and the fake follows it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import EllipsisType
@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 
-__all__ = ["ORDER_TYPES", "TRANSACTION_FIELDS", "declined_at", "feed_row"]
+__all__ = ["ORDER_TYPES", "TRANSACTION_FIELDS", "declined_at", "feed_columns", "feed_row"]
 
 # Feed column <- transaction row field, for the columns a transaction row carries itself.
 TRANSACTION_FIELDS: Final[Mapping[str, str]] = {
@@ -80,36 +80,79 @@ def feed_row(
 ) -> dict[str, str]:
     """The feed row of one declined transaction; every column present, as text. `when` is the
     transaction's declined_at() where the caller has read it already."""
-    row = dict.fromkeys(FEED_COLUMNS, "")
-    get = transaction.get
-    # A pull maps every row it reads: the text values, nearly all of them, skip the call to _cell.
+    whens = [declined_at(transaction) if when is ... else when]
+    columns = feed_columns([transaction], [order], [purchase], gateway_of, whens)
+    return {column: values[0] for column, values in columns.items()}
+
+
+def feed_columns(
+    transactions: Sequence[Mapping[str, Any]],
+    orders: Sequence[Mapping[str, Any] | None],
+    purchases: Sequence[Mapping[str, Any] | None],
+    gateway_of: Callable[[str], str],
+    whens: Sequence[datetime | None],
+) -> dict[str, list[str]]:
+    """The feed rows of declined transactions, column by column in FEED_COLUMNS order, as text: the
+    i-th row from transactions[i], its order, its purchase and its declined_at() `whens[i]`.
+
+    A pull maps every row it reads: a list per column, built by one comprehension, costs a fraction
+    of a dict per row (and pandas then takes the lists as they are)."""
+    columns: dict[str, list[str]] = dict.fromkeys(FEED_COLUMNS, [])  # the order; every column is set below
     for column, name in _TRANSACTION_ITEMS:
-        value = get(name)
-        row[column] = value if value.__class__ is str else _cell(value)
-    if when is ...:
-        when = declined_at(transaction)
-    row["declined_at"] = when.isoformat() if when else _cell(get("dateCreated"))
-    merchant = _cell(get("merchantId"))
-    row["gateway_id"] = gateway_of(merchant) if merchant else ""
-    month, _, year = _cell(get("cardExpiryDate")).partition("/")
-    row["card_exp_month"], row["card_exp_year"] = month, year
-    row["recurring_product"] = "true" if row["purchase_id"] else "false"
-    if order is not None:
-        kind = _cell(order.get("orderType")).upper()
-        row["order_type"] = ORDER_TYPES.get(kind, kind)
-        row["campaign_id"] = row["campaign_id"] or _cell(order.get("campaignId"))
-        row["shippable"] = _shippable(order, row["product_id"])
-    if purchase is not None:
-        row["product_id"] = row["product_id"] or _cell(purchase.get("productId"))
-        row["billing_interval_days"] = _cell(purchase.get("billingIntervalDays"))
-        row["billing_cycle"] = row["billing_cycle"] or _cell(purchase.get("billingCycleNumber"))
-        trial = _cell(purchase.get("trialEnabled")).lower() in ("true", "1")
-        row["completes_trial"] = "true" if trial and row["billing_cycle"] == "2" else "false"
-    else:
-        row["completes_trial"] = "false"
-    if not row["billing_cycle"] and row["order_type"] in ("NEW_SALE", "UPSALE"):
-        row["billing_cycle"] = "1"
-    return row
+        # Nearly every value is text already: the class test spares the call to _cell.
+        columns[column] = [
+            value if (value := t.get(name)).__class__ is str else _cell(value) for t in transactions
+        ]
+    columns["declined_at"] = [
+        when.isoformat() if when else _cell(t.get("dateCreated"))
+        for t, when in zip(transactions, whens, strict=True)
+    ]
+    gateways: dict[str, str] = {}  # a few merchants, met again and again
+    merchants = (_cell(t.get("merchantId")) for t in transactions)
+    columns["gateway_id"] = [
+        (gateways[m] if m in gateways else gateways.setdefault(m, gateway_of(m))) if m else ""
+        for m in merchants
+    ]
+    expiries = [_cell(t.get("cardExpiryDate")).partition("/") for t in transactions]
+    columns["card_exp_month"] = [month for month, _, _ in expiries]
+    columns["card_exp_year"] = [year for _, _, year in expiries]
+    columns["recurring_product"] = ["true" if p else "false" for p in columns["purchase_id"]]
+    _order_and_purchase(columns, orders, purchases)
+    return columns
+
+
+def _order_and_purchase(
+    columns: dict[str, list[str]],
+    orders: Sequence[Mapping[str, Any] | None],
+    purchases: Sequence[Mapping[str, Any] | None],
+) -> None:
+    """The columns an order and a purchase give or complete, in place; the transaction's own values
+    come first."""
+    campaign, product, cycle = columns["campaign_id"], columns["product_id"], columns["billing_cycle"]
+    size = len(campaign)
+    order_type, shippable, interval = [""] * size, [""] * size, [""] * size
+    completes = ["false"] * size
+    for n, (order, purchase) in enumerate(zip(orders, purchases, strict=True)):
+        if order is not None:
+            kind = _cell(order.get("orderType")).upper()
+            order_type[n] = ORDER_TYPES.get(kind, kind)
+            campaign[n] = campaign[n] or _cell(order.get("campaignId"))
+            shippable[n] = _shippable(order, product[n])  # the transaction's own product, if any
+        if purchase is not None:
+            product[n] = product[n] or _cell(purchase.get("productId"))
+            interval[n] = _cell(purchase.get("billingIntervalDays"))
+            cycle[n] = cycle[n] or _cell(purchase.get("billingCycleNumber"))
+            trial = _cell(purchase.get("trialEnabled")).lower() in ("true", "1")
+            completes[n] = "true" if trial and cycle[n] == "2" else "false"
+        if not cycle[n] and order_type[n] in ("NEW_SALE", "UPSALE"):
+            cycle[n] = "1"
+    columns["order_type"], columns["shippable"], columns["billing_interval_days"] = (
+        order_type,
+        shippable,
+        interval,
+    )
+    columns["campaign_id"], columns["product_id"], columns["billing_cycle"] = campaign, product, cycle
+    columns["completes_trial"] = completes
 
 
 def _shippable(order: Mapping[str, Any], product_id: str) -> str:

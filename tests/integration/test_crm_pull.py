@@ -278,6 +278,31 @@ def test_given_no_declines_in_the_window_when_pulling_then_the_empty_message_is_
     assert {e["result"] for e in fake.fake.log()} == {"ERROR"}  # the CRM's way of saying "none"
 
 
+def test_given_a_proxy_in_the_environment_when_the_client_calls_then_it_goes_through_the_proxy(
+    fake: RunningFakeCrm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: the fake stands in for the proxy; the CRM's own host name does not resolve
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, fake.url)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    path = crm_settings_file(tmp_path, db_url=f"sqlite:///{tmp_path}/unused.db", crm_url="http://crm.invalid")
+    crm = crm_settings(path).crm
+    assert crm is not None
+    client = CrmClient(crm, sleep=lambda _s: None)
+
+    # when
+    try:
+        window = {"startDate": "06/01/2026", "endDate": "06/02/2026", "responseType": "SOFT_DECLINE"}
+        page = client.query_page("/transactions/query/", window, 1)
+    finally:
+        client.close()
+
+    # then: the fake answered its "nothing matched", so the call went through the proxy
+    assert page.rows == []
+    assert [e["result"] for e in fake.fake.log()] == ["ERROR"]
+
+
 # --- late rows -----------------------------------------------------------------------------------
 
 

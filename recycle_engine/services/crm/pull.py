@@ -1,9 +1,10 @@
 """`crm pull`: the CRM's declined transactions over a closed window, through the CSV import's pipeline.
 
 A pull reads [cursor - lookback, until) where `until` is at least `settle_minutes` in the past, so the
-window has closed: new declines land after it. Pages are read oldest first and gathered into chunks
-of up to CHUNK_ROWS rows; each chunk, with its orders and purchases fetched a page of ids per call, is
-checked and written exactly as a CSV chunk is (same checks, dedupe by transaction id, card-number rule, classification). The cursor
+window has closed: new declines land after it. Pages are read oldest first, one decline type after the
+other in one stream, and gathered into chunks of up to CHUNK_ROWS rows (the first ones smaller); each
+chunk, with its orders and purchases fetched a page of ids per call, is checked and written exactly as
+a CSV chunk is (same checks, dedupe by transaction id, card-number rule, classification). The cursor
 moves to `until` only once every page of both decline types is written, so a pull stopped at any
 point reads the same window again: rows already written are duplicates and change nothing.
 
@@ -25,12 +26,11 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pandas as pd
 
-from recycle_engine.adapters.crm_rows import declined_at, feed_row
+from recycle_engine.adapters.crm_rows import declined_at, feed_columns
 from recycle_engine.config import CrmSettings, Settings
 from recycle_engine.errors import ConfigError, InputError, RecycleEngineError, StorageError
 from recycle_engine.ports import CrmApi, CrmPage
 from recycle_engine.services.intake.decline_effects import ImportSession
-from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 from recycle_engine.services.intake.feed_stage import collection_deferred
 from recycle_engine.services.job_runs import finish_run, start_run
 from recycle_engine.storage import crm_repo
@@ -52,6 +52,7 @@ PURCHASES: Final = "/purchase/query/"
 DECLINE_TYPES: Final = ("SOFT_DECLINE", "HARD_DECLINE")
 FIRST_WINDOW: Final = timedelta(days=1)  # the first pull, with no cursor and no --since
 CHUNK_ROWS: Final = 5_000  # pages gathered into one checked and written chunk (a chunk costs ~20 ms fixed)
+_RAMP: Final = 16  # the first chunk is this fraction of CHUNK_ROWS
 MAX_PASSES: Final = 3  # reads of one decline type while the CRM's total keeps changing
 _NO_ORDER: Final = "order_id: the CRM has no such order (/order/query/)"
 _FROM_ORDER: Final = ("order_type: required", "shippable: required")
@@ -92,8 +93,7 @@ def pull_declines(
     puller = _Pull(settings, crm, engine, client, run_id, now, start, end)
     try:
         if start < end:
-            for decline_type in DECLINE_TYPES:
-                puller.read(decline_type)
+            puller.read()
             with engine.begin() as conn:
                 crm_repo.save_cursor(conn, end, run_id=run_id, now=now)
     except DatabaseFailure as exc:
@@ -150,48 +150,58 @@ class _Pull:
         # Pages fetched ahead: a chunk's worth, so the calls go on while a whole chunk is checked and
         # written (one or two pages ahead, the reader waited on the CRM for most of each chunk).
         self.pages_ahead = CHUNK_ROWS // max(1, crm.results_per_page) + 1
+        # The checks and writes wait for the first chunk's pages: a small first chunk, doubling, gets
+        # them going after a page or two rather than a full chunk's calls.
+        self.chunk_rows = max(1, CHUNK_ROWS // _RAMP)
 
-    def read(self, decline_type: str) -> None:
-        params = {
-            "startDate": self.start.strftime("%m/%d/%Y"),
-            "endDate": self.end.strftime("%m/%d/%Y"),
-            "dateRangeType": "dateCreated",
-            "responseType": decline_type,
-            "sortDir": "1",  # oldest first: rows arriving meanwhile can only repeat a row, not hide one
-        }
+    def read(self) -> None:
+        """Both decline types' pages as one stream, so the reader goes on to the next type while this
+        one's last chunk is written; a type whose total changed while paging is read again."""
+        types: tuple[str, ...] = DECLINE_TYPES
         for _ in range(MAX_PASSES):
-            self.counts["passes"] += 1
-            totals: set[int] = set()
+            self.counts["passes"] += len(types)
+            totals: dict[str, set[int]] = {t: set() for t in types}
             waiting: list[_Read] = []
             found = _Found({}, {})
-            for page, rows, details in _prefetched(self._pages(params), self.pages_ahead):
+            for decline_type, page, rows, details in _prefetched(self._pages(types), self.pages_ahead):
                 self.counts["pages"] += 1
-                totals.add(page.total)
+                totals[decline_type].add(page.total)
                 waiting += rows
                 found.orders.update(details.orders)
                 found.purchases.update(details.purchases)
-                if len(waiting) >= CHUNK_ROWS:
+                if len(waiting) >= self.chunk_rows:
                     self._feed(waiting, found)
                     waiting, found = [], _Found({}, {})
+                    self.chunk_rows = min(CHUNK_ROWS, 2 * self.chunk_rows)
             self._feed(waiting, found)
-            if len(totals) <= 1:
+            types = tuple(t for t in types if len(totals[t]) > 1)
+            if not types:
                 return
-            log.info("the CRM's total changed while paging; reading again", extra={"type": decline_type})
+            log.info("the CRM's total changed while paging; reading again", extra={"types": ",".join(types)})
 
-    def _pages(self, params: Mapping[str, str]) -> Iterator[tuple[CrmPage, list[_Read], _Found]]:
-        """Each page of the window with the orders and purchases its rows name (a call each)."""
+    def _pages(self, types: Iterable[str]) -> Iterator[tuple[str, CrmPage, list[_Read], _Found]]:
+        """Each page of the window, type after type, with the orders and purchases its rows name (a
+        call each)."""
         start, end = self.start, self.end
-        for page in self.client.query_all(TRANSACTIONS, params):
-            # A row whose time cannot be read is fed all the same: the checks reject it with its reason.
-            read = ((row, declined_at(row)) for row in page.rows)
-            rows: list[_Read] = [(row, when) for row, when in read if when is None or start <= when < end]
-            orders = self.client.query_ids(
-                ORDERS, "orderId", {str(r["orderId"]) for r, _ in rows if r.get("orderId")}
-            )
-            purchases = self.client.query_ids(
-                PURCHASES, "purchaseId", {str(r["purchaseId"]) for r, _ in rows if r.get("purchaseId")}
-            )
-            yield page, rows, _Found(orders, purchases)
+        for decline_type in types:
+            params = {
+                "startDate": start.strftime("%m/%d/%Y"),
+                "endDate": end.strftime("%m/%d/%Y"),
+                "dateRangeType": "dateCreated",
+                "responseType": decline_type,
+                "sortDir": "1",  # oldest first: rows arriving meanwhile can only repeat a row, not hide one
+            }
+            for page in self.client.query_all(TRANSACTIONS, params):
+                # A row whose time cannot be read is fed all the same: the checks reject it with its reason.
+                read = ((row, declined_at(row)) for row in page.rows)
+                rows: list[_Read] = [(row, when) for row, when in read if when is None or start <= when < end]
+                orders = self.client.query_ids(
+                    ORDERS, "orderId", {str(r["orderId"]) for r, _ in rows if r.get("orderId")}
+                )
+                purchases = self.client.query_ids(
+                    PURCHASES, "purchaseId", {str(r["purchaseId"]) for r, _ in rows if r.get("purchaseId")}
+                )
+                yield decline_type, page, rows, _Found(orders, purchases)
 
     def _feed(self, rows: Iterable[_Read], found: _Found) -> None:
         # The mapped rows, the checks and the writes allocate a few hundred thousand objects, none in
@@ -209,18 +219,17 @@ class _Pull:
             fresh.append(read)
         if not fresh:
             return
-        orders, purchases = found.orders, found.purchases
-        feed = []
-        missing: set[int] = set()
-        for n, (row, when) in enumerate(fresh):
-            order = orders.get(str(row.get("orderId", "")))
-            if order is None:
-                missing.add(self.line + n)
-            purchase = purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
-            feed.append(feed_row(row, order, purchase, self.crm.gateway_of, when))
+        transactions = [row for row, _ in fresh]
+        orders = [found.orders.get(str(row.get("orderId", ""))) for row in transactions]
+        missing = {self.line + n for n, order in enumerate(orders) if order is None}
+        purchases = [
+            found.purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
+            for row in transactions
+        ]
+        columns = feed_columns(transactions, orders, purchases, self.crm.gateway_of, [w for _, w in fresh])
         # Every cell is already text: plain objects spare pandas a string array it would check and
         # the checks would unpack again, column by column.
-        frame = pd.DataFrame(feed, columns=list(FEED_COLUMNS), dtype=object)
+        frame = pd.DataFrame(columns, dtype=object)
         checked, prepared = self.importer.check_and_prepare(frame, self.line)
         rejects = checked.rejects_frame()
         saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]

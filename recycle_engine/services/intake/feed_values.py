@@ -30,29 +30,34 @@ __all__ = [
 Flags = np.ndarray[Any, np.dtype[np.bool_]]
 
 
+_ALL_DIGITS: Final = 0x20000  # every decimal digit of Unicode 15 lies below U+1FC00
+_ASCII: Final = 0x80
+
+
 @cache
-def _shapes() -> dict[int, str]:
-    """Each character as its part in a written card number: digits (any script) "1", separators
-    (whitespace, punctuation) "s", ASCII letters "a", other ASCII "0"; other characters stay as they
-    are, which neither the digits nor the separators of the pattern below match."""
+def _shapes(limit: int = _ALL_DIGITS) -> dict[int, str]:
+    """Each character below `limit` as its part in a written card number: digits (any script) "1",
+    separators (whitespace, punctuation) "s", ASCII letters "a", other ASCII "0"; other characters stay
+    as they are, which neither the digits nor the separators of the pattern below match. Text that is
+    all ASCII needs only the first 128 entries: the whole table takes tens of milliseconds to build."""
     table: dict[int, str] = {}
-    for code in range(0x20000):  # every decimal digit of Unicode 15 lies below U+1FC00
+    for code in range(limit):
         ch = chr(code)
         if ch.isdecimal():
             table[code] = "1"
         elif ch.isspace() or unicodedata.category(ch).startswith("P"):
             table[code] = "s"
-        elif code < 0x80:
+        elif code < _ASCII:
             table[code] = "a" if ch.isalpha() else "0"
     table[0] = "0"  # the joiner below
     return table
 
 
 @cache
-def _digits_only() -> dict[int, str | None]:
+def _digits_only(limit: int = _ALL_DIGITS) -> dict[int, str | None]:
     """The shapes with separators removed and letters as "0": thirteen "1"s in a row, which str.find
     spots even faster, are needed for any card number however written."""
-    return {code: {"s": None, "a": "0"}.get(shape, shape) for code, shape in _shapes().items()}
+    return {code: {"s": None, "a": "0"}.get(shape, shape) for code, shape in _shapes(limit).items()}
 
 
 _THIRTEEN_DIGITS: Final = "1" * 13
@@ -65,9 +70,10 @@ _DECIMAL: Final = re.compile(r"\d+(?:\.\d+)?")
 def card_number_positions(values: Sequence[str]) -> list[int]:
     """Positions of the values that contain a full card number (cards.contains_pan decides)."""
     joined = "\x00".join(values)
-    if joined.translate(_digits_only()).find(_THIRTEEN_DIGITS) < 0:
+    limit = _ASCII if joined.isascii() else _ALL_DIGITS
+    if joined.translate(_digits_only(limit)).find(_THIRTEEN_DIGITS) < 0:
         return []  # the usual case: not even 13 digits in a row, once separators are ignored
-    if _MAYBE_PAN.search(joined.translate(_shapes())) is None:
+    if _MAYBE_PAN.search(joined.translate(_shapes(limit))) is None:
         return []  # digits in tokens and ids, say, but nothing shaped like a card number
     return [position for position, value in enumerate(values) if contains_pan(value)]
 
