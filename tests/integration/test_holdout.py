@@ -7,24 +7,21 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 from sqlalchemy import Engine, insert, select, update
 
-from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.domain.holdout import in_holdout
 from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Handoff, HoldoutAssignment, Subscription
 from tests.factories import a_settings_file, insert_recycling_many, load_test_settings
 from tests.integration.test_report import a_handoff
+from tests.nights import submit_night
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 02:00 in New York: attempt 4 (slot 4-6, FlexFactor) is due
 FINAL_NIGHT = datetime(2026, 6, 13, 6, 0, tzinfo=UTC)  # the final attempt (FlexFactor) of the kept ones
@@ -58,18 +55,6 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def submit(settings: Settings, engine: Engine, at: datetime) -> Any:
-    clock = FixedClock(at)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
-
-
 def evaluated_orders(sb: RunningSandbox) -> set[str]:
     resp = requests.get(f"{sb.admin_url}/requests?path=/evaluate", timeout=10)
     resp.raise_for_status()
@@ -85,7 +70,7 @@ def test_given_a_50_percent_holdout_when_submit_reaches_a_flexfactor_slot_then_h
     held = {i for i in ids if in_holdout(i, 50)}
     assert 0 < len(held) < 40
     # when
-    result = submit(settings, engine, NIGHT)
+    result = submit_night(settings, engine, NIGHT)
     # then: the FlexFactor group is handed off (and only it reaches FlexFactor) ...
     with engine.connect() as conn:
         handed = {h.purchase_id: h for h in conn.execute(select(Handoff))}
@@ -107,7 +92,7 @@ def test_given_a_50_percent_holdout_when_submit_reaches_a_flexfactor_slot_then_h
     assert result.counts["handoffs_created"] == 40 - len(held)
 
     # when: the final attempt (also FlexFactor) of the held-out ones falls due
-    submit(settings, engine, FINAL_NIGHT)
+    submit_night(settings, engine, FINAL_NIGHT)
     # then: they stay on the declining gateway, and their group is not recorded twice
     with engine.connect() as conn:
         finals = conn.execute(
@@ -123,7 +108,7 @@ def test_given_no_holdout_when_submit_runs_then_everyone_is_handed_off_in_the_fl
 ) -> None:
     settings = with_holdout(tmp_path, db_url, sandbox.base_url, "0")
     ids = insert_recycling_many(engine, 5, due_on=date(2026, 6, 10))
-    submit(settings, engine, NIGHT)
+    submit_night(settings, engine, NIGHT)
     with engine.connect() as conn:
         arms = dict(conn.execute(select(HoldoutAssignment.subscription_id, HoldoutAssignment.arm)).all())
         assert len(conn.execute(select(Handoff.id)).all()) == 5

@@ -13,19 +13,17 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
-from recycle_engine.domain.night import Night
 from recycle_engine.domain.profile_versions import profile_version
 from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.services.ladder.ladder_versions import migrate_profile
-from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Change, RecycleProfileVersion, Subscription
 from tests.factories import SANDBOX_ENV, a_settings_file, load_test_settings
 from tests.integration.test_import_declines import a_decline as a_feed_row
 from tests.integration.test_import_declines import write_feed
+from tests.nights import submit_night
 
 IMPORTED = datetime(2026, 6, 1, 15, 0, tzinfo=UTC)
 NIGHT_2 = datetime(2026, 6, 2, 6, 0, tzinfo=UTC)  # 02:00 in New York on 2026-06-02
@@ -64,18 +62,6 @@ def the_subscription(engine: Engine) -> Any:
         return conn.execute(select(Subscription).where(Subscription.id == "P-1")).one()
 
 
-def submit(settings: Settings, engine: Engine, at: datetime) -> Any:
-    clock = FixedClock(at)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
-
-
 def test_given_a_decline_when_imported_then_the_subscription_records_the_version_it_entered_with(
     tmp_path: Path, db_url: str, engine: Engine
 ) -> None:
@@ -102,7 +88,7 @@ def test_given_a_settings_edit_when_submit_runs_then_the_in_flight_subscription_
     # ... then finance edits settings.yaml: attempt 1 after 4 days, attempt 2 after 6
     settings_b, path = settings_with(tmp_path, db_url, LADDER_B)
     # when: the night of 2026-06-02 runs with the edited settings
-    result = submit(settings_b, engine, NIGHT_2)
+    result = submit_night(settings_b, engine, NIGHT_2)
     # then: attempt 1 ran on ladder A's date, and attempt 2 is booked by ladder A
     assert result.counts["charged"] == 1
     with engine.connect() as conn:

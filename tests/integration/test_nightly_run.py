@@ -117,6 +117,18 @@ def _due_tonight(engine: Engine, decline: Any = None) -> None:
     )
 
 
+def _job_clocks(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningSandbox, *, opened: datetime, sent: datetime
+) -> None:
+    """A scheduled job's clocks: it opens its night at `opened` by the wall clock, and its FlexFactor
+    calls go out at `sent` (the sandbox's clock stands there too)."""
+    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
+    for name, value in SANDBOX_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(opened))
+    monkeypatch.setattr(clock_adapter, "send_clock", lambda at: FixedClock(sent))
+
+
 def _one(engine: Engine, stmt: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(stmt).one()
@@ -185,13 +197,9 @@ def test_given_the_scheduled_submit_job_when_it_hands_off_then_the_window_counts
     # given: the job opens its night at NIGHT by the wall clock; the call goes out 40 minutes later
     path = a_settings_file(tmp_path, db_url=db_url, base_url=sandbox.base_url)
     sent = NIGHT + timedelta(minutes=40)
-    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
     engine = make_engine(db_url)
     _due_tonight(engine)
-    for name, value in SANDBOX_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(NIGHT))
-    monkeypatch.setattr(clock_adapter, "send_clock", lambda at: FixedClock(sent))
+    _job_clocks(monkeypatch, sandbox, opened=NIGHT, sent=sent)
     # when
     counts = nightly_submit.run(str(path))
     # then: the hand-off belongs to the night, its 21 days to the send
@@ -221,11 +229,7 @@ def test_given_a_handoff_left_unsent_when_the_scheduled_reconcile_sends_it_then_
     )
     opened = NIGHT + timedelta(hours=1)
     sent = opened + timedelta(minutes=40)
-    _admin(sandbox, "clock", {"now": sent.isoformat(), "frozen": True})
-    for name, value in SANDBOX_ENV.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(bootstrap, "system_clock", lambda: FixedClock(opened))
-    monkeypatch.setattr(clock_adapter, "send_clock", lambda at: FixedClock(sent))
+    _job_clocks(monkeypatch, sandbox, opened=opened, sent=sent)
     # when
     counts = nightly_reconcile.run(str(path))
     # then: the hand-off still belongs to the night it was made, its 21 days to the send

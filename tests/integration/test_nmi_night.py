@@ -17,19 +17,17 @@ import requests
 from sqlalchemy import Engine, MetaData, select
 from sqlalchemy.exc import SAWarning
 
-from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
 from recycle_engine.errors import ConfigError
 from recycle_engine.nmi_fake import FakeNmi, Fault, RunningFakeNmi, start_fake_nmi
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.services.reporting.status import gather_status, render_status
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Attempt, Handoff, ProcessorCharge, Subscription
 from tests.factories import NMI_TEST_KEY, a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.nights import submit_night
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
 TODAY = date(2026, 6, 10)
@@ -61,18 +59,6 @@ def world(
     engine = make_engine(db_url)
     yield load_test_settings(path), engine
     engine.dispose()
-
-
-def _submit(settings: Settings, engine: Engine, at: datetime = NIGHT) -> Any:
-    clock = FixedClock(at)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
 
 
 def _due(engine: Engine, sub: str, token: str, *, attempt: int = 1, last: int = 0) -> None:
@@ -115,8 +101,8 @@ def test_given_a_night_mixing_nmi_attempts_and_a_hand_off_when_run_twice_then_ea
     _due(engine, "s-ff", "v-ff", attempt=4, last=2)
     caplog.set_level(logging.DEBUG)
     # when
-    first = _submit(settings, engine)
-    second = _submit(settings, engine)
+    first = submit_night(settings, engine, NIGHT)
+    second = submit_night(settings, engine, NIGHT)
     # then: three sales, each with the order id of its charge row; the hand-off went to FlexFactor
     log = nmi.fake.log()
     charges = {c.id: c for c in _charges(engine)}
@@ -157,7 +143,7 @@ def test_given_nmi_charges_but_the_answer_times_out_when_submit_runs_then_the_qu
     _due(engine, "s-1", "v-1")
     nmi.fake.add_faults(Fault.TIMEOUT_AFTER_CHARGE)
     # when
-    result = _submit(settings, engine)
+    result = submit_night(settings, engine, NIGHT)
     # then
     assert len(nmi.fake.log()) == 1
     (charge,) = _charges(engine)
@@ -173,7 +159,7 @@ def test_given_a_lost_answer_and_no_charge_when_the_next_run_looks_it_up_then_on
     settings, engine = world
     _due(engine, "s-1", "v-1")
     nmi.fake.add_faults(Fault.SERVER_ERROR)
-    first = _submit(settings, engine)
+    first = submit_night(settings, engine, NIGHT)
     (pending,) = _charges(engine)
     assert (pending.state, first.counts["charge_unknown"]) == ("PENDING", 1)
     assert _subs(engine)["s-1"].next_attempt_on is None
@@ -181,7 +167,7 @@ def test_given_a_lost_answer_and_no_charge_when_the_next_run_looks_it_up_then_on
     status = gather_status(engine, now=NIGHT, crons={}, next_fire_times={})
     assert "processor charges with a lost answer: 1" in "\n".join(render_status(status, settings.timezone))
     # when: the next run looks it up, finds no sale with that order id, and charges with the same id
-    second = _submit(settings, engine, NIGHT + AFTER_LEASE)
+    second = submit_night(settings, engine, NIGHT + AFTER_LEASE)
     # then
     assert [e["orderid"] for e in nmi.fake.log()] == [pending.id]
     (charge,) = _charges(engine)
@@ -196,10 +182,10 @@ def test_given_a_charge_made_but_its_answer_lost_twice_when_the_next_run_looks_i
     settings, engine = world
     _due(engine, "s-1", "v-1")
     nmi.fake.add_faults(Fault.SERVER_ERROR_AFTER_CHARGE, Fault.QUERY_ERROR)
-    _submit(settings, engine)
+    submit_night(settings, engine, NIGHT)
     assert _charges(engine)[0].state == "PENDING"
     # when
-    second = _submit(settings, engine, NIGHT + AFTER_LEASE)
+    second = submit_night(settings, engine, NIGHT + AFTER_LEASE)
     # then: found by the Query API, recorded, and the fake holds one sale
     assert len(nmi.fake.log()) == 1
     (charge,) = _charges(engine)
@@ -231,8 +217,8 @@ def test_each_due_attempt_counts_once_per_order_id(
         _due(engine, f"s-{i}", f"v-{i}")
     nmi.fake.add_faults(Fault.MALFORMED_AFTER_CHARGE, Fault.RESET_AFTER_CHARGE)
     # when
-    _submit(settings, engine)
-    _submit(settings, engine, NIGHT + AFTER_LEASE)
+    submit_night(settings, engine, NIGHT)
+    submit_night(settings, engine, NIGHT + AFTER_LEASE)
     # then
     per_order = Counter(e["orderid"] for e in nmi.fake.log())
     assert len(per_order) == 10
@@ -252,7 +238,7 @@ def test_given_a_mapping_rule_for_nmi_gateways_when_nmi_soft_declines_with_that_
     nmi.fake.script(by_vault={"v-dnh": "201"})
     _due(engine, "s-1", "v-dnh")
     # when
-    result = _submit(settings, engine)
+    result = submit_night(settings, engine, NIGHT)
     # then
     sub = _subs(engine)["s-1"]
     engine.dispose()
@@ -281,7 +267,7 @@ def test_given_two_runs_at_once_when_both_claim_the_same_night_then_each_attempt
     nmi.fake.answer_delay_s = 0.05
     # when
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = [f.result() for f in [pool.submit(_submit, settings, engine) for _ in range(2)]]
+        runs = [f.result() for f in [pool.submit(submit_night, settings, engine, NIGHT) for _ in range(2)]]
     # then
     per_order = Counter(e["orderid"] for e in nmi.fake.log())
     charges = _charges(engine)

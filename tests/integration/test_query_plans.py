@@ -26,19 +26,20 @@ from sqlalchemy import Engine, event, text
 
 from bench.book import NIGHT, Book, BookShape, build_book, write_settings
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.bootstrap import flexfactor_clients
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
 from recycle_engine.reports.lift_queries import lift_facts_direct_stmt, lift_facts_stmt
 from recycle_engine.reports.queries import ReportBounds, fetch
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.nightly.submit import due_rows, run_submit
+from recycle_engine.services.nightly.submit import due_rows
 from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.services.reporting.report import run_report
 from recycle_engine.services.reporting.rollups import refresh_rollups
 from recycle_engine.storage.db import make_engine
 from tests.conftest import PG_ADMIN_DSN, PG_HOST_URL
 from tests.factories import load_test_settings
+from tests.nights import submit_night
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -118,18 +119,6 @@ def _settings(tmp_path: Path, url: str, sandbox: RunningSandbox) -> Settings:
     return load_test_settings(path)
 
 
-def _submit(settings: Settings, engine: Engine, at: datetime) -> Any:
-    clock = FixedClock(at)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
-
-
 def _must_not_scan(plan: Plan) -> set[str]:
     if OUTCOMES_TO_APPLY in plan.statement:
         # Applying outcomes left-joins subscriptions to up to 1,000 queued outcomes; on a book this small
@@ -157,7 +146,7 @@ def test_given_a_big_book_when_a_night_its_reconcile_and_its_report_run_then_no_
     engine = make_engine(url)
     plans = _explaining(engine)
     # when: the night runs, then reconcile a day later (polls, outcome application)
-    result = _submit(settings, engine, NIGHT)
+    result = submit_night(settings, engine, NIGHT)
     later = NIGHT + timedelta(days=1, hours=1)
     requests.post(f"{sandbox.admin_url}/clock", json={"now": later.isoformat(), "frozen": True}, timeout=30)
     run_reconcile(

@@ -17,15 +17,15 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.bootstrap import flexfactor_clients
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, JobRun, NightAnomaly
 from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many, load_test_settings
+from tests.nights import submit_night
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 02:00 in New York
 HANDOFFS = 40
@@ -59,18 +59,6 @@ def _admin(sb: RunningSandbox, path: str, body: dict[str, Any] | None = None) ->
 def _evaluates(sb: RunningSandbox) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = _admin(sb, "requests?path=/evaluate")["items"]
     return items
-
-
-def _submit(settings: Settings, engine: Engine) -> Any:
-    clock = FixedClock(NIGHT)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(NIGHT, settings.timezone),
-        send_clock=clock,
-    )
 
 
 def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
@@ -120,7 +108,7 @@ def test_given_a_night_with_30_percent_429s_and_a_burst_when_submit_runs_then_ev
     )
 
     # when
-    result = _submit(settings, engine)
+    result = submit_night(settings, engine, NIGHT)
 
     # then: nothing is left unsent, and the run says so
     assert _states(engine)["PENDING"] == 0
@@ -149,7 +137,7 @@ def test_given_a_429_burst_with_retry_after_when_submit_runs_then_no_call_goes_o
     )
 
     # when
-    _submit(settings, engine)
+    submit_night(settings, engine, NIGHT)
 
     # then: everything went out once, and the first call to get through came a second after the first 429
     assert _states(engine)["PENDING"] == 0
@@ -178,7 +166,7 @@ def test_given_a_429_burst_with_an_http_date_retry_after_when_submit_runs_then_n
     )
 
     # when
-    result = _submit(settings, engine)
+    result = submit_night(settings, engine, NIGHT)
 
     # then: every hand-off went out once, none was left unsent ...
     assert _states(engine)["PENDING"] == 0
@@ -206,7 +194,7 @@ def test_given_flexfactor_answers_only_429_when_submit_runs_then_it_ends_incompl
     _admin(sandbox, "faults", {"rate_429_rate": 1.0, "retry_after_s": 0})
 
     # when
-    result = _submit(settings, engine)
+    result = submit_night(settings, engine, NIGHT)
 
     # then: the gateway was given up after a few leases; the hand-offs wait, counted, never sent
     assert result.counts["unsent"] == HANDOFFS
