@@ -399,6 +399,16 @@ def load_tz() -> Any:
     return ZoneInfo("America/New_York")
 
 
+def _sqlite_plan(sqlite_url: str, stmt: Any) -> list[str]:
+    """The steps of SQLite's EXPLAIN QUERY PLAN for `stmt` on a migrated, empty book."""
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+        plan = [str(r[3]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
+    engine.dispose()
+    return plan
+
+
 def test_given_sqlite_then_the_holdout_query_finds_each_assignments_handoffs_by_purchase(
     sqlite_url: str,
 ) -> None:
@@ -406,14 +416,9 @@ def test_given_sqlite_then_the_holdout_query_finds_each_assignments_handoffs_by_
     # purchase, and the query walked every approved hand-off for each assignment
     from recycle_engine.reports import lift_queries
 
-    engine = make_engine(sqlite_url)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     # when
-    with engine.connect() as conn:
-        stmt = lift_queries.lift_facts_stmt(bounds)
-        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, lift_queries.lift_facts_stmt(bounds))
     # then
     searches = [step for step in plan if "SEARCH handoffs" in step]
     assert searches
@@ -460,14 +465,9 @@ def test_given_pending_and_submitted_handoffs_when_a_past_day_is_reported_then_o
 def test_given_sqlite_then_the_open_handoffs_by_age_are_read_from_an_index_alone(sqlite_url: str) -> None:
     # given: the open hand-offs are found by state; each one read from the table cost 0.3 s of the
     # report at 5,000,000 hand-offs
-    engine = make_engine(sqlite_url)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     # when
-    with engine.connect() as conn:
-        stmt = queries.open_by_age_stmt(bounds, "sqlite")
-        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, queries.open_by_age_stmt(bounds, "sqlite"))
     # then
     by_state = [step for step in plan if "SEARCH handoffs" in step and "(state=?)" in step]
     assert by_state, plan
@@ -485,26 +485,17 @@ def test_given_sqlite_then_the_cohorts_and_breakdowns_read_their_rollups_index_a
     sqlite_url: str, build: Any, index: str
 ) -> None:
     # given: a range of days of a rollup as large as the hand-offs, its rows scattered by refresh
-    engine = make_engine(sqlite_url)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     # when
-    with engine.connect() as conn:
-        compiled = build(bounds).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, build(bounds))
     # then
     assert any(f"COVERING INDEX {index}" in step for step in plan), plan
 
 
 def test_given_sqlite_then_the_attention_flags_are_counted_from_an_index_alone(sqlite_url: str) -> None:
     # given: refunds and chargebacks stay flagged for good, so the flags grow with the history
-    engine = make_engine(sqlite_url)
     bounds = queries.ReportBounds.for_day(DAY, load_tz(), NOW)
     # when
-    with engine.connect() as conn:
-        stmt = queries.exception_stmt(bounds, "ATTENTION")
-        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-        plan = [r[3] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled))]
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, queries.exception_stmt(bounds, "ATTENTION"))
     # then
     assert any("COVERING INDEX ix_handoffs_attention_created_at" in step for step in plan), plan
