@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select, update
 from recycle_engine import bootstrap
 from recycle_engine.adapters import clock as clock_adapter
 from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.bootstrap import processors
 from recycle_engine.cli import main
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
@@ -24,7 +24,6 @@ from recycle_engine.jobs import nightly_reconcile, nightly_submit
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.services.nightly.anomalies import check_night
 from recycle_engine.services.nightly.submit import run_submit
-from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import (
     Attempt,
@@ -37,6 +36,7 @@ from recycle_engine.storage.models import (
     Subscription,
 )
 from tests.factories import SANDBOX_ENV, a_decline, a_settings_file, insert_recycling, load_test_settings
+from tests.nights import reconcile_night, submit_night
 
 # 02:00 in New York on 2026-06-10: the local day is 2026-06-10.
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)
@@ -81,27 +81,7 @@ def _submit(
     **kw: Any,
 ) -> Any:
     """Submit at logical time `at`, sending at `send_clock` (by default a clock standing at `at`)."""
-    clock = FixedClock(at)
-    return run_submit(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        processors(settings),
-        night=Night.of(at, settings.timezone),
-        send_clock=send_clock or clock,
-        **kw,
-    )
-
-
-def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
-    clock = FixedClock(at)
-    return run_reconcile(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
+    return submit_night(settings, engine, at, send_clock=send_clock, **kw)
 
 
 def _due_tonight(engine: Engine, decline: Any = None) -> None:
@@ -312,7 +292,7 @@ def test_given_a_pending_handoff_whose_answer_was_lost_when_a_poll_settles_it_th
     # when: three days later the poll finds it settled
     later = NIGHT + timedelta(days=3)
     _admin(sandbox, "clock", {"now": later.isoformat()})
-    _reconcile(settings, engine, later)
+    reconcile_night(settings, engine, later)
     # then: settled, and submitted when FlexFactor placed the order, not when the poll ran
     h = _one(engine, select(Handoff))
     assert (h.state, h.outcome_source, h.submitted_at) == ("APPROVED", "POLL", NIGHT)
@@ -551,8 +531,8 @@ def test_given_handoffs_with_each_outcome_when_reconcile_runs_past_the_window_th
     # when: 22 days pass (no webhooks configured: the poll must find both outcomes)
     later = NIGHT + timedelta(days=22)
     _admin(sandbox, "clock", {"now": later.isoformat()})
-    first = _reconcile(settings, engine, later)
-    again = _reconcile(settings, engine, later)
+    first = reconcile_night(settings, engine, later)
+    again = reconcile_night(settings, engine, later)
     # then
     with engine.connect() as conn:
         states = dict(conn.execute(select(Handoff.purchase_id, Handoff.state)).all())
@@ -578,7 +558,7 @@ def test_given_a_handoff_still_at_work_when_reconcile_polls_it_then_the_event_re
     # when: two days later, its first look falls due
     later = NIGHT + timedelta(days=2)
     _admin(sandbox, "clock", {"now": later.isoformat()})
-    result = _reconcile(settings, engine, later)
+    result = reconcile_night(settings, engine, later)
     # then
     with engine.connect() as conn:
         event = conn.execute(select(HandoffEvent).where(HandoffEvent.kind == "POLLED")).one()

@@ -46,14 +46,13 @@ from sqlalchemy import Engine, func, insert, select, update
 
 from recycle_engine.adapters.clock import FixedClock
 from recycle_engine.adapters.flexfactor_payload import HandoffRequest, build_evaluate_body
-from recycle_engine.bootstrap import flexfactor_clients, processors
+from recycle_engine.bootstrap import flexfactor_clients
 from recycle_engine.config import Settings
 from recycle_engine.domain.night import Night
 from recycle_engine.domain.states import Source
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
 from recycle_engine.sandbox.state import iso
 from recycle_engine.services.export import ExportFormat, export_changes
-from recycle_engine.services.nightly.submit import run_submit
 from recycle_engine.services.outcomes.applying import apply_outcomes
 from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
@@ -72,6 +71,7 @@ from recycle_engine.storage.webhook_inbox import backlog
 from recycle_engine.web.webhook_app import create_app, serving
 from tests.conftest import _fresh_pg, _fresh_sqlite
 from tests.factories import a_decline, a_settings_file, insert_recycling, load_test_settings, outcome_applied
+from tests.nights import submit_night
 
 NEW_YORK = ZoneInfo("America/New_York")
 NIGHT0 = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 02:00 in New York: the first submit
@@ -418,15 +418,7 @@ def play(
             submit_at, reconcile_at = night(n), night(n) + RECONCILE_AFTER
             if n in HAND_OFF_NIGHTS:
                 flexfactor_until(submit_at)
-            clients = flexfactor_clients(settings, FixedClock(submit_at))
-            submitted = run_submit(
-                settings,
-                engine,
-                clients,
-                processors(settings),
-                night=Night.of(submit_at, settings.timezone),
-                send_clock=FixedClock(submit_at),
-            )
+            submitted = submit_night(settings, engine, submit_at)
             played.submits[n] = submitted.counts
             if n in HAND_OFF_NIGHTS:
                 played.handoff_ids |= _recycle_handoffs(engine)

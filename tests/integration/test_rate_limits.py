@@ -16,16 +16,12 @@ import requests
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
-from recycle_engine.adapters.clock import FixedClock
-from recycle_engine.bootstrap import flexfactor_clients
 from recycle_engine.config import Settings
-from recycle_engine.domain.night import Night
 from recycle_engine.sandbox.server import RunningSandbox, run_sandbox
-from recycle_engine.services.outcomes.reconcile import run_reconcile
 from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.models import Handoff, HandoffEvent, JobRun, NightAnomaly
 from tests.factories import SANDBOX_ENV, a_settings_file, insert_recycling_many, load_test_settings
-from tests.nights import submit_night
+from tests.nights import reconcile_night, submit_night
 
 NIGHT = datetime(2026, 6, 10, 6, 0, tzinfo=UTC)  # 02:00 in New York
 HANDOFFS = 40
@@ -59,17 +55,6 @@ def _admin(sb: RunningSandbox, path: str, body: dict[str, Any] | None = None) ->
 def _evaluates(sb: RunningSandbox) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = _admin(sb, "requests?path=/evaluate")["items"]
     return items
-
-
-def _reconcile(settings: Settings, engine: Engine, at: datetime) -> Any:
-    clock = FixedClock(at)
-    return run_reconcile(
-        settings,
-        engine,
-        flexfactor_clients(settings, clock),
-        night=Night.of(at, settings.timezone),
-        send_clock=clock,
-    )
 
 
 def _scalar(engine: Engine, stmt: Any) -> Any:
@@ -211,7 +196,7 @@ def test_given_flexfactor_answers_only_429_when_submit_runs_then_it_ends_incompl
     # when FlexFactor eases and reconcile runs the same night
     _admin(sandbox, "faults", {"reset": True})
     later = NIGHT + timedelta(hours=3)
-    reconciled = _reconcile(settings, engine, later)
+    reconciled = reconcile_night(settings, engine, later)
 
     # then: it sends every one of them, once
     assert reconciled.counts["sent"] == HANDOFFS
