@@ -97,7 +97,7 @@ def feed_columns(
 
     A pull maps every row it reads: a list per column, built by one comprehension, costs a fraction
     of a dict per row (and pandas then takes the lists as they are)."""
-    columns: dict[str, list[str]] = dict.fromkeys(FEED_COLUMNS, [])  # the order; every column is set below
+    columns: dict[str, list[str]] = {}
     for column, name in _TRANSACTION_ITEMS:
         # Nearly every value is text already: the class test spares the call to _cell.
         columns[column] = [
@@ -118,7 +118,9 @@ def feed_columns(
     columns["card_exp_year"] = [year for _, _, year in expiries]
     columns["recurring_product"] = ["true" if p else "false" for p in columns["purchase_id"]]
     _order_and_purchase(columns, orders, purchases)
-    return columns
+    return {
+        name: columns[name] for name in FEED_COLUMNS
+    }  # FEED_COLUMNS' order; a column left unset is a KeyError
 
 
 def _order_and_purchase(
