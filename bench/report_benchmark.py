@@ -28,6 +28,7 @@ Then, interleaved, `--repeat` times each, each in a fresh child process:
            every query, the pandas shaping, the HTML, the CSV of the day's rows and the index
 Seconds are the call's wall time inside the child (imports excluded); peak RSS is the child's own
 high-water mark (VmHWM, read as it ends), the interpreter and its imports included.
+The best run and the median of the runs are both printed; the target is judged on the median.
 
 With the night (default), on a copy of the book: the next night is written the way runs write it (a
 night of new hand-offs, outcomes for a third of the open ones, a late approval), then the refresh a
@@ -42,6 +43,7 @@ import os
 import random
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -705,10 +707,14 @@ def main() -> None:
         ho = min(holdout_runs, key=lambda r: r["seconds"])
         print(f"  {'bare holdout read':<18} {ho['seconds']:8.2f} {ho['cpu_s']:8.2f} {ho['peak_mb']:7.0f} MB   {ho['groups']:,} groups")  # fmt: skip
     print(f"  the report is {ratio:.1f}x faster than the bare GROUP BY ({cpu_ratio:.1f}x in CPU time); its peak RSS over all runs {peak:.0f} MB")  # fmt: skip
+    # The best run shows what the code can do on a quiet moment; the median, what a run usually takes.
+    mid_bare = statistics.median(r["seconds"] for r in bare_runs)
+    mid_report = statistics.median(r["seconds"] for r in report_runs)
+    print(f"  median of {args.repeat}: bare GROUP BY {mid_bare:.2f} s, report {mid_report:.2f} s, {mid_bare / mid_report:.1f}x faster")  # fmt: skip
     if holdout_runs:
         print(f"  report / bare GROUP BY = {best['seconds'] / bare['seconds']:.3f}; report / bare holdout read = {best['seconds'] / ho['seconds']:.3f}")  # fmt: skip
-    met = best["seconds"] < 1 and peak < 300 and ratio >= 9
-    print(f"  target (under 1 s, under 300 MB, at least 9x faster): {'met' if met else 'NOT met'}")
+    met = mid_report < 1 and peak < 300 and mid_bare / mid_report >= 9
+    print(f"  target (median under 1 s, under 300 MB, at least 9x faster): {'met' if met else 'NOT met'}")
     if args.night:
         night_url, remove = copy_of(args.db, url)
         try:
