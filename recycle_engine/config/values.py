@@ -26,15 +26,15 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import ArgsKwargs, PydanticCustomError
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from recycle_engine.config.source import EnvText, YamlMap, join, kind
 from recycle_engine.money import CURRENCY_EXPONENTS, MAX_MINOR
-from recycle_engine.storage.db import sqlite_busy_timeout
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_SQLITE_TIMEOUT_S",
     "Check",
     "Context",
     "Need",
@@ -57,6 +57,7 @@ __all__ = [
     "secret",
     "show",
     "signing_key",
+    "sqlite_busy_timeout",
     "text",
     "time_zone",
     "whole",
@@ -324,6 +325,26 @@ def _beside_settings(written: Path, info: ValidationInfo) -> Path:
     if written.is_absolute() or context is None:
         return written
     return Path(os.path.normpath(context.base_dir / written))
+
+
+DEFAULT_SQLITE_TIMEOUT_S: Final = 30.0
+_MAX_SQLITE_TIMEOUT_S: Final = 86_400.0
+
+
+def sqlite_busy_timeout(url: URL) -> float:
+    """`?timeout=SECONDS` of a SQLite URL (default 30): how long a write waits for another writer's
+    lock before DatabaseBusy. Raises ValueError, saying why, for anything but 0 to 86400 seconds."""
+    given = url.query.get("timeout")
+    if given is None:
+        return DEFAULT_SQLITE_TIMEOUT_S
+    value = given[-1] if isinstance(given, tuple) else given
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= _MAX_SQLITE_TIMEOUT_S:
+        raise ValueError(f"timeout={value} must be seconds from 0 to {_MAX_SQLITE_TIMEOUT_S:g}")
+    return seconds
 
 
 def database_url(value: Any, info: ValidationInfo) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 
+from recycle_engine.config.values import sqlite_busy_timeout
 from recycle_engine.errors import ConfigError, ConfigProblem
 from recycle_engine.storage.faults import DatabaseTarget, raise_database_fault
 
@@ -18,7 +19,6 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = [
-    "DEFAULT_SQLITE_TIMEOUT_S",
     "MIGRATIONS_DIR",
     "alembic_config",
     "has_table",
@@ -37,10 +37,6 @@ def normalise_url(url: str) -> str:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
-
-
-DEFAULT_SQLITE_TIMEOUT_S: Final = 30.0
-_MAX_SQLITE_TIMEOUT_S: Final = 86_400.0
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -94,22 +90,6 @@ def read_only_engine(url: str) -> Engine:
 def has_table(conn: Connection, name: str) -> bool:
     """Whether the database holds table `name` (a database not yet upgraded may not)."""
     return inspect(conn).has_table(name)
-
-
-def sqlite_busy_timeout(url: URL) -> float:
-    """`?timeout=SECONDS` of a SQLite URL (default 30): how long a write waits for another writer's
-    lock before DatabaseBusy. Raises ValueError, saying why, for anything but 0 to 86400 seconds."""
-    text = url.query.get("timeout")
-    if text is None:
-        return DEFAULT_SQLITE_TIMEOUT_S
-    value = text[-1] if isinstance(text, tuple) else text
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= _MAX_SQLITE_TIMEOUT_S:
-        raise ValueError(f"timeout={value} must be seconds from 0 to {_MAX_SQLITE_TIMEOUT_S:g}")
-    return seconds
 
 
 def _sqlite_timeout(url: URL) -> float:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from recycle_engine.config import load_settings
+from recycle_engine.config.values import DEFAULT_SQLITE_TIMEOUT_S, sqlite_busy_timeout
 from recycle_engine.errors import (
     ConfigError,
     DatabaseBusy,
@@ -20,7 +21,7 @@ from recycle_engine.errors import (
     DatabaseUnreachable,
     StorageError,
 )
-from recycle_engine.storage.db import DEFAULT_SQLITE_TIMEOUT_S, make_engine, sqlite_busy_timeout
+from recycle_engine.storage.db import make_engine
 from recycle_engine.storage.faults import DatabaseTarget, database_fault
 
 SQLITE = DatabaseTarget.of(make_url("sqlite:////var/lib/recycle/recycle.db?timeout=5"), 5.0)
