@@ -151,6 +151,21 @@ class Run:
             clock=self.clock,
         )
 
+    def submit_in_workers(self, workers: int, *, log_level: str = "INFO") -> SubmitResult:
+        """The nightly submit in `workers` processes on PostgreSQL under one job run, each worker
+        wired by `submit_in_worker` as `submit` wires this process."""
+        from recycle_engine.services.nightly.workers import run_submit_workers
+
+        return run_submit_workers(
+            self.settings,
+            self.engine,
+            workers=workers,
+            night=self.night,
+            clock=self.clock,
+            submit=submit_in_worker,
+            log_level=log_level,
+        )
+
     def reconcile(self) -> ReconcileResult:
         """The nightly reconcile of this run's night, wired as `submit` is; the CLI and the scheduled
         job both run it this way."""
@@ -187,6 +202,13 @@ class Run:
             client.close()
         self._crm.clear()
         self.app.close()
+
+
+def submit_in_worker(settings: Settings, night: Night, pool_size: int) -> Mapping[str, int]:
+    """One worker process's submit: its own engine and clients on the night the parent read; the run
+    closes them. Module-level, so the worker pool can pass it to another process by name."""
+    with open_run(settings, night=night, pool_size=pool_size) as run:
+        return run.submit().counts
 
 
 @contextmanager

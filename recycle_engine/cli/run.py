@@ -49,7 +49,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
     from recycle_engine.config import Need
     from recycle_engine.money import Money
     from recycle_engine.services.nightly.overdue import warn_overdue
-    from recycle_engine.services.nightly.workers import refuse_workers_on_sqlite, run_submit_workers
+    from recycle_engine.services.nightly.workers import refuse_workers_on_sqlite
 
     needs = [] if dry_run else [Need.FLEXFACTOR, Need.NMI]
     try:
@@ -59,14 +59,7 @@ def run_submit_cmd(config_path: Path, at_text: str | None, dry_run: bool, worker
             warn_overdue(night_run.engine, night=night)
             if workers > 1 and not dry_run:
                 log_level = click.get_current_context().find_root().params["log_level"]
-                result = run_submit_workers(
-                    night_run.settings,
-                    night_run.engine,
-                    workers=workers,
-                    night=night,
-                    clock=night_run.clock,
-                    log_level=log_level,
-                )
+                result = night_run.submit_in_workers(workers, log_level=log_level)
             else:
                 result = night_run.submit(dry_run=dry_run, progress=progress_printer("submit"))
             failures = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import ForkServerContext, SpawnContext
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "WORKER_POOL_SIZE",
+    "WorkerSubmit",
     "WorkersFailed",
     "refuse_workers_on_sqlite",
     "run_submit_workers",
@@ -45,6 +46,12 @@ _WORKER_MODULES: Final = (
 _MAX_COUNTS: Final = frozenset({"skipped_gateways"})  # every worker reports the same gateways
 
 
+# One worker's whole submit: given the worker's settings, the night under the shared job run and its
+# pool size, it wires its own engine and clients and returns its counts. A module-level function (so
+# it pickles by name), passed in by the wiring point rather than imported here.
+WorkerSubmit = Callable[[Settings, Night, int], Mapping[str, int]]
+
+
 class WorkersFailed(RecycleEngineError):
     """One or more workers failed or died; what the others did is recorded and stays valid."""
 
@@ -55,6 +62,7 @@ class _Job:
     night: Night  # under the shared job run
     worker: int
     log_level: str
+    submit: WorkerSubmit
 
 
 def refuse_workers_on_sqlite(engine: Engine, workers: int) -> None:
@@ -81,6 +89,7 @@ def run_submit_workers(
     workers: int,
     night: Night,
     clock: Clock,
+    submit: WorkerSubmit,
     log_level: str = "INFO",
 ) -> SubmitResult:
     """run_submit in `workers` worker processes, each with its own engine and FlexFactor clients.
@@ -96,7 +105,7 @@ def run_submit_workers(
     at = night.at
     run_id = start_run(engine, "submit", logical_at=at, now=clock.now())
     share = worker_settings(settings, workers)
-    jobs = [_Job(share, night.started(run_id), k, log_level) for k in range(workers)]
+    jobs = [_Job(share, night.started(run_id), k, log_level, submit) for k in range(workers)]
     try:
         counts, errors = _run_all(jobs)
     except BaseException as exc:
@@ -116,7 +125,7 @@ def run_submit_workers(
 
 
 def _run_all(jobs: Sequence[_Job]) -> tuple[Counter[str], list[str]]:
-    context = _worker_context()
+    context = _worker_context(jobs[0].submit.__module__)
     readers: dict[Connection, int] = {}
     processes = []
     for job in jobs:
@@ -150,14 +159,14 @@ def _run_all(jobs: Sequence[_Job]) -> tuple[Counter[str], list[str]]:
     return counts, errors
 
 
-def _worker_context() -> SpawnContext | ForkServerContext:
+def _worker_context(wiring: str) -> SpawnContext | ForkServerContext:
     # Not fork: a worker must not inherit the parent's pooled connections or HTTP sessions. A fork
     # server is a clean process that imports the engine once and forks each worker from that, rather
     # than every worker starting Python and importing it again (the night's first sends come sooner).
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "recycle_engine.bootstrap", *_WORKER_MODULES])
+    context.set_forkserver_preload([__name__, wiring, *_WORKER_MODULES])
     return context
 
 
@@ -168,15 +177,12 @@ def _add(total: Counter[str], worker_counts: dict[str, int]) -> None:
 
 def _work(job: _Job, results: Connection) -> None:
     """One worker process: its own engine, clients and processors, then the submit under the shared run."""
-    from recycle_engine import bootstrap
     from recycle_engine.logs import configure_logging
 
     configure_logging(job.log_level)
     try:
-        # The night as the parent read it; the run closes the engine and the clients.
-        with bootstrap.open_run(job.settings, night=job.night, pool_size=WORKER_POOL_SIZE) as run:
-            result = run.submit()
-        results.send((dict(result.counts), None))
+        counts = job.submit(job.settings, job.night, WORKER_POOL_SIZE)
+        results.send((dict(counts), None))
     except Exception as exc:
         log.exception("submit worker failed", extra={"worker": job.worker, "run": job.night.run_id})
         results.send(({}, f"{type(exc).__name__}: {exc}"))
