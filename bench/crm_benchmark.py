@@ -17,9 +17,17 @@ spent a row, in this process and in the fake's (on busy cores the walls follow t
 load does not move); asserts nothing.
 With --rounds N, the pull and the bare pull alternate N times (each pull into a fresh database) and
 the median of the rounds' ratios is printed beside each round's: on a shared machine one round can
-land on a quiet or a busy moment. Not part of the test suite.
+land on a quiet or a busy moment.
+With --latency-ms 0,20,100 the whole run is repeated against a fake holding every answer that long
+(`crm-fake --latency-ms`), as a CRM across the internet would, and a table of every latency ends the
+output. The bare client stays one Session calling one call after another; the pull overlaps a page's
+look-ups with each other and with the next page. At 0 ms the pull is bound by its CPU, at a latency
+by the fake's answers. A push sends one change after another and waits each answer: at a latency it
+pushes the changes of a window of about --push-declines declines (all of them would take the
+latency times some ten thousand calls), and the bare push makes as many calls. Not part of the test
+suite.
 
-    .venv/bin/python -m bench.crm_benchmark [--declines 20000] [--rounds 3]
+    .venv/bin/python -m bench.crm_benchmark [--declines 20000] [--rounds 3] [--latency-ms 0,20,100]
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,10 +57,14 @@ DAY = datetime(2026, 6, 1, tzinfo=UTC)
 NOW = DAY + timedelta(days=1, hours=1)
 
 
-def _serve_fake(csv_path: Path) -> tuple[subprocess.Popen[str], str]:
+SPAN = timedelta(hours=20)  # feed_rows' spread of the declines over the day
+
+
+def _serve_fake(csv_path: Path, latency_ms: int) -> tuple[subprocess.Popen[str], str]:
     env = os.environ | {"CRM_FAKE_LOGIN_ID": CRM_LOGIN, "CRM_FAKE_PASSWORD": CRM_PASSWORD}
+    command = [sys.executable, "-m", "recycle_engine", "crm-fake", "--port", "0", "--declines", str(csv_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recycle_engine", "crm-fake", "--port", "0", "--declines", str(csv_path)],
+        [*command, "--latency-ms", str(latency_ms)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -126,77 +140,108 @@ def bare_push(url: str, purchase_ids: list[str]) -> None:
     session.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--declines", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=1)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        rows = feed_rows(args.declines, DAY)
-        proc, url = _serve_fake(write_csv(folder / "declines.csv", rows))
-        fake = psutil.Process(proc.pid)
-        try:
-            rounds: list[tuple[float, int, float, dict[str, int]]] = []
-            cpus: list[tuple[float, float]] = []  # CPU seconds a row in this process: pull, bare
-            for n in range(args.rounds):
-                db_url = f"sqlite:///{folder}/book-{n}.db"
-                upgrade(db_url)
-                settings = crm_settings(crm_settings_file(folder, db_url=db_url, crm_url=url))
-                assert settings.crm is not None
-                cpu = _Cpu(fake)
-                started = time.perf_counter()
-                bare_rows = bare_pull(url, 200)
-                bare_pull_s = time.perf_counter() - started
-                bare_cpu = cpu.lap()
-                engine = make_engine(db_url)
-                client = CrmClient(settings.crm)
-                cpu.lap()
-                started = time.perf_counter()
-                pulled = pull_declines(
-                    settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
-                )
-                pull_s = time.perf_counter() - started
-                pull_cpu = cpu.lap()
-                rounds.append((bare_pull_s, bare_rows, pull_s, pulled.counts))
-                read = pulled.counts["read"]
-                cpus.append((pull_cpu[0] / read, bare_cpu[0] / bare_rows))
-                print(
-                    f"round {n + 1}: pull {pull_s:.2f} s ({read / pull_s:.0f} rows/s), bare {bare_pull_s:.2f} s"
-                    f" ({bare_rows / bare_pull_s:.0f} rows/s): {(read / pull_s) / (bare_rows / bare_pull_s):.2f};"
-                    f" CPU a row: pull {pull_cpu[0] / read * 1e6:.0f} µs (fake {pull_cpu[1] / read * 1e6:.0f}),"
-                    f" bare {bare_cpu[0] / bare_rows * 1e6:.0f} µs (fake {bare_cpu[1] / bare_rows * 1e6:.0f});"
-                    f" load {os.getloadavg()[0]:.2f}",
-                    flush=True,
-                )
-                client.close()
-                engine.dispose()
+@dataclass
+class Figures:
+    """One latency's results: each round's (bare s, bare rows, pull s, pull counts), CPU a row
+    (pull, bare) per round, and the push pair."""
 
-            engine = make_engine(db_url)  # the last round's book holds the changes to push
+    latency_ms: int
+    rounds: list[tuple[float, int, float, dict[str, int]]] = field(default_factory=list)
+    cpus: list[tuple[float, float]] = field(default_factory=list)
+    push_s: float = 0.0
+    delivered: int = 0
+    bare_push_s: float = 0.0
+    bare_calls: int = 0
+
+    def ratios(self) -> list[float]:
+        return [(c["read"] / p) / (r / b) for b, r, p, c in self.rounds]
+
+    def push_ratio(self) -> float:
+        return (self.delivered / self.push_s) / (self.bare_calls / self.bare_push_s)
+
+
+def run_latency(
+    args: argparse.Namespace, folder: Path, csv_path: Path, rows: list[dict[str, str]], latency_ms: int
+) -> Figures:
+    figures = Figures(latency_ms)
+    proc, url = _serve_fake(csv_path, latency_ms)
+    fake = psutil.Process(proc.pid)
+    try:
+        for n in range(args.rounds):
+            db_url = f"sqlite:///{folder}/book-{latency_ms}-{n}.db"
+            upgrade(db_url)
+            settings = crm_settings(crm_settings_file(folder, db_url=db_url, crm_url=url))
+            assert settings.crm is not None
+            cpu = _Cpu(fake)
+            started = time.perf_counter()
+            bare_rows = bare_pull(url, 200)
+            bare_pull_s = time.perf_counter() - started
+            bare_cpu = cpu.lap()
+            engine = make_engine(db_url)
             client = CrmClient(settings.crm)
+            cpu.lap()
             started = time.perf_counter()
-            pushed = push_changes(settings, engine, client, now=NOW + timedelta(hours=1), since=DAY)
-            push_s = time.perf_counter() - started
-            delivered = pushed.counts["delivered"]
-            purchases = [r["purchase_id"] for r in rows if r["purchase_id"]][:delivered]
-            started = time.perf_counter()
-            bare_push(url, purchases)
-            bare_push_s = time.perf_counter() - started
+            pulled = pull_declines(
+                settings, engine, client, now=NOW, since=DAY, until=DAY + timedelta(days=1)
+            )
+            pull_s = time.perf_counter() - started
+            pull_cpu = cpu.lap()
+            figures.rounds.append((bare_pull_s, bare_rows, pull_s, pulled.counts))
+            read = pulled.counts["read"]
+            figures.cpus.append((pull_cpu[0] / read, bare_cpu[0] / bare_rows))
+            print(
+                f"{latency_ms} ms, round {n + 1}: pull {pull_s:.2f} s ({read / pull_s:.0f} rows/s),"
+                f" bare {bare_pull_s:.2f} s ({bare_rows / bare_pull_s:.0f} rows/s):"
+                f" {(read / pull_s) / (bare_rows / bare_pull_s):.2f};"
+                f" CPU a row: pull {pull_cpu[0] / read * 1e6:.0f} µs (fake {pull_cpu[1] / read * 1e6:.0f}),"
+                f" bare {bare_cpu[0] / bare_rows * 1e6:.0f} µs (fake {bare_cpu[1] / bare_rows * 1e6:.0f});"
+                f" load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
             client.close()
             engine.dispose()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    bare_pull_s, bare_rows, pull_s, counts = rounds[-1]
+
+        if latency_ms:  # a book of its own, of a window short enough to push one change at a time
+            db_url = f"sqlite:///{folder}/push-{latency_ms}.db"
+            upgrade(db_url)
+            settings = crm_settings(crm_settings_file(folder, db_url=db_url, crm_url=url))
+            assert settings.crm is not None
+            until = DAY + SPAN * min(1.0, args.push_declines / args.declines)
+            with closing(CrmClient(settings.crm)) as client:
+                engine = make_engine(db_url)
+                pull_declines(settings, engine, client, now=NOW, since=DAY, until=until)
+                engine.dispose()
+        # else: the last round's book holds the changes to push
+        engine = make_engine(db_url)
+        client = CrmClient(settings.crm)
+        started = time.perf_counter()
+        pushed = push_changes(settings, engine, client, now=NOW + timedelta(hours=1), since=DAY)
+        figures.push_s = time.perf_counter() - started
+        figures.delivered = pushed.counts["delivered"]
+        purchases = [r["purchase_id"] for r in rows if r["purchase_id"]][: figures.delivered]
+        started = time.perf_counter()
+        bare_push(url, purchases)
+        figures.bare_push_s = time.perf_counter() - started
+        figures.bare_calls = len(purchases)
+        client.close()
+        engine.dispose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    report(args, figures)
+    return figures
+
+
+def report(args: argparse.Namespace, figures: Figures) -> None:
+    bare_pull_s, bare_rows, pull_s, counts = figures.rounds[-1]
     read = counts["read"]
+    print(f"--- latency {figures.latency_ms} ms")
     print(
         f"declines {args.declines}: pull read {read} (accepted {counts['accepted']}), bare read {bare_rows}"
     )
     print(f"pull       {pull_s:8.2f} s  {read / pull_s:10.0f} rows/s")
     print(f"bare pull  {bare_pull_s:8.2f} s  {bare_rows / bare_pull_s:10.0f} rows/s")
-    ratios = [(c["read"] / p) / (r / b) for b, r, p, c in rounds]
+    ratios = figures.ratios()
     print(
         f"pull / bare throughput: {statistics.median(ratios):.2f}"
         + (
@@ -205,15 +250,57 @@ def main() -> None:
             else ""
         )
     )
-    pull_row = statistics.median(c[0] for c in cpus)
-    bare_row = statistics.median(c[1] for c in cpus)
+    pull_row = statistics.median(c[0] for c in figures.cpus)
+    bare_row = statistics.median(c[1] for c in figures.cpus)
     print(
         f"CPU a row in this process (median): pull {pull_row * 1e6:.0f} µs, bare {bare_row * 1e6:.0f} µs:"
         f" {bare_row / pull_row:.2f}"
     )
+    delivered, push_s = figures.delivered, figures.push_s
     print(f"push       {push_s:8.2f} s  {delivered / push_s:10.0f} changes/s ({delivered} delivered)")
-    print(f"bare push  {bare_push_s:8.2f} s  {len(purchases) / bare_push_s:10.0f} calls/s")
-    print(f"push / bare throughput: {(delivered / push_s) / (len(purchases) / bare_push_s):.2f}")
+    print(
+        f"bare push  {figures.bare_push_s:8.2f} s  {figures.bare_calls / figures.bare_push_s:10.0f} calls/s"
+    )
+    print(f"push / bare throughput: {figures.push_ratio():.2f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--declines", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--latency-ms", default="0", help="comma-separated fake latencies (ms), e.g. 0,20,100"
+    )
+    parser.add_argument(
+        "--push-declines",
+        type=int,
+        default=400,
+        help="at a latency, push the changes of a window of about this many declines",
+    )
+    args = parser.parse_args()
+    latencies = [int(x) for x in args.latency_ms.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = feed_rows(args.declines, DAY)
+        csv_path = write_csv(folder / "declines.csv", rows)
+        for latency_ms in latencies:
+            results.append(run_latency(args, folder, csv_path, rows, latency_ms))
+    print()
+    print(
+        f"{'latency':>7} | {'pull rows/s':>11} {'bare rows/s':>11} {'pull/bare':>9} {'CPU µs pull':>11} "
+        f"{'bare':>5} | {'push ch/s':>9} {'bare calls/s':>12} {'push/bare':>9}"
+    )
+    for f in results:
+        bare_pull_s, bare_rows, pull_s, counts = f.rounds[-1]
+        print(
+            f"{f.latency_ms:>5}ms | {counts['read'] / pull_s:>11.0f} {bare_rows / bare_pull_s:>11.0f}"
+            f" {statistics.median(f.ratios()):>9.2f} {statistics.median(c[0] for c in f.cpus) * 1e6:>11.0f}"
+            f" {statistics.median(c[1] for c in f.cpus) * 1e6:>5.0f} | {f.delivered / f.push_s:>9.0f}"
+            f" {f.bare_calls / f.bare_push_s:>12.0f} {f.push_ratio():>9.2f}"
+        )
 
 
 if __name__ == "__main__":

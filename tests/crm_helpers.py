@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Iterator, Sequence
+import threading
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -160,3 +162,39 @@ _TABLES = {
     "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
     "postgresql": "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()",
 }
+
+
+class Meeting:
+    """An `on_arrival` hook for the CRM fake: holds each call that `group_of` puts in a group (with the
+    group's size) until every call of the group has arrived, so only calls a client has in flight at
+    once can meet. A call that waits `timeout_s` in vain goes on, its group is noted in `missed`, and
+    later calls no longer wait (a client calling one at a time fails the test once, not per call)."""
+
+    def __init__(
+        self,
+        group_of: Callable[[str, Mapping[str, str]], tuple[Hashable, int] | None],
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.group_of = group_of
+        self.timeout_s = timeout_s
+        self.met: set[Hashable] = set()
+        self.missed: list[Hashable] = []
+        self._arrived: Counter[Hashable] = Counter()
+        self._changed = threading.Condition()
+
+    def __call__(self, endpoint: str, params: Mapping[str, str]) -> None:
+        found = self.group_of(endpoint, params)
+        if found is None:
+            return
+        group, size = found
+        with self._changed:
+            self._arrived[group] += 1
+            self._changed.notify_all()
+            if self._changed.wait_for(
+                lambda: self._arrived[group] >= size or bool(self.missed), timeout=self.timeout_s
+            ):
+                if self._arrived[group] >= size:
+                    self.met.add(group)
+            else:
+                self.missed.append(group)
+                self._changed.notify_all()

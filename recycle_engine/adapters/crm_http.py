@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -46,7 +47,9 @@ class CrmClient:
         self._sleep = sleep
         self._limiter = TokenBucket(settings.rate_limit_per_second, sleep=sleep)
         self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+        # A pull calls from up to five threads at once (a page ahead, two pages' look-ups): each keeps
+        # its connection, rather than one being opened and dropped per call.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=8, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = _USER_AGENT
@@ -57,6 +60,7 @@ class CrmClient:
         self._session.verify = found["verify"]
         self._session.trust_env = False
         self.calls = 0
+        self._calls_lock = threading.Lock()  # a pull's threads count their calls together
 
     def __repr__(self) -> str:
         return f"CrmClient(base_url={self._root!r}, credentials=<hidden>)"
@@ -141,7 +145,8 @@ class CrmClient:
     def _call(self, endpoint: str, params: Mapping[str, str]) -> dict[str, Any]:
         form = {"loginId": self._settings.login_id, "password": self._settings.password, **params}
         self._limiter.acquire()
-        self.calls += 1
+        with self._calls_lock:
+            self.calls += 1
         try:
             response = self._session.post(f"{self._root}{endpoint}", data=form, timeout=self._timeout)
         except requests.RequestException as exc:

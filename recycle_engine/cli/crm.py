@@ -110,7 +110,16 @@ def rejects_cmd(limit: int, as_json: bool, config_path: Path) -> None:
     help="A declines feed (SPEC section 5) whose rows the fake holds as its records.",
 )
 @click.option("--allow-ip", "allowed", multiple=True, help="Only these caller IPs (default: any).")
-def crm_fake_cmd(host: str, port: int, declines_csv: Path | None, allowed: tuple[str, ...]) -> None:
+@click.option(
+    "--latency-ms",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Added delay on every API answer (calls made at once wait together).",
+)
+def crm_fake_cmd(
+    host: str, port: int, declines_csv: Path | None, allowed: tuple[str, ...], latency_ms: int
+) -> None:
     """Run a local CRM speaking the Konnektive API (README "The CRM") until Ctrl-C.
 
     Credentials it accepts: $CRM_FAKE_LOGIN_ID and $CRM_FAKE_PASSWORD, or its test pair. Admin calls
@@ -124,7 +133,9 @@ def crm_fake_cmd(host: str, port: int, declines_csv: Path | None, allowed: tuple
 
     login = os.environ.get(FAKE_LOGIN_ENV, FAKE_LOGIN)
     password = os.environ.get(FAKE_PASSWORD_ENV, FAKE_PASSWORD)
-    fake = FakeCrm(login, password, allowed_ips=frozenset(allowed) if allowed else None)
+    fake = FakeCrm(
+        login, password, allowed_ips=frozenset(allowed) if allowed else None, latency_ms=latency_ms
+    )
     if declines_csv is not None:
         with declines_csv.open(encoding="utf-8", newline="") as handle:
             added = load_feed_rows(fake, csv.DictReader(handle))

@@ -45,17 +45,20 @@ class _Handler(StandinHandler):
             return
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params.update(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
-        answer = fake.call(parts.path, params, self.client_address[0])
-        if answer.hold:
-            self.server.stopping.wait(fake.hold_s)
-            self.close_connection = True
-            return
-        if answer.delay_s:
-            self.server.stopping.wait(answer.delay_s)
-        if answer.body is None:
-            self._send(answer.status, "<html><body>Server Error</body></html>", "text/html")
-        else:
-            self._send(answer.status, json.dumps(answer.body))
+        with fake.serving(parts.path, params) as alongside:
+            answer = fake.call(parts.path, params, self.client_address[0], alongside)
+            if answer.hold:
+                self.server.stopping.wait(fake.hold_s)
+                self.close_connection = True
+                return
+            # The latency is waited here, outside the fake's lock: calls made at once wait together.
+            delay_s = answer.delay_s + fake.latency_ms / 1000
+            if delay_s:
+                self.server.stopping.wait(delay_s)
+            if answer.body is None:
+                self._send(answer.status, "<html><body>Server Error</body></html>", "text/html")
+            else:
+                self._send(answer.status, json.dumps(answer.body))
 
     def _admin(self, fake: FakeCrm, path: str, body: dict[str, Any]) -> None:
         if path == "/_fake/records":

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections import deque
-from collections.abc import Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
@@ -92,6 +93,10 @@ class FakeCrm:
     allowed_ips: frozenset[str] | None = None  # None: any caller
     hold_s: float = 30.0  # how long a TIMEOUT fault holds the answer
     page_cap: int | None = None  # a CRM that serves fewer rows a page than asked (and says so)
+    latency_ms: int = 0  # every API answer waits this long, as from a CRM across the internet
+    # Run as each API call arrives, in its serving thread and outside the lock: a test may hold a
+    # call there (until another one arrives, say) to see which calls a client makes at once.
+    on_arrival: Callable[[str, Mapping[str, str]], None] | None = None
     transactions: list[dict[str, Any]] = field(default_factory=list)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
     purchases: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -102,6 +107,8 @@ class FakeCrm:
     _version: int = 0  # bumped by every added transaction: the selection cache's key
     _selected: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Each call arrived and not yet answered: its endpoint and those of the calls in flight beside it.
+    _in_flight: list[tuple[str, list[str]]] = field(default_factory=list)
 
     # Records
 
@@ -146,9 +153,15 @@ class FakeCrm:
             self._faults.clear()
 
     def log(self) -> list[dict[str, Any]]:
-        """Every API call: endpoint, parameters (credentials left out), result and what it changed."""
+        """Every API call: endpoint, parameters (credentials left out), result, what it changed, and
+        the endpoints of the calls in flight beside it (`alongside`)."""
         with self._lock:
-            return [dict(entry) for entry in self._log]
+            return [{**entry, "alongside": sorted(entry["alongside"])} for entry in self._log]
+
+    def in_flight(self) -> Counter[str]:
+        """The API calls arrived and not yet answered, by endpoint."""
+        with self._lock:
+            return Counter(endpoint for endpoint, _ in self._in_flight)
 
     def applied(self) -> list[dict[str, Any]]:
         """The updates that changed a record, in order."""
@@ -156,11 +169,34 @@ class FakeCrm:
 
     # Calls
 
-    def call(self, endpoint: str, params: Mapping[str, str], client_ip: str) -> Answer:
+    @contextmanager
+    def serving(self, endpoint: str, params: Mapping[str, str]) -> Iterator[list[str]]:
+        """One API call from its arrival until its answer is sent. Yields the endpoints of the calls in
+        flight beside it, a list that grows as more arrive; `call` logs it as `alongside`."""
+        alongside: list[str] = []
+        flight = (endpoint, alongside)
+        with self._lock:
+            for other, beside_other in self._in_flight:
+                beside_other.append(endpoint)
+                alongside.append(other)
+            self._in_flight.append(flight)
+        try:
+            if self.on_arrival is not None:
+                self.on_arrival(endpoint, params)
+            yield alongside
+        finally:
+            with self._lock:
+                self._in_flight.remove(flight)
+
+    def call(
+        self, endpoint: str, params: Mapping[str, str], client_ip: str, alongside: list[str] | None = None
+    ) -> Answer:
+        """Answer one API call; `alongside` (from `serving`) is logged with it."""
         with self._lock:
             entry: dict[str, Any] = {
                 "endpoint": endpoint,
                 "params": {k: v for k, v in params.items() if k not in ("loginId", "password")},
+                "alongside": alongside if alongside is not None else [],
             }
             self._log.append(entry)
             answer = self._answer(endpoint, params, client_ip, entry)

@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from recycle_engine.crm_fake.book import load_feed_rows, records_of
 from recycle_engine.crm_fake.server import RunningFakeCrm, start_fake_crm
 from recycle_engine.crm_fake.state import FakeCrm, Fault, FaultKind
 from recycle_engine.errors import CrmRefused, CrmUnavailable
-from recycle_engine.services.crm.pull import pull_declines
+from recycle_engine.services.crm.pull import DECLINE_TYPES, _prefetched, _Pull, pull_declines
 from recycle_engine.services.intake.import_declines import import_declines
 from recycle_engine.storage import crm_repo
 from recycle_engine.storage.db import make_engine
@@ -37,6 +38,7 @@ from tests.crm_helpers import (
     CRM_LOGIN,
     CRM_PASSWORD,
     TEST_PAN,
+    Meeting,
     book,
     count,
     crm_settings,
@@ -465,3 +467,78 @@ def test_given_pages_whose_orders_fill_a_page_when_pulled_then_each_lookup_is_on
     orders = [e for e in log if e["endpoint"] == "/order/query/"]
     assert len(orders) == len(pages)
     assert {e.get("result") for e in orders} == {"SUCCESS"}
+
+
+# --- calls overlapped ----------------------------------------------------------------------------
+
+
+def pages_of(fake: FakeCrm, per_page: int) -> dict[str, tuple[str, int]]:
+    """Order and purchase id -> (decline type, page number) of the transactions page naming it."""
+    found: dict[str, tuple[str, int]] = {}
+    for decline_type in DECLINE_TYPES:
+        records = [t for t in fake.transactions if t["responseType"] == decline_type]  # oldest first
+        for n, record in enumerate(records):
+            for key in ("orderId", "purchaseId"):
+                if record.get(key):
+                    found[str(record[key])] = (decline_type, n // per_page + 1)
+    return found
+
+
+def test_given_a_crm_far_away_when_pulled_then_a_pages_look_ups_and_the_next_page_are_in_flight_together(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given: rows that each name an order and a purchase, 50 a page; the fake holds every call of a
+    # group until the whole group has arrived: a page's order and purchase look-ups, and the next
+    # transactions page (the first hard-decline page after the last soft one)
+    rows = [r for r in feed_rows(500, DAY, seed=61) if r["purchase_id"]]
+    load_feed_rows(fake.fake, rows)
+    page_of = pages_of(fake.fake, 50)
+    last = {t: max(n for kind, n in page_of.values() if kind == t) for t in DECLINE_TYPES}
+    before_first_hard = ("SOFT_DECLINE", last["SOFT_DECLINE"])
+
+    def group_of(endpoint: str, params: Mapping[str, str]) -> tuple[Hashable, int] | None:
+        if endpoint == "/transactions/query/":
+            page = (params["responseType"], int(params["page"]))
+            before = before_first_hard if page == ("HARD_DECLINE", 1) else (page[0], page[1] - 1)
+            return (before, 3) if before[1] >= 1 else None
+        key = "orderId" if endpoint == "/order/query/" else "purchaseId"
+        page = page_of[params[key].split(",")[0]]
+        return (page, 2 if page == ("HARD_DECLINE", last["HARD_DECLINE"]) else 3)
+
+    meeting = Meeting(group_of)
+    fake.fake.on_arrival = meeting
+
+    # when
+    counts = pull(settings, engine, since=DAY, until=UNTIL)
+
+    # then
+    assert meeting.missed == []
+    assert meeting.met == set(page_of.values())
+    assert counts["accepted"] == len(rows)
+    look_ups = [e for e in fake.fake.log() if e["endpoint"] in ("/order/query/", "/purchase/query/")]
+    assert all(
+        set(e["alongside"]) >= {"/order/query/", "/purchase/query/"} - {e["endpoint"]} for e in look_ups
+    )
+    assert cursor(engine) == UNTIL
+
+
+def test_given_the_reader_stops_after_one_page_when_it_closes_the_pages_then_every_worker_has_stopped(
+    fake: RunningFakeCrm, settings: Settings, engine: Engine
+) -> None:
+    # given: 40 pages to read, two held ahead
+    load_feed_rows(fake.fake, feed_rows(2000, DAY, seed=71))
+    assert settings.crm is not None
+    client = CrmClient(settings.crm, sleep=lambda _s: None)
+    puller = _Pull(settings, settings.crm, engine, client, "run-1", NOW, DAY, UNTIL)
+    pages = _prefetched(puller._pages(DECLINE_TYPES), 2)
+
+    # when
+    next(pages)
+    pages.close()
+
+    # then: no thread of the pull is left, and it stopped paging a few pages ahead
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("crm-pages", "crm-details"))]
+    assert left == []
+    read = [e for e in fake.fake.log() if e["endpoint"] == "/transactions/query/"]
+    assert len(read) < 10
+    client.close()
