@@ -240,7 +240,8 @@ def typed_columns(
         elif column in ints:
             columns[column] = [int(v) if v else None for v in values]
         elif column not in ("amount", "declined_at"):
-            columns[column] = [v or None for v in values]
+            # A column without empty text (one C-level scan) needs no None: a copy of the list.
+            columns[column] = list(values) if "" not in values else [v or None for v in values]
     columns["declined_at"] = take(declined_at)
     columns["utc_offset_minutes"] = take(offsets)
     columns["amount_minor"] = take(amounts)
