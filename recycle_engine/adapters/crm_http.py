@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 _USER_AGENT: Final = "recycle-engine/0.1"
 _EMPTY_TEXT: Final = "matching those parameters could be found"
+# Digits as b"1", every other byte as b"0": a run of 20 "1"s may be an integer orjson reads as a float.
+_DIGIT_SHAPES: Final = bytes(0x31 if 0x30 <= code <= 0x39 else 0x30 for code in range(256))
+_LONG_NUMBER: Final = b"1" * 20
 
 
 def is_empty_result(message: object) -> bool:
@@ -156,12 +160,29 @@ class CrmClient:
         if response.status_code != 200:
             raise CrmProtocolError(f"CRM {endpoint}: HTTP {response.status_code}")
         try:
-            body = response.json()
+            body = _parsed(response)
         except ValueError:
             raise CrmProtocolError(f"CRM {endpoint}: the answer is not JSON") from None
         if not isinstance(body, dict) or body.get("result") not in ("SUCCESS", "ERROR"):
             raise CrmProtocolError(f"CRM {endpoint}: the answer has no result SUCCESS or ERROR")
         return body
+
+
+def _parsed(response: requests.Response) -> Any:
+    """The answer's JSON. orjson reads the bytes at under half the CPU of response.json() (pages of
+    200 rows, a few µs a row); whatever it reads differently goes through response.json() as before:
+    text that is not UTF-8 (refused by orjson, replaced by requests), NaN (refused by orjson) and
+    integers of 20 digits or more (orjson makes a float of those beyond 64 bits)."""
+    content = response.content
+    if (
+        response.encoding in (None, "utf-8", "UTF-8")
+        and content.translate(_DIGIT_SHAPES).find(_LONG_NUMBER) < 0
+    ):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass  # the answer as requests reads it decides: JSON after all, or not JSON
+    return response.json()
 
 
 def _text(message: object) -> str:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from recycle_engine.adapters.crm_changes import CrmRequest, is_applied, request_for
-from recycle_engine.adapters.crm_rows import declined_at, feed_row
+from recycle_engine.adapters.crm_rows import declined_at, feed_columns, feed_row
 from recycle_engine.services.intake.feed_rows import FEED_COLUMNS
 
 TRANSACTION = {
@@ -78,6 +78,49 @@ def test_given_a_transaction_time_when_read_then_it_is_aware_utc_or_none(
     raw: object, expected: object
 ) -> None:
     assert declined_at({"dateCreated": raw}) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-06-01 14:30:05", "2026-06-01T14:30:05+00:00"),
+        ("2026-06-01T14:30:05", "2026-06-01T14:30:05+00:00"),
+        ("2026-06-01 14:30:05.250000", "2026-06-01T14:30:05.250000+00:00"),
+        ("2026-06-01T10:30:05-04:00", "2026-06-01T14:30:05+00:00"),
+        (" 2026-06-01 14:30:05 ", "2026-06-01T14:30:05+00:00"),
+        ("2026-06-01 14:30+01", "2026-06-01T13:30:00+00:00"),
+        ("2026-06-31 14:30:05", "2026-06-31 14:30:05"),
+        ("06/01/2026", "06/01/2026"),
+        (20260601, "20260601"),
+        (None, ""),
+    ],
+)
+def test_given_a_transaction_time_when_mapped_then_the_row_holds_its_utc_isoformat_or_its_text(
+    raw: object, expected: str
+) -> None:
+    assert feed_row({**TRANSACTION, "dateCreated": raw}, ORDER, PURCHASE, str)["declined_at"] == expected
+
+
+def test_given_transactions_lacking_fields_when_mapped_then_those_columns_are_empty() -> None:
+    # given: the second transaction has only an id and a time
+    sparse = {"transactionId": "T-2", "dateCreated": "2026-06-01 15:00:00"}
+
+    # when
+    columns = feed_columns(
+        [TRANSACTION, sparse], [ORDER, None], [PURCHASE, None], str, [declined_at(TRANSACTION), None]
+    )
+
+    # then
+    assert columns["transaction_id"] == ["9001", "T-2"]
+    assert (columns["amount"], columns["gateway_id"], columns["card_exp_month"]) == (
+        ["29.99", ""],
+        ["12", ""],
+        ["09", ""],
+    )
+    assert columns["declined_at"] == ["2026-06-01T14:30:05+00:00", "2026-06-01 15:00:00"]
+    assert feed_row(sparse, None, None, str) == {c: v[1] for c, v in columns.items()} | {
+        "declined_at": "2026-06-01T15:00:00+00:00"
+    }
 
 
 @pytest.mark.parametrize(

@@ -182,9 +182,12 @@ def check_chunk(
     pan_columns = _mask_card_numbers(original, texts)
     cells = {c: _stripped(texts[c]) for c in FEED_COLUMNS}
     for column in _UPPER:
-        cells[column] = [v.upper() for v in cells[column]]
-    present = {c: np.array(cells[c], dtype=object) != "" for c in FEED_COLUMNS}
-    blank = ~np.logical_or.reduce([frame[c].to_numpy() != "" for c in frame.columns])
+        cells[column] = list(map(str.upper, cells[column]))
+    present = {c: _non_empty(cells[c]) for c in FEED_COLUMNS}
+    if any("" not in values for values in texts.values()):
+        blank = np.zeros(size, dtype=bool)  # a column full throughout: no row is blank (the usual case)
+    else:
+        blank = ~np.logical_or.reduce([frame[c].to_numpy() != "" for c in frame.columns])
 
     problems = _Problems()
     for column, (flags, messages) in unreadable.items():
@@ -195,19 +198,23 @@ def check_chunk(
     for column in _REQUIRED:
         problems.add(column, ~present[column], "required")
     for column, limit in _MAX_LENGTHS.items():
-        problems.add(
-            column, np.fromiter(map(len, cells[column]), int, size) > limit, f"longer than {limit} characters"
-        )
+        if max(map(len, cells[column]), default=0) > limit:  # flags only for a column that has any
+            problems.add(
+                column,
+                np.fromiter(map(len, cells[column]), int, size) > limit,
+                f"longer than {limit} characters",
+            )
     for column, pattern, message in _PATTERNS:
         problems.add(column, present[column] & ~matching(cells[column], pattern), message)
     for column in _BOOLEANS:
-        cells[column] = [v.lower() for v in cells[column]]
+        cells[column] = list(map(str.lower, cells[column]))
         problems.add(
             column, present[column] & ~member(cells[column], ("true", "false")), "must be true or false"
         )
     ints = {c: matching(cells[c], _WHOLE_NUMBER) for c in _INTS}
     numbers = {
-        c: np.array([int(v) if ok else 0 for v, ok in zip(cells[c], ints[c], strict=True)]) for c in _INTS
+        c: np.array([int(v) if ok else 0 for v, ok in zip(cells[c], ints[c].tolist(), strict=True)])
+        for c in _INTS
     }
     for column in _INTS:
         problems.add(column, present[column] & ~ints[column], "must be a whole number")
@@ -271,6 +278,12 @@ def _check_rules(
     problems.add("gateway_id", is_flexfactor, "is a FlexFactor gateway; declines come from ordinary gateways")
     unknown = present["gateway_id"] & ~is_flexfactor & ~member(cells["gateway_id"], gateways)
     problems.add("gateway_id", unknown, "not a gateway in the settings")
+
+
+def _non_empty(values: list[str]) -> Flags:
+    if "" not in values:  # one C-level scan: most columns are full
+        return np.ones(len(values), dtype=bool)
+    return np.fromiter(map(bool, values), dtype=bool, count=len(values))
 
 
 def _stripped(values: list[str]) -> list[str]:

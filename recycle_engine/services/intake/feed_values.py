@@ -6,7 +6,7 @@ import re
 import unicodedata
 from collections.abc import Collection, MutableMapping, Sequence
 from datetime import UTC, datetime
-from functools import cache
+from functools import lru_cache
 from typing import Any, Final
 
 import numpy as np
@@ -34,30 +34,50 @@ _ALL_DIGITS: Final = 0x20000  # every decimal digit of Unicode 15 lies below U+1
 _ASCII: Final = 0x80
 
 
-@cache
-def _shapes(limit: int = _ALL_DIGITS) -> dict[int, str]:
-    """Each character below `limit` as its part in a written card number: digits (any script) "1",
-    separators (whitespace, punctuation) "s", ASCII letters "a", other ASCII "0"; other characters stay
-    as they are, which neither the digits nor the separators of the pattern below match. Text that is
-    all ASCII needs only the first 128 entries: the whole table takes tens of milliseconds to build."""
-    table: dict[int, str] = {}
-    for code in range(limit):
-        ch = chr(code)
-        if ch.isdecimal():
-            table[code] = "1"
-        elif ch.isspace() or unicodedata.category(ch).startswith("P"):
-            table[code] = "s"
-        elif code < _ASCII:
-            table[code] = "a" if ch.isalpha() else "0"
-    table[0] = "0"  # the joiner below
-    return table
+def _shape_of(code: int) -> str | None:
+    """A character's part in a written card number: digits (any script) "1", separators (whitespace,
+    punctuation) "s", ASCII letters "a", other ASCII "0"; None for any other character (left as it is
+    by translate(), which neither the digits nor the separators of the pattern below match)."""
+    ch = chr(code)
+    if code == 0:
+        return "0"  # the joiner below
+    if code >= _ALL_DIGITS:
+        return None
+    if ch.isdecimal():
+        return "1"
+    if ch.isspace() or unicodedata.category(ch).startswith("P"):
+        return "s"
+    if code < _ASCII:
+        return "a" if ch.isalpha() else "0"
+    return None
 
 
-@cache
-def _digits_only(limit: int = _ALL_DIGITS) -> dict[int, str | None]:
-    """The shapes with separators removed and letters as "0": thirteen "1"s in a row, which str.find
+def _digit_of(shape: str) -> str | None:
+    """The shape with separators removed and letters as "0": thirteen "1"s in a row, which str.find
     spots even faster, are needed for any card number however written."""
-    return {code: {"s": None, "a": "0"}.get(shape, shape) for code, shape in _shapes(limit).items()}
+    return {"s": None, "a": "0"}.get(shape, shape)
+
+
+_ASCII_SHAPES: Final = {code: shape for code in range(_ASCII) if (shape := _shape_of(code)) is not None}
+_ASCII_DIGITS: Final = {code: _digit_of(shape) for code, shape in _ASCII_SHAPES.items()}
+
+
+def _tables(joined: str) -> tuple[dict[int, str], dict[int, str | None]]:
+    """translate() tables (shapes, digits only) for the characters of `joined`. Beyond ASCII only the
+    characters present are looked up: a table of all Unicode takes tens of milliseconds to build, which
+    a pull or an import with one accented name paid once per process."""
+    if joined.isascii():
+        return _ASCII_SHAPES, _ASCII_DIGITS
+    return _tables_for(frozenset(ch for ch in set(joined) if not ch.isascii()))
+
+
+@lru_cache(maxsize=256)  # a column's accented letters recur from chunk to chunk
+def _tables_for(extra: frozenset[str]) -> tuple[dict[int, str], dict[int, str | None]]:
+    shapes = dict(_ASCII_SHAPES)
+    for ch in extra:
+        if (shape := _shape_of(ord(ch))) is not None:
+            shapes[ord(ch)] = shape
+    return shapes, {code: _digit_of(shape) for code, shape in shapes.items()}
 
 
 _THIRTEEN_DIGITS: Final = "1" * 13
@@ -70,10 +90,10 @@ _DECIMAL: Final = re.compile(r"\d+(?:\.\d+)?")
 def card_number_positions(values: Sequence[str]) -> list[int]:
     """Positions of the values that contain a full card number (cards.contains_pan decides)."""
     joined = "\x00".join(values)
-    limit = _ASCII if joined.isascii() else _ALL_DIGITS
-    if joined.translate(_digits_only(limit)).find(_THIRTEEN_DIGITS) < 0:
+    shapes, digits = _tables(joined)
+    if joined.translate(digits).find(_THIRTEEN_DIGITS) < 0:
         return []  # the usual case: not even 13 digits in a row, once separators are ignored
-    if _MAYBE_PAN.search(joined.translate(_shapes(limit))) is None:
+    if _MAYBE_PAN.search(joined.translate(shapes)) is None:
         return []  # digits in tokens and ids, say, but nothing shaped like a card number
     return [position for position, value in enumerate(values) if contains_pan(value)]
 
@@ -220,7 +240,8 @@ def typed_columns(
         elif column in ints:
             columns[column] = [int(v) if v else None for v in values]
         elif column not in ("amount", "declined_at"):
-            columns[column] = [v or None for v in values]
+            # A column without empty text (one C-level scan) needs no None: a copy of the list.
+            columns[column] = list(values) if "" not in values else [v or None for v in values]
     columns["declined_at"] = take(declined_at)
     columns["utc_offset_minutes"] = take(offsets)
     columns["amount_minor"] = take(amounts)
