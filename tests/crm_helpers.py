@@ -173,7 +173,7 @@ class Meeting:
     def __init__(
         self,
         group_of: Callable[[str, Mapping[str, str]], tuple[Hashable, int] | None],
-        timeout_s: float = 5.0,
+        timeout_s: float = 10.0,
     ) -> None:
         self.group_of = group_of
         self.timeout_s = timeout_s

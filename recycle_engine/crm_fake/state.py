@@ -107,8 +107,10 @@ class FakeCrm:
     _version: int = 0  # bumped by every added transaction: the selection cache's key
     _selected: dict[tuple[Any, ...], list[dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # Each call arrived and not yet answered: its endpoint and those of the calls in flight beside it.
-    _in_flight: list[tuple[str, list[str]]] = field(default_factory=list)
+    # Each call arrived and not yet answered, by a number of its own: its endpoint and those of the
+    # calls in flight beside it.
+    _in_flight: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
+    _arrivals_seen: int = 0
 
     # Records
 
@@ -161,7 +163,7 @@ class FakeCrm:
     def in_flight(self) -> Counter[str]:
         """The API calls arrived and not yet answered, by endpoint."""
         with self._lock:
-            return Counter(endpoint for endpoint, _ in self._in_flight)
+            return Counter(endpoint for endpoint, _ in self._in_flight.values())
 
     def applied(self) -> list[dict[str, Any]]:
         """The updates that changed a record, in order."""
@@ -174,19 +176,20 @@ class FakeCrm:
         """One API call from its arrival until its answer is sent. Yields the endpoints of the calls in
         flight beside it, a list that grows as more arrive; `call` logs it as `alongside`."""
         alongside: list[str] = []
-        flight = (endpoint, alongside)
         with self._lock:
-            for other, beside_other in self._in_flight:
+            for other, beside_other in self._in_flight.values():
                 beside_other.append(endpoint)
                 alongside.append(other)
-            self._in_flight.append(flight)
+            self._arrivals_seen += 1
+            number = self._arrivals_seen
+            self._in_flight[number] = (endpoint, alongside)
         try:
             if self.on_arrival is not None:
                 self.on_arrival(endpoint, params)
             yield alongside
         finally:
             with self._lock:
-                self._in_flight.remove(flight)
+                del self._in_flight[number]
 
     def call(
         self, endpoint: str, params: Mapping[str, str], client_ip: str, alongside: list[str] | None = None

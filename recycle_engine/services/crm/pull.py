@@ -56,8 +56,8 @@ FIRST_WINDOW: Final = timedelta(days=1)  # the first pull, with no cursor and no
 CHUNK_ROWS: Final = 5_000  # pages gathered into one checked and written chunk (a chunk costs ~20 ms fixed)
 _RAMP: Final = 16  # the first chunk is this fraction of CHUNK_ROWS
 MAX_PASSES: Final = 3  # reads of one decline type while the CRM's total keeps changing
-# Look-ups at once: a page's orders and purchases (a call each), for two pages, since the next page's
-# start while this one's may still run. More would not help: the pages themselves come one at a time.
+# Look-up calls at once: a page's orders and purchases (a call each) for two pages, as the next page's
+# start before this one's are done. More would not help: the transactions pages come one at a time.
 DETAIL_WORKERS: Final = 4
 _NO_ORDER: Final = "order_id: the CRM has no such order (/order/query/)"
 _FROM_ORDER: Final = ("order_type: required", "shippable: required")
