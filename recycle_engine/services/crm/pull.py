@@ -233,8 +233,9 @@ class _Pull:
         frame = pd.DataFrame(columns, dtype=object)
         # The times read while paging are the declined_at cells' instants: not parsed a second time.
         checked, prepared = self.importer.check_and_prepare(frame, self.line, whens)
-        rejects = checked.rejects_frame()
-        saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
+        # Most chunks reject nothing: no empty frame of rejects built and unpacked for them.
+        records = checked.rejects_frame().to_dict("records") if checked.reasons else []
+        saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in records]
         before = dict(self.importer.counts)
         with self.engine.begin() as conn:
             self.importer.write(conn, prepared)
