@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
+from urllib.parse import quote_plus
 
 import orjson
 import requests
@@ -33,6 +35,8 @@ _EMPTY_TEXT: Final = "matching those parameters could be found"
 # Digits as b"1", every other byte as b"0": a run of 20 "1"s may be an integer orjson reads as a float.
 _DIGIT_SHAPES: Final = bytes(0x31 if 0x30 <= code <= 0x39 else 0x30 for code in range(256))
 _LONG_NUMBER: Final = b"1" * 20
+_FORM_TYPE: Final = {"Content-Type": "application/x-www-form-urlencoded"}
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_.~,-]*")  # what quote_plus leaves as it is, and the comma
 
 
 def is_empty_result(message: object) -> bool:
@@ -152,7 +156,9 @@ class CrmClient:
         with self._calls_lock:
             self.calls += 1
         try:
-            response = self._session.post(f"{self._root}{endpoint}", data=form, timeout=self._timeout)
+            response = self._session.post(
+                f"{self._root}{endpoint}", data=_form(form), headers=_FORM_TYPE, timeout=self._timeout
+            )
         except requests.RequestException as exc:
             raise CrmUnavailable(f"CRM {endpoint}: {type(exc).__name__}") from None
         if response.status_code >= 500 or response.status_code == 429:
@@ -166,6 +172,18 @@ class CrmClient:
         if not isinstance(body, dict) or body.get("result") not in ("SUCCESS", "ERROR"):
             raise CrmProtocolError(f"CRM {endpoint}: the answer has no result SUCCESS or ERROR")
         return body
+
+
+def _form(params: Mapping[str, str]) -> bytes:
+    """The form body requests would encode from `params` (urlencode through quote_plus), built
+    faster: urllib quotes a value with a comma byte by byte in Python, and the lists of 200 ids a page
+    of orders and purchases asks for cost 0.26 ms a call so, a few µs a pulled row."""
+    pairs = (f"{_quoted(str(k))}={_quoted(str(v))}" for k, v in params.items() if v is not None)
+    return "&".join(pairs).encode("ascii")  # requests, too, leaves out a None value
+
+
+def _quoted(text: str) -> str:
+    return text.replace(",", "%2C") if _PLAIN.fullmatch(text) else quote_plus(text)
 
 
 def _parsed(response: requests.Response) -> Any:

@@ -1,11 +1,11 @@
-"""The CRM's answers read from their bytes: the same values requests' own JSON reading gives."""
+"""The CRM's calls and answers: forms encoded and answers read as requests itself would."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
-from recycle_engine.adapters.crm_http import _parsed
+from recycle_engine.adapters.crm_http import _form, _parsed
 
 
 def _answer(content: bytes, content_type: str = "application/json") -> requests.Response:
@@ -56,3 +56,29 @@ def test_given_an_answer_in_another_charset_when_read_then_that_charset_decodes_
 def test_given_text_that_is_not_json_when_read_then_it_is_a_value_error() -> None:
     with pytest.raises(requests.exceptions.JSONDecodeError):
         _parsed(_answer(b"<html>bad gateway</html>"))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {
+            "loginId": "crm-user",
+            "password": "p@ss w0rd/+&=?%",
+            "orderId": ",".join(f"O-{n}" for n in range(200)),
+        },
+        {"startDate": "06/01/2026", "endDate": "06/02/2026", "sortDir": "1", "page": "3"},
+        {"purchaseId": "P-1", "cancelReason": "Recycle billing ended", "note": "Bogotá ü €, ok~_.-"},
+        {"empty": "", "gone": None, "comma,key": "a,b"},
+    ],
+)
+def test_given_a_form_when_encoded_then_the_body_is_the_one_requests_would_send(
+    params: dict[str, str],
+) -> None:
+    # given
+    expected = requests.Request("POST", "http://crm.test/x", data=params).prepare().body
+
+    # when
+    body = _form(params)
+
+    # then
+    assert body.decode("ascii") == expected

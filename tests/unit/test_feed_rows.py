@@ -280,6 +280,29 @@ def test_given_timestamps_when_parsed_then_offsets_are_kept_and_instants_are_utc
     assert problems == ["", "", "not an ISO 8601 timestamp with offset"]
 
 
+_READ = [datetime(2026, 6, 1, 18, 0, tzinfo=UTC), datetime(2026, 6, 1, 10, 0, 5, 250, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize(
+    ("values", "read"),
+    [
+        pytest.param([t.isoformat() for t in _READ], _READ, id="every time read"),
+        pytest.param([_READ[0].isoformat(), "noon", _READ[1].isoformat()], [_READ[0], None, None], id="some"),
+    ],
+)
+def test_given_times_read_already_when_parsed_then_the_result_is_that_of_parsing_their_text(
+    values: list[str], read: list[datetime | None]
+) -> None:
+    # when
+    found = parse_timestamps(values, read)
+
+    # then
+    assert found == parse_timestamps(values)
+    assert [i.tzinfo if i else None for i in found[0]] == [
+        i.tzinfo if i else None for i in parse_timestamps(values)[0]
+    ]
+
+
 def test_given_amounts_when_parsed_then_each_currency_keeps_its_minor_digits() -> None:
     # when
     amounts, problems = parse_amounts(

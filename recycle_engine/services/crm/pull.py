@@ -254,13 +254,16 @@ class _Pull:
             found.purchases.get(str(row.get("purchaseId", ""))) if row.get("purchaseId") else None
             for row in transactions
         ]
-        columns = feed_columns(transactions, orders, purchases, self.crm.gateway_of, [w for _, w in fresh])
+        whens = [w for _, w in fresh]
+        columns = feed_columns(transactions, orders, purchases, self.crm.gateway_of, whens)
         # Every cell is already text: plain objects spare pandas a string array it would check and
         # the checks would unpack again, column by column.
         frame = pd.DataFrame(columns, dtype=object)
-        checked, prepared = self.importer.check_and_prepare(frame, self.line)
-        rejects = checked.rejects_frame()
-        saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in rejects.to_dict("records")]
+        # The times read while paging are the declined_at cells' instants: not parsed a second time.
+        checked, prepared = self.importer.check_and_prepare(frame, self.line, whens)
+        # Most chunks reject nothing: no empty frame of rejects built and unpacked for them.
+        records = checked.rejects_frame().to_dict("records") if checked.reasons else []
+        saved = [self._reject({str(k): v for k, v in r.items()}, missing) for r in records]
         before = dict(self.importer.counts)
         with self.engine.begin() as conn:
             self.importer.write(conn, prepared)

@@ -108,13 +108,17 @@ class ImportSession:
         self.versions = {p.id: profile_version(p) for p in settings.recycle_profiles.values()}
         self.stamp = repo.ChangeStamp(_REASON, _SOURCE, run_id, now)
 
-    def check_and_prepare(self, frame: pd.DataFrame, first_line: int) -> tuple[CheckedChunk, PreparedChunk]:
+    def check_and_prepare(
+        self, frame: pd.DataFrame, first_line: int, times: Sequence[datetime | None] | None = None
+    ) -> tuple[CheckedChunk, PreparedChunk]:
+        """Check a chunk and prepare its good rows; `times` as check_chunk takes them."""
         checked = check_chunk(
             frame,
             first_line=first_line,
             gateways=self.ordinary,
             flexfactor_gateways=self.flexfactor,
             seen_transactions=self.seen,
+            times=times,
         )
         return checked, self.prepare(checked)
 

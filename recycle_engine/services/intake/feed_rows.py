@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Collection, MutableMapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -165,12 +166,14 @@ def check_chunk(
     gateways: Collection[str],
     flexfactor_gateways: Collection[str],
     seen_transactions: MutableMapping[str, int],
+    times: Sequence[datetime | None] | None = None,
 ) -> CheckedChunk:
     """Check every row of one chunk read with dtype=str and keep_default_na=False, column by column.
 
     `first_line` is the file line of the chunk's first row (the header is line 1). `gateways` are the
     ordinary gateway ids of the settings. `seen_transactions` maps each transaction id met so far in the
     file to its first line; it is updated, so a later duplicate in another chunk is still caught.
+    `times`, row by row, are declined_at instants the caller has read already (see parse_timestamps).
     """
     size = len(frame)
     lines = list(range(first_line, first_line + size))
@@ -224,7 +227,7 @@ def check_chunk(
     _check_rules(problems, cells, present, ints, numbers, gateways, flexfactor_gateways)
     known_currency = np.fromiter(map(is_known_currency, cells["currency"]), dtype=bool, count=size)
     problems.add("currency", present["currency"] & ~known_currency, "not a known ISO 4217 currency")
-    declined_at, offsets, time_problems = parse_timestamps(cells["declined_at"])
+    declined_at, offsets, time_problems = parse_timestamps(cells["declined_at"], times)
     problems.add("declined_at", present["declined_at"] & (np.array(time_problems) != ""), time_problems)
     amounts, amount_problems = parse_amounts(cells["amount"], cells["currency"], known_currency)
     problems.add("amount", present["amount"] & (np.array(amount_problems) != ""), amount_problems)

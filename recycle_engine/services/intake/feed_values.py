@@ -142,12 +142,24 @@ def member(values: Sequence[str], allowed: Collection[str]) -> Flags:
     return np.fromiter(map(frozenset(allowed).__contains__, values), dtype=bool, count=len(values))
 
 
-def parse_timestamps(values: Sequence[str]) -> tuple[list[datetime | None], list[int], list[str]]:
-    """Aware UTC instants, their UTC offsets in minutes, and a reason ("" if fine) for each value."""
+def parse_timestamps(
+    values: Sequence[str], read: Sequence[datetime | None] | None = None
+) -> tuple[list[datetime | None], list[int], list[str]]:
+    """Aware UTC instants, their UTC offsets in minutes, and a reason ("" if fine) for each value.
+
+    `read`, where given, holds instants the caller has read already, each in UTC and written in
+    `values` as its isoformat() (offset +00:00), or None for a value still to parse."""
+    if read is not None and None not in read:  # a CRM pull: every time read once, by the connector
+        return list(read), [0] * len(values), [""] * len(values)
     instants: list[datetime | None] = []
     offsets: list[int] = []
     problems: list[str] = []
-    for text in values:
+    for position, text in enumerate(values):
+        if read is not None and (known := read[position]) is not None:
+            instants.append(known)
+            offsets.append(0)
+            problems.append("")
+            continue
         try:
             instant = datetime.fromisoformat(text)
         except ValueError:
