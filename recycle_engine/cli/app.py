@@ -73,6 +73,21 @@ def config_option(func: F) -> F:
     )(func)
 
 
+def latency_option(answers: str) -> Callable[[F], F]:
+    """`--latency-ms N` on a stand-in: how long it holds `answers`, as a vendor across the internet would."""
+
+    def decorate(func: F) -> F:
+        return click.option(
+            "--latency-ms",
+            default=0,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help=f"Added delay on {answers}.",
+        )(func)
+
+    return decorate
+
+
 def hoist_global_options(args: Sequence[str]) -> list[str]:
     """Move `--log-level` and `--config` (with their values) to the front, wherever they were written,
     so that both work before or after the command. Arguments after `--` stay as they are."""

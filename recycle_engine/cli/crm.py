@@ -9,7 +9,7 @@ from typing import Final
 
 import click
 
-from recycle_engine.cli.app import config_option, instant, main, reports_errors
+from recycle_engine.cli.app import config_option, instant, latency_option, main, reports_errors
 
 FAKE_LOGIN_ENV: Final = "CRM_FAKE_LOGIN_ID"
 FAKE_PASSWORD_ENV: Final = "CRM_FAKE_PASSWORD"
@@ -110,13 +110,7 @@ def rejects_cmd(limit: int, as_json: bool, config_path: Path) -> None:
     help="A declines feed (SPEC section 5) whose rows the fake holds as its records.",
 )
 @click.option("--allow-ip", "allowed", multiple=True, help="Only these caller IPs (default: any).")
-@click.option(
-    "--latency-ms",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Added delay on every API answer (calls made at once wait together).",
-)
+@latency_option("every API answer (calls made at once wait together)")
 def crm_fake_cmd(
     host: str, port: int, declines_csv: Path | None, allowed: tuple[str, ...], latency_ms: int
 ) -> None:

@@ -11,6 +11,7 @@ import click
 
 from recycle_engine.cli.app import (
     config_option,
+    latency_option,
     main,
     reports_errors,
 )
@@ -130,13 +131,7 @@ _SANDBOX = _sandbox_defaults()
     show_default="the sandbox test key",
     help="Base64 HMAC key that signs webhooks.",
 )
-@click.option(
-    "--latency-ms",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Added delay on every /v1 call.",
-)
+@latency_option("every /v1 call")
 def sandbox(
     host: str,
     port: int,
