@@ -32,7 +32,7 @@ class _Handler(StandinHandler):
         elif path == "/_fake/log":
             self._send(200, json.dumps(fake.log()))
         elif path == "/_fake/purchases":
-            self._send(200, json.dumps(fake.purchases))
+            self._send(200, json.dumps(fake.purchase_records()))
         else:
             self._send(404, "not found", "text/plain")
 
@@ -55,10 +55,10 @@ class _Handler(StandinHandler):
             delay_s = answer.delay_s + fake.latency_ms / 1000
             if delay_s:
                 self.server.stopping.wait(delay_s)
-            if answer.body is None:
+            if answer.text is None:
                 self._send(answer.status, "<html><body>Server Error</body></html>", "text/html")
             else:
-                self._send(answer.status, json.dumps(answer.body))
+                self._send(answer.status, answer.text)
 
     def _admin(self, fake: FakeCrm, path: str, body: dict[str, Any]) -> None:
         if path == "/_fake/records":

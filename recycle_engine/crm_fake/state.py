@@ -11,11 +11,12 @@ Choices the public clients leave open, made here and documented in README ("The 
 from __future__ import annotations
 
 import enum
+import json
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Final
 
@@ -59,6 +60,9 @@ class Answer:
     body: dict[str, Any] | None
     delay_s: float = 0.0
     hold: bool = False  # keep the connection waiting until the server stops
+    # The body as JSON, written by `call` under the fake's lock: the body holds the records themselves,
+    # which an update in another serving thread may change while this answer waits out its latency.
+    text: str | None = None
 
 
 def empty_message(endpoint: str) -> str:
@@ -165,6 +169,11 @@ class FakeCrm:
         with self._lock:
             return Counter(endpoint for endpoint, _ in self._in_flight.values())
 
+    def purchase_records(self) -> dict[str, dict[str, Any]]:
+        """The purchases as they stand, copied under the lock (an update may be changing one)."""
+        with self._lock:
+            return {purchase_id: dict(record) for purchase_id, record in self.purchases.items()}
+
     def applied(self) -> list[dict[str, Any]]:
         """The updates that changed a record, in order."""
         return [entry for entry in self.log() if entry.get("applied")]
@@ -204,9 +213,10 @@ class FakeCrm:
             self._log.append(entry)
             answer = self._answer(endpoint, params, client_ip, entry)
             entry["status"] = answer.status
-            if answer.body is not None:
-                entry["result"] = answer.body.get("result")
-            return answer
+            if answer.body is None:
+                return answer
+            entry["result"] = answer.body.get("result")
+            return replace(answer, text=json.dumps(answer.body))
 
     def _answer(self, endpoint: str, params: Mapping[str, str], ip: str, entry: dict[str, Any]) -> Answer:
         if endpoint not in QUERIES and endpoint not in UPDATES:

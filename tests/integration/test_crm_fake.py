@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
+
+import requests
 
 from recycle_engine.adapters.crm_http import CrmClient
 from recycle_engine.crm_fake.server import start_fake_crm
@@ -52,3 +55,31 @@ def test_given_a_latency_when_two_calls_are_made_at_once_then_both_are_answered_
         caller.join(timeout=10)
     assert sorted(returned) == ["caller-1", "caller-2"]
     client.close()
+
+
+def test_given_an_update_when_the_purchases_are_read_then_they_show_it_and_answers_already_written_do_not(
+    tmp_path: Path,
+) -> None:
+    # given: a purchase, and a query answered (written, not yet sent) before the purchase changes
+    fake = FakeCrm(CRM_LOGIN, CRM_PASSWORD)
+    fake.purchases["P-1"] = {"purchaseId": "P-1", "status": "ACTIVE"}
+    running = start_fake_crm(fake)
+    credentials = {"loginId": CRM_LOGIN, "password": CRM_PASSWORD}
+    earlier = fake.call("/purchase/query/", {**credentials, "purchaseId": "P-1"}, "127.0.0.1")
+    path = crm_settings_file(tmp_path, db_url=f"sqlite:///{tmp_path}/unused.db", crm_url=running.url)
+    crm = crm_settings(path).crm
+    assert crm is not None
+    client = CrmClient(crm, sleep=lambda _s: None)
+
+    # when
+    client.update("/purchase/update/", {"purchaseId": "P-1", "status": "RECYCLE_BILLING"})
+    shown = requests.get(f"{running.url}/_fake/purchases", timeout=10).json()
+
+    # then
+    assert shown["P-1"]["status"] == "RECYCLE_BILLING"
+    assert earlier.body is not None
+    assert earlier.body["message"]["data"][0]["status"] == "RECYCLE_BILLING"  # the record itself
+    assert earlier.text is not None
+    assert json.loads(earlier.text)["message"]["data"][0]["status"] == "ACTIVE"  # as it was answered
+    client.close()
+    running.stop()
