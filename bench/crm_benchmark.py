@@ -156,6 +156,10 @@ class Figures:
     def ratios(self) -> list[float]:
         return [(c["read"] / p) / (r / b) for b, r, p, c in self.rounds]
 
+    def cpu_a_row(self) -> tuple[float, float]:
+        """The median CPU seconds a row in this process: pull, bare."""
+        return statistics.median(c[0] for c in self.cpus), statistics.median(c[1] for c in self.cpus)
+
     def push_ratio(self) -> float:
         return (self.delivered / self.push_s) / (self.bare_calls / self.bare_push_s)
 
@@ -250,8 +254,7 @@ def report(args: argparse.Namespace, figures: Figures) -> None:
             else ""
         )
     )
-    pull_row = statistics.median(c[0] for c in figures.cpus)
-    bare_row = statistics.median(c[1] for c in figures.cpus)
+    pull_row, bare_row = figures.cpu_a_row()
     print(
         f"CPU a row in this process (median): pull {pull_row * 1e6:.0f} µs, bare {bare_row * 1e6:.0f} µs:"
         f" {bare_row / pull_row:.2f}"
@@ -295,10 +298,11 @@ def main() -> None:
     )
     for f in results:
         bare_pull_s, bare_rows, pull_s, counts = f.rounds[-1]
+        pull_row, bare_row = f.cpu_a_row()
         print(
             f"{f.latency_ms:>5}ms | {counts['read'] / pull_s:>11.0f} {bare_rows / bare_pull_s:>11.0f}"
-            f" {statistics.median(f.ratios()):>9.2f} {statistics.median(c[0] for c in f.cpus) * 1e6:>11.0f}"
-            f" {statistics.median(c[1] for c in f.cpus) * 1e6:>5.0f} | {f.delivered / f.push_s:>9.0f}"
+            f" {statistics.median(f.ratios()):>9.2f} {pull_row * 1e6:>11.0f}"
+            f" {bare_row * 1e6:>5.0f} | {f.delivered / f.push_s:>9.0f}"
             f" {f.bare_calls / f.bare_push_s:>12.0f} {f.push_ratio():>9.2f}"
         )
 

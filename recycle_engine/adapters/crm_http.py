@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
-from urllib.parse import quote_plus
+from urllib.parse import urlencode
 
 import orjson
 import requests
@@ -36,7 +35,6 @@ _EMPTY_TEXT: Final = "matching those parameters could be found"
 _DIGIT_SHAPES: Final = bytes(0x31 if 0x30 <= code <= 0x39 else 0x30 for code in range(256))
 _LONG_NUMBER: Final = b"1" * 20
 _FORM_TYPE: Final = {"Content-Type": "application/x-www-form-urlencoded"}
-_PLAIN: Final = re.compile(r"[A-Za-z0-9_.~,-]*")  # what quote_plus leaves as it is, and the comma
 
 
 def is_empty_result(message: object) -> bool:
@@ -175,15 +173,11 @@ class CrmClient:
 
 
 def _form(params: Mapping[str, str]) -> bytes:
-    """The form body requests would encode from `params` (urlencode through quote_plus), built
-    faster: urllib quotes a value with a comma byte by byte in Python, and the lists of 200 ids a page
-    of orders and purchases asks for cost 0.26 ms a call so, a few µs a pulled row."""
-    pairs = (f"{_quoted(str(k))}={_quoted(str(v))}" for k, v in params.items() if v is not None)
-    return "&".join(pairs).encode("ascii")  # requests, too, leaves out a None value
-
-
-def _quoted(text: str) -> str:
-    return text.replace(",", "%2C") if _PLAIN.fullmatch(text) else quote_plus(text)
+    """The form body requests would encode from `params`, to the byte. urlencode quotes a value holding
+    a comma byte by byte in Python (0.26 ms for the 200 ids of a look-up); told that a comma is safe,
+    it takes one C-level pass, and the commas are then written as requests writes them."""
+    kept = {k: v for k, v in params.items() if v is not None}  # requests, too, leaves out a None value
+    return urlencode(kept, safe=",").replace(",", "%2C").encode("ascii")
 
 
 def _parsed(response: requests.Response) -> Any:
